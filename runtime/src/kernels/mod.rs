@@ -1,0 +1,225 @@
+//! Integer kernels: one function per op, on NHWC int8 tensors stored as bytes.
+//!
+//! Every kernel computes exactly the arithmetic of [`crate::quant`]; the plain i64
+//! [`reference`] implementations (host only) are what the property tests compare them with.
+//! All slice lengths are checked by [`crate::Model::parse`] before a kernel is ever called,
+//! and the kernels themselves use only bounds-checked indexing, so malformed input can at
+//! worst produce a wrong answer in a unit test, never undefined behaviour.
+
+use crate::format::Shape;
+use crate::quant;
+
+#[cfg(any(test, feature = "std"))]
+pub mod reference;
+
+/// Per-output-channel requantization data: bias, multiplier, shift.
+pub trait ChannelParams {
+    /// Bias of channel `c` (int32 at scale `s_in * s_w[c]`).
+    fn bias(&self, c: usize) -> i32;
+    /// Requantization multiplier of channel `c` (positive).
+    fn multiplier(&self, c: usize) -> i32;
+    /// Requantization shift of channel `c` (in [-31, 30]).
+    fn shift(&self, c: usize) -> i32;
+}
+
+impl ChannelParams for crate::format::Layer<'_> {
+    #[inline]
+    fn bias(&self, c: usize) -> i32 {
+        crate::format::Layer::bias(self, c)
+    }
+    #[inline]
+    fn multiplier(&self, c: usize) -> i32 {
+        crate::format::Layer::multiplier(self, c)
+    }
+    #[inline]
+    fn shift(&self, c: usize) -> i32 {
+        crate::format::Layer::shift(self, c)
+    }
+}
+
+/// Spatial geometry of a windowed op (conv, depthwise, pooling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Input shape.
+    pub input: Shape,
+    /// Output shape.
+    pub output: Shape,
+    /// Kernel `(h, w)`.
+    pub kernel: (usize, usize),
+    /// Stride `(h, w)`.
+    pub stride: (usize, usize),
+    /// Zero padding `(top, left, bottom, right)`.
+    pub padding: (usize, usize, usize, usize),
+}
+
+impl Window {
+    /// Valid kernel rows `[k0, k1)` for output row `oy`, and the first input row (`oy*sh - pt`).
+    #[inline]
+    fn rows(&self, oy: usize) -> (usize, usize, isize) {
+        let start = (oy * self.stride.0) as isize - self.padding.0 as isize;
+        let k0 = if start < 0 { (-start) as usize } else { 0 };
+        let k1 = (self.input.h as isize - start).clamp(0, self.kernel.0 as isize) as usize;
+        (k0, k1.max(k0), start)
+    }
+    /// Valid kernel columns `[k0, k1)` for output column `ox`, and the first input column.
+    #[inline]
+    fn cols(&self, ox: usize) -> (usize, usize, isize) {
+        let start = (ox * self.stride.1) as isize - self.padding.1 as isize;
+        let k0 = if start < 0 { (-start) as usize } else { 0 };
+        let k1 = (self.input.w as isize - start).clamp(0, self.kernel.1 as isize) as usize;
+        (k0, k1.max(k0), start)
+    }
+}
+
+/// Where a weighted op writes: int8 activations (with zero point and clamp) or int32 logits.
+#[derive(Debug)]
+pub enum Output<'o> {
+    /// Int8 activations, stored as bytes.
+    Act {
+        /// Destination, one byte per output element.
+        buf: &'o mut [u8],
+        /// Output zero point.
+        zero_point: i8,
+        /// Lower clamp (fused activation).
+        min: i8,
+        /// Upper clamp (fused activation).
+        max: i8,
+    },
+    /// Int32 logits.
+    Logits(&'o mut [i32]),
+}
+
+impl Output<'_> {
+    #[inline(always)]
+    fn store<P: ChannelParams>(&mut self, idx: usize, acc: i32, c: usize, p: &P) {
+        match self {
+            Output::Act { buf, zero_point, min, max } => {
+                if let Some(slot) = buf.get_mut(idx) {
+                    *slot = quant::requantize(acc, p.multiplier(c), p.shift(c), *zero_point, *min, *max) as u8;
+                }
+            }
+            Output::Logits(buf) => {
+                if let Some(slot) = buf.get_mut(idx) {
+                    *slot = quant::requantize_logit(acc, p.multiplier(c), p.shift(c));
+                }
+            }
+        }
+    }
+}
+
+/// `Σ w[i] * (x[i] - zp)` over two equally long byte slices (int8 values).
+///
+/// The loop is written so that LLVM turns it into widening multiply-adds; the products fit
+/// in i16 (|w| <= 127, |x - zp| <= 255) and the sum fits in i32 (checked at parse time).
+#[inline(always)]
+fn dot(x: &[u8], w: &[u8], zp: i32) -> i32 {
+    let mut acc = 0i32;
+    let mut wsum = 0i32;
+    for (&a, &b) in x.iter().zip(w) {
+        let wv = b as i8 as i32;
+        acc = acc.wrapping_add(wv * (a as i8 as i32));
+        wsum = wsum.wrapping_add(wv);
+    }
+    acc.wrapping_sub(wsum.wrapping_mul(zp))
+}
+
+/// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
+pub fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
+    let n = input.len();
+    if n == 0 {
+        return;
+    }
+    for (o, w) in weights.chunks_exact(n).enumerate() {
+        let acc = params.bias(o).wrapping_add(dot(input, w, in_zp as i32));
+        out.store(o, acc, o, params);
+    }
+}
+
+/// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
+pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
+    let (ic, oc) = (win.input.c, win.output.c);
+    let (kh, kw) = win.kernel;
+    let per_oc = kh * kw * ic;
+    let zp = in_zp as i32;
+    for oy in 0..win.output.h {
+        let (ky0, ky1, iy0) = win.rows(oy);
+        for ox in 0..win.output.w {
+            let (kx0, kx1, ix0) = win.cols(ox);
+            let span = (kx1 - kx0) * ic;
+            let base = (oy * win.output.w + ox) * oc;
+            for o in 0..oc {
+                let mut acc = params.bias(o);
+                for ky in ky0..ky1 {
+                    let iy = (iy0 + ky as isize) as usize;
+                    let ix = (ix0 + kx0 as isize) as usize;
+                    let xi = (iy * win.input.w + ix) * ic;
+                    let wi = o * per_oc + (ky * kw + kx0) * ic;
+                    if let (Some(x), Some(w)) = (input.get(xi..xi + span), weights.get(wi..wi + span)) {
+                        acc = acc.wrapping_add(dot(x, w, zp));
+                    }
+                }
+                out.store(base + o, acc, o, params);
+            }
+        }
+    }
+}
+
+/// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
+pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
+    let c_n = win.input.c;
+    let kw = win.kernel.1;
+    let zp = in_zp as i32;
+    for oy in 0..win.output.h {
+        let (ky0, ky1, iy0) = win.rows(oy);
+        for ox in 0..win.output.w {
+            let (kx0, kx1, ix0) = win.cols(ox);
+            let base = (oy * win.output.w + ox) * c_n;
+            for c in 0..c_n {
+                let mut acc = params.bias(c);
+                for ky in ky0..ky1 {
+                    let iy = (iy0 + ky as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (ix0 + kx as isize) as usize;
+                        let x = input.get((iy * win.input.w + ix) * c_n + c).map_or(0, |&v| v as i8 as i32);
+                        let w = weights.get((ky * kw + kx) * c_n + c).map_or(0, |&v| v as i8 as i32);
+                        acc = acc.wrapping_add(w * (x - zp));
+                    }
+                }
+                out.store(base + c, acc, c, params);
+            }
+        }
+    }
+}
+
+/// Max pooling without padding (no requantization: output shares the input's scale).
+pub fn max_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
+    pool(win, input, out, |vals| vals.fold(i8::MIN, |m, v| m.max(v)))
+}
+
+/// Average pooling without padding: `average(Σ window, kh*kw)`, rounded half up.
+pub fn avg_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
+    let count = (win.kernel.0 * win.kernel.1) as i32;
+    pool(win, input, out, |vals| quant::average(vals.map(|v| v as i32).sum(), count))
+}
+
+#[inline(always)]
+fn pool(win: &Window, input: &[u8], out: &mut [u8], f: impl Fn(&mut dyn Iterator<Item = i8>) -> i8) {
+    let c_n = win.input.c;
+    let (kh, kw) = win.kernel;
+    for oy in 0..win.output.h {
+        for ox in 0..win.output.w {
+            for c in 0..c_n {
+                let (iy0, ix0) = (oy * win.stride.0, ox * win.stride.1);
+                let mut it = (0..kh).flat_map(|ky| {
+                    (0..kw).map(move |kx| {
+                        let idx = ((iy0 + ky) * win.input.w + ix0 + kx) * c_n + c;
+                        input.get(idx).map_or(0, |&v| v as i8)
+                    })
+                });
+                if let Some(slot) = out.get_mut((oy * win.output.w + ox) * c_n + c) {
+                    *slot = f(&mut it) as u8;
+                }
+            }
+        }
+    }
+}

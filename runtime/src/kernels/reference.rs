@@ -1,0 +1,130 @@
+//! Plain reference kernels in i64, written for obviousness, not speed (host only).
+//!
+//! Each returns the exact accumulators (before requantization) or the pooled values, so
+//! tests can check both the accumulation and the requantization against [`crate::quant`].
+
+extern crate std;
+use std::vec::Vec;
+
+use super::Window;
+
+/// Accumulators of a Dense layer: `b[o] + Σ_i w[o][i] (x[i] - zp)` in i64.
+pub fn dense_acc(input: &[i8], weights: &[i8], bias: &[i32], in_zp: i8) -> Vec<i64> {
+    let n = input.len();
+    (0..bias.len())
+        .map(|o| {
+            let mut acc = bias[o] as i64;
+            for i in 0..n {
+                acc += weights[o * n + i] as i64 * (input[i] as i64 - in_zp as i64);
+            }
+            acc
+        })
+        .collect()
+}
+
+/// Accumulators of a Conv2d layer (NHWC, weights `[oc][kh][kw][ic]`, zero padding).
+pub fn conv2d_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], in_zp: i8) -> Vec<i64> {
+    let (ih, iw, ic) = (win.input.h as i64, win.input.w as i64, win.input.c);
+    let (oh, ow, oc) = (win.output.h, win.output.w, win.output.c);
+    let (kh, kw) = win.kernel;
+    let mut out = Vec::with_capacity(oh * ow * oc);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for o in 0..oc {
+                let mut acc = bias[o] as i64;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let iy = (oy * win.stride.0 + ky) as i64 - win.padding.0 as i64;
+                        let ix = (ox * win.stride.1 + kx) as i64 - win.padding.1 as i64;
+                        if iy < 0 || ix < 0 || iy >= ih || ix >= iw {
+                            continue; // zero padding: the real value 0 is the zero point
+                        }
+                        for c in 0..ic {
+                            let x = input[((iy * iw + ix) as usize) * ic + c] as i64;
+                            let w = weights[((o * kh + ky) * kw + kx) * ic + c] as i64;
+                            acc += w * (x - in_zp as i64);
+                        }
+                    }
+                }
+                out.push(acc);
+            }
+        }
+    }
+    out
+}
+
+/// Accumulators of a DepthwiseConv2d layer (weights `[kh][kw][c]`).
+pub fn depthwise_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], in_zp: i8) -> Vec<i64> {
+    let (ih, iw, cn) = (win.input.h as i64, win.input.w as i64, win.input.c);
+    let (kh, kw) = win.kernel;
+    let mut out = Vec::new();
+    for oy in 0..win.output.h {
+        for ox in 0..win.output.w {
+            for c in 0..cn {
+                let mut acc = bias[c] as i64;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let iy = (oy * win.stride.0 + ky) as i64 - win.padding.0 as i64;
+                        let ix = (ox * win.stride.1 + kx) as i64 - win.padding.1 as i64;
+                        if iy < 0 || ix < 0 || iy >= ih || ix >= iw {
+                            continue;
+                        }
+                        let x = input[((iy * iw + ix) as usize) * cn + c] as i64;
+                        acc += weights[(ky * kw + kx) * cn + c] as i64 * (x - in_zp as i64);
+                    }
+                }
+                out.push(acc);
+            }
+        }
+    }
+    out
+}
+
+/// Max pooling, no padding.
+pub fn max_pool(win: &Window, input: &[i8]) -> Vec<i8> {
+    pool(win, input, |v| *v.iter().max().unwrap_or(&0))
+}
+
+/// Average pooling, no padding: round half up of the exact mean, via i64 floor division.
+pub fn avg_pool(win: &Window, input: &[i8]) -> Vec<i8> {
+    pool(win, input, |v| {
+        let n = v.len() as i64;
+        let s: i64 = v.iter().map(|&x| x as i64).sum();
+        // floor(s/n + 1/2) = floor((2s + n) / 2n)
+        (2 * s + n).div_euclid(2 * n).clamp(-128, 127) as i8
+    })
+}
+
+fn pool(win: &Window, input: &[i8], f: impl Fn(&[i8]) -> i8) -> Vec<i8> {
+    let (iw, cn) = (win.input.w, win.input.c);
+    let mut out = Vec::new();
+    for oy in 0..win.output.h {
+        for ox in 0..win.output.w {
+            for c in 0..cn {
+                let mut vals = Vec::new();
+                for ky in 0..win.kernel.0 {
+                    for kx in 0..win.kernel.1 {
+                        vals.push(input[((oy * win.stride.0 + ky) * iw + ox * win.stride.1 + kx) * cn + c]);
+                    }
+                }
+                out.push(f(&vals));
+            }
+        }
+    }
+    out
+}
+
+/// Requantization in i128, independent of [`crate::quant::rescale`]: round half up of
+/// `acc * m / 2^(31 - shift)`, plus zero point, clamped.
+pub fn requantize(acc: i64, m: i32, shift: i32, zp: i8, min: i8, max: i8) -> i8 {
+    let den = 1i128 << (31 - shift);
+    let v = (2 * acc as i128 * m as i128 + den).div_euclid(2 * den) + zp as i128;
+    v.clamp(min as i128, max as i128) as i8
+}
+
+/// Logit requantization in i128, saturating to i32.
+pub fn requantize_logit(acc: i64, m: i32, shift: i32) -> i32 {
+    let den = 1i128 << (31 - shift);
+    let v = (2 * acc as i128 * m as i128 + den).div_euclid(2 * den);
+    v.clamp(i32::MIN as i128, i32::MAX as i128) as i32
+}

@@ -1,0 +1,316 @@
+//! The one int8 arithmetic of iocane.
+//!
+//! Every integer operation that decides what a model outputs is defined here, once. The
+//! kernels call these functions; the trainer's integer simulation and the certifier's
+//! interval bounds call them too, so the device, the trainer and the certificate all speak
+//! about the same arithmetic. `docs/quantization.md` states the contract in prose.
+//!
+//! Summary:
+//! - input pixel `p: u8` becomes `q = p - 128` (scale 1/255, zero point -128), so a
+//!   perturbation of k/255 is exactly k integer levels;
+//! - weights are int8 in `[-127, 127]`, symmetric per output channel;
+//! - biases are int32 at scale `s_in * s_w[c]`;
+//! - accumulation is exact in int32 (the model validator proves no overflow is possible);
+//! - requantization multiplies by a Q0.31 multiplier `m` and shifts right by `31 - shift`,
+//!   rounding half up (towards +infinity) **once**, then adds the output zero point and
+//!   saturates to the layer's clamp range (which also implements fused ReLU / ReLU6);
+//! - the final layer emits int32 logits, and argmax breaks ties by the lowest class index.
+
+/// Zero point of the model input: pixel `p` is stored as `p - 128`.
+pub const INPUT_ZERO_POINT: i8 = -128;
+
+/// Smallest allowed weight value (symmetric range, -128 is never used).
+pub const WEIGHT_MIN: i8 = -127;
+/// Largest allowed weight value.
+pub const WEIGHT_MAX: i8 = 127;
+
+/// Smallest allowed requantization `shift` (a right shift of 62 bits in total).
+pub const SHIFT_MIN: i32 = -31;
+/// Largest allowed requantization `shift` (a right shift of 1 bit in total).
+pub const SHIFT_MAX: i32 = 30;
+
+/// Maps an 8-bit pixel to the model's int8 input (`p - 128`).
+#[inline(always)]
+pub const fn pixel_to_input(p: u8) -> i8 {
+    (p ^ 0x80) as i8
+}
+
+/// Maps a model input value back to its pixel (`q + 128`).
+#[inline(always)]
+pub const fn input_to_pixel(q: i8) -> u8 {
+    (q as u8) ^ 0x80
+}
+
+/// Fixed-point rescaling of an int32 accumulator: `round_half_up(acc * m / 2^(31 - shift))`.
+///
+/// `m` must be positive and `shift` in [`SHIFT_MIN`, `SHIFT_MAX`] (the model validator
+/// guarantees both), so the total right shift is between 1 and 62 bits and the product fits
+/// in i64 exactly. Rounding is done once, half towards +infinity: `floor(v + 1/2)`.
+///
+/// The function is monotone non-decreasing in `acc` (because `m > 0`), which is what lets
+/// interval bound propagation push bounds through it exactly.
+#[inline(always)]
+pub const fn rescale(acc: i32, m: i32, shift: i32) -> i64 {
+    let total = (31 - shift) as u32;
+    let prod = acc as i64 * m as i64;
+    (prod + (1i64 << (total - 1))) >> total
+}
+
+/// Requantizes an accumulator to an int8 activation: rescale, add the output zero point,
+/// saturate to `[act_min, act_max]`.
+///
+/// The clamp range implements the fused activation: `[-128, 127]` for none,
+/// `[zero_point, 127]` for ReLU, `[zero_point, min(127, zero_point + round(6 / s))]` for ReLU6.
+#[inline(always)]
+pub const fn requantize(acc: i32, m: i32, shift: i32, zero_point: i8, act_min: i8, act_max: i8) -> i8 {
+    let v = rescale(acc, m, shift) + zero_point as i64;
+    let lo = act_min as i64;
+    let hi = act_max as i64;
+    (if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }) as i8
+}
+
+/// Requantizes an accumulator to an int32 logit: rescale and saturate to the i32 range
+/// (logit zero point is 0, there is no activation).
+#[inline(always)]
+pub const fn requantize_logit(acc: i32, m: i32, shift: i32) -> i32 {
+    let v = rescale(acc, m, shift);
+    if v < i32::MIN as i64 {
+        i32::MIN
+    } else if v > i32::MAX as i64 {
+        i32::MAX
+    } else {
+        v as i32
+    }
+}
+
+/// Average of `count` int8 values given their sum, rounded half up: `floor(sum / count + 1/2)`.
+///
+/// Monotone non-decreasing in `sum`. `count` must be positive (the validator guarantees it).
+#[inline(always)]
+pub const fn average(sum: i32, count: i32) -> i8 {
+    let num = 2 * sum as i64 + count as i64;
+    let den = 2 * count as i64;
+    let q = num.div_euclid(den);
+    (if q < -128 {
+        -128
+    } else if q > 127 {
+        127
+    } else {
+        q
+    }) as i8
+}
+
+/// Index of the largest logit; ties go to the lowest index. Returns 0 for an empty slice.
+#[inline]
+pub fn argmax(logits: &[i32]) -> usize {
+    let mut best = 0;
+    let mut best_v = i32::MIN;
+    for (i, &v) in logits.iter().enumerate() {
+        if i == 0 || v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best
+}
+
+/// Encodes a positive real multiplier as `(m, shift)` with `m` in `[2^30, 2^31)` such that
+/// `real ≈ m * 2^(shift - 31)`.
+///
+/// Host-side helper (uses floating point; never called at inference time). `m` is the
+/// significand rounded half away from zero to 31 bits. Returns `None` when `real` is not
+/// finite and positive or when the shift would fall outside [`SHIFT_MIN`, `SHIFT_MAX`].
+pub fn quantize_multiplier(real: f64) -> Option<(i32, i32)> {
+    if !(real.is_finite() && real > 0.0) {
+        return None;
+    }
+    // real = sig * 2^exp with sig in [0.5, 1): computed exactly by scaling by powers of two.
+    let mut sig = real;
+    let mut exp: i32 = 0;
+    while sig >= 1.0 {
+        sig *= 0.5;
+        exp += 1;
+    }
+    while sig < 0.5 {
+        sig *= 2.0;
+        exp -= 1;
+        if exp < -1100 {
+            return None;
+        }
+    }
+    // sig * 2^31 is exact in f64 (a power-of-two scale); round half away from zero.
+    let scaled = sig * 2147483648.0;
+    // scaled is in [2^30, 2^31): truncation is floor.
+    let mut m = {
+        let f = scaled as i64;
+        if scaled - f as f64 >= 0.5 {
+            f + 1
+        } else {
+            f
+        }
+    };
+    if m == 1i64 << 31 {
+        m = 1 << 30;
+        exp += 1;
+    }
+    if !(SHIFT_MIN..=SHIFT_MAX).contains(&exp) {
+        return None;
+    }
+    Some((m as i32, exp))
+}
+
+/// The real number a `(m, shift)` pair stands for: `m * 2^(shift - 31)` (host-side helper).
+pub fn multiplier_to_real(m: i32, shift: i32) -> f64 {
+    let mut v = m as f64;
+    let mut e = shift - 31;
+    while e < 0 {
+        v *= 0.5;
+        e += 1;
+    }
+    while e > 0 {
+        v *= 2.0;
+        e -= 1;
+    }
+    v
+}
+
+/// Quantizes a real weight given its channel scale: `round_half_away(w / scale)` clamped to
+/// `[-127, 127]` (host-side helper used by the trainer's quantizer).
+pub fn quantize_weight(w: f32, scale: f32) -> i8 {
+    let v = round_half_away(w as f64 / scale as f64);
+    v.clamp(WEIGHT_MIN as f64, WEIGHT_MAX as f64) as i8
+}
+
+/// Rounds half away from zero without `std` (`f64::round` is not in `core`).
+pub fn round_half_away(v: f64) -> f64 {
+    if !v.is_finite() {
+        return v;
+    }
+    // |v| < 2^52: adding/subtracting via truncation through i64 is exact.
+    if v.abs() >= 4503599627370496.0 {
+        return v;
+    }
+    let t = v as i64 as f64; // truncation towards zero
+    let frac = v - t;
+    if frac >= 0.5 {
+        t + 1.0
+    } else if frac <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule written out with i128 and exact rational comparison.
+    fn rescale_exact(acc: i32, m: i32, shift: i32) -> i128 {
+        let total = 31 - shift;
+        let num = acc as i128 * m as i128; // value = num / 2^total
+        let den = 1i128 << total;
+        // floor(num/den + 1/2) = floor((2 num + den) / (2 den))
+        (2 * num + den).div_euclid(2 * den)
+    }
+
+    #[test]
+    fn pixel_mapping_is_exact_and_invertible() {
+        for p in 0..=255u8 {
+            let q = pixel_to_input(p);
+            assert_eq!(q as i32, p as i32 - 128);
+            assert_eq!(input_to_pixel(q), p);
+        }
+    }
+
+    #[test]
+    fn rescale_rounds_half_up() {
+        // m = 2^30, shift 0 -> multiply by 1/2.
+        let m = 1 << 30;
+        assert_eq!(rescale(3, m, 0), 2); // 1.5 -> 2
+        assert_eq!(rescale(-3, m, 0), -1); // -1.5 -> -1
+        assert_eq!(rescale(5, m, 0), 3); // 2.5 -> 3
+        assert_eq!(rescale(-5, m, 0), -2); // -2.5 -> -2
+        assert_eq!(rescale(4, m, 0), 2);
+    }
+
+    #[test]
+    fn rescale_matches_exact_rule_on_edges() {
+        let accs = [i32::MIN, i32::MIN + 1, -1_000_000, -1, 0, 1, 7, 1_000_000, i32::MAX];
+        let ms = [1, 2, 1 << 30, (1 << 30) + 12345, i32::MAX];
+        for &a in &accs {
+            for &m in &ms {
+                for s in SHIFT_MIN..=SHIFT_MAX {
+                    assert_eq!(rescale(a, m, s) as i128, rescale_exact(a, m, s), "a={a} m={m} s={s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requantize_saturates_and_clamps() {
+        let m = 1 << 30; // x 1/2 at shift 0 ... use shift 1 -> x1
+        assert_eq!(requantize(1000, m, 1, 0, -128, 127), 127);
+        assert_eq!(requantize(-1000, m, 1, 0, -128, 127), -128);
+        assert_eq!(requantize(-5, m, 1, -10, -10, 127), -10); // -15 clamped to the ReLU floor
+        assert_eq!(requantize(5, m, 1, -10, -10, 127), -5);
+        assert_eq!(requantize(i32::MAX, i32::MAX, SHIFT_MAX, 0, -128, 127), 127);
+        assert_eq!(requantize_logit(i32::MAX, i32::MAX, SHIFT_MAX), i32::MAX);
+        assert_eq!(requantize_logit(i32::MIN, i32::MAX, SHIFT_MAX), i32::MIN);
+    }
+
+    #[test]
+    fn average_rounds_half_up_and_is_monotone() {
+        assert_eq!(average(3, 2), 2);
+        assert_eq!(average(-3, 2), -1);
+        assert_eq!(average(-1, 4), 0); // -0.25
+        assert_eq!(average(-2, 4), 0); // -0.5 -> 0
+        assert_eq!(average(-3, 4), -1); // -0.75
+        let mut prev = i8::MIN;
+        for s in -128 * 9..=127 * 9 {
+            let a = average(s, 9);
+            assert!(a >= prev);
+            prev = a;
+        }
+    }
+
+    #[test]
+    fn argmax_ties_go_to_lowest_index() {
+        assert_eq!(argmax(&[1, 3, 3, 2]), 1);
+        assert_eq!(argmax(&[i32::MIN, i32::MIN]), 0);
+        assert_eq!(argmax(&[-5, -5, -4]), 2);
+        assert_eq!(argmax(&[]), 0);
+    }
+
+    #[test]
+    fn quantize_multiplier_round_trips() {
+        for &r in &[1.0, 0.5, 0.75, 1e-6, 3.3e-3, 123.456, 0.999_999_999_9, 1.0 / 255.0] {
+            let (m, s) = quantize_multiplier(r).unwrap();
+            assert!(m >= 1 << 30, "{r}: m={m}");
+            let back = multiplier_to_real(m, s);
+            assert!(((back - r) / r).abs() < 1e-9, "{r} -> {back}");
+        }
+        assert!(quantize_multiplier(0.0).is_none());
+        assert!(quantize_multiplier(-1.0).is_none());
+        assert!(quantize_multiplier(f64::NAN).is_none());
+        assert!(quantize_multiplier(1e30).is_none());
+        assert!(quantize_multiplier(1e-30).is_none());
+    }
+
+    #[test]
+    fn quantize_weight_rounds_and_clamps() {
+        assert_eq!(quantize_weight(0.5, 1.0), 1);
+        assert_eq!(quantize_weight(-0.5, 1.0), -1);
+        assert_eq!(quantize_weight(1000.0, 1.0), 127);
+        assert_eq!(quantize_weight(-1000.0, 1.0), -127);
+        assert_eq!(round_half_away(2.5), 3.0);
+        assert_eq!(round_half_away(-2.5), -3.0);
+        assert_eq!(round_half_away(-2.4), -2.0);
+    }
+}
