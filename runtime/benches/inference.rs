@@ -1,1 +1,29 @@
-fn main(){}
+//! Single-image int8 inference on the host: the 784-64-32-10 MLP and the small CNN.
+//!
+//! `cargo bench -p iocane-runtime --features std --bench inference`
+//! MACs per ns = model MACs / (ns per inference); both are printed once per model.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iocane_runtime::emit::{random_cnn_s, random_mlp};
+use iocane_runtime::Model;
+use std::hint::black_box;
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inference");
+    for (name, repr) in [("mlp", random_mlp(1)), ("cnn-s", random_cnn_s(1))] {
+        let blob = repr.emit();
+        let model = Model::parse(&blob).unwrap();
+        let pixels: Vec<u8> = (0..model.input_len()).map(|i| (i * 37 % 256) as u8).collect();
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; model.num_classes()];
+        eprintln!("{name}: {} MACs, arena {} bytes, blob {} bytes", model.macs(), model.arena_size(), blob.len());
+        g.throughput(Throughput::Elements(model.macs() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| model.run(black_box(&pixels), &mut arena, &mut logits).unwrap());
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -212,7 +212,8 @@ impl Shape {
     }
     /// Number of elements.
     pub const fn len(&self) -> usize {
-        self.h * self.w * self.c
+        // Saturating: on 32-bit targets a hostile header must not overflow (it is rejected later).
+        self.h.saturating_mul(self.w).saturating_mul(self.c)
     }
     /// Whether the shape has no elements.
     pub const fn is_empty(&self) -> bool {
@@ -407,14 +408,29 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     crc32_update(0xFFFF_FFFF, bytes) ^ 0xFFFF_FFFF
 }
 
+/// Nibble table of the reflected polynomial 0xEDB88320: 64 bytes of flash, two lookups a byte.
+const CRC_NIBBLE: [u32; 16] = {
+    let mut t = [0u32; 16];
+    let mut i = 0;
+    while i < 16 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 4 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
 /// Continues a CRC-32 computation over more bytes (state not finalised).
 fn crc32_update(mut crc: u32, bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
+        crc = (crc >> 4) ^ CRC_NIBBLE[(crc & 15) as usize];
+        crc = (crc >> 4) ^ CRC_NIBBLE[(crc & 15) as usize];
     }
     crc
 }
@@ -503,9 +519,9 @@ impl<'a> Layer<'a> {
         let o = self.output_shape();
         let (kh, kw) = self.kernel();
         match self.op {
-            OpKind::Dense => o.c * i.c,
-            OpKind::Conv2d => o.c * kh * kw * i.c,
-            OpKind::DepthwiseConv2d => kh * kw * o.c,
+            OpKind::Dense => o.c.saturating_mul(i.c),
+            OpKind::Conv2d => o.c.saturating_mul(kh * kw).saturating_mul(i.c),
+            OpKind::DepthwiseConv2d => o.c.saturating_mul(kh * kw),
             _ => 0,
         }
     }
@@ -553,9 +569,9 @@ impl<'a> Layer<'a> {
         let o = self.output_shape();
         let (kh, kw) = self.kernel();
         match self.op {
-            OpKind::Dense => o.c * self.input_shape().c,
-            OpKind::Conv2d => o.len() * kh * kw * self.input_shape().c,
-            OpKind::DepthwiseConv2d => o.len() * kh * kw,
+            OpKind::Dense => o.c.saturating_mul(self.input_shape().c),
+            OpKind::Conv2d => o.len().saturating_mul(kh * kw).saturating_mul(self.input_shape().c),
+            OpKind::DepthwiseConv2d => o.len().saturating_mul(kh * kw),
             _ => 0,
         }
     }
@@ -621,7 +637,7 @@ impl<'a> Model<'a> {
             rd_u16(blob, field::INPUT_C) as usize,
         );
         let classes = rd_u16(blob, field::CLASSES) as usize;
-        if input.is_empty() || classes < 2 || classes > MAX_CLASSES {
+        if input.is_empty() || !(2..=MAX_CLASSES).contains(&classes) {
             return Err(FormatError::BadHeader);
         }
 
@@ -631,10 +647,10 @@ impl<'a> Model<'a> {
         if sec_count == 0 || sec_count > MAX_SECTIONS {
             return Err(FormatError::BadSection { index: 0 });
         }
-        if sec_off % 4 != 0 || sec_off < HEADER_LEN || sec_off + sec_count * SECTION_ENTRY_LEN > total {
+        let table_end = sec_off.saturating_add(sec_count * SECTION_ENTRY_LEN);
+        if !sec_off.is_multiple_of(4) || sec_off < HEADER_LEN || table_end > total {
             return Err(FormatError::BadSection { index: 0 });
         }
-        let table_end = sec_off + sec_count * SECTION_ENTRY_LEN;
         let mut layers = None;
         let mut data = None;
         let mut labels = None;
@@ -648,7 +664,7 @@ impl<'a> Model<'a> {
             let bad = FormatError::BadSection { index: i as u16 };
             let end = off.checked_add(len).ok_or(bad)?;
             // Aligned, in bounds, after the header and the table, no overlap with another section.
-            if off % 4 != 0 || end > total || off < table_end {
+            if !off.is_multiple_of(4) || end > total || off < table_end {
                 return Err(bad);
             }
             for r in ranges.iter().take(i) {
@@ -703,7 +719,7 @@ impl<'a> Model<'a> {
             classes,
             arena: rd_u32(blob, field::ARENA) as usize,
         };
-        let needed = model.validate_layers(data_off, data_off + data_len)?;
+        let needed = model.validate_layers(data_off, data_off.saturating_add(data_len))?;
         if needed != model.arena {
             return Err(FormatError::ArenaMismatch { stated: model.arena, needed });
         }
@@ -771,7 +787,7 @@ impl<'a> Model<'a> {
                         return Err(fault(LayerFault::Geometry));
                     }
                     let ph = shape.h + pt + pb;
-                    let pw = shape.w + pl + pr;
+                    let pw = shape.w + pl + pr; // u16 + 2 * u8: cannot overflow
                     if ph < kh || pw < kw {
                         return Err(fault(LayerFault::Geometry));
                     }
@@ -817,7 +833,7 @@ impl<'a> Model<'a> {
             }
             if op != OpKind::Flatten && !is_last {
                 let bytes = out.len();
-                arena = arena.max(prev_bytes + bytes);
+                arena = arena.max(prev_bytes.saturating_add(bytes));
                 prev_bytes = bytes;
             }
             shape = out;
@@ -829,7 +845,7 @@ impl<'a> Model<'a> {
     fn validate_tensors(&self, layer: &Layer<'_>, start: usize, end: usize) -> Result<(), LayerFault> {
         let oc = layer.output_shape().c;
         let check = |off: usize, len: usize| -> Result<(), LayerFault> {
-            if off % 4 != 0 || off < start || off.checked_add(len).is_none_or(|e| e > end) {
+            if !off.is_multiple_of(4) || off < start || off.checked_add(len).is_none_or(|e| e > end) || len > end {
                 Err(LayerFault::TensorBounds)
             } else {
                 Ok(())
@@ -838,7 +854,7 @@ impl<'a> Model<'a> {
         let wn = layer.weight_count();
         check(layer.off(layer_field::WEIGHTS), wn)?;
         for f in [layer_field::BIAS, layer_field::MULTIPLIER, layer_field::SHIFT, layer_field::WEIGHT_SCALE] {
-            check(layer.off(f), 4 * oc)?;
+            check(layer.off(f), oc.saturating_mul(4))?;
         }
         let w = layer.weight_bytes();
         if w.len() != wn {

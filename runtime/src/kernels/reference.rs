@@ -128,3 +128,44 @@ pub fn requantize_logit(acc: i64, m: i32, shift: i32) -> i32 {
     let v = (2 * acc as i128 * m as i128 + den).div_euclid(2 * den);
     v.clamp(i32::MIN as i128, i32::MAX as i128) as i32
 }
+
+/// Runs a whole validated model with the reference kernels and the i128 requantization:
+/// an implementation independent of [`crate::Model::run`] except for the blob accessors.
+pub fn run_model(model: &crate::Model<'_>, pixels: &[u8]) -> Vec<i32> {
+    use crate::format::OpKind;
+    let mut x: Vec<i8> = pixels.iter().map(|&p| (p as i16 - 128) as i8).collect();
+    let mut logits = Vec::new();
+    for l in model.layers() {
+        let win = crate::window(&l);
+        let w: Vec<i8> = l.weights().collect();
+        let oc = l.output_shape().c;
+        let bias: Vec<i32> = (0..oc).map(|c| l.bias(c)).collect();
+        let zp = l.input_zero_point();
+        let acc = match l.op() {
+            OpKind::Flatten => continue,
+            OpKind::MaxPool2d => {
+                x = max_pool(&win, &x);
+                continue;
+            }
+            OpKind::AvgPool2d => {
+                x = avg_pool(&win, &x);
+                continue;
+            }
+            OpKind::Dense => dense_acc(&x, &w, &bias, zp),
+            OpKind::Conv2d => conv2d_acc(&win, &x, &w, &bias, zp),
+            OpKind::DepthwiseConv2d => depthwise_acc(&win, &x, &w, &bias, zp),
+        };
+        if l.outputs_logits() {
+            logits = acc.iter().enumerate().map(|(i, &a)| requantize_logit(a, l.multiplier(i % oc), l.shift(i % oc))).collect();
+        } else {
+            let (lo, hi) = l.clamp();
+            let ozp = l.output_zero_point();
+            x = acc
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| requantize(a, l.multiplier(i % oc), l.shift(i % oc), ozp, lo, hi))
+                .collect();
+        }
+    }
+    logits
+}

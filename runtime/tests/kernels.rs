@@ -1,0 +1,206 @@
+//! Every kernel against its plain i64 reference, on random shapes, weights, multipliers and
+//! zero points, including saturation edges; and whole models against the reference runner.
+
+use iocane_runtime::emit::{random_model, SynthLayer};
+use iocane_runtime::kernels::{self, reference, ChannelParams, Output, Window};
+use iocane_runtime::{Model, Shape};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Params {
+    bias: Vec<i32>,
+    m: Vec<i32>,
+    s: Vec<i32>,
+}
+impl ChannelParams for Params {
+    fn bias(&self, c: usize) -> i32 {
+        self.bias[c]
+    }
+    fn multiplier(&self, c: usize) -> i32 {
+        self.m[c]
+    }
+    fn shift(&self, c: usize) -> i32 {
+        self.s[c]
+    }
+}
+
+fn bytes(n: usize) -> impl Strategy<Value = Vec<i8>> {
+    prop::collection::vec(any::<i8>(), n)
+}
+
+fn as_bytes(v: &[i8]) -> Vec<u8> {
+    v.iter().map(|&x| x as u8).collect()
+}
+
+fn check_weighted(acc: &[i64], p: &Params, oc: usize, zp: i8, clamp: (i8, i8), got_act: &[u8], got_logits: &[i32]) {
+    for (i, &a) in acc.iter().enumerate() {
+        let c = i % oc;
+        // The kernels accumulate in i32; the validator guarantees the i64 sum fits.
+        let want = reference::requantize(a, p.m[c], p.s[c], zp, clamp.0, clamp.1);
+        assert_eq!(got_act[i] as i8, want, "act {i}");
+        assert_eq!(got_logits[i], reference::requantize_logit(a, p.m[c], p.s[c]), "logit {i}");
+    }
+}
+
+fn geometry() -> impl Strategy<Value = (Window, usize)> {
+    ((1usize..9, 1usize..9, 1usize..5), (1usize..5, 1usize..4, 1usize..4, 1usize..3), (0usize..3, 0usize..3, 0usize..3, 0usize..3), 1usize..6)
+        .prop_filter_map("kernel fits", |((h, w, c), (kh, kw, sh, sw), (pt, pl, pb, pr), oc)| {
+            let (pt, pl, pb, pr) = (pt.min(kh - 1), pl.min(kw - 1), pb.min(kh - 1), pr.min(kw - 1));
+            if h + pt + pb < kh || w + pl + pr < kw {
+                return None;
+            }
+            let input = Shape::new(h, w, c);
+            let output = Shape::new((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1, oc);
+            Some((Window { input, output, kernel: (kh, kw), stride: (sh, sw), padding: (pt, pl, pb, pr) }, oc))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dense_matches_reference(
+        (n, oc) in (1usize..200, 1usize..20),
+        seed in any::<u64>(),
+        zp in any::<i8>(), ozp in any::<i8>(), relu in any::<bool>(),
+    ) {
+        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let x: Vec<i8> = (0..n).map(|_| r.range(-128, 127) as i8).collect();
+        let w: Vec<i8> = (0..n * oc).map(|_| r.range(-127, 127) as i8).collect();
+        let p = Params {
+            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
+            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
+            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
+        };
+        let clamp = if relu { (ozp, 127) } else { (-128, 127) };
+        let acc = reference::dense_acc(&x, &w, &p.bias, zp);
+        let mut act = vec![0u8; oc];
+        let mut logits = vec![0i32; oc];
+        kernels::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
+        kernels::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
+    }
+
+    #[test]
+    fn conv2d_matches_reference(
+        (win, oc) in geometry(),
+        seed in any::<u64>(), zp in any::<i8>(), ozp in any::<i8>(),
+    ) {
+        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
+        let w: Vec<i8> = (0..oc * win.kernel.0 * win.kernel.1 * win.input.c).map(|_| r.range(-127, 127) as i8).collect();
+        let p = Params {
+            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
+            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
+            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
+        };
+        let acc = reference::conv2d_acc(&win, &x, &w, &p.bias, zp);
+        let mut act = vec![0u8; win.output.len()];
+        let mut logits = vec![0i32; win.output.len()];
+        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
+        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
+    }
+
+    #[test]
+    fn depthwise_matches_reference(
+        (win, _) in geometry(),
+        seed in any::<u64>(), zp in any::<i8>(), ozp in any::<i8>(),
+    ) {
+        let win = Window { output: Shape { c: win.input.c, ..win.output }, ..win };
+        let c = win.input.c;
+        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
+        let w: Vec<i8> = (0..win.kernel.0 * win.kernel.1 * c).map(|_| r.range(-127, 127) as i8).collect();
+        let p = Params {
+            bias: (0..c).map(|_| r.range(-100_000, 100_000) as i32).collect(),
+            m: (0..c).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
+            s: (0..c).map(|_| r.range(-31, 30) as i32).collect(),
+        };
+        let acc = reference::depthwise_acc(&win, &x, &w, &p.bias, zp);
+        let mut act = vec![0u8; win.output.len()];
+        let mut logits = vec![0i32; win.output.len()];
+        kernels::depthwise_conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: -128, max: 127 });
+        kernels::depthwise_conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        check_weighted(&acc, &p, c, ozp, (-128, 127), &act, &logits);
+    }
+
+    #[test]
+    fn pools_match_reference(
+        (h, w, c, k, s) in (1usize..10, 1usize..10, 1usize..4, 1usize..4, 1usize..4),
+        x in bytes(400),
+    ) {
+        prop_assume!(h >= k && w >= k);
+        let input = Shape::new(h, w, c);
+        let win = Window { input, output: Shape::new((h - k) / s + 1, (w - k) / s + 1, c), kernel: (k, k), stride: (s, s), padding: (0, 0, 0, 0) };
+        let x = &x[..input.len()];
+        let mut out = vec![0u8; win.output.len()];
+        kernels::max_pool2d(&win, &as_bytes(x), &mut out);
+        prop_assert_eq!(as_bytes(&reference::max_pool(&win, x)), out.clone());
+        kernels::avg_pool2d(&win, &as_bytes(x), &mut out);
+        prop_assert_eq!(as_bytes(&reference::avg_pool(&win, x)), out);
+    }
+
+    #[test]
+    fn random_models_match_reference_runner(
+        seed in any::<u64>(),
+        arch in 0usize..5,
+        pixels in prop::collection::vec(any::<u8>(), 12 * 12 * 2),
+    ) {
+        let layers: &[SynthLayer] = match arch {
+            0 => &[SynthLayer::Dense { units: 16, relu: true }],
+            1 => &[SynthLayer::Conv { filters: 4, k: 3, s: 1, p: 1, relu: true }, SynthLayer::MaxPool { k: 2, s: 2 }],
+            2 => &[SynthLayer::Depthwise { k: 3, s: 2, p: 1, relu: false }, SynthLayer::Conv { filters: 6, k: 1, s: 1, p: 0, relu: true }, SynthLayer::AvgPool { k: 2, s: 2 }],
+            3 => &[SynthLayer::Conv { filters: 5, k: 3, s: 2, p: 1, relu: true }, SynthLayer::Conv { filters: 7, k: 3, s: 2, p: 0, relu: false }, SynthLayer::Flatten, SynthLayer::Dense { units: 9, relu: true }],
+            _ => &[SynthLayer::AvgPool { k: 3, s: 3 }, SynthLayer::Depthwise { k: 2, s: 1, p: 1, relu: true }],
+        };
+        let repr = random_model(Shape::new(12, 12, 2), 7, layers, seed);
+        let blob = repr.emit();
+        let model = Model::parse(&blob).unwrap();
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; 7];
+        let class = model.run(&pixels, &mut arena, &mut logits).unwrap();
+        let want = reference::run_model(&model, &pixels);
+        prop_assert_eq!(&logits, &want);
+        prop_assert_eq!(class, iocane_runtime::quant::argmax(&want));
+    }
+}
+
+#[test]
+fn dense_saturates_at_extremes() {
+    let p = Params { bias: vec![i32::MAX / 2, -(i32::MAX / 2)], m: vec![i32::MAX, 1], s: vec![30, -31] };
+    let x = vec![127u8 as i8 as u8; 4];
+    let w = [127i8 as u8; 8];
+    let mut act = [0u8; 2];
+    kernels::dense(&x, &w, -128, &p, Output::Act { buf: &mut act, zero_point: 0, min: -128, max: 127 });
+    assert_eq!(act, [127, 0]);
+}
+
+#[test]
+fn arena_is_exact_and_too_small_is_an_error() {
+    let repr = iocane_runtime::emit::random_cnn_s(3);
+    let blob = repr.emit();
+    let model = Model::parse(&blob).unwrap();
+    // Input 784, conv1 out 14*14*8 = 1568, conv2 out 7*7*16 = 784: max(784+1568, 1568+784).
+    assert_eq!(model.arena_size(), 784 + 1568);
+    let pixels = vec![100u8; 784];
+    let mut logits = [0i32; 10];
+    let mut small = vec![0u8; model.arena_size() - 1];
+    assert!(matches!(model.run(&pixels, &mut small, &mut logits), Err(iocane_runtime::RunError::ArenaTooSmall { .. })));
+    let mut arena = vec![0u8; model.arena_size()];
+    assert!(model.run(&pixels[..10], &mut arena, &mut logits).is_err());
+    assert!(model.run(&pixels, &mut arena, &mut logits[..9]).is_err());
+    let a = model.run(&pixels, &mut arena, &mut logits).unwrap();
+    // A bigger, dirty arena gives the same answer.
+    let mut big = vec![0xAAu8; 10_000];
+    let mut logits2 = [0i32; 10];
+    assert_eq!(model.run(&pixels, &mut big, &mut logits2).unwrap(), a);
+    assert_eq!(logits, logits2);
+    let pred = model.classify::<16>(&pixels, &mut arena).unwrap();
+    assert_eq!(pred.class, a);
+    assert_eq!(&pred.logits[..], &logits[..]);
+    let top = pred.top::<3>();
+    assert_eq!(top[0].0, a);
+    assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
+    assert!(model.classify::<4>(&pixels, &mut arena).is_err());
+}
