@@ -102,6 +102,31 @@ proptest! {
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
     }
 
+    /// Wide layers: more output channels than one parameter block (32), and receptive fields
+    /// larger than the stack patch (512), which take the row-by-row path.
+    #[test]
+    fn conv2d_wide_and_deep_match_reference(
+        (h, w, ic, oc, k) in (3usize..7, 3usize..7, prop_oneof![Just(3usize), 57usize..70], 30usize..40, 2usize..4),
+        seed in any::<u64>(), zp in any::<i8>(),
+    ) {
+        let input = Shape::new(h, w, ic);
+        let win = Window { input, output: Shape::new(h - k + 3, w - k + 3, oc), kernel: (k, k), stride: (1, 1), padding: (1, 1, 1, 1) };
+        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let x: Vec<i8> = (0..input.len()).map(|_| r.range(-128, 127) as i8).collect();
+        let wts: Vec<i8> = (0..oc * k * k * ic).map(|_| r.range(-127, 127) as i8).collect();
+        let p = Params {
+            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
+            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
+            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
+        };
+        let acc = reference::conv2d_acc(&win, &x, &wts, &p.bias, zp);
+        let mut act = vec![0u8; win.output.len()];
+        let mut logits = vec![0i32; win.output.len()];
+        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
+        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
+    }
+
     #[test]
     fn depthwise_matches_reference(
         (win, _) in geometry(),
