@@ -1,0 +1,219 @@
+//! `iocane train`: train a classifier naturally or adversarially.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iocane_trainer::data::{self, DatasetSpec};
+use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
+use iocane_trainer::train::{self, Method, Metrics, RunOptions, TrainConfig};
+
+/// Flags of `iocane train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset: mnist-small (embedded), fashion-mnist, or idx:DIR.
+    #[arg(long, default_value = "mnist-small")]
+    pub dataset: String,
+    /// Directory holding Fashion-MNIST (default /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Architecture: a preset (mlp, cnn-s, cnn-m, dwcnn), compact text
+    /// (e.g. conv8k3s2p1,relu,flatten,dense10) or a JSON file.
+    #[arg(long, default_value = "cnn-s")]
+    pub arch: String,
+    /// Training method: natural, fgsm, fgsm-rs, pgd.
+    #[arg(long, default_value = "pgd")]
+    pub method: Method,
+    /// Target L-infinity radius: a decimal (0.1) or levels (8/255).
+    #[arg(long, default_value = "0.1", value_parser = parse_eps)]
+    pub eps: f32,
+    /// PGD steps during training.
+    #[arg(long, default_value_t = 7)]
+    pub steps: usize,
+    /// PGD step size (default 2.5 * eps / steps).
+    #[arg(long)]
+    pub step_size: Option<f32>,
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Optimizer: adam or sgd.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    /// Weight decay (coupled for SGD, decoupled for Adam).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// LR schedule: cosine, constant, or step (x0.1 every third of the run).
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Natural epochs before adversarial training.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_epochs: usize,
+    /// Epochs over which eps ramps up after the warm-up.
+    #[arg(long, default_value_t = 2)]
+    pub ramp_epochs: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Test samples evaluated after each epoch (0 = all).
+    #[arg(long, default_value_t = 1000)]
+    pub eval_samples: usize,
+    /// PGD steps of the evaluation attack.
+    #[arg(long, default_value_t = 20)]
+    pub eval_steps: usize,
+    /// PGD restarts of the evaluation attack.
+    #[arg(long, default_value_t = 1)]
+    pub eval_restarts: usize,
+    /// Train on the first N samples only (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub train_samples: usize,
+    /// Output directory (model.ckpt, metrics.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from OUT/model.ckpt, bit-identically.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses an eps given as a decimal (`0.1`) or as levels (`8/255`).
+pub fn parse_eps(s: &str) -> Result<f32, String> {
+    let v = if let Some((a, b)) = s.split_once('/') {
+        let a: f32 = a.trim().parse().map_err(|_| format!("bad eps `{s}`"))?;
+        let b: f32 = b.trim().parse().map_err(|_| format!("bad eps `{s}`"))?;
+        if b == 0.0 {
+            return Err(format!("bad eps `{s}`: division by zero"));
+        }
+        a / b
+    } else {
+        s.trim().parse().map_err(|_| format!("bad eps `{s}`: use a decimal like 0.1 or levels like 8/255"))?
+    };
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("eps {v} outside [0, 1]"));
+    }
+    Ok(v)
+}
+
+/// Resolves `--arch` (preset, compact text, or JSON file) for an input shape and class count.
+pub fn resolve_arch(arch: &str, input: [usize; 3], classes: usize) -> Result<ArchSpec> {
+    let p = std::path::Path::new(arch);
+    if arch.ends_with(".json") || p.is_file() {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading architecture {arch}"))?;
+        return ArchSpec::from_json(&text).with_context(|| format!("architecture {arch}"));
+    }
+    ArchSpec::resolve(arch, input, classes).with_context(|| format!("architecture `{arch}`"))
+}
+
+/// Builds the training configuration from the flags.
+pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize) -> Result<TrainConfig> {
+    let arch = resolve_arch(&a.arch, input, classes)?;
+    let optimizer = match a.optimizer.as_str() {
+        "adam" => OptimizerConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay },
+        "sgd" => OptimizerConfig::Sgd { momentum: a.momentum, nesterov: false, weight_decay: a.weight_decay },
+        o => bail!("unknown optimizer `{o}`: expected adam or sgd"),
+    };
+    let schedule = match a.schedule.as_str() {
+        "cosine" => LrSchedule::Cosine { lr: a.lr, min_lr: 0.0, epochs: a.epochs, warmup_epochs: 0.0 },
+        "constant" => LrSchedule::Constant { lr: a.lr },
+        "step" => LrSchedule::Step { lr: a.lr, gamma: 0.1, every: a.epochs.div_ceil(3).max(1) },
+        s => bail!("unknown schedule `{s}`: expected cosine, constant or step"),
+    };
+    Ok(TrainConfig {
+        dataset: a.dataset.clone(),
+        arch,
+        method: a.method,
+        eps: a.eps,
+        steps: a.steps,
+        step_size: a.step_size,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        optimizer,
+        schedule,
+        warmup_epochs: a.warmup_epochs,
+        ramp_epochs: a.ramp_epochs,
+        seed: a.seed,
+        eval_samples: a.eval_samples,
+        eval_steps: a.eval_steps,
+        eval_restarts: a.eval_restarts,
+        train_samples: a.train_samples,
+    })
+}
+
+/// Loads a dataset from the `--dataset` / `--data-dir` flags.
+pub fn load_dataset(name: &str, dir: Option<PathBuf>) -> Result<data::Splits> {
+    let spec: DatasetSpec = name.parse()?;
+    let spec = spec.with_data_dir(dir);
+    data::load(&spec).with_context(|| format!("loading dataset {name}"))
+}
+
+/// Installs a Ctrl-C handler that sets the returned flag (the trainer stops after the batch).
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current batch (press Ctrl-C again to abort)");
+    });
+    flag
+}
+
+/// Runs `iocane train`.
+pub fn run(a: &TrainArgs) -> Result<Metrics> {
+    let splits = load_dataset(&a.dataset, a.data_dir.clone())?;
+    let t = &splits.train;
+    let cfg = config(a, [t.height, t.width, t.channels], t.classes)?;
+    if !a.quiet {
+        eprintln!(
+            "training {} on {} ({} train / {} test), method {}, eps {:.4}, {} params, {} MACs",
+            a.arch,
+            a.dataset,
+            t.len(),
+            splits.test.len(),
+            cfg.method,
+            cfg.eps,
+            cfg.arch.param_count(),
+            cfg.arch.mac_count()
+        );
+    }
+    let opts = RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(interrupt_flag()) };
+    let m = train::train(&cfg, t, &splits.test, &a.out, &opts)?;
+    print_summary(&m, &a.out);
+    Ok(m)
+}
+
+/// Prints the per-epoch table and the final evaluation.
+pub fn print_summary(m: &Metrics, out: &std::path::Path) {
+    println!("\n epoch  train-eps      lr   loss  train-acc  clean  pgd@eps  samples/s");
+    for e in &m.epochs {
+        println!(
+            " {:>5}  {:>9.4}  {:.1e}  {:.3}  {:>9.3}  {:.3}  {:>7.3}  {:>9.0}",
+            e.epoch, e.train_eps, e.lr, e.train_loss, e.train_acc, e.clean_acc, e.robust_acc, e.samples_per_s
+        );
+    }
+    if let Some(f) = &m.final_eval {
+        println!(
+            "\nfinal on {} test samples, eps {:.4}: clean {:.2}%, FGSM {:.2}%, {} {:.2}%",
+            f.samples,
+            f.eps,
+            100.0 * f.clean_acc,
+            100.0 * f.fgsm_acc,
+            f.attack.split(' ').next().unwrap_or("PGD"),
+            100.0 * f.robust_acc
+        );
+    }
+    println!("params {}, MACs {}, wall {:.1}s; wrote {}/model.ckpt and metrics.json", m.params, m.macs, m.wall_seconds, out.display());
+}

@@ -1,0 +1,268 @@
+//! L-infinity adversarial attacks on the float model, in pixel space (`[0, 1]`).
+//!
+//! - [`Attack::Fgsm`]: `x + eps * sign(grad)` (Goodfellow et al. 2015).
+//! - [`Attack::FgsmRs`]: FGSM from a uniform random start in the eps-ball with step `alpha`
+//!   (default `1.25 * eps`) — "fast adversarial training" (Wong, Rice & Kolter 2020).
+//! - [`Attack::Pgd`]: projected gradient descent (Madry et al. 2018) with optional random
+//!   start and restarts; with several restarts each sample keeps its worst example (the
+//!   first misclassified one found, otherwise the highest-loss one).
+//!
+//! Every iterate is projected onto the eps-ball around the clean input **and** onto
+//! `[0, 1]`. With `snap` the result is finally rounded to the 8-bit pixel grid
+//! (`round(x * 255) / 255`, what a device that reads bytes sees), choosing grid levels that
+//! stay inside the ball (exactly so when the clean input is itself on the grid).
+//!
+//! Gradients are of the mean cross-entropy loss from [`Network::loss_and_grads`], so
+//! results are deterministic (for a given `Rng` state) whatever the number of threads.
+//! The random start consumes `rng` sequentially, one `uniform_f32` per input value.
+
+use super::{Network, Tensor, Want};
+use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> usize {
+    1
+}
+
+/// An attack configuration (serde JSON with tag `"kind"`: `"fgsm"`, `"fgsm_rs"`, `"pgd"`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Attack {
+    /// Fast gradient sign method from the clean input.
+    Fgsm {
+        /// L-infinity radius.
+        eps: f32,
+        /// Round the result to the 8-bit grid.
+        #[serde(default)]
+        snap: bool,
+    },
+    /// FGSM from a uniform random start in the ball (fast adversarial training).
+    FgsmRs {
+        /// L-infinity radius.
+        eps: f32,
+        /// Step size (Wong et al. use `1.25 * eps`).
+        alpha: f32,
+        /// Round the result to the 8-bit grid.
+        #[serde(default)]
+        snap: bool,
+    },
+    /// Projected gradient descent with sign steps.
+    Pgd {
+        /// L-infinity radius.
+        eps: f32,
+        /// Step size per iteration.
+        step_size: f32,
+        /// Number of gradient steps.
+        steps: usize,
+        /// Start from a uniform random point in the ball (else from the clean input).
+        #[serde(default = "default_true")]
+        random_start: bool,
+        /// Number of independent runs (>= 1); per sample the worst result is kept.
+        #[serde(default = "default_one")]
+        restarts: usize,
+        /// Round the result to the 8-bit grid.
+        #[serde(default)]
+        snap: bool,
+    },
+}
+
+impl Attack {
+    /// FGSM with radius `eps`.
+    pub fn fgsm(eps: f32) -> Attack {
+        Attack::Fgsm { eps, snap: false }
+    }
+
+    /// FGSM with random start, `alpha = 1.25 * eps`.
+    pub fn fgsm_rs(eps: f32) -> Attack {
+        Attack::FgsmRs { eps, alpha: 1.25 * eps, snap: false }
+    }
+
+    /// PGD with `steps` steps of size `2.5 * eps / steps` (Madry et al.'s rule), random
+    /// start, one restart.
+    pub fn pgd(eps: f32, steps: usize) -> Attack {
+        Attack::Pgd {
+            eps,
+            step_size: 2.5 * eps / steps.max(1) as f32,
+            steps,
+            random_start: true,
+            restarts: 1,
+            snap: false,
+        }
+    }
+
+    /// The same attack with snapping to the 8-bit grid switched on or off.
+    pub fn with_snap(self, on: bool) -> Attack {
+        match self {
+            Attack::Fgsm { eps, .. } => Attack::Fgsm { eps, snap: on },
+            Attack::FgsmRs { eps, alpha, .. } => Attack::FgsmRs { eps, alpha, snap: on },
+            Attack::Pgd { eps, step_size, steps, random_start, restarts, .. } => {
+                Attack::Pgd { eps, step_size, steps, random_start, restarts, snap: on }
+            }
+        }
+    }
+
+    /// The L-infinity radius.
+    pub fn eps(&self) -> f32 {
+        match *self {
+            Attack::Fgsm { eps, .. } | Attack::FgsmRs { eps, .. } | Attack::Pgd { eps, .. } => eps,
+        }
+    }
+
+    /// Number of forward+backward passes over the batch one [`Attack::perturb`] costs
+    /// (PGD with restarts adds one forward-only evaluation per restart).
+    pub fn gradient_passes(&self) -> usize {
+        match *self {
+            Attack::Fgsm { .. } | Attack::FgsmRs { .. } => 1,
+            Attack::Pgd { steps, restarts, .. } => steps * restarts.max(1),
+        }
+    }
+
+    /// Computes adversarial examples for the batch `x` with true `labels`. The result has
+    /// the shape of `x`, lies in `[0, 1]` and within `eps` of `x` (L-infinity).
+    ///
+    /// # Panics
+    /// If the batch or labels do not fit the network (see [`Network::check_batch`]).
+    pub fn perturb(&self, net: &Network, x: &Tensor, labels: &[usize], rng: &mut Rng) -> Tensor {
+        match *self {
+            Attack::Fgsm { eps, snap } => fgsm(net, x, labels, eps, snap),
+            Attack::FgsmRs { eps, alpha, snap } => {
+                let start = random_start(x, eps, rng);
+                let mut adv = sign_step(net, &start, labels, alpha, x, eps);
+                if snap {
+                    snap_to_grid(&mut adv, x, eps);
+                }
+                adv
+            }
+            Attack::Pgd { eps, step_size, steps, random_start: rs, restarts, snap } => {
+                pgd(net, x, labels, eps, step_size, steps, rs, restarts, snap, rng)
+            }
+        }
+    }
+}
+
+/// FGSM: `clip(x + eps * sign(grad_x loss))` (deterministic, so no `Rng`).
+pub fn fgsm(net: &Network, x: &Tensor, labels: &[usize], eps: f32, snap: bool) -> Tensor {
+    let mut adv = sign_step(net, x, labels, eps, x, eps);
+    if snap {
+        snap_to_grid(&mut adv, x, eps);
+    }
+    adv
+}
+
+/// PGD (see [`Attack::Pgd`] for the parameters).
+#[allow(clippy::too_many_arguments)]
+pub fn pgd(
+    net: &Network,
+    x: &Tensor,
+    labels: &[usize],
+    eps: f32,
+    step_size: f32,
+    steps: usize,
+    random_start_: bool,
+    restarts: usize,
+    snap: bool,
+    rng: &mut Rng,
+) -> Tensor {
+    let restarts = restarts.max(1);
+    let mut best: Option<(Tensor, Vec<f32>, Vec<bool>)> = None;
+    for _ in 0..restarts {
+        let mut adv = if random_start_ { random_start(x, eps, rng) } else { x.clone() };
+        let mut grad = Tensor::zeros(x.shape);
+        for _ in 0..steps {
+            sign_step_in_place(net, &mut adv, labels, step_size, x, eps, &mut grad);
+        }
+        if snap {
+            snap_to_grid(&mut adv, x, eps);
+        }
+        if restarts == 1 {
+            return adv;
+        }
+        let r = net.loss_and_grads(&adv, labels, Want::NONE);
+        let wrong: Vec<bool> = r.predictions.iter().zip(labels).map(|(p, l)| p != l).collect();
+        match best.as_mut() {
+            None => best = Some((adv, r.sample_losses, wrong)),
+            Some((bx, bl, bw)) => {
+                for i in 0..x.n() {
+                    let better = !bw[i] && (wrong[i] || r.sample_losses[i] > bl[i]);
+                    if better {
+                        bx.sample_mut(i).copy_from_slice(adv.sample(i));
+                        bl[i] = r.sample_losses[i];
+                        bw[i] = wrong[i];
+                    }
+                }
+            }
+        }
+    }
+    best.map(|b| b.0).unwrap_or_else(|| x.clone())
+}
+
+/// `x0 + U(-eps, eps)` per value, projected onto the ball and `[0, 1]`.
+pub fn random_start(x0: &Tensor, eps: f32, rng: &mut Rng) -> Tensor {
+    let mut x = x0.clone();
+    for v in &mut x.data {
+        *v += rng.uniform_range_f32(-eps, eps);
+    }
+    project(&mut x, x0, eps);
+    x
+}
+
+/// Projects `x` onto `{ |x - x0|_inf <= eps } ∩ [0, 1]^d` (element-wise clamp).
+pub fn project(x: &mut Tensor, x0: &Tensor, eps: f32) {
+    assert_eq!(x.shape, x0.shape, "project: shape mismatch");
+    for (v, &c) in x.data.iter_mut().zip(&x0.data) {
+        let lo = (c - eps).max(0.0);
+        let hi = (c + eps).min(1.0);
+        *v = v.max(lo).min(hi);
+    }
+}
+
+/// Rounds `x` to the 8-bit grid `k / 255`, restricted to the levels within `eps` of `x0`
+/// and in `[0, 1]` (a level within 1e-4 of a byte step of the ball's edge counts as inside,
+/// absorbing float rounding in `x0 ± eps`). If no level lies in the ball (only possible when
+/// `x0` is off-grid and `eps < 1/255`), the level nearest to `x0` is used.
+pub fn snap_to_grid(x: &mut Tensor, x0: &Tensor, eps: f32) {
+    assert_eq!(x.shape, x0.shape, "snap_to_grid: shape mismatch");
+    for (v, &c) in x.data.iter_mut().zip(&x0.data) {
+        let kmin = ((c - eps) * 255.0 - 1e-4).ceil().max(0.0);
+        let kmax = ((c + eps) * 255.0 + 1e-4).floor().min(255.0);
+        let k =
+            if kmin <= kmax { (*v * 255.0).round().clamp(kmin, kmax) } else { (c * 255.0).round().clamp(0.0, 255.0) };
+        *v = k / 255.0;
+    }
+}
+
+/// One signed-gradient step from `x`, projected onto the ball around `x0` and `[0, 1]`.
+fn sign_step(net: &Network, x: &Tensor, labels: &[usize], step: f32, x0: &Tensor, eps: f32) -> Tensor {
+    let mut out = x.clone();
+    let mut grad = Tensor::zeros(x.shape);
+    sign_step_in_place(net, &mut out, labels, step, x0, eps, &mut grad);
+    out
+}
+
+/// In-place version of [`sign_step`]; `grad` is scratch space for the input gradient.
+fn sign_step_in_place(
+    net: &Network,
+    x: &mut Tensor,
+    labels: &[usize],
+    step: f32,
+    x0: &Tensor,
+    eps: f32,
+    grad: &mut Tensor,
+) {
+    net.loss_and_input_grad_into(x, labels, grad);
+    for ((v, &gv), &c) in x.data.iter_mut().zip(&grad.data).zip(&x0.data) {
+        let s = if gv > 0.0 {
+            step
+        } else if gv < 0.0 {
+            -step
+        } else {
+            0.0
+        };
+        let lo = (c - eps).max(0.0);
+        let hi = (c + eps).min(1.0);
+        *v = (*v + s).max(lo).min(hi);
+    }
+}

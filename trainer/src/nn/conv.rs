@@ -1,0 +1,363 @@
+//! Direct ("implicit gemm") Conv2d kernels for NHWC / OHWI with a filter count that is a
+//! multiple of 8.
+//!
+//! The input is zero-padded once per chunk (so every window is fully inside the buffer),
+//! each output pixel is reduced to a base offset into that buffer and each kernel tap
+//! `k = (ky, kx, ci)` to a fixed offset, so `x[pixel, k] = xp[base[pixel] + off[k]]` with no
+//! border logic and no im2col matrix. Register-blocked micro-kernels then compute
+//! - forward: `MR` pixels x `FB` filters per block, looping over taps;
+//! - weight gradients: `KB` taps x `FB` filters per block, looping over pixels;
+//! - input gradients: `MR` pixels x `KV` taps of `dy * W` per block, then scatter-added into
+//!   the padded input gradient one contiguous `kw * c` row span at a time.
+//!
+//! All loops have a fixed order that does not depend on threads, so results are
+//! deterministic. Multiply-adds are fused (`mul_add`) when the build targets FMA.
+
+use super::layers::{Aux, Geom, LayerParams};
+use super::LayerSpec;
+
+#[inline(always)]
+fn madd(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_feature = "fma")]
+    {
+        a.mul_add(b, c)
+    }
+    #[cfg(not(target_feature = "fma"))]
+    {
+        a * b + c
+    }
+}
+
+/// Geometry of a Conv2d in the padded frame.
+struct Dims {
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    f: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
+    hp: usize,
+    wp: usize,
+    k: usize,
+}
+
+impl Dims {
+    fn new(g: &Geom) -> Dims {
+        let LayerSpec::Conv2d { filters, kernel, stride, padding } = g.spec else {
+            unreachable!("conv kernels on a non-conv layer")
+        };
+        let [h, w, c] = g.inp;
+        let [oh, ow, _] = g.out;
+        Dims {
+            h,
+            w,
+            c,
+            oh,
+            ow,
+            f: filters,
+            kh: kernel[0],
+            kw: kernel[1],
+            sh: stride[0],
+            sw: stride[1],
+            pt: padding[0],
+            pl: padding[1],
+            hp: h + padding[0] + padding[2],
+            wp: w + padding[1] + padding[3],
+            k: kernel[0] * kernel[1] * c,
+        }
+    }
+    fn padded(&self) -> bool {
+        self.hp != self.h || self.wp != self.w
+    }
+    fn in_len(&self) -> usize {
+        self.hp * self.wp * self.c
+    }
+}
+
+/// Whether the direct kernels handle this layer (a Conv2d with `filters % 8 == 0`).
+pub(crate) fn supported(g: &Geom) -> bool {
+    matches!(g.spec, LayerSpec::Conv2d { filters, .. } if filters % 8 == 0)
+}
+
+/// Filter block width for `f` filters (a multiple of 8).
+fn filter_block(f: usize) -> usize {
+    if f % 32 == 0 {
+        32
+    } else if f % 16 == 0 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Fills `aux.cols` with the padded input (if there is padding), `aux.pix` with the pixel
+/// base offsets and `aux.off` with the tap offsets.
+fn prepare(d: &Dims, n: usize, x: &[f32], aux: &mut Aux) {
+    if d.padded() {
+        let xp = &mut aux.cols;
+        xp.clear();
+        xp.resize(n * d.in_len(), 0.0);
+        let row = d.w * d.c;
+        for i in 0..n {
+            for y in 0..d.h {
+                let src = (i * d.h + y) * row;
+                let dst = ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c;
+                xp[dst..dst + row].copy_from_slice(&x[src..src + row]);
+            }
+        }
+    }
+    aux.off.clear();
+    for ky in 0..d.kh {
+        for kx in 0..d.kw {
+            for ci in 0..d.c {
+                aux.off.push((ky * d.wp + kx) * d.c + ci);
+            }
+        }
+    }
+    aux.pix.clear();
+    for i in 0..n {
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                aux.pix.push(i * d.in_len() + (oy * d.sh * d.wp + ox * d.sw) * d.c);
+            }
+        }
+    }
+}
+
+/// Every `base + off` is inside a buffer of `len` values (checked once so the micro-kernels
+/// can index without bounds checks).
+fn check_bounds(pix: &[usize], off: &[usize], len: usize) {
+    if let (Some(&b), Some(&o)) = (pix.iter().max(), off.iter().max()) {
+        assert!(b + o < len, "conv: window out of bounds");
+    }
+}
+
+/// Forward pass (`y` receives `n * oh * ow * f` values).
+pub(crate) fn forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
+    let d = Dims::new(g);
+    prepare(&d, n, x, aux);
+    // Weights transposed to [K][F].
+    let (f, k) = (d.f, d.k);
+    aux.wt.resize(k * f, 0.0);
+    for o in 0..f {
+        for kk in 0..k {
+            aux.wt[kk * f + o] = p.weights[o * k + kk];
+        }
+    }
+    let xp: &[f32] = if d.padded() { &aux.cols } else { x };
+    check_bounds(&aux.pix, &aux.off, xp.len());
+    assert_eq!(y.len(), aux.pix.len() * f);
+    match filter_block(f) {
+        32 => fwd_impl::<2, 32>(xp, &aux.pix, &aux.off, &aux.wt, f, &p.bias, y),
+        16 => fwd_impl::<4, 16>(xp, &aux.pix, &aux.off, &aux.wt, f, &p.bias, y),
+        _ => fwd_impl::<8, 8>(xp, &aux.pix, &aux.off, &aux.wt, f, &p.bias, y),
+    }
+}
+
+#[inline(always)]
+fn fwd_impl<const MR: usize, const FB: usize>(
+    xp: &[f32],
+    pix: &[usize],
+    off: &[usize],
+    wt: &[f32],
+    f: usize,
+    bias: &[f32],
+    y: &mut [f32],
+) {
+    let np = pix.len();
+    for fb in (0..f).step_by(FB) {
+        let bias_blk: [f32; FB] = bias[fb..fb + FB].try_into().expect("bias block");
+        let mut p0 = 0;
+        while p0 < np {
+            let cnt = (np - p0).min(MR);
+            let mut bases = [0usize; MR];
+            for (j, b) in bases.iter_mut().enumerate() {
+                *b = pix[p0 + j.min(cnt - 1)];
+            }
+            let mut acc = [bias_blk; MR];
+            for (kk, &o) in off.iter().enumerate() {
+                let w: &[f32; FB] = wt[kk * f + fb..kk * f + fb + FB].try_into().expect("weight block");
+                for j in 0..MR {
+                    // SAFETY: `check_bounds` verified `base + off < xp.len()` for all
+                    // pixel bases and tap offsets.
+                    let xv = unsafe { *xp.get_unchecked(bases[j] + o) };
+                    for q in 0..FB {
+                        acc[j][q] = madd(xv, w[q], acc[j][q]);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(cnt) {
+                let r = (p0 + j) * f + fb;
+                y[r..r + FB].copy_from_slice(a);
+            }
+            p0 += MR;
+        }
+    }
+}
+
+/// Backward pass after [`forward`] (which left the padded input and offsets in `aux`).
+/// Overwrites `grads` and `dx` when given. `scratch_a` / `scratch_b` are reusable buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    g: &Geom,
+    p: &LayerParams,
+    n: usize,
+    x: &[f32],
+    aux: &Aux,
+    dy: &[f32],
+    grads: Option<&mut LayerParams>,
+    dx: Option<&mut [f32]>,
+    scratch_a: &mut Vec<f32>,
+    scratch_b: &mut Vec<f32>,
+) {
+    let d = Dims::new(g);
+    let (f, k) = (d.f, d.k);
+    let np = aux.pix.len();
+    assert_eq!(np, n * d.oh * d.ow, "conv backward: forward state does not match");
+    assert_eq!(dy.len(), np * f);
+    let xp: &[f32] = if d.padded() { &aux.cols } else { x };
+    if let Some(gr) = grads {
+        check_bounds(&aux.pix, &aux.off, xp.len());
+        match filter_block(f) {
+            32 => dw_impl::<2, 32>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
+            16 => dw_impl::<6, 16>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
+            _ => dw_impl::<8, 8>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
+        }
+        gr.bias.fill(0.0);
+        for row in dy.chunks_exact(f) {
+            for (b, &v) in gr.bias.iter_mut().zip(row) {
+                *b += v;
+            }
+        }
+    }
+    if let Some(dx) = dx {
+        const KV: usize = 16;
+        const MR: usize = 4;
+        let kp = k.div_ceil(KV) * KV;
+        // Weights padded to [F][Kp] in scratch_b, followed by the per-block g buffer.
+        scratch_b.clear();
+        scratch_b.resize(f * kp + MR * kp, 0.0);
+        let (wpad, gbuf) = scratch_b.split_at_mut(f * kp);
+        for o in 0..f {
+            wpad[o * kp..o * kp + k].copy_from_slice(&p.weights[o * k..(o + 1) * k]);
+        }
+        let dxp: &mut [f32] = if d.padded() {
+            scratch_a.clear();
+            scratch_a.resize(n * d.in_len(), 0.0);
+            scratch_a
+        } else {
+            dx.fill(0.0);
+            &mut *dx
+        };
+        check_bounds(&aux.pix, &aux.off, dxp.len());
+        dx_impl::<MR, KV>(dy, f, wpad, kp, &aux.pix, gbuf, &d, dxp);
+        if d.padded() {
+            let row = d.w * d.c;
+            for i in 0..n {
+                for y in 0..d.h {
+                    let dst = (i * d.h + y) * row;
+                    let src = ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c;
+                    dx[dst..dst + row].copy_from_slice(&scratch_a[src..src + row]);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn dw_impl<const KB: usize, const FB: usize>(
+    xp: &[f32],
+    pix: &[usize],
+    off: &[usize],
+    dy: &[f32],
+    f: usize,
+    gw: &mut [f32],
+) {
+    let k = off.len();
+    for fb in (0..f).step_by(FB) {
+        let mut k0 = 0;
+        while k0 < k {
+            let cnt = (k - k0).min(KB);
+            let mut offs = [0usize; KB];
+            for (t, o) in offs.iter_mut().enumerate() {
+                *o = off[k0 + t.min(cnt - 1)];
+            }
+            let mut acc = [[0.0f32; FB]; KB];
+            for (pi, &b) in pix.iter().enumerate() {
+                let dv: &[f32; FB] = dy[pi * f + fb..pi * f + fb + FB].try_into().expect("dy block");
+                for t in 0..KB {
+                    // SAFETY: `check_bounds` verified `base + off < xp.len()`.
+                    let xv = unsafe { *xp.get_unchecked(b + offs[t]) };
+                    for q in 0..FB {
+                        acc[t][q] = madd(xv, dv[q], acc[t][q]);
+                    }
+                }
+            }
+            for (t, a) in acc.iter().enumerate().take(cnt) {
+                for (q, &v) in a.iter().enumerate() {
+                    gw[(fb + q) * k + k0 + t] = v;
+                }
+            }
+            k0 += KB;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dx_impl<const MR: usize, const KV: usize>(
+    dy: &[f32],
+    f: usize,
+    wpad: &[f32],
+    kp: usize,
+    pix: &[usize],
+    gbuf: &mut [f32],
+    d: &Dims,
+    dxp: &mut [f32],
+) {
+    let np = pix.len();
+    let span = d.kw * d.c;
+    let row_stride = d.wp * d.c;
+    let mut p0 = 0;
+    while p0 < np {
+        let cnt = (np - p0).min(MR);
+        let mut rows = [0usize; MR];
+        for (j, r) in rows.iter_mut().enumerate() {
+            *r = (p0 + j.min(cnt - 1)) * f;
+        }
+        for k0 in (0..kp).step_by(KV) {
+            let mut acc = [[0.0f32; KV]; MR];
+            for o in 0..f {
+                let w: &[f32; KV] = wpad[o * kp + k0..o * kp + k0 + KV].try_into().expect("weight block");
+                for j in 0..MR {
+                    // SAFETY: rows[j] + o < (p0 + cnt) * f <= np * f == dy.len()
+                    // (asserted by the caller).
+                    let dv = unsafe { *dy.get_unchecked(rows[j] + o) };
+                    for v in 0..KV {
+                        acc[j][v] = madd(dv, w[v], acc[j][v]);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                gbuf[j * kp + k0..j * kp + k0 + KV].copy_from_slice(a);
+            }
+        }
+        for j in 0..cnt {
+            let base = pix[p0 + j];
+            for ky in 0..d.kh {
+                let dst = base + ky * row_stride;
+                let src = j * kp + ky * span;
+                for (o, &v) in dxp[dst..dst + span].iter_mut().zip(&gbuf[src..src + span]) {
+                    *o += v;
+                }
+            }
+        }
+        p0 += MR;
+    }
+}

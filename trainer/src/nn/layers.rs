@@ -1,0 +1,545 @@
+//! Layer kernels: forward, backward (parameter gradients) and input gradients for every
+//! op of [`LayerSpec`].
+//!
+//! The public functions [`forward`] and [`backward`] run one layer on a whole [`Tensor`]
+//! (they allocate; handy for tests, reference checks and a quantizer's calibration). The
+//! network engine uses the same kernels on preallocated chunk buffers.
+//!
+//! Convolutions and Dense layers use im2col + one sgemm per chunk (matrixmultiply through
+//! `ndarray::linalg::general_mat_mul`); depthwise convolutions and pools are direct loops
+//! over NHWC with the channel loop innermost.
+
+use super::conv;
+use super::gemm::{gemm, Mat};
+use super::{LayerSpec, NnError, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Parameters of one layer: `weights` in the layout documented in [`crate::nn`] (OHWI for
+/// Conv2d, `[kh][kw][c]` for DepthwiseConv2d, `[out][in]` for Dense) and `bias`. Both are
+/// empty for layers without parameters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerParams {
+    /// Weights (see the layout above).
+    pub weights: Vec<f32>,
+    /// Bias, one per output channel / unit.
+    pub bias: Vec<f32>,
+}
+
+impl LayerParams {
+    /// Zero parameters of the given lengths.
+    pub fn zeros(weights: usize, bias: usize) -> Self {
+        LayerParams { weights: vec![0.0; weights], bias: vec![0.0; bias] }
+    }
+
+    /// Total number of values.
+    pub fn len(&self) -> usize {
+        self.weights.len() + self.bias.len()
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Static geometry of one layer instance: the spec plus input and output shapes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    pub spec: LayerSpec,
+    pub inp: [usize; 3],
+    pub out: [usize; 3],
+}
+
+impl Geom {
+    pub fn new(spec: LayerSpec, inp: [usize; 3]) -> Result<Geom, String> {
+        let out = spec.output_shape(inp)?;
+        Ok(Geom { spec, inp, out })
+    }
+    pub fn in_len(&self) -> usize {
+        self.inp[0] * self.inp[1] * self.inp[2]
+    }
+    pub fn out_len(&self) -> usize {
+        self.out[0] * self.out[1] * self.out[2]
+    }
+    /// Whether a Conv2d is a plain per-pixel matmul (1x1 kernel, stride 1, no padding).
+    fn pointwise(&self) -> bool {
+        matches!(self.spec, LayerSpec::Conv2d { kernel: [1, 1], stride: [1, 1], padding: [0, 0, 0, 0], .. })
+    }
+}
+
+/// Per-chunk saved state of a layer between forward and backward.
+#[derive(Default)]
+pub(crate) struct Aux {
+    /// im2col matrix `[n*oh*ow, kh*kw*c]` of a (non-pointwise) Conv2d.
+    pub cols: Vec<f32>,
+    /// Max-pool argmax, as an index into the chunk's input buffer.
+    pub idx: Vec<u32>,
+    /// Direct conv: pixel base offsets into the (padded) input.
+    pub pix: Vec<usize>,
+    /// Direct conv: tap offsets.
+    pub off: Vec<usize>,
+    /// Direct conv: transposed weights `[K][F]`.
+    pub wt: Vec<f32>,
+}
+
+/// Reusable scratch buffers for backward passes.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// Forward of `n` samples: `x` has `n * in_len` values, `y` receives `n * out_len`.
+/// `aux` is filled with what backward needs.
+pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
+    let [h, w, c] = g.inp;
+    let [oh, ow, oc] = g.out;
+    debug_assert_eq!(x.len(), n * g.in_len());
+    debug_assert_eq!(y.len(), n * g.out_len());
+    match g.spec {
+        LayerSpec::Dense { units } => {
+            fill_bias(y, &p.bias);
+            let k = h * w * c;
+            gemm(1.0, Mat::n(x, n, k), Mat::t(&p.weights, units, k), 1.0, y, n, units);
+        }
+        LayerSpec::Conv2d { .. } if !g.pointwise() && conv::supported(g) => {
+            conv::forward(g, p, n, x, y, aux);
+        }
+        LayerSpec::Conv2d { filters, kernel, .. } => {
+            fill_bias(y, &p.bias);
+            let m = n * oh * ow;
+            let k = kernel[0] * kernel[1] * c;
+            if g.pointwise() {
+                gemm(1.0, Mat::n(x, m, k), Mat::t(&p.weights, filters, k), 1.0, y, m, filters);
+            } else {
+                aux.cols.resize(m * k, 0.0);
+                im2col(g, n, x, &mut aux.cols);
+                gemm(1.0, Mat::n(&aux.cols, m, k), Mat::t(&p.weights, filters, k), 1.0, y, m, filters);
+            }
+        }
+        LayerSpec::DepthwiseConv2d { kernel, stride, padding } => {
+            for i in 0..n {
+                let xs = &x[i * h * w * c..(i + 1) * h * w * c];
+                let ys = &mut y[i * oh * ow * c..(i + 1) * oh * ow * c];
+                for oy in 0..oh {
+                    let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kernel[0], h);
+                    for ox in 0..ow {
+                        let (kx0, kx1) = valid_range(ox, stride[1], padding[1], kernel[1], w);
+                        let out = &mut ys[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+                        out.copy_from_slice(&p.bias);
+                        for ky in ky0..ky1 {
+                            let iy = oy * stride[0] + ky - padding[0];
+                            for kx in kx0..kx1 {
+                                let ix = ox * stride[1] + kx - padding[1];
+                                let xi = &xs[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                                let wk = &p.weights[(ky * kernel[1] + kx) * c..(ky * kernel[1] + kx + 1) * c];
+                                for ((o, &a), &b) in out.iter_mut().zip(xi).zip(wk) {
+                                    *o += a * b;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        LayerSpec::MaxPool2d { kernel, stride } => {
+            aux.idx.resize(n * g.out_len(), 0);
+            for i in 0..n {
+                let base = i * h * w * c;
+                let obase = i * oh * ow * oc;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let o0 = obase + (oy * ow + ox) * c;
+                        let out = &mut y[o0..o0 + c];
+                        let idx = &mut aux.idx[o0..o0 + c];
+                        let mut first = true;
+                        for ky in 0..kernel[0] {
+                            let iy = oy * stride[0] + ky;
+                            for kx in 0..kernel[1] {
+                                let ix = ox * stride[1] + kx;
+                                let i0 = base + (iy * w + ix) * c;
+                                let xi = &x[i0..i0 + c];
+                                if first {
+                                    out.copy_from_slice(xi);
+                                    for (ch, v) in idx.iter_mut().enumerate() {
+                                        *v = (i0 + ch) as u32;
+                                    }
+                                    first = false;
+                                } else {
+                                    for ch in 0..c {
+                                        if xi[ch] > out[ch] {
+                                            out[ch] = xi[ch];
+                                            idx[ch] = (i0 + ch) as u32;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        LayerSpec::AvgPool2d { kernel, stride } => {
+            let scale = 1.0 / (kernel[0] * kernel[1]) as f32;
+            for i in 0..n {
+                let base = i * h * w * c;
+                let obase = i * oh * ow * oc;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let o0 = obase + (oy * ow + ox) * c;
+                        let out = &mut y[o0..o0 + c];
+                        out.fill(0.0);
+                        for ky in 0..kernel[0] {
+                            let iy = oy * stride[0] + ky;
+                            for kx in 0..kernel[1] {
+                                let ix = ox * stride[1] + kx;
+                                let i0 = base + (iy * w + ix) * c;
+                                for (o, &v) in out.iter_mut().zip(&x[i0..i0 + c]) {
+                                    *o += v;
+                                }
+                            }
+                        }
+                        for o in out.iter_mut() {
+                            *o *= scale;
+                        }
+                    }
+                }
+            }
+        }
+        LayerSpec::Relu => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v.max(0.0);
+            }
+        }
+        LayerSpec::Relu6 => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v.clamp(0.0, 6.0);
+            }
+        }
+        LayerSpec::Flatten => y.copy_from_slice(x),
+    }
+}
+
+/// Backward of `n` samples. `x` is the layer input of the forward pass, `dy` the gradient
+/// of the loss with respect to the output. If `grads` is given it **receives** (overwrites)
+/// the parameter gradients; if `dx` is given it receives the input gradient.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_raw(
+    g: &Geom,
+    p: &LayerParams,
+    n: usize,
+    x: &[f32],
+    aux: &Aux,
+    dy: &[f32],
+    grads: Option<&mut LayerParams>,
+    dx: Option<&mut [f32]>,
+    scratch: &mut Scratch,
+) {
+    let [h, w, c] = g.inp;
+    let [oh, ow, _oc] = g.out;
+    debug_assert_eq!(dy.len(), n * g.out_len());
+    match g.spec {
+        LayerSpec::Dense { units } => {
+            let k = h * w * c;
+            if let Some(gr) = grads {
+                gemm(1.0, Mat::t(dy, n, units), Mat::n(x, n, k), 0.0, &mut gr.weights, units, k);
+                col_sums(dy, units, &mut gr.bias);
+            }
+            if let Some(dx) = dx {
+                gemm(1.0, Mat::n(dy, n, units), Mat::n(&p.weights, units, k), 0.0, dx, n, k);
+            }
+        }
+        LayerSpec::Conv2d { .. } if !g.pointwise() && conv::supported(g) => {
+            conv::backward(g, p, n, x, aux, dy, grads, dx, &mut scratch.a, &mut scratch.b);
+        }
+        LayerSpec::Conv2d { filters, kernel, .. } => {
+            let m = n * oh * ow;
+            let k = kernel[0] * kernel[1] * c;
+            let pointwise = g.pointwise();
+            if let Some(gr) = grads {
+                let cols: &[f32] = if pointwise { x } else { &aux.cols };
+                gemm(1.0, Mat::t(dy, m, filters), Mat::n(cols, m, k), 0.0, &mut gr.weights, filters, k);
+                col_sums(dy, filters, &mut gr.bias);
+            }
+            if let Some(dx) = dx {
+                if pointwise {
+                    gemm(1.0, Mat::n(dy, m, filters), Mat::n(&p.weights, filters, k), 0.0, dx, m, k);
+                } else {
+                    let dcols = &mut scratch.a;
+                    dcols.resize(m * k, 0.0);
+                    gemm(1.0, Mat::n(dy, m, filters), Mat::n(&p.weights, filters, k), 0.0, dcols, m, k);
+                    col2im(g, n, dcols, dx);
+                }
+            }
+        }
+        LayerSpec::DepthwiseConv2d { kernel, stride, padding } => {
+            let mut grads = grads;
+            if let Some(gr) = grads.as_deref_mut() {
+                gr.weights.fill(0.0);
+                gr.bias.fill(0.0);
+            }
+            let mut dx = dx;
+            if let Some(d) = dx.as_deref_mut() {
+                d.fill(0.0);
+            }
+            for i in 0..n {
+                let xs = &x[i * h * w * c..(i + 1) * h * w * c];
+                let dys = &dy[i * oh * ow * c..(i + 1) * oh * ow * c];
+                for oy in 0..oh {
+                    let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kernel[0], h);
+                    for ox in 0..ow {
+                        let (kx0, kx1) = valid_range(ox, stride[1], padding[1], kernel[1], w);
+                        let d = &dys[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+                        if let Some(gr) = grads.as_deref_mut() {
+                            for (b, &v) in gr.bias.iter_mut().zip(d) {
+                                *b += v;
+                            }
+                        }
+                        for ky in ky0..ky1 {
+                            let iy = oy * stride[0] + ky - padding[0];
+                            for kx in kx0..kx1 {
+                                let ix = ox * stride[1] + kx - padding[1];
+                                let xo = (iy * w + ix) * c;
+                                let wo = (ky * kernel[1] + kx) * c;
+                                if let Some(gr) = grads.as_deref_mut() {
+                                    let gw = &mut gr.weights[wo..wo + c];
+                                    for ((gv, &a), &b) in gw.iter_mut().zip(&xs[xo..xo + c]).zip(d) {
+                                        *gv += a * b;
+                                    }
+                                }
+                                if let Some(dxa) = dx.as_deref_mut() {
+                                    let dxs = &mut dxa[i * h * w * c + xo..i * h * w * c + xo + c];
+                                    for ((o, &a), &b) in dxs.iter_mut().zip(&p.weights[wo..wo + c]).zip(d) {
+                                        *o += a * b;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        LayerSpec::MaxPool2d { .. } => {
+            if let Some(dx) = dx {
+                dx.fill(0.0);
+                for (&j, &d) in aux.idx.iter().zip(dy) {
+                    dx[j as usize] += d;
+                }
+            }
+        }
+        LayerSpec::AvgPool2d { kernel, stride } => {
+            if let Some(dx) = dx {
+                dx.fill(0.0);
+                let scale = 1.0 / (kernel[0] * kernel[1]) as f32;
+                for i in 0..n {
+                    let base = i * h * w * c;
+                    let obase = i * oh * ow * c;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let o0 = obase + (oy * ow + ox) * c;
+                            let d = &dy[o0..o0 + c];
+                            for ky in 0..kernel[0] {
+                                let iy = oy * stride[0] + ky;
+                                for kx in 0..kernel[1] {
+                                    let ix = ox * stride[1] + kx;
+                                    let i0 = base + (iy * w + ix) * c;
+                                    for (o, &v) in dx[i0..i0 + c].iter_mut().zip(d) {
+                                        *o += v * scale;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        LayerSpec::Relu => {
+            if let Some(dx) = dx {
+                for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = if v > 0.0 { d } else { 0.0 };
+                }
+            }
+        }
+        LayerSpec::Relu6 => {
+            if let Some(dx) = dx {
+                for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = if v > 0.0 && v < 6.0 { d } else { 0.0 };
+                }
+            }
+        }
+        LayerSpec::Flatten => {
+            if let Some(dx) = dx {
+                dx.copy_from_slice(dy);
+            }
+        }
+    }
+}
+
+/// Range `[k0, k1)` of kernel taps that land inside `[0, size)` for output position `o`.
+#[inline]
+fn valid_range(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
+    let start = o * stride; // position of tap 0 in padded coordinates
+    let k0 = pad.saturating_sub(start).min(k);
+    let k1 = (size + pad).saturating_sub(start).min(k);
+    (k0, k1.max(k0))
+}
+
+#[inline(never)]
+fn fill_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        row.copy_from_slice(bias);
+    }
+}
+
+/// `out[j] = sum_i m[i, j]` for a row-major matrix with `cols` columns.
+#[inline(never)]
+fn col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in m.chunks_exact(cols) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// im2col for NHWC: row `(i, oy, ox)`, column `(ky, kx, ci)` (matching OHWI weights).
+#[inline(never)]
+fn im2col(g: &Geom, n: usize, x: &[f32], cols: &mut [f32]) {
+    let LayerSpec::Conv2d { kernel, stride, padding, .. } = g.spec else { unreachable!() };
+    let [h, w, c] = g.inp;
+    let [oh, ow, _] = g.out;
+    let [kh, kw] = kernel;
+    let row_len = kh * kw * c;
+    let mut r = 0;
+    for i in 0..n {
+        let xs = &x[i * h * w * c..(i + 1) * h * w * c];
+        for oy in 0..oh {
+            let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kh, h);
+            for ox in 0..ow {
+                let (kx0, kx1) = valid_range(ox, stride[1], padding[1], kw, w);
+                let row = &mut cols[r * row_len..(r + 1) * row_len];
+                r += 1;
+                if ky0 > 0 || ky1 < kh || kx0 > 0 || kx1 < kw {
+                    row.fill(0.0);
+                }
+                if kx1 <= kx0 {
+                    continue;
+                }
+                let ix0 = ox * stride[1] + kx0 - padding[1];
+                let span = (kx1 - kx0) * c;
+                for ky in ky0..ky1 {
+                    let iy = oy * stride[0] + ky - padding[0];
+                    let src = (iy * w + ix0) * c;
+                    let dst = (ky * kw + kx0) * c;
+                    row[dst..dst + span].copy_from_slice(&xs[src..src + span]);
+                }
+            }
+        }
+    }
+}
+
+/// Adjoint of [`im2col`]: scatter-adds `cols` into `dx` (which is overwritten).
+#[inline(never)]
+fn col2im(g: &Geom, n: usize, cols: &[f32], dx: &mut [f32]) {
+    let LayerSpec::Conv2d { kernel, stride, padding, .. } = g.spec else { unreachable!() };
+    let [h, w, c] = g.inp;
+    let [oh, ow, _] = g.out;
+    let [kh, kw] = kernel;
+    let row_len = kh * kw * c;
+    dx.fill(0.0);
+    let mut r = 0;
+    for i in 0..n {
+        let dxs = &mut dx[i * h * w * c..(i + 1) * h * w * c];
+        for oy in 0..oh {
+            let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kh, h);
+            for ox in 0..ow {
+                let (kx0, kx1) = valid_range(ox, stride[1], padding[1], kw, w);
+                let row = &cols[r * row_len..(r + 1) * row_len];
+                r += 1;
+                if kx1 <= kx0 {
+                    continue;
+                }
+                let ix0 = ox * stride[1] + kx0 - padding[1];
+                let span = (kx1 - kx0) * c;
+                for ky in ky0..ky1 {
+                    let iy = oy * stride[0] + ky - padding[0];
+                    let dst = (iy * w + ix0) * c;
+                    let src = (ky * kw + kx0) * c;
+                    for (o, &v) in dxs[dst..dst + span].iter_mut().zip(&row[src..src + span]) {
+                        *o += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_layer(spec: &LayerSpec, p: &LayerParams, x: &Tensor) -> Result<Geom, NnError> {
+    let g = Geom::new(*spec, x.sample_shape())
+        .map_err(|m| NnError::Shape(format!("{spec} on input {:?}: {m}", x.sample_shape())))?;
+    if x.data.len() != x.shape.iter().product::<usize>() {
+        return Err(NnError::Shape(format!("tensor of shape {:?} has {} values", x.shape, x.data.len())));
+    }
+    let (wl, bl) = spec.param_lens(g.inp);
+    if p.weights.len() != wl || p.bias.len() != bl {
+        return Err(NnError::Shape(format!(
+            "{spec} on input {:?} needs {wl} weights and {bl} biases, got {} and {}",
+            g.inp,
+            p.weights.len(),
+            p.bias.len()
+        )));
+    }
+    Ok(g)
+}
+
+/// Runs one layer forward on a batch. `params` must have the lengths given by
+/// [`LayerSpec::param_lens`] for `x`'s sample shape (empty for parameterless layers).
+pub fn forward(spec: &LayerSpec, params: &LayerParams, x: &Tensor) -> Result<Tensor, NnError> {
+    let g = check_layer(spec, params, x)?;
+    let n = x.n();
+    let mut y = Tensor::zeros([n, g.out[0], g.out[1], g.out[2]]);
+    let mut aux = Aux::default();
+    forward_raw(&g, params, n, &x.data, &mut y.data, &mut aux);
+    Ok(y)
+}
+
+/// Runs one layer backward on a batch: given the forward input `x` and the gradient `dy`
+/// of some scalar loss with respect to the layer output, returns the input gradient (if
+/// `want_input`) and the parameter gradients (empty buffers for parameterless layers).
+pub fn backward(
+    spec: &LayerSpec,
+    params: &LayerParams,
+    x: &Tensor,
+    dy: &Tensor,
+    want_input: bool,
+) -> Result<(Option<Tensor>, LayerParams), NnError> {
+    let g = check_layer(spec, params, x)?;
+    let n = x.n();
+    if dy.shape != [n, g.out[0], g.out[1], g.out[2]] || dy.data.len() != n * g.out_len() {
+        return Err(NnError::Shape(format!(
+            "{spec}: output gradient has shape {:?}, expected {:?}",
+            dy.shape,
+            [n, g.out[0], g.out[1], g.out[2]]
+        )));
+    }
+    // Recompute the forward pass for the saved state (im2col / argmax).
+    let mut aux = Aux::default();
+    let mut y = vec![0.0; n * g.out_len()];
+    forward_raw(&g, params, n, &x.data, &mut y, &mut aux);
+    let (wl, bl) = spec.param_lens(g.inp);
+    let mut grads = LayerParams::zeros(wl, bl);
+    let mut dx = want_input.then(|| Tensor::zeros(x.shape));
+    let mut scratch = Scratch::default();
+    backward_raw(
+        &g,
+        params,
+        n,
+        &x.data,
+        &aux,
+        &dy.data,
+        spec.has_params().then_some(&mut grads),
+        dx.as_mut().map(|t| t.data.as_mut_slice()),
+        &mut scratch,
+    );
+    Ok((dx, grads))
+}

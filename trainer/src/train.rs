@@ -1,0 +1,448 @@
+//! The training loop: natural, FGSM, fast-FGSM and PGD adversarial training (Madry et al.
+//! 2018) with a natural warm-up and an eps ramp (curriculum), per-epoch clean and PGD
+//! evaluation, atomic per-epoch checkpoints and bit-identical `--resume`.
+//!
+//! Every random choice derives from the seed: the shuffle of epoch `e` uses stream
+//! `SHUFFLE + e`, the attack of batch `b` in epoch `e` uses stream `ATTACK + e * 2^20 + b`,
+//! evaluation uses stream `EVAL`. No state but the parameters, the optimizer buffers and the
+//! epoch count is needed to resume, so a resumed run is bit-identical to an uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use crate::data::Dataset;
+use crate::nn::attack::Attack;
+use crate::nn::{ArchSpec, Network, NnError, Optimizer, OptimizerConfig, LrSchedule, Tensor, Want};
+use crate::rng::Rng;
+
+const SHUFFLE: u64 = 1 << 40;
+const ATTACK: u64 = 2 << 40;
+const EVAL: u64 = 3 << 40;
+
+/// How training examples are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Clean examples only.
+    Natural,
+    /// FGSM examples from the clean input (Goodfellow et al. 2015).
+    Fgsm,
+    /// FGSM from a random start, step 1.25 eps ("fast adversarial training", Wong et al. 2020).
+    FgsmRs,
+    /// PGD L-infinity examples with a random start (Madry et al. 2018).
+    Pgd,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "natural" => Method::Natural,
+            "fgsm" => Method::Fgsm,
+            "fgsm-rs" | "fast" => Method::FgsmRs,
+            "pgd" => Method::Pgd,
+            _ => return Err(format!("unknown method `{s}`: expected natural, fgsm, fgsm-rs or pgd")),
+        })
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Natural => "natural",
+            Method::Fgsm => "fgsm",
+            Method::FgsmRs => "fgsm-rs",
+            Method::Pgd => "pgd",
+        })
+    }
+}
+
+/// A training run's configuration (stored in the checkpoint and in `metrics.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Dataset name (informational; the data is passed to [`train`]).
+    pub dataset: String,
+    /// The architecture.
+    pub arch: ArchSpec,
+    /// Training method.
+    pub method: Method,
+    /// Target L-infinity radius in [0, 1] pixel units.
+    pub eps: f32,
+    /// PGD steps during training.
+    pub steps: usize,
+    /// PGD step size (default `2.5 * eps / steps`).
+    pub step_size: Option<f32>,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Natural epochs before adversarial training starts.
+    pub warmup_epochs: usize,
+    /// Epochs over which eps ramps linearly from 0 to `eps` after the warm-up.
+    pub ramp_epochs: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Test samples evaluated after each epoch (0 = all).
+    pub eval_samples: usize,
+    /// PGD steps of the evaluation attack (more than training).
+    pub eval_steps: usize,
+    /// PGD restarts of the evaluation attack.
+    pub eval_restarts: usize,
+    /// Use only the first N training samples (0 = all).
+    pub train_samples: usize,
+}
+
+impl TrainConfig {
+    /// eps used in epoch `epoch` (0-based): 0 during warm-up, then a linear ramp.
+    pub fn eps_at(&self, epoch: usize) -> f32 {
+        if self.method == Method::Natural || epoch < self.warmup_epochs {
+            return 0.0;
+        }
+        let into = (epoch - self.warmup_epochs + 1) as f32;
+        let ramp = self.ramp_epochs.max(1) as f32;
+        self.eps * (into / ramp).min(1.0)
+    }
+
+    /// The training attack at radius `eps`.
+    pub fn attack(&self, eps: f32) -> Option<Attack> {
+        if eps <= 0.0 {
+            return None;
+        }
+        Some(match self.method {
+            Method::Natural => return None,
+            Method::Fgsm => Attack::fgsm(eps),
+            Method::FgsmRs => Attack::fgsm_rs(eps),
+            Method::Pgd => {
+                let steps = self.steps.max(1);
+                let step_size = self.step_size.unwrap_or(2.5 * eps / steps as f32);
+                Attack::Pgd { eps, step_size, steps, random_start: true, restarts: 1, snap: false }
+            }
+        })
+    }
+
+    /// The evaluation attack (PGD, `eval_steps`, `eval_restarts`) at radius `eps`.
+    pub fn eval_attack(&self, eps: f32) -> Attack {
+        let steps = self.eval_steps.max(1);
+        Attack::Pgd {
+            eps,
+            step_size: 2.5 * eps / steps as f32,
+            steps,
+            random_start: true,
+            restarts: self.eval_restarts.max(1),
+            snap: true,
+        }
+    }
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Training eps this epoch.
+    pub train_eps: f32,
+    /// Learning rate at the epoch's start.
+    pub lr: f32,
+    /// Mean training loss (on the examples trained on).
+    pub train_loss: f32,
+    /// Training accuracy (on the examples trained on).
+    pub train_acc: f32,
+    /// Clean test accuracy.
+    pub clean_acc: f32,
+    /// Test accuracy under the evaluation PGD attack at the target eps.
+    pub robust_acc: f32,
+    /// Training throughput.
+    pub samples_per_s: f32,
+    /// Wall time of the epoch (training and evaluation).
+    pub seconds: f32,
+}
+
+/// Final evaluation on the test split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalMetrics {
+    /// Clean accuracy.
+    pub clean_acc: f32,
+    /// Accuracy under FGSM at `eps`.
+    pub fgsm_acc: f32,
+    /// Accuracy under PGD at `eps` (`attack` says which).
+    pub robust_acc: f32,
+    /// The eps evaluated.
+    pub eps: f32,
+    /// Description of the PGD attack.
+    pub attack: String,
+    /// Test samples evaluated.
+    pub samples: usize,
+}
+
+/// Everything written to `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The configuration.
+    pub config: TrainConfig,
+    /// Parameter count.
+    pub params: usize,
+    /// Multiply-accumulates per inference.
+    pub macs: usize,
+    /// Per-epoch metrics.
+    pub epochs: Vec<EpochMetrics>,
+    /// Final evaluation (after the last epoch).
+    pub final_eval: Option<FinalMetrics>,
+    /// Total training wall time in seconds (over all sessions of a resumed run).
+    pub wall_seconds: f32,
+}
+
+/// Errors of a training run.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// Checkpoint trouble.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Network trouble (architecture vs data).
+    #[error(transparent)]
+    Network(#[from] NnError),
+    /// I/O writing outputs.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration does not make sense.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// Interrupted (Ctrl-C); the last completed epoch is saved.
+    #[error("interrupted after {completed} completed epoch(s); the checkpoint of the last completed epoch is in {dir}; continue with --resume")]
+    Interrupted {
+        /// Completed epochs.
+        completed: usize,
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+/// How to run (not part of the configuration: does not change results).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Show progress bars.
+    pub progress: bool,
+    /// Continue from `out_dir/model.ckpt` if present.
+    pub resume: bool,
+    /// Set to true to stop after the current batch (Ctrl-C).
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// Accuracy of `net` on `data` (first `limit` samples, 0 = all), clean and under `attack`.
+pub fn evaluate(net: &Network, data: &Dataset, limit: usize, attack: Option<&Attack>, seed: u64) -> (f32, f32) {
+    let n = if limit == 0 { data.len() } else { limit.min(data.len()) };
+    let bs = 256;
+    let (mut clean, mut robust) = (0usize, 0usize);
+    let mut rng = Rng::new(seed).fork(EVAL);
+    for start in (0..n).step_by(bs) {
+        let end = (start + bs).min(n);
+        let (x, labels) = batch(data, &(start..end).collect::<Vec<_>>());
+        let preds = net.predict(&x);
+        clean += preds.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        if let Some(a) = attack {
+            let adv = a.perturb(net, &x, &labels, &mut rng);
+            robust += net.predict(&adv).iter().zip(&labels).filter(|(p, l)| p == l).count();
+        }
+    }
+    let d = n.max(1) as f32;
+    (clean as f32 / d, if attack.is_some() { robust as f32 / d } else { f32::NAN })
+}
+
+/// A float batch `[n, h, w, c]` (pixels / 255) and its labels.
+pub fn batch(data: &Dataset, idx: &[usize]) -> (Tensor, Vec<usize>) {
+    let il = data.image_len();
+    let mut px = Vec::with_capacity(idx.len() * il);
+    for &i in idx {
+        px.extend(data.image(i).iter().map(|&b| b as f32 / 255.0));
+    }
+    let t = Tensor { shape: [idx.len(), data.height, data.width, data.channels], data: px };
+    (t, idx.iter().map(|&i| data.label(i)).collect())
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<(), TrainError> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| TrainError::Config(e.to_string()))?;
+    checkpoint::write_atomic(path, s.as_bytes()).map_err(|source| TrainError::Io { path: path.into(), source })
+}
+
+/// Trains according to `cfg` on `train` / `test`, writing `out_dir/model.ckpt` and
+/// `out_dir/metrics.json` after every epoch (atomically).
+pub fn train(cfg: &TrainConfig, train: &Dataset, test: &Dataset, out_dir: &Path, opts: &RunOptions) -> Result<Metrics, TrainError> {
+    if cfg.batch_size == 0 || cfg.epochs == 0 {
+        return Err(TrainError::Config("batch size and epochs must be positive".into()));
+    }
+    if !(0.0..=1.0).contains(&cfg.eps) {
+        return Err(TrainError::Config(format!("eps {} is outside [0, 1]", cfg.eps)));
+    }
+    if cfg.arch.input != [train.height, train.width, train.channels] || cfg.arch.classes != train.classes {
+        return Err(TrainError::Config(format!(
+            "architecture takes {:?} with {} classes, dataset has {}x{}x{} with {} classes",
+            cfg.arch.input, cfg.arch.classes, train.height, train.width, train.channels, train.classes
+        )));
+    }
+    let ckpt_path = out_dir.join("model.ckpt");
+    let metrics_path = out_dir.join("metrics.json");
+    std::fs::create_dir_all(out_dir).map_err(|source| TrainError::Io { path: out_dir.into(), source })?;
+
+    let mut net = Network::new(cfg.arch.clone(), cfg.seed)?;
+    let mut opt = Optimizer::new(cfg.optimizer, net.params());
+    let mut metrics = Metrics {
+        config: cfg.clone(),
+        params: cfg.arch.param_count(),
+        macs: cfg.arch.mac_count(),
+        epochs: Vec::new(),
+        final_eval: None,
+        wall_seconds: 0.0,
+    };
+    let mut start_epoch = 0;
+    if opts.resume && ckpt_path.exists() {
+        let ck = checkpoint::load(&ckpt_path)?;
+        let stored: TrainConfig = serde_json::from_value(ck.train_config.clone())
+            .map_err(|e| TrainError::Config(format!("checkpoint's configuration unreadable: {e}")))?;
+        if stored != *cfg {
+            return Err(TrainError::Config(
+                "--resume with a different configuration than the checkpoint's; use the same flags".into(),
+            ));
+        }
+        net = ck.network;
+        opt = match &ck.optimizer {
+            Some(s) => Optimizer::from_state(s, net.params())?,
+            None => return Err(TrainError::Config("checkpoint has no optimizer state to resume".into())),
+        };
+        if let Ok(m) = serde_json::from_value::<Metrics>(ck.metrics.clone()) {
+            metrics = m;
+        }
+        start_epoch = ck.epoch;
+    }
+
+    let n_train = if cfg.train_samples == 0 { train.len() } else { cfg.train_samples.min(train.len()) };
+    let steps_per_epoch = n_train.div_ceil(cfg.batch_size);
+    let root = Rng::new(cfg.seed);
+    for epoch in start_epoch..cfg.epochs {
+        let t0 = Instant::now();
+        let eps = cfg.eps_at(epoch);
+        let attack = cfg.attack(eps);
+        let mut order: Vec<usize> = (0..n_train).collect();
+        root.fork(SHUFFLE + epoch as u64).shuffle(&mut order);
+        let bar = progress_bar(opts.progress, steps_per_epoch as u64, epoch + 1, cfg.epochs);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let lr0 = cfg.schedule.lr(epoch, 0, steps_per_epoch);
+        for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+            if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                bar.abandon_with_message("interrupted");
+                return Err(TrainError::Interrupted { completed: epoch, dir: out_dir.into() });
+            }
+            let (x, labels) = batch(train, idx);
+            let x = match &attack {
+                Some(a) => {
+                    let mut rng = root.fork(ATTACK + ((epoch as u64) << 20) + b as u64);
+                    a.perturb(&net, &x, &labels, &mut rng)
+                }
+                None => x,
+            };
+            let lg = net.loss_and_grads(&x, &labels, Want::PARAMS);
+            let lr = cfg.schedule.lr(epoch, b, steps_per_epoch);
+            if let Some(g) = &lg.param_grads {
+                opt.step(net.params_mut(), g, lr);
+            }
+            loss_sum += lg.loss as f64 * idx.len() as f64;
+            correct += lg.correct;
+            seen += idx.len();
+            let sps = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "eps {eps:.3} loss {:.4} acc {:.3} {sps:.0} samples/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
+            bar.inc(1);
+        }
+        if !net.params().all_finite() {
+            return Err(TrainError::Config(format!("training diverged in epoch {} (non-finite weights); lower the learning rate", epoch + 1)));
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        bar.set_message("evaluating");
+        let eval_attack = cfg.eval_attack(cfg.eps);
+        let (clean_acc, robust_acc) = evaluate(
+            &net,
+            test,
+            cfg.eval_samples,
+            if cfg.eps > 0.0 { Some(&eval_attack) } else { None },
+            cfg.seed,
+        );
+        let em = EpochMetrics {
+            epoch: epoch + 1,
+            train_eps: eps,
+            lr: lr0,
+            train_loss: (loss_sum / seen.max(1) as f64) as f32,
+            train_acc: correct as f32 / seen.max(1) as f32,
+            clean_acc,
+            robust_acc: if robust_acc.is_nan() { clean_acc } else { robust_acc },
+            samples_per_s: (seen as f64 / train_secs.max(1e-9)) as f32,
+            seconds: t0.elapsed().as_secs_f32(),
+        };
+        bar.finish_with_message(format!(
+            "loss {:.4} clean {:.3} pgd {:.3} ({:.0} samples/s)",
+            em.train_loss, em.clean_acc, em.robust_acc, em.samples_per_s
+        ));
+        metrics.wall_seconds += em.seconds;
+        metrics.epochs.push(em);
+        let ck = Checkpoint {
+            network: net.clone(),
+            optimizer: Some(opt.state()),
+            epoch: epoch + 1,
+            train_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
+            metrics: serde_json::to_value(&metrics).map_err(|e| TrainError::Config(e.to_string()))?,
+        };
+        checkpoint::save(&ckpt_path, &ck)?;
+        write_json(&metrics_path, &metrics)?;
+    }
+    if metrics.final_eval.is_none() {
+        let t0 = Instant::now();
+        metrics.final_eval = Some(final_eval(&net, test, cfg, 0));
+        metrics.wall_seconds += t0.elapsed().as_secs_f32();
+        write_json(&metrics_path, &metrics)?;
+    }
+    Ok(metrics)
+}
+
+/// Clean, FGSM and PGD (`cfg.eval_steps`) accuracy at `cfg.eps` on the first `limit` test samples.
+pub fn final_eval(net: &Network, test: &Dataset, cfg: &TrainConfig, limit: usize) -> FinalMetrics {
+    let eps = cfg.eps;
+    let pgd = cfg.eval_attack(eps);
+    let (clean, robust) = if eps > 0.0 { evaluate(net, test, limit, Some(&pgd), cfg.seed) } else { (evaluate(net, test, limit, None, cfg.seed).0, f32::NAN) };
+    let fgsm = if eps > 0.0 { evaluate(net, test, limit, Some(&Attack::fgsm(eps).with_snap(true)), cfg.seed).1 } else { clean };
+    FinalMetrics {
+        clean_acc: clean,
+        fgsm_acc: fgsm,
+        robust_acc: if robust.is_nan() { clean } else { robust },
+        eps,
+        attack: format!("PGD-{} x{} restart(s), step 2.5*eps/steps, random start, 8-bit grid", cfg.eval_steps, cfg.eval_restarts.max(1)),
+        samples: if limit == 0 { test.len() } else { limit.min(test.len()) },
+    }
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
+}
