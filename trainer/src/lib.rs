@@ -10,4 +10,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod nn;
 pub mod rng;
+pub mod export;
+pub mod quantize;
 pub mod train;

@@ -14,10 +14,11 @@
 //!
 //! Gradients are of the mean cross-entropy loss from [`Network::loss_and_grads`], so
 //! results are deterministic (for a given `Rng` state) whatever the number of threads.
-//! The random start consumes `rng` sequentially, one `uniform_f32` per input value.
+//! Each random start draws one `u64` from `rng` (see [`random_start`]).
 
 use super::{Network, Tensor, Want};
 use crate::rng::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 fn default_true() -> bool {
@@ -200,12 +201,22 @@ pub fn pgd(
 }
 
 /// `x0 + U(-eps, eps)` per value, projected onto the ball and `[0, 1]`.
+///
+/// Draws one `u64` from `rng` and derives an independent stream per sample from it
+/// (`Rng::new(seed).fork(sample_index)`), so the noise is deterministic and generated in
+/// parallel.
 pub fn random_start(x0: &Tensor, eps: f32, rng: &mut Rng) -> Tensor {
+    let base = Rng::new(rng.next_u64());
     let mut x = x0.clone();
-    for v in &mut x.data {
-        *v += rng.uniform_range_f32(-eps, eps);
-    }
-    project(&mut x, x0, eps);
+    let len = x0.sample_len().max(1);
+    x.data.par_chunks_mut(len).zip(x0.data.par_chunks(len)).enumerate().for_each(|(i, (xs, cs))| {
+        let mut r = base.fork(i as u64);
+        for (v, &c) in xs.iter_mut().zip(cs) {
+            let lo = (c - eps).max(0.0);
+            let hi = (c + eps).min(1.0);
+            *v = (c + r.uniform_range_f32(-eps, eps)).max(lo).min(hi);
+        }
+    });
     x
 }
 
@@ -253,16 +264,21 @@ fn sign_step_in_place(
     grad: &mut Tensor,
 ) {
     net.loss_and_input_grad_into(x, labels, grad);
-    for ((v, &gv), &c) in x.data.iter_mut().zip(&grad.data).zip(&x0.data) {
-        let s = if gv > 0.0 {
-            step
-        } else if gv < 0.0 {
-            -step
-        } else {
-            0.0
-        };
-        let lo = (c - eps).max(0.0);
-        let hi = (c + eps).min(1.0);
-        *v = (*v + s).max(lo).min(hi);
-    }
+    const BLOCK: usize = 8192;
+    x.data.par_chunks_mut(BLOCK).zip(grad.data.par_chunks(BLOCK)).zip(x0.data.par_chunks(BLOCK)).for_each(
+        |((xs, gs), cs)| {
+            for ((v, &gv), &c) in xs.iter_mut().zip(gs).zip(cs) {
+                let s = if gv > 0.0 {
+                    step
+                } else if gv < 0.0 {
+                    -step
+                } else {
+                    0.0
+                };
+                let lo = (c - eps).max(0.0);
+                let hi = (c + eps).min(1.0);
+                *v = (*v + s).max(lo).min(hi);
+            }
+        },
+    );
 }

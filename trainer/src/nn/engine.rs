@@ -29,7 +29,13 @@ impl Plan {
         let mut buf_in = vec![0usize; l + 1];
         let mut inplace = vec![false; l];
         for i in 0..l {
-            let ip = matches!(geoms[i].spec, LayerSpec::Relu | LayerSpec::Relu6 | LayerSpec::Flatten) && buf_in[i] != 0;
+            // Flatten is a pure alias; activations modify their input buffer, which must
+            // not be the caller's input.
+            let ip = match geoms[i].spec {
+                LayerSpec::Flatten => true,
+                LayerSpec::Relu | LayerSpec::Relu6 => buf_in[i] != 0,
+                _ => false,
+            };
             inplace[i] = ip;
             buf_in[i + 1] = if ip { buf_in[i] } else { i + 1 };
         }
@@ -84,10 +90,9 @@ pub(crate) fn forward_chunk<'w>(
         let g = &plan.geoms[i];
         let bi = plan.buf_in[i];
         if plan.inplace[i] {
-            let buf = &mut ws.acts[bi][..n * g.in_len()];
             match g.spec {
-                LayerSpec::Relu => buf.iter_mut().for_each(|v| *v = v.max(0.0)),
-                LayerSpec::Relu6 => buf.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+                LayerSpec::Relu => ws.acts[bi][..n * g.in_len()].iter_mut().for_each(|v| *v = v.max(0.0)),
+                LayerSpec::Relu6 => ws.acts[bi][..n * g.in_len()].iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
                 _ => {}
             }
             continue;
@@ -134,23 +139,29 @@ pub(crate) fn backward_chunk(
         let bi = plan.buf_in[i];
         if plan.inplace[i] {
             // Output = (masked) input, stored in buffer `bi`; mask the gradient in place.
-            let y = &ws.acts[bi][..n * g.in_len()];
             match g.spec {
                 LayerSpec::Relu => {
-                    for (d, &v) in cur.iter_mut().zip(y) {
+                    for (d, &v) in cur.iter_mut().zip(&ws.acts[bi][..n * g.in_len()]) {
                         if v <= 0.0 {
                             *d = 0.0;
                         }
                     }
                 }
                 LayerSpec::Relu6 => {
-                    for (d, &v) in cur.iter_mut().zip(y) {
+                    for (d, &v) in cur.iter_mut().zip(&ws.acts[bi][..n * g.in_len()]) {
                         if !(v > 0.0 && v < 6.0) {
                             *d = 0.0;
                         }
                     }
                 }
-                _ => {}
+                _ => {
+                    // Flatten: the gradient passes through unchanged.
+                    if i == 0 {
+                        if let Some(dx) = dx.as_deref_mut() {
+                            dx.copy_from_slice(&cur);
+                        }
+                    }
+                }
             }
             continue;
         }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 /// many samples (the last one may be shorter) regardless of the number of threads, and
 /// per-chunk results are combined in chunk order, which makes every result bit-identical
 /// for any rayon thread count.
-pub const CHUNK: usize = 16;
+pub const CHUNK: usize = 32;
 
 /// Parameters of a whole network, one [`LayerParams`] per layer (empty for layers
 /// without parameters). Also used for gradients ([`Grads`]).
