@@ -1,7 +1,8 @@
 //! Host-side model builder: an owned [`ModelRepr`] that emits the blob [`Model::parse`] reads.
 //!
 //! `emit` and [`ModelRepr::from_model`] form a round trip: parse(emit(r)) gives back `r`,
-//! and emit(from_model(parse(b))) gives back `b` byte for byte.
+//! and emit(from_model(parse(b))) gives back `b` byte for byte for any blob `emit` wrote
+//! (parse also accepts other section orders and gaps, which re-emitting normalises).
 
 extern crate std;
 use std::string::{String, ToString};

@@ -22,6 +22,10 @@ pub const LAYER_RECORD_LEN: usize = 64;
 pub const MAX_LAYERS: usize = 64;
 /// Largest number of classes a blob may declare.
 pub const MAX_CLASSES: usize = 1024;
+/// Largest number of elements any tensor (input or activation) may have: 2^28. Bounding
+/// sizes this way makes every size computation exact on 32-bit targets too, so validation
+/// gives the same verdict on the device as on the host.
+pub const MAX_TENSOR_LEN: u64 = 1 << 28;
 /// Largest number of sections a blob may declare.
 pub const MAX_SECTIONS: usize = 16;
 
@@ -403,7 +407,7 @@ fn rd_u8(b: &[u8], off: usize) -> u8 {
     b.get(off).copied().unwrap_or(0)
 }
 
-/// CRC-32/ISO-HDLC (the zlib / PNG / Ethernet CRC), bytewise, no table (saves flash).
+/// CRC-32/ISO-HDLC (the zlib / PNG / Ethernet CRC) with a 16-entry nibble table (64 bytes of flash).
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32_update(0xFFFF_FFFF, bytes) ^ 0xFFFF_FFFF
 }
@@ -578,11 +582,16 @@ impl<'a> Layer<'a> {
     /// Bytes this layer's parameters take in the blob.
     pub fn param_bytes(&self) -> usize {
         if self.op.has_weights() {
-            align4(self.weight_count()) + 5 * 4 * self.output_shape().c
+            align4(self.weight_count()) + 4 * 4 * self.output_shape().c
         } else {
             0
         }
     }
+}
+
+/// Whether a shape's element count, computed exactly in u64, is at most [`MAX_TENSOR_LEN`].
+fn shape_fits(s: Shape) -> bool {
+    (s.h as u64) * (s.w as u64) * (s.c as u64) <= MAX_TENSOR_LEN
 }
 
 pub(crate) const fn align4(n: usize) -> usize {
@@ -637,7 +646,7 @@ impl<'a> Model<'a> {
             rd_u16(blob, field::INPUT_C) as usize,
         );
         let classes = rd_u16(blob, field::CLASSES) as usize;
-        if input.is_empty() || !(2..=MAX_CLASSES).contains(&classes) {
+        if input.is_empty() || !(2..=MAX_CLASSES).contains(&classes) || !shape_fits(input) {
             return Err(FormatError::BadHeader);
         }
 
@@ -799,7 +808,7 @@ impl<'a> Model<'a> {
                 }
             };
             let out = layer.output_shape();
-            if out != expect || out.is_empty() {
+            if out != expect || out.is_empty() || !shape_fits(out) {
                 return Err(fault(LayerFault::OutputShape));
             }
             let (amin, amax) = layer.clamp();

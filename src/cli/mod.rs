@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+pub mod certify;
+pub mod demo;
+pub mod export;
 pub mod inspect;
 pub mod train;
 
@@ -43,6 +46,12 @@ pub enum Command {
     },
     /// Train a classifier (natural, FGSM or PGD adversarial training) and save a float checkpoint.
     Train(train::TrainArgs),
+    /// Quantize a trained run to int8 and write model.icn, model.rs, model.h (and model.onnx).
+    Export(export::ExportArgs),
+    /// Release gate: attacks and sound bounds on the exact int8 model; exit 0 pass, 1 fail, 2 error.
+    Certify(certify::CertifyCmd),
+    /// End-to-end demo on the embedded data: train (PGD), export to int8, certify at 4/255 and 0.1.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses arguments and runs; maps errors to exit code 2 with the whole error chain.
@@ -76,5 +85,11 @@ fn run(cli: Cli) -> Result<u8> {
             train::run(&a)?;
             Ok(EXIT_OK)
         }
+        Command::Export(a) => {
+            export::run(&a)?;
+            Ok(EXIT_OK)
+        }
+        Command::Certify(c) => certify::run(&c),
+        Command::Demo(d) => demo::run(&d),
     }
 }

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod nn;
+pub mod onnx;
 pub mod rng;
 pub mod export;
 pub mod quantize;

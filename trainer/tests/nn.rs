@@ -227,6 +227,8 @@ fn layer_grads_fixed_cases() {
         ("conv2k1s2", [4, 4, 2]),
         ("dw3s1p1", [4, 5, 3]),
         ("dw2x3s2x1p1_2_0_1", [5, 4, 2]),
+        ("dw3s2p1", [5, 5, 8]),
+        ("dw2x3s1x2p1_2_0_1", [4, 5, 16]),
         ("maxpool2", [4, 4, 3]),
         ("maxpool3s2", [5, 5, 2]),
         ("avgpool2", [4, 5, 2]),
@@ -335,7 +337,9 @@ fn dense_uses_nhwc_flatten_order() {
     // Dense weight [out][in] with in = (y*w + x)*c + ch.
     let spec = ArchSpec::from_compact("flatten,dense1", [2, 2, 2], 1).unwrap();
     let mut w = vec![0.0; 8];
-    w[(1 * 2 + 0) * 2 + 1] = 1.0; // pixel (y=1, x=0), channel 1
+    let (width, chans) = (2, 2);
+    let (y, x, ch) = (1, 0, 1);
+    w[(y * width + x) * chans + ch] = 1.0;
     let params = Params { layers: vec![LayerParams::default(), LayerParams { weights: w, bias: vec![0.5] }] };
     let net = Network::from_params(spec, params).unwrap();
     let x = Tensor::new([1, 2, 2, 2], (0..8).map(|v| v as f32).collect()).unwrap();
@@ -584,6 +588,30 @@ fn attack_without_random_start_is_deterministic_and_zero_eps_is_identity() {
     assert_eq!(serde_json::from_str::<Attack>(&json).unwrap(), a);
     let parsed: Attack = serde_json::from_str(r#"{"kind":"pgd","eps":0.1,"step_size":0.01,"steps":7}"#).unwrap();
     assert_eq!(parsed.gradient_passes(), 7);
+}
+
+#[test]
+fn projection_and_grid_helpers() {
+    let x0 = Tensor::new([1, 1, 1, 4], vec![0.0, 0.5, 1.0, 10.0 / 255.0]).unwrap();
+    let mut x = Tensor::new([1, 1, 1, 4], vec![-0.3, 0.9, 0.95, 0.5]).unwrap();
+    attack::project(&mut x, &x0, 0.1);
+    assert_eq!(x.data, vec![0.0, 0.6, 0.95, 10.0 / 255.0 + 0.1]);
+    let mut y = x.clone();
+    attack::snap_to_grid(&mut y, &x0, 0.1);
+    for (&v, &c) in y.data.iter().zip(&x0.data) {
+        assert!((v * 255.0 - (v * 255.0).round()).abs() < 1e-4);
+        assert!((v - c).abs() <= 0.1 + 1e-6);
+    }
+    // 10/255 + 0.1 = 35.5/255 -> the ball allows up to level 35.
+    assert_eq!((y.data[3] * 255.0).round(), 35.0);
+    let mut rng = Rng::new(1);
+    let r = attack::random_start(&x0, 0.05, &mut rng);
+    assert!(r.data.iter().zip(&x0.data).all(|(a, b)| (a - b).abs() <= 0.05 && (0.0..=1.0).contains(a)));
+    // FGSM free function = Attack::Fgsm.
+    let (net, xb, labels) = trained_tiny();
+    let a = attack::fgsm(&net, &xb, &labels, 0.1, false);
+    let b = Attack::fgsm(0.1).perturb(&net, &xb, &labels, &mut rng);
+    assert_eq!(bits(&a.data), bits(&b.data));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@
 //! - input gradients: `MR` pixels x `KV` taps of `dy * W` per block, then scatter-added into
 //!   the padded input gradient one contiguous `kw * c` row span at a time.
 //!
+//! Depthwise convolutions with a channel count that is a multiple of 8 use the same padded
+//! frame with per-tap offsets and 8-channel vector blocks.
+//!
 //! All loops have a fixed order that does not depend on threads, so results are
 //! deterministic. Multiply-adds are fused (`mul_add`) when the build targets FMA.
 
@@ -49,18 +52,21 @@ struct Dims {
 
 impl Dims {
     fn new(g: &Geom) -> Dims {
-        let LayerSpec::Conv2d { filters, kernel, stride, padding } = g.spec else {
-            unreachable!("conv kernels on a non-conv layer")
+        let (f, kernel, stride, padding) = match g.spec {
+            LayerSpec::Conv2d { filters, kernel, stride, padding } => (filters, kernel, stride, padding),
+            LayerSpec::DepthwiseConv2d { kernel, stride, padding } => (g.inp[2], kernel, stride, padding),
+            _ => unreachable!("conv kernels on a non-conv layer"),
         };
         let [h, w, c] = g.inp;
         let [oh, ow, _] = g.out;
+        let depthwise = matches!(g.spec, LayerSpec::DepthwiseConv2d { .. });
         Dims {
             h,
             w,
             c,
             oh,
             ow,
-            f: filters,
+            f,
             kh: kernel[0],
             kw: kernel[1],
             sh: stride[0],
@@ -69,7 +75,7 @@ impl Dims {
             pl: padding[1],
             hp: h + padding[0] + padding[2],
             wp: w + padding[1] + padding[3],
-            k: kernel[0] * kernel[1] * c,
+            k: kernel[0] * kernel[1] * if depthwise { 1 } else { c },
         }
     }
     fn padded(&self) -> bool {
@@ -82,14 +88,19 @@ impl Dims {
 
 /// Whether the direct kernels handle this layer (a Conv2d with `filters % 8 == 0`).
 pub(crate) fn supported(g: &Geom) -> bool {
-    matches!(g.spec, LayerSpec::Conv2d { filters, .. } if filters % 8 == 0)
+    matches!(g.spec, LayerSpec::Conv2d { filters, .. } if filters.is_multiple_of(8))
+}
+
+/// Whether the depthwise kernels handle this layer (`channels % 8 == 0`).
+pub(crate) fn depthwise_supported(g: &Geom) -> bool {
+    matches!(g.spec, LayerSpec::DepthwiseConv2d { .. }) && g.inp[2].is_multiple_of(8)
 }
 
 /// Filter block width for `f` filters (a multiple of 8).
 fn filter_block(f: usize) -> usize {
-    if f % 32 == 0 {
+    if f.is_multiple_of(32) {
         32
-    } else if f % 16 == 0 {
+    } else if f.is_multiple_of(16) {
         16
     } else {
         8
@@ -113,9 +124,10 @@ fn prepare(d: &Dims, n: usize, x: &[f32], aux: &mut Aux) {
         }
     }
     aux.off.clear();
+    let per_tap = d.k / (d.kh * d.kw); // c for Conv2d, 1 for depthwise (channel blocks)
     for ky in 0..d.kh {
         for kx in 0..d.kw {
-            for ci in 0..d.c {
+            for ci in 0..per_tap {
                 aux.off.push((ky * d.wp + kx) * d.c + ci);
             }
         }
@@ -359,5 +371,135 @@ fn dx_impl<const MR: usize, const KV: usize>(
             }
         }
         p0 += MR;
+    }
+}
+
+/// Depthwise forward (`c % 8 == 0`): 8-channel blocks, `MR` pixels at a time.
+pub(crate) fn depthwise_forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
+    const MR: usize = 4;
+    let d = Dims::new(g);
+    prepare(&d, n, x, aux);
+    let xp: &[f32] = if d.padded() { &aux.cols } else { x };
+    let c = d.c;
+    // Every tap reads 8 channels from `base + off + cb` with `cb + 8 <= c`.
+    check_bounds(&aux.pix, &aux.off, xp.len() + 1 - c);
+    let (pix, off) = (&aux.pix, &aux.off);
+    let np = pix.len();
+    assert_eq!(y.len(), np * c);
+    for cb in (0..c).step_by(8) {
+        let bias: [f32; 8] = p.bias[cb..cb + 8].try_into().expect("bias block");
+        let mut p0 = 0;
+        while p0 < np {
+            let cnt = (np - p0).min(MR);
+            let mut bases = [0usize; MR];
+            for (j, b) in bases.iter_mut().enumerate() {
+                *b = pix[p0 + j.min(cnt - 1)] + cb;
+            }
+            let mut acc = [bias; MR];
+            for (t, &o) in off.iter().enumerate() {
+                let w: &[f32; 8] = p.weights[t * c + cb..t * c + cb + 8].try_into().expect("weight block");
+                for j in 0..MR {
+                    for q in 0..8 {
+                        // SAFETY: `check_bounds` above: base + off + 7 < xp.len().
+                        let xv = unsafe { *xp.get_unchecked(bases[j] + o + q) };
+                        acc[j][q] = madd(xv, w[q], acc[j][q]);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(cnt) {
+                let r = (p0 + j) * c + cb;
+                y[r..r + 8].copy_from_slice(a);
+            }
+            p0 += MR;
+        }
+    }
+}
+
+/// Depthwise backward after [`depthwise_forward`]; overwrites `grads` and `dx` when given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_backward(
+    g: &Geom,
+    p: &LayerParams,
+    n: usize,
+    x: &[f32],
+    aux: &Aux,
+    dy: &[f32],
+    grads: Option<&mut LayerParams>,
+    dx: Option<&mut [f32]>,
+    scratch: &mut Vec<f32>,
+) {
+    const TB: usize = 4;
+    let d = Dims::new(g);
+    let c = d.c;
+    let (pix, off) = (&aux.pix, &aux.off);
+    let np = pix.len();
+    assert_eq!(np, n * d.oh * d.ow, "depthwise backward: forward state does not match");
+    assert_eq!(dy.len(), np * c);
+    let xp: &[f32] = if d.padded() { &aux.cols } else { x };
+    if let Some(gr) = grads {
+        check_bounds(pix, off, xp.len() + 1 - c);
+        let taps = off.len();
+        for cb in (0..c).step_by(8) {
+            let mut t0 = 0;
+            while t0 < taps {
+                let cnt = (taps - t0).min(TB);
+                let mut offs = [0usize; TB];
+                for (t, o) in offs.iter_mut().enumerate() {
+                    *o = off[t0 + t.min(cnt - 1)] + cb;
+                }
+                let mut acc = [[0.0f32; 8]; TB];
+                for (pi, &b) in pix.iter().enumerate() {
+                    let dv: &[f32; 8] = dy[pi * c + cb..pi * c + cb + 8].try_into().expect("dy block");
+                    for t in 0..TB {
+                        for q in 0..8 {
+                            // SAFETY: `check_bounds` above.
+                            let xv = unsafe { *xp.get_unchecked(b + offs[t] + q) };
+                            acc[t][q] = madd(xv, dv[q], acc[t][q]);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(cnt) {
+                    gr.weights[(t0 + t) * c + cb..(t0 + t) * c + cb + 8].copy_from_slice(a);
+                }
+                t0 += TB;
+            }
+        }
+        gr.bias.fill(0.0);
+        for row in dy.chunks_exact(c) {
+            for (b, &v) in gr.bias.iter_mut().zip(row) {
+                *b += v;
+            }
+        }
+    }
+    if let Some(dx) = dx {
+        let dxp: &mut [f32] = if d.padded() {
+            scratch.clear();
+            scratch.resize(n * d.in_len(), 0.0);
+            scratch
+        } else {
+            dx.fill(0.0);
+            &mut *dx
+        };
+        check_bounds(pix, off, dxp.len() + 1 - c);
+        for (pi, &b) in pix.iter().enumerate() {
+            let dyr = &dy[pi * c..(pi + 1) * c];
+            for (t, &o) in off.iter().enumerate() {
+                let wr = &p.weights[t * c..(t + 1) * c];
+                let dst = &mut dxp[b + o..b + o + c];
+                for ((v, &dv), &wv) in dst.iter_mut().zip(dyr).zip(wr) {
+                    *v = madd(dv, wv, *v);
+                }
+            }
+        }
+        if d.padded() {
+            let row = d.w * d.c;
+            for i in 0..n {
+                for y in 0..d.h {
+                    let dst = (i * d.h + y) * row;
+                    let src = ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c;
+                    dx[dst..dst + row].copy_from_slice(&scratch[src..src + row]);
+                }
+            }
+        }
     }
 }

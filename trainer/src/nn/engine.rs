@@ -86,8 +86,7 @@ pub(crate) fn forward_chunk<'w>(
     if ws.aux.len() < l {
         ws.aux.resize_with(l, Aux::default);
     }
-    for i in 0..l {
-        let g = &plan.geoms[i];
+    for (i, (g, p)) in plan.geoms.iter().zip(params).enumerate() {
         let bi = plan.buf_in[i];
         if plan.inplace[i] {
             match g.spec {
@@ -101,7 +100,7 @@ pub(crate) fn forward_chunk<'w>(
         y.resize(n * g.out_len(), 0.0);
         {
             let xin: &[f32] = if bi == 0 { x } else { &ws.acts[bi][..n * g.in_len()] };
-            forward_raw(g, &params[i], n, xin, &mut y, &mut ws.aux[i]);
+            forward_raw(g, p, n, xin, &mut y, &mut ws.aux[i]);
         }
         ws.acts[i + 1] = y;
     }
@@ -111,6 +110,7 @@ pub(crate) fn forward_chunk<'w>(
 /// Backward pass of `n` samples after [`forward_chunk`]. `dlogits` (`n * classes`) is the
 /// gradient of the loss with respect to the logits. Parameter gradients (if `grads`) are
 /// written into `grads`; the input gradient (if `dx`) into `dx`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_chunk(
     plan: &Plan,
     params: &[LayerParams],

@@ -67,6 +67,27 @@ impl Geom {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test hook: route every Conv2d through im2col + gemm.
+    static FORCE_GEMM_CONV: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a Conv2d / DepthwiseConv2d runs on the direct kernels of [`conv`] (else
+/// im2col + gemm or a plain gemm for pointwise convolutions; plain loops for depthwise).
+#[inline]
+fn use_direct(g: &Geom) -> bool {
+    #[cfg(test)]
+    if FORCE_GEMM_CONV.with(|f| f.get()) {
+        return false;
+    }
+    match g.spec {
+        LayerSpec::Conv2d { .. } => !g.pointwise() && conv::supported(g),
+        LayerSpec::DepthwiseConv2d { .. } => conv::depthwise_supported(g),
+        _ => false,
+    }
+}
+
 /// Per-chunk saved state of a layer between forward and backward.
 #[derive(Default)]
 pub(crate) struct Aux {
@@ -102,7 +123,7 @@ pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mu
             let k = h * w * c;
             gemm(1.0, Mat::n(x, n, k), Mat::t(&p.weights, units, k), 1.0, y, n, units);
         }
-        LayerSpec::Conv2d { .. } if !g.pointwise() && conv::supported(g) => {
+        LayerSpec::Conv2d { .. } if use_direct(g) => {
             conv::forward(g, p, n, x, y, aux);
         }
         LayerSpec::Conv2d { filters, kernel, .. } => {
@@ -116,6 +137,9 @@ pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mu
                 im2col(g, n, x, &mut aux.cols);
                 gemm(1.0, Mat::n(&aux.cols, m, k), Mat::t(&p.weights, filters, k), 1.0, y, m, filters);
             }
+        }
+        LayerSpec::DepthwiseConv2d { .. } if use_direct(g) => {
+            conv::depthwise_forward(g, p, n, x, y, aux);
         }
         LayerSpec::DepthwiseConv2d { kernel, stride, padding } => {
             for i in 0..n {
@@ -249,7 +273,7 @@ pub(crate) fn backward_raw(
                 gemm(1.0, Mat::n(dy, n, units), Mat::n(&p.weights, units, k), 0.0, dx, n, k);
             }
         }
-        LayerSpec::Conv2d { .. } if !g.pointwise() && conv::supported(g) => {
+        LayerSpec::Conv2d { .. } if use_direct(g) => {
             conv::backward(g, p, n, x, aux, dy, grads, dx, &mut scratch.a, &mut scratch.b);
         }
         LayerSpec::Conv2d { filters, kernel, .. } => {
@@ -271,6 +295,9 @@ pub(crate) fn backward_raw(
                     col2im(g, n, dcols, dx);
                 }
             }
+        }
+        LayerSpec::DepthwiseConv2d { .. } if use_direct(g) => {
+            conv::depthwise_backward(g, p, n, x, aux, dy, grads, dx, &mut scratch.a);
         }
         LayerSpec::DepthwiseConv2d { kernel, stride, padding } => {
             let mut grads = grads;
@@ -542,4 +569,80 @@ pub fn backward(
         &mut scratch,
     );
     Ok((dx, grads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn run(
+        spec: &LayerSpec,
+        p: &LayerParams,
+        x: &Tensor,
+        dy: &Tensor,
+        gemm_only: bool,
+    ) -> (Tensor, Tensor, LayerParams) {
+        FORCE_GEMM_CONV.with(|f| f.set(gemm_only));
+        let y = forward(spec, p, x).unwrap();
+        let (dx, gp) = backward(spec, p, x, dy, true).unwrap();
+        FORCE_GEMM_CONV.with(|f| f.set(false));
+        (y, dx.unwrap(), gp)
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (&u, &v)) in a.iter().zip(b).enumerate() {
+            assert!((u - v).abs() <= 1e-4 * (1.0 + u.abs().max(v.abs())), "{what}[{i}]: {u} vs {v}");
+        }
+    }
+
+    /// The direct conv kernels agree with im2col + gemm, and the depthwise kernels with the
+    /// plain loops (forward, input and parameter gradients) on many shapes, strides,
+    /// paddings and filter / channel counts.
+    #[test]
+    fn direct_conv_matches_im2col_gemm() {
+        let mut rng = Rng::new(99);
+        for case in 0..300 {
+            let kh = 1 + rng.below(3);
+            let kw = 1 + rng.below(3);
+            let f = [8, 16, 24, 32, 40, 64][rng.below(6)];
+            let c = if case % 3 == 2 { [8, 16, 24][rng.below(3)] } else { 1 + rng.below(5) };
+            let stride = [1 + rng.below(3), 1 + rng.below(3)];
+            let padding = [rng.below(kh), rng.below(kw), rng.below(kh), rng.below(kw)];
+            let inp = [kh + rng.below(6), kw + rng.below(6), c];
+            let n = 1 + rng.below(4);
+            let spec = if case % 3 == 2 {
+                LayerSpec::DepthwiseConv2d { kernel: [kh, kw], stride, padding }
+            } else {
+                LayerSpec::Conv2d { filters: f, kernel: [kh, kw], stride, padding }
+            };
+            let g = Geom::new(spec, inp).unwrap();
+            if g.pointwise() {
+                continue;
+            }
+            assert!(use_direct(&g));
+            let (wl, bl) = spec.param_lens(inp);
+            let mut v = |len: usize| (0..len).map(|_| rng.uniform_range_f32(-1.0, 1.0)).collect::<Vec<_>>();
+            let p = LayerParams { weights: v(wl), bias: v(bl) };
+            let x = Tensor::new([n, inp[0], inp[1], c], v(n * g.in_len())).unwrap();
+            let dy = Tensor::new([n, g.out[0], g.out[1], g.out[2]], v(n * g.out_len())).unwrap();
+            let (y1, dx1, g1) = run(&spec, &p, &x, &dy, false);
+            let (y2, dx2, g2) = run(&spec, &p, &x, &dy, true);
+            let what = format!("case {case} {spec} on {inp:?}");
+            close(&y1.data, &y2.data, &format!("{what} y"));
+            close(&dx1.data, &dx2.data, &format!("{what} dx"));
+            close(&g1.weights, &g2.weights, &format!("{what} dw"));
+            close(&g1.bias, &g2.bias, &format!("{what} db"));
+        }
+    }
+
+    #[test]
+    fn valid_range_clips_to_input() {
+        // 3-tap kernel, pad 1, input 4: output 0 sees taps 1..3, output 3 (stride 1) taps 0..2.
+        assert_eq!(valid_range(0, 1, 1, 3, 4), (1, 3));
+        assert_eq!(valid_range(1, 1, 1, 3, 4), (0, 3));
+        assert_eq!(valid_range(3, 1, 1, 3, 4), (0, 2));
+        assert_eq!(valid_range(0, 2, 0, 2, 1), (0, 1));
+    }
 }

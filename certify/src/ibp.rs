@@ -1,0 +1,575 @@
+//! Sound interval bound propagation (IBP) over the exact integer arithmetic of the runtime.
+//!
+//! Every int8 tensor element gets an integer interval `[l, u]` that contains its value for
+//! every input image inside the box `lo <= pixels <= hi`. Weighted layers bound their int32
+//! accumulator exactly per neuron (`bias + Σ (w > 0 ? w (l - zp) : w (u - zp))`, padding taps
+//! contribute 0), then push both ends through the runtime's own `quant::requantize` /
+//! `quant::requantize_logit`, which are monotone non-decreasing in the accumulator. Max
+//! pooling takes the maximum of each end, average pooling applies `quant::average` to each
+//! end's sum, flatten is the identity. No rounding rule is re-implemented here: the bounds
+//! are about the integers the device computes.
+//!
+//! With `lo == hi` (k = 0) the bounds are exactly the runtime's logits.
+
+use iocane_runtime::format::{Layer, OpKind};
+use iocane_runtime::{quant, Model};
+use serde::Serialize;
+
+/// The L-infinity ball of `k` pixel levels around `pixels` (a perturbation of `k/255`),
+/// intersected with the valid pixel range: `lo[i] = p[i] - k` and `hi[i] = p[i] + k`,
+/// saturated to `[0, 255]`.
+pub fn linf_ball(pixels: &[u8], k: u8) -> (Vec<u8>, Vec<u8>) {
+    let lo = pixels.iter().map(|&p| p.saturating_sub(k)).collect();
+    let hi = pixels.iter().map(|&p| p.saturating_add(k)).collect();
+    (lo, hi)
+}
+
+/// Integer bounds on the int32 logits: for every image in the box, `lo[c] <= logit[c] <= hi[c]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LogitBounds {
+    /// Lower bound of each class logit.
+    pub lo: Vec<i32>,
+    /// Upper bound of each class logit.
+    pub hi: Vec<i32>,
+}
+
+impl LogitBounds {
+    /// Whether `logits` lie inside the bounds (same length, `lo <= logit <= hi` everywhere).
+    pub fn contains(&self, logits: &[i32]) -> bool {
+        logits.len() == self.lo.len()
+            && logits.iter().zip(self.lo.iter().zip(&self.hi)).all(|(&z, (&l, &h))| l <= z && z <= h)
+    }
+
+    /// Whether the bounds prove that the runtime's argmax is `label` for every image in the
+    /// box: for every other class `j`, `lo[label] > hi[j]` when `j < label` and
+    /// `lo[label] >= hi[j]` when `j > label` (argmax breaks ties towards the lowest index).
+    pub fn proves(&self, label: usize) -> bool {
+        let Some(&l) = self.lo.get(label) else { return false };
+        self.hi.iter().enumerate().all(|(j, &h)| j == label || if j < label { l > h } else { l >= h })
+    }
+
+    /// The worst-case margin of `label`: `min_j (lo[label] - hi[j])` over the other classes,
+    /// minus one for classes below `label` (so the sample is certified iff the result is
+    /// `>= 0`). `None` if `label` is out of range or there is no other class.
+    pub fn margin(&self, label: usize) -> Option<i64> {
+        let l = *self.lo.get(label)? as i64;
+        self.hi.iter().enumerate().filter(|&(j, _)| j != label).map(|(j, &h)| l - h as i64 - i64::from(j < label)).min()
+    }
+}
+
+/// The outcome of certifying one sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The int8 model classifies every image of the ball as the label (a proof).
+    Certified,
+    /// The clean image is classified correctly, but the bounds are too loose to prove the ball.
+    Unknown,
+    /// The int8 model misclassifies the clean image itself.
+    Misclassified,
+}
+
+/// Reusable scratch for bounding many samples of one model without reallocating.
+#[derive(Clone, Debug)]
+pub struct Bounder<'m> {
+    model: Model<'m>,
+    /// Bounds of the current tensor (int8 values held as i32).
+    lo: Vec<i32>,
+    hi: Vec<i32>,
+    /// Bounds of the next tensor.
+    next_lo: Vec<i32>,
+    next_hi: Vec<i32>,
+    /// `l - zp` and `u - zp` of the current weighted layer's input.
+    shifted_lo: Vec<i32>,
+    shifted_hi: Vec<i32>,
+    /// A gathered convolution receptive field of `shifted_lo` / `shifted_hi`.
+    patch_lo: Vec<i32>,
+    patch_hi: Vec<i32>,
+    /// For running the runtime on the clean image.
+    arena: Vec<u8>,
+    logits: Vec<i32>,
+}
+
+impl<'m> Bounder<'m> {
+    /// Scratch buffers sized for `model`.
+    pub fn new(model: &Model<'m>) -> Self {
+        debug_assert!(accumulators_fit_i32(model), "the runtime validator guarantees |bias| + 255 Σ|w| <= i32::MAX");
+        let widest = model.layers().map(|l| l.input_shape().len().max(l.output_shape().len())).max().unwrap_or(0);
+        let widest = widest.max(model.input_len());
+        let patch = model
+            .layers()
+            .filter(|l| l.op() == OpKind::Conv2d)
+            .map(|l| l.kernel().0 * l.kernel().1 * l.input_shape().c)
+            .max()
+            .unwrap_or(0);
+        Bounder {
+            model: *model,
+            lo: Vec::with_capacity(widest),
+            hi: Vec::with_capacity(widest),
+            next_lo: Vec::with_capacity(widest),
+            next_hi: Vec::with_capacity(widest),
+            shifted_lo: Vec::with_capacity(widest),
+            shifted_hi: Vec::with_capacity(widest),
+            patch_lo: vec![0; patch],
+            patch_hi: vec![0; patch],
+            arena: vec![0; model.arena_size()],
+            logits: vec![0; model.num_classes()],
+        }
+    }
+
+    /// The model being bounded.
+    pub fn model(&self) -> &Model<'m> {
+        &self.model
+    }
+
+    /// Bounds on the logits over all images `lo <= x <= hi` (elementwise, raw u8 pixels).
+    ///
+    /// # Panics
+    /// If `lo` or `hi` does not have `model.input_len()` pixels, or `lo[i] > hi[i]` somewhere.
+    pub fn logit_bounds(&mut self, lo: &[u8], hi: &[u8]) -> LogitBounds {
+        let mut out = LogitBounds::default();
+        self.logit_bounds_into(lo, hi, &mut out);
+        out
+    }
+
+    /// [`Bounder::logit_bounds`] writing into `out` (reusing its allocations).
+    ///
+    /// # Panics
+    /// As [`Bounder::logit_bounds`].
+    pub fn logit_bounds_into(&mut self, lo: &[u8], hi: &[u8], out: &mut LogitBounds) {
+        let n = self.model.input_len();
+        assert!(lo.len() == n && hi.len() == n, "the box has {}/{} pixels, the model takes {n}", lo.len(), hi.len());
+        assert!(lo.iter().zip(hi).all(|(l, h)| l <= h), "empty box: lo > hi for some pixel");
+        self.lo.clear();
+        self.hi.clear();
+        self.lo.extend(lo.iter().map(|&p| quant::pixel_to_input(p) as i32));
+        self.hi.extend(hi.iter().map(|&p| quant::pixel_to_input(p) as i32));
+        let model = self.model;
+        for layer in model.layers() {
+            match layer.op() {
+                OpKind::Flatten => continue,
+                OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool(&layer),
+                OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    self.weighted(&layer);
+                    if layer.outputs_logits() {
+                        out.lo.clear();
+                        out.hi.clear();
+                        out.lo.extend_from_slice(&self.next_lo);
+                        out.hi.extend_from_slice(&self.next_hi);
+                        return;
+                    }
+                }
+            }
+            core::mem::swap(&mut self.lo, &mut self.next_lo);
+            core::mem::swap(&mut self.hi, &mut self.next_hi);
+        }
+        // A validated model always ends in a logits layer.
+        unreachable!("validated models end with a Dense layer emitting logits")
+    }
+
+    /// Certifies one sample against the ball of `k` levels around `pixels`.
+    ///
+    /// Runs the runtime on the clean image first: if its argmax is not `label` the verdict
+    /// is [`Verdict::Misclassified`]. Otherwise the sample is [`Verdict::Certified`] iff the
+    /// logit bounds prove the label (see [`LogitBounds::proves`]) or, failing that, the
+    /// tighter margin bounds of [`Bounder::margin_lower_bounds`] do; else
+    /// [`Verdict::Unknown`]. The logit bounds are returned in every case.
+    ///
+    /// # Panics
+    /// If `pixels` does not have `model.input_len()` pixels.
+    pub fn certify_sample(&mut self, pixels: &[u8], label: usize, k: u8) -> (Verdict, LogitBounds) {
+        let class = match self.model.run(pixels, &mut self.arena, &mut self.logits) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot run the model on the sample: {e}"),
+        };
+        let (lo, hi) = linf_ball(pixels, k);
+        let bounds = self.logit_bounds(&lo, &hi);
+        let verdict = if class != label {
+            Verdict::Misclassified
+        } else if bounds.proves(label) || margins_prove(&self.elided_margins(&bounds, label), label) {
+            Verdict::Certified
+        } else {
+            Verdict::Unknown
+        };
+        (verdict, bounds)
+    }
+
+    /// Lower bounds on the logit differences `z[label] - z[j]` over every image of the box,
+    /// one per class `j` (the entry of `label` itself is 0). The label wins on the whole box
+    /// iff every entry is `>= 1` for `j < label` and `>= 0` for `j > label`.
+    ///
+    /// Each entry is the better of `lo[label] - hi[j]` from the logit bounds and a bound
+    /// that elides the final layer: the two logits are `floor(acc * m / 2^T + 1/2)` of
+    /// accumulators that are linear in the same int8 inputs, so the real difference
+    /// `acc_label m_label / 2^T_label - acc_j m_j / 2^T_j` is bounded as one linear function
+    /// (shared inputs cancel), exactly in i128, and `z[label] - z[j] >= floor` of its lower
+    /// bound. The elided bound is used only when neither logit can saturate.
+    ///
+    /// # Panics
+    /// As [`Bounder::logit_bounds`], or if `label` is out of range.
+    pub fn margin_lower_bounds(&mut self, lo: &[u8], hi: &[u8], label: usize) -> Vec<i64> {
+        assert!(label < self.model.num_classes(), "label {label} out of range");
+        let bounds = self.logit_bounds(lo, hi);
+        self.elided_margins(&bounds, label)
+    }
+
+    /// The margin bounds of [`Bounder::margin_lower_bounds`], right after `bounds` were
+    /// computed (the final layer's input bounds are still in `shifted_lo/hi`).
+    fn elided_margins(&self, bounds: &LogitBounds, label: usize) -> Vec<i64> {
+        let Some(last) = self.model.layer(self.model.layer_count() - 1) else { return Vec::new() };
+        let n = last.input_shape().c;
+        let w = last.weight_bytes();
+        let unsaturated = |c: usize| bounds.lo[c] > i32::MIN && bounds.hi[c] < i32::MAX;
+        let (a, c) = (&self.shifted_lo[..n], &self.shifted_hi[..n]);
+        (0..bounds.lo.len())
+            .map(|j| {
+                if j == label {
+                    return 0;
+                }
+                let plain = bounds.lo[label] as i64 - bounds.hi[j] as i64;
+                if !(unsaturated(label) && unsaturated(j)) {
+                    return plain;
+                }
+                let (ty, tj) = (31 - last.shift(label), 31 - last.shift(j));
+                let e = ty.max(tj);
+                let ay = (last.multiplier(label) as i128) << (e - ty);
+                let aj = (last.multiplier(j) as i128) << (e - tj);
+                let (wy, wj) = (&w[label * n..(label + 1) * n], &w[j * n..(j + 1) * n]);
+                // |ay|, |aj| < 2^92; every term below is < 2^108 and there are < 2^17 of them.
+                let mut num = ay * last.bias(label) as i128 - aj * last.bias(j) as i128;
+                for i in 0..n {
+                    let alpha = ay * (wy[i] as i8 as i128) - aj * (wj[i] as i8 as i128);
+                    num += (alpha * a[i] as i128).min(alpha * c[i] as i128);
+                }
+                // z_y - z_j > D - 1 >= D_lo - 1, so z_y - z_j >= floor(D_lo).
+                let elided = num.div_euclid(1i128 << e);
+                plain.max(elided.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+            })
+            .collect()
+    }
+
+    /// Max or average pooling: `self.lo/hi` -> `self.next_lo/next_hi`.
+    fn pool(&mut self, layer: &Layer<'_>) {
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        let (kh, kw) = layer.kernel();
+        let (sh, sw) = layer.stride();
+        let max = layer.op() == OpKind::MaxPool2d;
+        let count = (kh * kw) as i32;
+        self.next_lo.clear();
+        self.next_hi.clear();
+        for oy in 0..o.h {
+            for ox in 0..o.w {
+                for c in 0..o.c {
+                    let (mut l, mut h) = if max { (i32::MIN, i32::MIN) } else { (0, 0) };
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let idx = ((oy * sh + ky) * i.w + ox * sw + kx) * i.c + c;
+                            let (a, b) = (self.lo[idx], self.hi[idx]);
+                            if max {
+                                l = l.max(a);
+                                h = h.max(b);
+                            } else {
+                                l += a;
+                                h += b;
+                            }
+                        }
+                    }
+                    if !max {
+                        l = quant::average(l, count) as i32;
+                        h = quant::average(h, count) as i32;
+                    }
+                    self.next_lo.push(l);
+                    self.next_hi.push(h);
+                }
+            }
+        }
+    }
+
+    /// Dense, Conv2d or DepthwiseConv2d: `self.lo/hi` -> `self.next_lo/next_hi`, either
+    /// int8 activations or (for the final layer) int32 logits.
+    fn weighted(&mut self, layer: &Layer<'_>) {
+        let zp = layer.input_zero_point() as i32;
+        self.shifted_lo.clear();
+        self.shifted_hi.clear();
+        self.shifted_lo.extend(self.lo.iter().map(|&v| v - zp));
+        self.shifted_hi.extend(self.hi.iter().map(|&v| v - zp));
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        let w = layer.weight_bytes();
+        let oc = o.c;
+        self.next_lo.clear();
+        self.next_hi.clear();
+        // Accumulator bounds first (in next_lo / next_hi), requantized below.
+        match layer.op() {
+            OpKind::Dense => {
+                let n = i.c;
+                for (c, row) in w.chunks_exact(n).enumerate() {
+                    let (l, h) = dot_bounds(&self.shifted_lo, &self.shifted_hi, row);
+                    let b = layer.bias(c);
+                    self.next_lo.push(b.wrapping_add(l));
+                    self.next_hi.push(b.wrapping_add(h));
+                }
+            }
+            OpKind::Conv2d => {
+                let (kh, kw) = layer.kernel();
+                let (sh, sw) = layer.stride();
+                let (pt, pl, _, _) = layer.padding();
+                let ic = i.c;
+                let per_oc = kh * kw * ic;
+                let bias: Vec<i32> = (0..oc).map(|c| layer.bias(c)).collect();
+                for oy in 0..o.h {
+                    for ox in 0..o.w {
+                        // Gather the receptive field, zeros for padding taps.
+                        for ky in 0..kh {
+                            let iy = (oy * sh + ky) as isize - pt as isize;
+                            for kx in 0..kw {
+                                let ix = (ox * sw + kx) as isize - pl as isize;
+                                let dst = (ky * kw + kx) * ic;
+                                if iy < 0 || ix < 0 || iy >= i.h as isize || ix >= i.w as isize {
+                                    self.patch_lo[dst..dst + ic].fill(0);
+                                    self.patch_hi[dst..dst + ic].fill(0);
+                                } else {
+                                    let src = (iy as usize * i.w + ix as usize) * ic;
+                                    self.patch_lo[dst..dst + ic].copy_from_slice(&self.shifted_lo[src..src + ic]);
+                                    self.patch_hi[dst..dst + ic].copy_from_slice(&self.shifted_hi[src..src + ic]);
+                                }
+                            }
+                        }
+                        let (pa, pc) = (&self.patch_lo[..per_oc], &self.patch_hi[..per_oc]);
+                        for (row, &b) in w.chunks_exact(per_oc).zip(&bias) {
+                            let (l, h) = dot_bounds(pa, pc, row);
+                            self.next_lo.push(b.wrapping_add(l));
+                            self.next_hi.push(b.wrapping_add(h));
+                        }
+                    }
+                }
+            }
+            OpKind::DepthwiseConv2d => {
+                let (kh, kw) = layer.kernel();
+                let (sh, sw) = layer.stride();
+                let (pt, pl, _, _) = layer.padding();
+                let cn = i.c;
+                for oy in 0..o.h {
+                    for ox in 0..o.w {
+                        let base = self.next_lo.len();
+                        for c in 0..cn {
+                            let b = layer.bias(c);
+                            self.next_lo.push(b);
+                            self.next_hi.push(b);
+                        }
+                        for ky in 0..kh {
+                            let iy = (oy * sh + ky) as isize - pt as isize;
+                            if iy < 0 || iy >= i.h as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ix = (ox * sw + kx) as isize - pl as isize;
+                                if ix < 0 || ix >= i.w as isize {
+                                    continue;
+                                }
+                                let src = (iy as usize * i.w + ix as usize) * cn;
+                                let wrow = &w[(ky * kw + kx) * cn..(ky * kw + kx + 1) * cn];
+                                let (xl, xh) = (&self.shifted_lo[src..src + cn], &self.shifted_hi[src..src + cn]);
+                                let (ol, oh) = (&mut self.next_lo[base..base + cn], &mut self.next_hi[base..base + cn]);
+                                for c in 0..cn {
+                                    let wv = wrow[c] as i8 as i32;
+                                    let (p, q) = (wv * xl[c], wv * xh[c]);
+                                    ol[c] = ol[c].wrapping_add(p.min(q));
+                                    oh[c] = oh[c].wrapping_add(p.max(q));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            OpKind::MaxPool2d | OpKind::AvgPool2d | OpKind::Flatten => unreachable!("not a weighted layer"),
+        }
+        debug_assert_eq!(self.next_lo.len(), o.len());
+        // Requantize both ends with the runtime's monotone functions.
+        let params: Vec<(i32, i32)> = (0..oc).map(|c| (layer.multiplier(c), layer.shift(c))).collect();
+        if layer.outputs_logits() {
+            for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {
+                debug_assert!(*l <= *h);
+                let (m, s) = params[idx % oc];
+                *l = quant::requantize_logit(*l, m, s);
+                *h = quant::requantize_logit(*h, m, s);
+            }
+        } else {
+            let ozp = layer.output_zero_point();
+            let (amin, amax) = layer.clamp();
+            for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {
+                debug_assert!(*l <= *h);
+                let (m, s) = params[idx % oc];
+                *l = quant::requantize(*l, m, s, ozp, amin, amax) as i32;
+                *h = quant::requantize(*h, m, s, ozp, amin, amax) as i32;
+            }
+        }
+    }
+}
+
+/// Whether margin lower bounds (see [`Bounder::margin_lower_bounds`]) prove `label`.
+fn margins_prove(margins: &[i64], label: usize) -> bool {
+    !margins.is_empty() && margins.iter().enumerate().all(|(j, &m)| j == label || m >= i64::from(j < label))
+}
+
+/// Bounds of `Σ w[i] x[i]` over `x[i]` in `[a[i], c[i]]`: `(Σ min(w a, w c), Σ max(w a, w c))`.
+///
+/// Exact in i32: every term is at most `255 |w|` in magnitude and the validator proved
+/// `|bias| + 255 Σ|w| <= i32::MAX` per output channel, so no partial sum (of any subset of
+/// terms, in any order, plus the bias) can overflow. The wrapping operations only spare the
+/// optimiser the overflow checks.
+#[inline(always)]
+fn dot_bounds(a: &[i32], c: &[i32], w: &[u8]) -> (i32, i32) {
+    const L: usize = 8;
+    let mut lo = [0i32; L];
+    let mut hi = [0i32; L];
+    let (ac, cc, wc) = (a.chunks_exact(L), c.chunks_exact(L), w.chunks_exact(L));
+    let (ar, cr, wr) = (ac.remainder(), cc.remainder(), wc.remainder());
+    for ((xa, xc), ws) in ac.zip(cc).zip(wc) {
+        if let (Ok(xa), Ok(xc), Ok(ws)) =
+            (<&[i32; L]>::try_from(xa), <&[i32; L]>::try_from(xc), <&[u8; L]>::try_from(ws))
+        {
+            for j in 0..L {
+                let wv = ws[j] as i8 as i32;
+                let (p, q) = (wv.wrapping_mul(xa[j]), wv.wrapping_mul(xc[j]));
+                lo[j] = lo[j].wrapping_add(p.min(q));
+                hi[j] = hi[j].wrapping_add(p.max(q));
+            }
+        }
+    }
+    let mut l = lo.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+    let mut h = hi.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+    for ((&xa, &xc), &wv) in ar.iter().zip(cr).zip(wr) {
+        let wv = wv as i8 as i32;
+        let (p, q) = (wv * xa, wv * xc);
+        l = l.wrapping_add(p.min(q));
+        h = h.wrapping_add(p.max(q));
+    }
+    (l, h)
+}
+
+/// The validator's overflow guarantee, re-checked: `|bias| + 255 Σ|w| <= i32::MAX` for every
+/// output channel of every weighted layer.
+fn accumulators_fit_i32(model: &Model<'_>) -> bool {
+    model.layers().filter(|l| l.op().has_weights()).all(|l| {
+        let oc = l.output_shape().c;
+        let w = l.weight_bytes();
+        let fan_in = w.len() / oc.max(1);
+        (0..oc).all(|c| {
+            let abs: i64 = match l.op() {
+                OpKind::DepthwiseConv2d => w.iter().skip(c).step_by(oc).map(|&x| (x as i8 as i64).abs()).sum(),
+                _ => w[c * fan_in..(c + 1) * fan_in].iter().map(|&x| (x as i8 as i64).abs()).sum(),
+            };
+            (l.bias(c) as i64).abs() + 255 * abs <= i32::MAX as i64
+        })
+    })
+}
+
+/// Bounds on the int32 logits of `model` over every image with `lo <= pixels <= hi`
+/// (see [`Bounder`] to bound many samples without reallocating).
+///
+/// # Panics
+/// If `lo` or `hi` does not have `model.input_len()` pixels, or `lo[i] > hi[i]` somewhere.
+pub fn logit_bounds(model: &Model<'_>, lo: &[u8], hi: &[u8]) -> LogitBounds {
+    Bounder::new(model).logit_bounds(lo, hi)
+}
+
+/// Certifies `pixels` with true class `label` against the ball of `k` levels (see
+/// [`Bounder::certify_sample`]).
+///
+/// # Panics
+/// If `pixels` does not have `model.input_len()` pixels.
+pub fn certify_sample(model: &Model<'_>, pixels: &[u8], label: usize, k: u8) -> (Verdict, LogitBounds) {
+    Bounder::new(model).certify_sample(pixels, label, k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iocane_runtime::emit::{random_cnn_s, random_mlp, random_model, SplitMix64, SynthLayer};
+    use iocane_runtime::kernels::reference;
+    use iocane_runtime::Shape;
+
+    fn pixels(n: usize, rng: &mut SplitMix64) -> Vec<u8> {
+        (0..n).map(|_| rng.range(0, 255) as u8).collect()
+    }
+
+    #[test]
+    fn ball_saturates() {
+        let (lo, hi) = linf_ball(&[0, 3, 128, 250, 255], 4);
+        assert_eq!(lo, [0, 0, 124, 246, 251]);
+        assert_eq!(hi, [4, 7, 132, 254, 255]);
+    }
+
+    #[test]
+    fn zero_radius_is_exact_on_benchmark_models() {
+        let mut rng = SplitMix64(7);
+        for repr in [random_mlp(1), random_cnn_s(2)] {
+            let blob = repr.emit();
+            let model = Model::parse(&blob).unwrap();
+            let mut b = Bounder::new(&model);
+            for _ in 0..5 {
+                let x = pixels(model.input_len(), &mut rng);
+                let z = reference::run_model(&model, &x);
+                let bounds = b.logit_bounds(&x, &x);
+                assert_eq!(bounds.lo, z);
+                assert_eq!(bounds.hi, z);
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_contain_samples_of_the_ball() {
+        let mut rng = SplitMix64(11);
+        let repr = random_model(
+            Shape::new(6, 6, 2),
+            4,
+            &[
+                SynthLayer::Conv { filters: 3, k: 3, s: 1, p: 1, relu: true },
+                SynthLayer::Depthwise { k: 2, s: 1, p: 1, relu: false },
+                SynthLayer::AvgPool { k: 2, s: 2 },
+                SynthLayer::MaxPool { k: 2, s: 1 },
+                SynthLayer::Dense { units: 5, relu: true },
+            ],
+            3,
+        );
+        let blob = repr.emit();
+        let model = Model::parse(&blob).unwrap();
+        let mut b = Bounder::new(&model);
+        for k in [0u8, 1, 3, 8] {
+            let x = pixels(model.input_len(), &mut rng);
+            let (lo, hi) = linf_ball(&x, k);
+            let bounds = b.logit_bounds(&lo, &hi);
+            for _ in 0..50 {
+                let y: Vec<u8> = lo.iter().zip(&hi).map(|(&l, &h)| rng.range(l as i64, h as i64) as u8).collect();
+                assert!(bounds.contains(&reference::run_model(&model, &y)));
+            }
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_tie_rule() {
+        let b = LogitBounds { lo: vec![5, 5, 3], hi: vec![5, 5, 3] };
+        assert!(b.proves(0)); // ties with class 1 go to 0
+        assert!(!b.proves(1)); // ties with class 0 go to 0
+        assert!(!b.proves(2));
+        assert!(!b.proves(3));
+        assert_eq!(b.margin(0), Some(0));
+        assert_eq!(b.margin(1), Some(-1));
+        assert_eq!(serde_json::to_string(&Verdict::Misclassified).unwrap(), "\"misclassified\"");
+    }
+
+    #[test]
+    fn certify_sample_reports_misclassified_and_certified() {
+        let mut rng = SplitMix64(5);
+        let blob = random_mlp(9).emit();
+        let model = Model::parse(&blob).unwrap();
+        let x = pixels(model.input_len(), &mut rng);
+        let z = reference::run_model(&model, &x);
+        let class = quant::argmax(&z);
+        let (v, bounds) = certify_sample(&model, &x, class, 0);
+        assert_eq!(v, Verdict::Certified);
+        assert_eq!(bounds.lo, z);
+        let (v, _) = certify_sample(&model, &x, (class + 1) % 10, 0);
+        assert_eq!(v, Verdict::Misclassified);
+    }
+}

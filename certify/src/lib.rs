@@ -1,0 +1,21 @@
+//! # iocane-certify
+//!
+//! The release gate for iocane models: it judges the exact int8 model that ships, never a
+//! float approximation of it.
+//!
+//! - [`ibp`]: sound interval bound propagation through the integer arithmetic of
+//!   `iocane_runtime::quant`, and per-sample certification against an L-infinity ball of `k`
+//!   pixel levels (`k/255`).
+//! - [`twin`]: the dequantized float twin of an int8 model, used only as a source of
+//!   straight-through gradients for the attacks.
+//! - [`attack`]: FGSM, PGD, the Square Attack and random sampling, all searching valid u8
+//!   images inside the ball and all judged by running `iocane-runtime` on the candidate.
+//! - [`gate`]: the release gate over a dataset (sharded, parallel, deterministic).
+//! - [`report`]: report.json, junit.xml, summary.md, curve.svg and counterexamples.
+#![deny(missing_docs)]
+
+pub mod attack;
+pub mod gate;
+pub mod ibp;
+pub mod report;
+pub mod twin;

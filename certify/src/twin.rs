@@ -1,0 +1,658 @@
+//! The dequantized float twin of an int8 model: a source of straight-through gradients.
+//!
+//! The twin computes in real units what the int8 model computes in integers, with rounding
+//! treated as the identity: weights `w * s_w[c]`, biases `bias * s_in * s_w[c]`, and each
+//! weighted layer's clamp range `[act_min, act_max]` mapped to the real interval
+//! `((act_min - zp) s_out, (act_max - zp) s_out)` (fused ReLU / ReLU6 plus int8 saturation).
+//! The input is `x = p / 255`. Gradients pass through a clamp only strictly inside its range,
+//! through max pooling to the first maximal tap, and evenly through average pooling.
+//!
+//! The twin is never trusted for a verdict: attacks use it to choose directions and then
+//! judge every candidate on the int8 model itself.
+
+use iocane_runtime::format::{Layer, OpKind};
+use iocane_runtime::{quant, Model};
+
+/// Relative disagreement tolerated between a layer's requantization multiplier and the one
+/// its provenance scales imply (`s_in * s_w / s_out`).
+pub const SCALE_TOLERANCE: f64 = 1e-3;
+
+/// Why the float twin of a model could not be built from its provenance scales.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TwinError {
+    /// A provenance scale is missing (zero), negative or not finite.
+    #[error(
+        "layer {layer}: {} scale {value} is not finite and positive; the model's provenance scales are \
+         missing, so its dequantized float twin cannot be built and it cannot be attacked by gradient \
+         from its scales (FloatTwin::from_requantization derives a twin from the multipliers instead)",
+        match channel { Some(c) => format!("weight (channel {c})"), None => "output".to_string() }
+    )]
+    BadScale {
+        /// Layer index.
+        layer: usize,
+        /// Output channel for a weight scale, `None` for the layer's output scale.
+        channel: Option<usize>,
+        /// The offending value.
+        value: f32,
+    },
+    /// The provenance scales disagree with the requantization multiplier the model runs with.
+    #[error(
+        "layer {layer} channel {channel}: the provenance scales imply a requantization multiplier of \
+         {implied:e} but the model uses {actual:e}; a twin built from these scales would not describe the \
+         int8 model (FloatTwin::from_requantization derives a twin from the multipliers instead)"
+    )]
+    InconsistentScale {
+        /// Layer index.
+        layer: usize,
+        /// Output channel.
+        channel: usize,
+        /// `s_in * s_w[c] / s_out` from the provenance scales.
+        implied: f64,
+        /// `multiplier * 2^(shift - 31)` of the model.
+        actual: f64,
+    },
+}
+
+/// The loss whose input gradient the twin computes (attacks ascend it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Softmax cross-entropy of the true label: `logsumexp(z) - z_y`.
+    CrossEntropy,
+    /// Carlini-Wagner margin: `max_{j != y} z_j - z_y` (positive iff misclassified).
+    #[default]
+    Margin,
+}
+
+impl Loss {
+    /// The loss value for `logits` and true class `label`.
+    ///
+    /// # Panics
+    /// If `label` is out of range.
+    pub fn value(self, logits: &[f32], label: usize) -> f32 {
+        let zy = logits[label];
+        match self {
+            Loss::CrossEntropy => {
+                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let s: f32 = logits.iter().map(|&z| (z - m).exp()).sum();
+                m + s.ln() - zy
+            }
+            Loss::Margin => {
+                let other = logits
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != label)
+                    .fold(f32::NEG_INFINITY, |a, (_, &b)| a.max(b));
+                other - zy
+            }
+        }
+    }
+
+    /// d loss / d logits.
+    fn gradient(self, logits: &[f32], label: usize) -> Vec<f32> {
+        match self {
+            Loss::CrossEntropy => {
+                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let e: Vec<f32> = logits.iter().map(|&z| (z - m).exp()).collect();
+                let s: f32 = e.iter().sum();
+                e.iter().enumerate().map(|(j, &v)| v / s - if j == label { 1.0 } else { 0.0 }).collect()
+            }
+            Loss::Margin => {
+                let mut g = vec![0.0; logits.len()];
+                let mut best: Option<usize> = None;
+                for (j, &z) in logits.iter().enumerate() {
+                    if j != label && best.is_none_or(|b| z > logits[b]) {
+                        best = Some(j);
+                    }
+                }
+                if let Some(b) = best {
+                    g[b] = 1.0;
+                    g[label] = -1.0;
+                }
+                g
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    ih: usize,
+    iw: usize,
+    ic: usize,
+    oh: usize,
+    ow: usize,
+    oc: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
+}
+
+impl Geometry {
+    fn of(layer: &Layer<'_>) -> Self {
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        let (kh, kw) = layer.kernel();
+        let (sh, sw) = layer.stride();
+        let (pt, pl, _, _) = layer.padding();
+        Geometry { ih: i.h, iw: i.w, ic: i.c, oh: o.h, ow: o.w, oc: o.c, kh, kw, sh, sw, pt, pl }
+    }
+    fn in_len(&self) -> usize {
+        self.ih * self.iw * self.ic
+    }
+    fn out_len(&self) -> usize {
+        self.oh * self.ow * self.oc
+    }
+    /// Input index of tap `(ky, kx)` for output `(oy, ox)`, or `None` for a padding tap.
+    #[inline]
+    fn tap(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
+        let iy = (oy * self.sh + ky).checked_sub(self.pt)?;
+        let ix = (ox * self.sw + kx).checked_sub(self.pl)?;
+        (iy < self.ih && ix < self.iw).then_some((iy * self.iw + ix) * self.ic)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TwinLayer {
+    op: OpKind,
+    geo: Geometry,
+    /// Real weights in the runtime's layout.
+    w: Vec<f32>,
+    /// Real biases, one per output channel.
+    b: Vec<f32>,
+    /// Real clamp range of a hidden weighted layer; `None` for pools, flatten and logits.
+    clamp: Option<(f32, f32)>,
+}
+
+impl TwinLayer {
+    /// The layer's output before its clamp.
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let g = &self.geo;
+        let mut y = vec![0.0f32; g.out_len()];
+        match self.op {
+            OpKind::Flatten => y.copy_from_slice(x),
+            OpKind::Dense => {
+                for (o, row) in self.w.chunks_exact(g.ic).enumerate() {
+                    y[o] = self.b[o] + row.iter().zip(x).map(|(&w, &v)| w * v).sum::<f32>();
+                }
+            }
+            OpKind::Conv2d => {
+                let per_oc = g.kh * g.kw * g.ic;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let base = (oy * g.ow + ox) * g.oc;
+                        y[base..base + g.oc].copy_from_slice(&self.b);
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
+                                let xs = &x[src..src + g.ic];
+                                for o in 0..g.oc {
+                                    let wi = o * per_oc + (ky * g.kw + kx) * g.ic;
+                                    let ws = &self.w[wi..wi + g.ic];
+                                    y[base + o] += ws.iter().zip(xs).map(|(&w, &v)| w * v).sum::<f32>();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            OpKind::DepthwiseConv2d => {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let base = (oy * g.ow + ox) * g.oc;
+                        y[base..base + g.oc].copy_from_slice(&self.b);
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
+                                let wi = (ky * g.kw + kx) * g.ic;
+                                for c in 0..g.ic {
+                                    y[base + c] += self.w[wi + c] * x[src + c];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            OpKind::MaxPool2d | OpKind::AvgPool2d => {
+                let max = self.op == OpKind::MaxPool2d;
+                let n = (g.kh * g.kw) as f32;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        for c in 0..g.oc {
+                            let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let v = x[((oy * g.sh + ky) * g.iw + ox * g.sw + kx) * g.ic + c];
+                                    acc = if max { acc.max(v) } else { acc + v };
+                                }
+                            }
+                            y[(oy * g.ow + ox) * g.oc + c] = if max { acc } else { acc / n };
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// d loss / d input given the layer input `x` and d loss / d (pre-clamp) output `gy`.
+    fn backward(&self, x: &[f32], gy: &[f32]) -> Vec<f32> {
+        let g = &self.geo;
+        let mut gx = vec![0.0f32; g.in_len()];
+        match self.op {
+            OpKind::Flatten => gx.copy_from_slice(gy),
+            OpKind::Dense => {
+                for (row, &d) in self.w.chunks_exact(g.ic).zip(gy) {
+                    if d != 0.0 {
+                        for (gi, &w) in gx.iter_mut().zip(row) {
+                            *gi += w * d;
+                        }
+                    }
+                }
+            }
+            OpKind::Conv2d => {
+                let per_oc = g.kh * g.kw * g.ic;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let base = (oy * g.ow + ox) * g.oc;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
+                                for o in 0..g.oc {
+                                    let d = gy[base + o];
+                                    if d == 0.0 {
+                                        continue;
+                                    }
+                                    let wi = o * per_oc + (ky * g.kw + kx) * g.ic;
+                                    for (gi, &w) in gx[src..src + g.ic].iter_mut().zip(&self.w[wi..wi + g.ic]) {
+                                        *gi += w * d;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            OpKind::DepthwiseConv2d => {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let base = (oy * g.ow + ox) * g.oc;
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
+                                let wi = (ky * g.kw + kx) * g.ic;
+                                for c in 0..g.ic {
+                                    gx[src + c] += self.w[wi + c] * gy[base + c];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            OpKind::MaxPool2d | OpKind::AvgPool2d => {
+                let max = self.op == OpKind::MaxPool2d;
+                let n = (g.kh * g.kw) as f32;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        for c in 0..g.oc {
+                            let d = gy[(oy * g.ow + ox) * g.oc + c];
+                            let mut best: Option<(usize, f32)> = None;
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let idx = ((oy * g.sh + ky) * g.iw + ox * g.sw + kx) * g.ic + c;
+                                    if max {
+                                        if best.is_none_or(|(_, v)| x[idx] > v) {
+                                            best = Some((idx, x[idx]));
+                                        }
+                                    } else {
+                                        gx[idx] += d / n;
+                                    }
+                                }
+                            }
+                            if let Some((idx, _)) = best {
+                                gx[idx] += d;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gx
+    }
+}
+
+/// The dequantized float twin of an int8 model (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct FloatTwin {
+    layers: Vec<TwinLayer>,
+    input_len: usize,
+    classes: usize,
+    logit_scale: f32,
+}
+
+/// Per weighted layer: the weight scale of each output channel and the output scale.
+struct Scales {
+    weight: Vec<f32>,
+    output: f32,
+}
+
+impl FloatTwin {
+    /// Builds the twin from the model's provenance scales (`weight_scale_bits`,
+    /// `output_scale_bits`), the input scale being 1/255.
+    ///
+    /// Fails with [`TwinError::BadScale`] if a scale is not finite and positive (the model's
+    /// provenance is missing: it cannot be attacked by gradient from its scales), and with
+    /// [`TwinError::InconsistentScale`] if `s_in * s_w[c] / s_out` differs from a channel's
+    /// requantization multiplier by more than [`SCALE_TOLERANCE`] (relative), in which case
+    /// the twin would not describe the int8 model.
+    pub fn from_model(model: &Model<'_>) -> Result<FloatTwin, TwinError> {
+        let good = |v: f32| v.is_finite() && v > 0.0;
+        let mut scales = Vec::new();
+        let mut s_in = quant_input_scale();
+        for (li, layer) in model.layers().enumerate() {
+            if !layer.op().has_weights() {
+                scales.push(None);
+                continue;
+            }
+            let oc = layer.output_shape().c;
+            let output = f32::from_bits(layer.output_scale_bits());
+            if !good(output) {
+                return Err(TwinError::BadScale { layer: li, channel: None, value: output });
+            }
+            let mut weight = Vec::with_capacity(oc);
+            for c in 0..oc {
+                let s_w = f32::from_bits(layer.weight_scale_bits(c));
+                if !good(s_w) {
+                    return Err(TwinError::BadScale { layer: li, channel: Some(c), value: s_w });
+                }
+                let implied = s_in as f64 * s_w as f64 / output as f64;
+                let actual = quant::multiplier_to_real(layer.multiplier(c), layer.shift(c));
+                if !((actual / implied) - 1.0).abs().le(&SCALE_TOLERANCE) {
+                    return Err(TwinError::InconsistentScale { layer: li, channel: c, implied, actual });
+                }
+                weight.push(s_w);
+            }
+            scales.push(Some(Scales { weight, output }));
+            s_in = output;
+        }
+        Ok(Self::build(model, &scales))
+    }
+
+    /// Builds the twin from the requantization multipliers alone: the int8 model with its
+    /// rounding removed, whatever its provenance says. Each layer's output scale is its
+    /// provenance scale when that is finite and positive, else 1 (only the logit scale
+    /// changes the function, and only by a factor); the weight scales are then
+    /// `s_w[c] = M[c] * s_out / s_in`. Never fails on a validated model.
+    pub fn from_requantization(model: &Model<'_>) -> FloatTwin {
+        let mut scales = Vec::new();
+        let mut s_in = quant_input_scale() as f64;
+        for layer in model.layers() {
+            if !layer.op().has_weights() {
+                scales.push(None);
+                continue;
+            }
+            let prov = f32::from_bits(layer.output_scale_bits());
+            let output = if prov.is_finite() && prov > 0.0 { prov } else { 1.0 };
+            let weight = (0..layer.output_shape().c)
+                .map(|c| (quant::multiplier_to_real(layer.multiplier(c), layer.shift(c)) * output as f64 / s_in) as f32)
+                .collect();
+            scales.push(Some(Scales { weight, output }));
+            s_in = output as f64;
+        }
+        Self::build(model, &scales)
+    }
+
+    /// Builds the twin given consistent scales for every weighted layer.
+    fn build(model: &Model<'_>, scales: &[Option<Scales>]) -> FloatTwin {
+        let mut layers = Vec::new();
+        let mut s_in = quant_input_scale();
+        let mut logit_scale = 1.0;
+        for (layer, sc) in model.layers().zip(scales) {
+            let geo = Geometry::of(&layer);
+            let Some(sc) = sc else {
+                layers.push(TwinLayer { op: layer.op(), geo, w: Vec::new(), b: Vec::new(), clamp: None });
+                continue;
+            };
+            let oc = geo.oc;
+            let w: Vec<f32> = layer
+                .weights()
+                .enumerate()
+                .map(|(i, w)| {
+                    let c = match layer.op() {
+                        OpKind::DepthwiseConv2d => i % oc,
+                        _ => i / (layer.weight_count() / oc),
+                    };
+                    w as f32 * sc.weight[c]
+                })
+                .collect();
+            let b = (0..oc).map(|c| (layer.bias(c) as f64 * s_in as f64 * sc.weight[c] as f64) as f32).collect();
+            let clamp = if layer.outputs_logits() {
+                logit_scale = sc.output;
+                None
+            } else {
+                let (amin, amax) = layer.clamp();
+                let zp = layer.output_zero_point() as f32;
+                Some(((amin as f32 - zp) * sc.output, (amax as f32 - zp) * sc.output))
+            };
+            layers.push(TwinLayer { op: layer.op(), geo, w, b, clamp });
+            s_in = sc.output;
+        }
+        FloatTwin { layers, input_len: model.input_len(), classes: model.num_classes(), logit_scale }
+    }
+
+    /// Number of inputs (pixels) the twin takes.
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    /// Number of classes (logits).
+    pub fn num_classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Real value of one unit of the int8 model's int32 logits: twin logits are comparable
+    /// to `logit_int * logit_scale()`.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// The twin's input for raw pixels: `x = p / 255`.
+    pub fn input_from_pixels(pixels: &[u8]) -> Vec<f32> {
+        pixels.iter().map(|&p| p as f32 / 255.0).collect()
+    }
+
+    /// Logits (real units) for input `x` (`x = p / 255`, NHWC).
+    ///
+    /// # Panics
+    /// If `x` does not have [`FloatTwin::input_len`] values.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(x.len(), self.input_len, "twin input length");
+        let mut cur = x.to_vec();
+        for l in &self.layers {
+            let mut y = l.forward(&cur);
+            if let Some((lo, hi)) = l.clamp {
+                y.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+            }
+            cur = y;
+        }
+        cur
+    }
+
+    /// Logits and the gradient of `loss` (for true class `label`) with respect to `x`,
+    /// straight-through: rounding is the identity, clamps pass gradient only strictly inside
+    /// their range.
+    ///
+    /// # Panics
+    /// If `x` does not have [`FloatTwin::input_len`] values or `label` is out of range.
+    pub fn input_gradient(&self, x: &[f32], label: usize, loss: Loss) -> (Vec<f32>, Vec<f32>) {
+        assert_eq!(x.len(), self.input_len, "twin input length");
+        assert!(label < self.classes, "label {label} out of range");
+        // Tape: inputs of every layer and pre-clamp outputs of clamped layers.
+        let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
+        let mut pre: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
+        let mut cur = x.to_vec();
+        for l in &self.layers {
+            let y = l.forward(&cur);
+            inputs.push(cur);
+            cur = match l.clamp {
+                Some((lo, hi)) => y.iter().map(|v| v.clamp(lo, hi)).collect(),
+                None => y.clone(),
+            };
+            pre.push(y);
+        }
+        let logits = cur;
+        let mut g = loss.gradient(&logits, label);
+        for (i, l) in self.layers.iter().enumerate().rev() {
+            if let Some((lo, hi)) = l.clamp {
+                for (gi, &v) in g.iter_mut().zip(&pre[i]) {
+                    if !(v > lo && v < hi) {
+                        *gi = 0.0;
+                    }
+                }
+            }
+            g = l.backward(&inputs[i], &g);
+        }
+        (logits, g)
+    }
+}
+
+fn quant_input_scale() -> f32 {
+    1.0 / 255.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iocane_runtime::emit::{random_cnn_s, random_model, ModelRepr, SplitMix64, SynthLayer};
+    use iocane_runtime::Shape;
+
+    /// A random model whose provenance scales are made consistent with its multipliers:
+    /// s_w[c] = M[c] * s_out / s_in, then the multipliers are re-derived from the scales.
+    pub(crate) fn consistent(mut repr: ModelRepr) -> ModelRepr {
+        let mut s_in = 1.0f64 / 255.0;
+        for l in repr.layers.iter_mut().filter(|l| l.op.has_weights()) {
+            let s_out = 0.05f32;
+            l.out_scale = s_out;
+            for c in 0..l.output.c {
+                let m = quant::multiplier_to_real(l.multiplier[c], l.shift[c]);
+                let s_w = (m * s_out as f64 / s_in) as f32;
+                l.weight_scale[c] = s_w;
+                let (mm, sh) = quant::quantize_multiplier(s_in * s_w as f64 / s_out as f64).unwrap();
+                l.multiplier[c] = mm;
+                l.shift[c] = sh;
+            }
+            s_in = s_out as f64;
+        }
+        repr
+    }
+
+    fn stacks() -> Vec<(Shape, Vec<SynthLayer>)> {
+        vec![
+            (
+                Shape::new(6, 6, 2),
+                vec![
+                    SynthLayer::Conv { filters: 4, k: 3, s: 1, p: 1, relu: true },
+                    SynthLayer::Depthwise { k: 3, s: 2, p: 1, relu: true },
+                    SynthLayer::MaxPool { k: 2, s: 1 },
+                    SynthLayer::Dense { units: 8, relu: true },
+                ],
+            ),
+            (
+                Shape::new(5, 5, 3),
+                vec![
+                    SynthLayer::AvgPool { k: 2, s: 1 },
+                    SynthLayer::Conv { filters: 5, k: 2, s: 2, p: 0, relu: false },
+                ],
+            ),
+            (Shape::new(4, 4, 1), vec![SynthLayer::Flatten, SynthLayer::Dense { units: 12, relu: true }]),
+        ]
+    }
+
+    #[test]
+    fn provenance_twin_matches_the_int8_logits() {
+        let mut rng = SplitMix64(3);
+        let mut cases: Vec<ModelRepr> =
+            stacks().into_iter().enumerate().map(|(i, (s, l))| random_model(s, 5, &l, 40 + i as u64)).collect();
+        cases.push(random_cnn_s(8));
+        for repr in cases {
+            let blob = consistent(repr).emit();
+            let model = Model::parse(&blob).unwrap();
+            let twin = FloatTwin::from_model(&model).unwrap();
+            let req = FloatTwin::from_requantization(&model);
+            let mut arena = vec![0u8; model.arena_size()];
+            let mut z = vec![0i32; model.num_classes()];
+            let (mut worst, mut range) = (0.0f32, 0.0f32);
+            for _ in 0..20 {
+                let px: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
+                model.run(&px, &mut arena, &mut z).unwrap();
+                let x = FloatTwin::input_from_pixels(&px);
+                let t = twin.forward(&x);
+                let r = req.forward(&x);
+                for c in 0..z.len() {
+                    let zi = z[c] as f32 * twin.logit_scale();
+                    worst = worst.max((t[c] - zi).abs());
+                    range = range.max(zi.abs());
+                    assert!((t[c] - r[c]).abs() <= 1e-3 * (1.0 + r[c].abs()), "{} vs {}", t[c], r[c]);
+                }
+            }
+            // Rounding errors of half a step per layer, amplified by the later layers: a few
+            // percent of the logit range at most.
+            assert!(worst <= 0.05 * range + 4.0 * twin.logit_scale(), "worst {worst} of range {range}");
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = SplitMix64(9);
+        for (i, (shape, layers)) in stacks().into_iter().enumerate() {
+            let blob = consistent(random_model(shape, 4, &layers, 70 + i as u64)).emit();
+            let model = Model::parse(&blob).unwrap();
+            let twin = FloatTwin::from_model(&model).unwrap();
+            for loss in [Loss::CrossEntropy, Loss::Margin] {
+                for _ in 0..3 {
+                    let px: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
+                    let x = FloatTwin::input_from_pixels(&px);
+                    let label = rng.range(0, 3) as usize;
+                    let (logits, g) = twin.input_gradient(&x, label, loss);
+                    assert_eq!(logits, twin.forward(&x));
+                    let gmax = g.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+                    let h = 1e-3f32;
+                    let mut bad = 0;
+                    for j in 0..x.len() {
+                        let (mut xp, mut xm) = (x.clone(), x.clone());
+                        xp[j] += h;
+                        xm[j] -= h;
+                        let fd =
+                            (loss.value(&twin.forward(&xp), label) - loss.value(&twin.forward(&xm), label)) / (2.0 * h);
+                        if (fd - g[j]).abs() > 2e-2 * gmax.max(1e-3) {
+                            bad += 1;
+                        }
+                    }
+                    // Piecewise linear: only coordinates whose step crosses a kink may differ.
+                    assert!(bad * 20 <= x.len(), "{bad} of {} coordinates disagree ({loss:?})", x.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn missing_or_inconsistent_scales_are_reported() {
+        // random_model's provenance scales (0.01, 0.05) do not match its multipliers.
+        let repr = random_model(Shape::new(4, 4, 1), 3, &[SynthLayer::Dense { units: 4, relu: true }], 1);
+        let blob = repr.emit();
+        let model = Model::parse(&blob).unwrap();
+        assert!(matches!(FloatTwin::from_model(&model), Err(TwinError::InconsistentScale { .. })));
+        let mut bad = consistent(repr);
+        bad.layers[1].weight_scale[2] = f32::NAN;
+        let blob = bad.emit();
+        let model = Model::parse(&blob).unwrap();
+        let err = FloatTwin::from_model(&model).unwrap_err();
+        assert!(matches!(err, TwinError::BadScale { layer: 1, channel: Some(2), .. }), "{err:?}");
+        assert!(err.to_string().contains("cannot be attacked by gradient"));
+        // The requantization twin needs no provenance.
+        let t = FloatTwin::from_requantization(&model);
+        assert_eq!(t.forward(&[0.5; 16]).len(), 3);
+    }
+}
