@@ -235,12 +235,27 @@ impl<'m> Bounder<'m> {
                 let ay = (last.multiplier(label) as i128) << (e - ty);
                 let aj = (last.multiplier(j) as i128) << (e - tj);
                 let (wy, wj) = (&w[label * n..(label + 1) * n], &w[j * n..(j + 1) * n]);
-                // |ay|, |aj| < 2^92; every term below is < 2^108 and there are < 2^17 of them.
-                let mut num = ay * last.bias(label) as i128 - aj * last.bias(j) as i128;
-                for i in 0..n {
-                    let alpha = ay * (wy[i] as i8 as i128) - aj * (wj[i] as i8 as i128);
-                    num += (alpha * a[i] as i128).min(alpha * c[i] as i128);
-                }
+                // N = ay acc_y - aj acc_j = (ay b_y - aj b_j) + Σ alpha_i x_i with x_i in [a_i, c_i].
+                // |ay|, |aj| < 2^92, |alpha_i x_i| < 2^108, n < 2^17 terms: exact in i128.
+                // With equal shifts ay, aj < 2^31, and the validator's |b| + 255 Σ|w| < 2^31 per
+                // channel bounds every partial sum by ay 2^31 + aj 2^31 < 2^63: exact in i64.
+                let small = ay.max(aj) < (1i128 << 31);
+                let num: i128 = if small {
+                    let (ay, aj) = (ay as i64, aj as i64);
+                    let mut num = ay * last.bias(label) as i64 - aj * last.bias(j) as i64;
+                    for i in 0..n {
+                        let alpha = ay * (wy[i] as i8 as i64) - aj * (wj[i] as i8 as i64);
+                        num += (alpha * a[i] as i64).min(alpha * c[i] as i64);
+                    }
+                    num as i128
+                } else {
+                    let mut num = ay * last.bias(label) as i128 - aj * last.bias(j) as i128;
+                    for i in 0..n {
+                        let alpha = ay * (wy[i] as i8 as i128) - aj * (wj[i] as i8 as i128);
+                        num += (alpha * a[i] as i128).min(alpha * c[i] as i128);
+                    }
+                    num
+                };
                 // z_y - z_j > D - 1 >= D_lo - 1, so z_y - z_j >= floor(D_lo).
                 let elided = num.div_euclid(1i128 << e);
                 plain.max(elided.clamp(i64::MIN as i128, i64::MAX as i128) as i64)

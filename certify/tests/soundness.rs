@@ -117,6 +117,15 @@ fn check_contains(b: &LogitBounds, z: &[i32], what: &str) -> Result<(), TestCase
     Ok(())
 }
 
+/// `z[label] - z[j] >= margins[j]` for every class.
+fn check_margins(margins: &[i64], z: &[i32], label: usize) -> Result<(), TestCaseError> {
+    for (j, &m) in margins.iter().enumerate() {
+        let d = z[label] as i64 - z[j] as i64;
+        prop_assert!(d >= m, "z[{label}] - z[{j}] = {d} below its bound {m} (logits {z:?})");
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(1500))]
 
@@ -129,11 +138,20 @@ proptest! {
         let mut rng = SplitMix64(pseed);
         let p = pixels(model.input_len(), &mut rng);
         let (lo, hi) = linf_ball(&p, k);
-        let b = Bounder::new(&model).logit_bounds(&lo, &hi);
+        let mut bounder = Bounder::new(&model);
+        let b = bounder.logit_bounds(&lo, &hi);
         prop_assert!(b.lo.iter().zip(&b.hi).all(|(l, h)| l <= h));
-        check_contains(&b, &run(&model, &p).1, "clean")?;
-        check_contains(&b, &run(&model, &lo).1, "lower corner")?;
-        check_contains(&b, &run(&model, &hi).1, "upper corner")?;
+        let label = (pseed % classes as u64) as usize;
+        let margins = bounder.margin_lower_bounds(&lo, &hi, label);
+        prop_assert!(margins.iter().enumerate().all(|(j, &m)| j == label || m >= b.lo[label] as i64 - b.hi[j] as i64));
+        let check = |x: &[u8], what: &str| -> Result<(), TestCaseError> {
+            let z = run(&model, x).1;
+            check_contains(&b, &z, what)?;
+            check_margins(&margins, &z, label)
+        };
+        check(&p, "clean")?;
+        check(&lo, "lower corner")?;
+        check(&hi, "upper corner")?;
         for s in 0..8 {
             let x: Vec<u8> = (0..p.len())
                 .map(|i| if s % 2 == 0 {
@@ -142,7 +160,7 @@ proptest! {
                     rng.range(lo[i] as i64, hi[i] as i64) as u8
                 })
                 .collect();
-            check_contains(&b, &run(&model, &x).1, if s % 2 == 0 { "vertex" } else { "interior" })?;
+            check(&x, if s % 2 == 0 { "vertex" } else { "interior" })?;
         }
     }
 
@@ -184,12 +202,15 @@ proptest! {
         let p = pixels(model.input_len(), &mut rng);
         let (lo, hi) = linf_ball(&p, k);
         let label = run(&model, &p).0;
-        let (verdict, b) = Bounder::new(&model).certify_sample(&p, label, k);
+        let mut bounder = Bounder::new(&model);
+        let (verdict, b) = bounder.certify_sample(&p, label, k);
         prop_assert!(verdict != Verdict::Misclassified);
+        let margins = bounder.margin_lower_bounds(&lo, &hi, label);
         let mut x = lo.clone();
         loop {
             let (c, z) = run(&model, &x);
             check_contains(&b, &z, "enumerated")?;
+            check_margins(&margins, &z, label)?;
             if verdict == Verdict::Certified {
                 prop_assert_eq!(c, label, "certified sample misclassified at {:?}", x);
             }

@@ -556,6 +556,9 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Network, OnnxError> {
 
 type Consts<'a> = HashMap<String, Cow<'a, pb::TensorProto>>;
 
+/// A constant float tensor: `(dims, values)`.
+type ConstF32 = (Vec<i64>, Vec<f32>);
+
 fn numel(dims: &[i64]) -> Result<usize, String> {
     dims.iter().try_fold(1usize, |acc, &d| {
         usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)).ok_or_else(|| format!("has invalid dims {dims:?}"))
@@ -577,7 +580,7 @@ fn dtype_name(t: i32) -> String {
 }
 
 fn raw_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(format!("has {} raw bytes, not a multiple of {N}", raw.len()));
     }
     Ok(raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())
@@ -780,7 +783,7 @@ impl Mapper<'_> {
     }
 
     /// Constant float input `i` as `(dims, values)`, `None` if absent.
-    fn cf32(&self, n: &Node, i: usize) -> Result<Option<(Vec<i64>, Vec<f32>)>, OnnxError> {
+    fn cf32(&self, n: &Node, i: usize) -> Result<Option<ConstF32>, OnnxError> {
         match self.const_tensor(n, i)? {
             None => Ok(None),
             Some(t) => {
@@ -790,7 +793,7 @@ impl Mapper<'_> {
         }
     }
 
-    fn cf32_req(&self, n: &Node, i: usize, what: &str) -> Result<(Vec<i64>, Vec<f32>), OnnxError> {
+    fn cf32_req(&self, n: &Node, i: usize, what: &str) -> Result<ConstF32, OnnxError> {
         self.cf32(n, i)?.ok_or_else(|| n.err(format!("missing input {i} ({what})")))
     }
 
@@ -1143,7 +1146,8 @@ impl Mapper<'_> {
             return Err(n.err(format!("padded pooling (pads {pads:?}) is not supported")));
         }
         if n.int("ceil_mode", 0) != 0
-            && (h.saturating_sub(kernel[0]) % stride[0] != 0 || w.saturating_sub(kernel[1]) % stride[1] != 0)
+            && !(h.saturating_sub(kernel[0]).is_multiple_of(stride[0])
+                && w.saturating_sub(kernel[1]).is_multiple_of(stride[1]))
         {
             return Err(n.err("ceil_mode = 1 changes the output size here (only floor rounding is supported)"));
         }
@@ -1242,7 +1246,7 @@ impl Mapper<'_> {
         }
         let known: usize = out.iter().product();
         if let Some(i) = infer {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(n.err(format!("cannot reshape {in_dims:?} to {shape:?}")));
             }
             out[i] = total / known;
@@ -1654,7 +1658,7 @@ mod tract_run {
 /// sparse strokes.
 fn probe_images(shape: [usize; 3]) -> Tensor {
     let len: usize = shape.iter().product();
-    let mut rng = Rng::new(0x0_11ca_4e);
+    let mut rng = Rng::new(0x0011_ca4e);
     let mut data = Vec::with_capacity(3 * len);
     data.extend((0..len).map(|_| rng.below(256) as f32 / 255.0));
     data.extend((0..len).map(|i| (i * 255 / len.max(1)) as f32 / 255.0));

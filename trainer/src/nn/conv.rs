@@ -482,12 +482,18 @@ pub(crate) fn depthwise_backward(
         };
         check_bounds(pix, off, dxp.len() + 1 - c);
         for (pi, &b) in pix.iter().enumerate() {
-            let dyr = &dy[pi * c..(pi + 1) * c];
-            for (t, &o) in off.iter().enumerate() {
-                let wr = &p.weights[t * c..(t + 1) * c];
-                let dst = &mut dxp[b + o..b + o + c];
-                for ((v, &dv), &wv) in dst.iter_mut().zip(dyr).zip(wr) {
-                    *v = madd(dv, wv, *v);
+            for cb in (0..c).step_by(8) {
+                let dv: [f32; 8] = dy[pi * c + cb..pi * c + cb + 8].try_into().expect("dy block");
+                for (t, &o) in off.iter().enumerate() {
+                    let wv: &[f32; 8] = p.weights[t * c + cb..t * c + cb + 8].try_into().expect("weight block");
+                    let at = b + o + cb;
+                    for q in 0..8 {
+                        // SAFETY: `check_bounds` above: base + off + c - 1 < dxp.len().
+                        unsafe {
+                            let v = dxp.get_unchecked_mut(at + q);
+                            *v = madd(dv[q], wv[q], *v);
+                        }
+                    }
                 }
             }
         }

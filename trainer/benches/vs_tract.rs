@@ -1,0 +1,96 @@
+//! Single-image inference: the float model exported to ONNX and run by tract-onnx (optimised
+//! plan, input `[1, 1, 28, 28]`, one reused state) against the same network quantized to
+//! int8 ([`iocane_trainer::quantize::quantize`], calibrated on 512 mnist-small training
+//! images) and run by `iocane_runtime::Model::run`. Both sides start from
+//! `Network::new(preset, seed 1)` for `mlp` and `cnn-s`.
+//!
+//! `cargo bench -p iocane-trainer --bench vs_tract`
+//!
+//! Bench ids: `tract_f32/mlp`, `iocane_int8/mlp`, `tract_f32/cnn-s`, `iocane_int8/cnn-s`;
+//! throughput is in MACs (criterion "elements"). The setup prints, per model, the MAC count,
+//! the ONNX and blob sizes and the top-1 agreement of the two on 500 test images.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iocane_runtime::Model;
+use iocane_trainer::data::{self, DatasetSpec};
+use iocane_trainer::nn::{ArchSpec, Network};
+use iocane_trainer::onnx::export_onnx;
+use iocane_trainer::quantize::quantize;
+use std::hint::black_box;
+use tract_onnx::prelude::*;
+
+const SHAPE: [usize; 4] = [1, 1, 28, 28];
+
+fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
+    (1..v.len()).fold(0, |best, j| if v[j] > v[best] { j } else { best })
+}
+
+fn bench(c: &mut Criterion) {
+    let splits = data::load(&DatasetSpec::MnistSmall).expect("mnist-small");
+    let pixels = splits.test.image(0).to_vec();
+    let floats: Vec<f32> = pixels.iter().map(|&b| b as f32 / 255.0).collect();
+    let input = Tensor::from_shape(&SHAPE, &floats).expect("input").into_tvalue();
+
+    let mut tract_group = Vec::new();
+    let mut int8_group = Vec::new();
+    for preset in ["mlp", "cnn-s"] {
+        let spec = ArchSpec::preset(preset, [28, 28, 1], 10).expect("preset");
+        let macs = spec.mac_count() as u64;
+        let net = Network::new(spec, 1).expect("network");
+
+        let onnx = export_onnx(&net).expect("export");
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &onnx[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact(SHAPE).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract plan");
+
+        let repr = quantize(&net, &splits.train, 512, splits.train.labels_text.clone(), vec![]).expect("quantize");
+        let blob = repr.emit();
+
+        // Sanity: the two agree on most test images.
+        let model = Model::parse(&blob).expect("blob parses");
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; model.num_classes()];
+        let n = 500.min(splits.test.len());
+        let mut agree = 0;
+        for i in 0..n {
+            let img = splits.test.image(i);
+            let x: Vec<f32> = img.iter().map(|&b| b as f32 / 255.0).collect();
+            let out = plan.run(tvec!(Tensor::from_shape(&SHAPE, &x).unwrap().into_tvalue())).unwrap();
+            let f = out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>();
+            model.run(img, &mut arena, &mut logits).unwrap();
+            agree += usize::from(argmax(&f) == argmax(&logits));
+        }
+        eprintln!(
+            "{preset}: {macs} MACs, ONNX {} bytes, int8 blob {} bytes (arena {} bytes), top-1 agreement f32 vs int8 {agree}/{n}",
+            onnx.len(),
+            blob.len(),
+            model.arena_size()
+        );
+        tract_group.push((preset, macs, plan));
+        int8_group.push((preset, macs, blob));
+    }
+
+    let mut g = c.benchmark_group("tract_f32");
+    for (preset, macs, plan) in &tract_group {
+        let mut state = plan.spawn().expect("tract state");
+        g.throughput(Throughput::Elements(*macs));
+        g.bench_function(*preset, |b| b.iter(|| state.run(tvec!(black_box(&input).clone())).unwrap()));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("iocane_int8");
+    for (preset, macs, blob) in &int8_group {
+        let model = Model::parse(blob).expect("blob parses");
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; model.num_classes()];
+        g.throughput(Throughput::Elements(*macs));
+        g.bench_function(*preset, |b| b.iter(|| model.run(black_box(&pixels), &mut arena, &mut logits).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(vs_tract, bench);
+criterion_main!(vs_tract);
