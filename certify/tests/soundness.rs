@@ -67,6 +67,13 @@ fn build(input: Shape, classes: usize, ops: &[Op], seed: u64) -> ModelRepr {
     let mut repr = random_model(input, classes, &plan(input, ops), seed);
     let mut rng = SplitMix64(seed ^ 0xC1A3_F00D);
     let n = repr.layers.len();
+    // Per-class shifts of the logits layer differ by up to 2 (exercises the i128 path of the
+    // elided margins).
+    if rng.next_u64() & 1 == 1 {
+        for s in &mut repr.layers[n - 1].shift {
+            *s = (*s + rng.range(-2, 0) as i32).max(iocane_runtime::quant::SHIFT_MIN);
+        }
+    }
     for l in repr.layers.iter_mut().take(n - 1).filter(|l| l.op.has_weights()) {
         if rng.next_u64().is_multiple_of(3) {
             // Keep at least 24 levels so layers stay alive; ReLU-style floors half the time.
@@ -370,4 +377,53 @@ fn timing_on_benchmark_models() {
             );
         }
     }
+}
+
+/// The elided last layer (margin bounds) certifies samples the logit bounds alone cannot,
+/// and every such certificate survives exhaustive enumeration of its ball.
+#[test]
+fn elided_margins_certify_more_and_stay_sound() {
+    let mut rng = SplitMix64(77);
+    let (mut only_elided, mut tighter) = (0, 0);
+    for seed in 0..1000u64 {
+        let input = Shape::new(2, 2, 1);
+        let units = 2 + (seed % 6) as u8;
+        let ops: Vec<Op> = vec![(0, units, 0, 0, 0, seed % 3 != 0)];
+        let blob = build(input, 3, &ops, seed).emit();
+        let model = Model::parse(&blob).unwrap();
+        let mut bounder = Bounder::new(&model);
+        for _ in 0..3 {
+            let p = pixels(4, &mut rng);
+            let label = run(&model, &p).0;
+            let k = 1 + (rng.next_u64() % 6) as u8;
+            let (lo, hi) = linf_ball(&p, k);
+            let (verdict, b) = bounder.certify_sample(&p, label, k);
+            let margins = bounder.margin_lower_bounds(&lo, &hi, label);
+            tighter += usize::from((0..3).any(|j| j != label && margins[j] > b.lo[label] as i64 - b.hi[j] as i64));
+            let elided_only = verdict == Verdict::Certified && !b.proves(label);
+            only_elided += usize::from(elided_only);
+            let mut x = lo.clone();
+            loop {
+                let (c, z) = run(&model, &x);
+                assert!(b.contains(&z));
+                for j in 0..3 {
+                    assert!(z[label] as i64 - z[j] as i64 >= margins[j], "model {seed}: margin bound violated");
+                }
+                if verdict == Verdict::Certified {
+                    assert_eq!(c, label, "model {seed}: certified sample misclassified at {x:?}");
+                }
+                let mut i = 0;
+                while i < 4 && x[i] == hi[i] {
+                    x[i] = lo[i];
+                    i += 1;
+                }
+                if i == 4 {
+                    break;
+                }
+                x[i] += 1;
+            }
+        }
+    }
+    eprintln!("elided margins tighter in {tighter} samples, decisive in {only_elided}");
+    assert!(only_elided >= 8, "elision decided only {only_elided} samples");
 }

@@ -619,8 +619,10 @@ fn projection_and_grid_helpers() {
 
 #[test]
 fn results_are_bit_identical_across_thread_counts() {
+    // Covers the direct conv / depthwise kernels (multiples of 8 channels), the im2col
+    // path (6 filters), a pointwise conv, pools, activations and dense layers.
     let spec = ArchSpec::from_compact(
-        "conv6k3s2p1,relu,maxpool2,dw3p1,relu6,conv8k1,flatten,dense16,relu,dense10",
+        "conv8k3s2p1,relu,maxpool2,dw3p1,relu6,conv16k3p1,relu,conv6k3p1,relu,conv8k1,avgpool2s1,flatten,dense16,relu,dense10",
         [16, 16, 1],
         10,
     )

@@ -399,10 +399,9 @@ pub(crate) fn depthwise_forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], 
             for (t, &o) in off.iter().enumerate() {
                 let w: &[f32; 8] = p.weights[t * c + cb..t * c + cb + 8].try_into().expect("weight block");
                 for j in 0..MR {
+                    let xv: &[f32; 8] = xp[bases[j] + o..bases[j] + o + 8].try_into().expect("input block");
                     for q in 0..8 {
-                        // SAFETY: `check_bounds` above: base + off + 7 < xp.len().
-                        let xv = unsafe { *xp.get_unchecked(bases[j] + o + q) };
-                        acc[j][q] = madd(xv, w[q], acc[j][q]);
+                        acc[j][q] = madd(xv[q], w[q], acc[j][q]);
                     }
                 }
             }
@@ -451,10 +450,9 @@ pub(crate) fn depthwise_backward(
                 for (pi, &b) in pix.iter().enumerate() {
                     let dv: &[f32; 8] = dy[pi * c + cb..pi * c + cb + 8].try_into().expect("dy block");
                     for t in 0..TB {
+                        let xv: &[f32; 8] = xp[b + offs[t]..b + offs[t] + 8].try_into().expect("input block");
                         for q in 0..8 {
-                            // SAFETY: `check_bounds` above.
-                            let xv = unsafe { *xp.get_unchecked(b + offs[t] + q) };
-                            acc[t][q] = madd(xv, dv[q], acc[t][q]);
+                            acc[t][q] = madd(xv[q], dv[q], acc[t][q]);
                         }
                     }
                 }
@@ -487,13 +485,12 @@ pub(crate) fn depthwise_backward(
                 for (t, &o) in off.iter().enumerate() {
                     let wv: &[f32; 8] = p.weights[t * c + cb..t * c + cb + 8].try_into().expect("weight block");
                     let at = b + o + cb;
+                    let dst: &mut [f32; 8] = (&mut dxp[at..at + 8]).try_into().expect("dx block");
+                    let mut v = *dst;
                     for q in 0..8 {
-                        // SAFETY: `check_bounds` above: base + off + c - 1 < dxp.len().
-                        unsafe {
-                            let v = dxp.get_unchecked_mut(at + q);
-                            *v = madd(dv[q], wv[q], *v);
-                        }
+                        v[q] = madd(dv[q], wv[q], v[q]);
                     }
+                    *dst = v;
                 }
             }
         }
