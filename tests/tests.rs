@@ -30,14 +30,43 @@ fn exported() -> &'static PathBuf {
         let dir = std::env::temp_dir().join(format!("iocane-e2e-{}", std::process::id()));
         let run_dir = dir.join("run");
         let out = run(&[
-            "train", "--dataset", "mnist-small", "--arch", "cnn-s", "--method", "fgsm-rs", "--eps", "0.05",
-            "--epochs", "2", "--warmup-epochs", "1", "--ramp-epochs", "1", "--train-samples", "3000",
-            "--eval-samples", "100", "--eval-steps", "5", "--lr", "3e-3", "--quiet", "--out",
+            "train",
+            "--dataset",
+            "mnist-small",
+            "--arch",
+            "cnn-s",
+            "--method",
+            "fgsm-rs",
+            "--eps",
+            "0.05",
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--ramp-epochs",
+            "1",
+            "--train-samples",
+            "3000",
+            "--eval-samples",
+            "100",
+            "--eval-steps",
+            "5",
+            "--lr",
+            "3e-3",
+            "--quiet",
+            "--out",
             run_dir.to_str().unwrap(),
         ]);
         assert_exit_code(&out, 0);
         assert!(run_dir.join("model.ckpt").exists() && run_dir.join("metrics.json").exists());
-        let out = run(&["export", run_dir.to_str().unwrap(), "--out", dir.join("export").to_str().unwrap(), "--calib", "300"]);
+        let out = run(&[
+            "export",
+            run_dir.to_str().unwrap(),
+            "--out",
+            dir.join("export").to_str().unwrap(),
+            "--calib",
+            "300",
+        ]);
         assert_exit_code(&out, 0);
         dir.join("export")
     })
@@ -49,7 +78,19 @@ fn model() -> String {
 
 fn certify(extra: &[&str], report: &Path) -> Output {
     let m = model();
-    let mut args = vec!["certify", m.as_str(), "--samples", "60", "--steps", "10", "--square-queries", "100", "--random", "20", "--quiet"];
+    let mut args = vec![
+        "certify",
+        m.as_str(),
+        "--samples",
+        "60",
+        "--steps",
+        "10",
+        "--square-queries",
+        "100",
+        "--random",
+        "20",
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--report", report.to_str().unwrap()]);
     run(&args)
@@ -72,7 +113,9 @@ mod export_and_inspect {
         let out = run(&["inspect", &model()]);
         assert_exit_code(&out, 0);
         let text = String::from_utf8_lossy(&out.stdout);
-        for needle in ["Conv2d", "Dense", "int32 logits", "arena       2352 bytes", "method             fgsm-rs", "sha256"] {
+        for needle in
+            ["Conv2d", "Dense", "int32 logits", "arena       2352 bytes", "method             fgsm-rs", "sha256"]
+        {
             assert!(text.contains(needle), "inspect output lacks {needle:?}:\n{text}");
         }
     }
@@ -116,7 +159,11 @@ mod certify_gate {
             assert!(l.certified_acc <= l.empirical_acc && l.empirical_acc <= l.clean_acc, "{l:?}");
         }
         for s in &r.outcome.samples {
-            assert!(!(s.bound_margin.unwrap_or(-1) >= 0 && s.counterexample.is_some()), "sample {} certified and falsified", s.index);
+            assert!(
+                !(s.bound_margin.unwrap_or(-1) >= 0 && s.counterexample.is_some()),
+                "sample {} certified and falsified",
+                s.index
+            );
         }
     }
 
@@ -135,7 +182,10 @@ mod certify_gate {
         for s in r.outcome.samples.iter().filter(|s| s.counterexample.is_some()) {
             let cx = std::fs::read(tmp.path().join(format!("r/counterexamples/sample_{}.bin", s.index))).unwrap();
             let clean = test.image(s.index);
-            assert!(cx.iter().zip(clean).all(|(&a, &b)| (a as i32 - b as i32).abs() <= r.config.k as i32), "outside the ball");
+            assert!(
+                cx.iter().zip(clean).all(|(&a, &b)| (a as i32 - b as i32).abs() <= r.config.k as i32),
+                "outside the ball"
+            );
             assert_ne!(m.run(&cx, &mut arena, &mut logits).unwrap(), s.label, "counterexample does not fool the model");
             replayed += 1;
         }
@@ -171,7 +221,8 @@ mod certify_gate {
             a.extend_from_slice(&["--shard", &shard]);
             assert_exit_code(&certify(&a, &tmp.path().join(format!("s{i}"))), 0);
         }
-        let dirs: Vec<String> = (0..3).map(|i| tmp.path().join(format!("s{i}")).to_str().unwrap().to_string()).collect();
+        let dirs: Vec<String> =
+            (0..3).map(|i| tmp.path().join(format!("s{i}")).to_str().unwrap().to_string()).collect();
         let merged = tmp.path().join("merged");
         let out = run(&["certify", "merge", &dirs[0], &dirs[1], &dirs[2], "--report", merged.to_str().unwrap()]);
         assert_exit_code(&out, 0);
@@ -179,7 +230,10 @@ mod certify_gate {
         let b = CertifyReport::read(&merged.join("report.json")).unwrap();
         assert_eq!(a.outcome.samples, b.outcome.samples);
         for (x, y) in a.outcome.levels.iter().zip(&b.outcome.levels) {
-            assert_eq!((x.n, x.clean, x.certified, x.empirical, x.pgd, x.square), (y.n, y.clean, y.certified, y.empirical, y.pgd, y.square));
+            assert_eq!(
+                (x.n, x.clean, x.certified, x.empirical, x.pgd, x.square),
+                (y.n, y.clean, y.certified, y.empirical, y.pgd, y.square)
+            );
         }
     }
 }

@@ -150,17 +150,23 @@ impl LevelCounts {
     }
 }
 
+/// One test sample: pixels, label, index in the split.
+struct Sample<'d> {
+    px: &'d [u8],
+    label: usize,
+    index: usize,
+}
+
 /// Evaluates one sample at radius `k`.
 fn one_sample(
     att: &mut Attacker<'_>,
     bnd: &mut Bounder<'_>,
     cfg: &GateConfig,
-    px: &[u8],
-    label: usize,
-    index: usize,
+    s: &Sample<'_>,
     k: u8,
     counts: &mut LevelCounts,
 ) -> SampleResult {
+    let (px, label, index) = (s.px, s.label, s.index);
     counts.n += 1;
     let t0 = Instant::now();
     let (verdict, bounds) = bnd.certify_sample(px, label, k);
@@ -184,14 +190,26 @@ fn one_sample(
     counts.clean += 1;
     if verdict == Verdict::Certified {
         res.verdict = SampleVerdict::Certified;
-        for c in [&mut counts.certified, &mut counts.empirical, &mut counts.fgsm, &mut counts.pgd, &mut counts.square, &mut counts.random] {
+        for c in [
+            &mut counts.certified,
+            &mut counts.empirical,
+            &mut counts.fgsm,
+            &mut counts.pgd,
+            &mut counts.square,
+            &mut counts.random,
+        ] {
             *c += 1;
         }
         return res;
     }
     let t1 = Instant::now();
     let mut rng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0x5EED_0000_0000);
-    let pgd_cfg = PgdConfig { steps: cfg.pgd_steps, restarts: cfg.pgd_restarts, step_size: cfg.pgd_step_size, ..PgdConfig::default() };
+    let pgd_cfg = PgdConfig {
+        steps: cfg.pgd_steps,
+        restarts: cfg.pgd_restarts,
+        step_size: cfg.pgd_step_size,
+        ..PgdConfig::default()
+    };
     let sq_cfg = SquareConfig { queries: cfg.square_queries, ..SquareConfig::default() };
     let results = [
         ("pgd", att.pgd(px, label, k, &pgd_cfg, &mut rng)),
@@ -256,7 +274,7 @@ pub fn run(model: &Model<'_>, test: &Dataset, cfg: &GateConfig, progress: &(dyn 
                 let mut main = None;
                 for &k in &ks {
                     let mut c = LevelCounts { k, ..LevelCounts::default() };
-                    let r = one_sample(att, bnd, cfg, px, label, i, k, &mut c);
+                    let r = one_sample(att, bnd, cfg, &Sample { px, label, index: i }, k, &mut c);
                     if k == cfg.k {
                         main = Some(r);
                     }
@@ -310,7 +328,10 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
     }
     for l in &o.levels {
         if l.pgd > l.fgsm {
-            w.push(format!("at k={}, PGD leaves {} samples standing but FGSM only {}: PGD is weaker than FGSM", l.k, l.pgd, l.fgsm));
+            w.push(format!(
+                "at k={}, PGD leaves {} samples standing but FGSM only {}: PGD is weaker than FGSM",
+                l.k, l.pgd, l.fgsm
+            ));
         }
         if l.square_not_pgd > 0 {
             w.push(format!(

@@ -122,7 +122,11 @@ impl CertifyReport {
         seconds: f64,
     ) -> Self {
         let curve: Vec<LevelSummary> = outcome.levels.iter().map(LevelSummary::from_counts).collect();
-        let result = curve.iter().find(|l| l.k == config.k).cloned().unwrap_or_else(|| LevelSummary::from_counts(&LevelCounts::default()));
+        let result = curve
+            .iter()
+            .find(|l| l.k == config.k)
+            .cloned()
+            .unwrap_or_else(|| LevelSummary::from_counts(&LevelCounts::default()));
         let gate_value = match config.gate {
             GateKind::Certified => result.certified_acc,
             GateKind::Empirical => result.empirical_acc,
@@ -207,8 +211,18 @@ impl CertifyReport {
         let mut o = String::new();
         let _ = writeln!(o, "# iocane certify: {}\n", if self.passed { "PASSED" } else { "FAILED" });
         let _ = writeln!(o, "- model: `{}` (sha256 `{}`)", self.model_file, self.model_sha256);
-        let _ = writeln!(o, "- dataset: {} ({} samples, sha256 `{}`)", self.dataset, self.outcome.samples.len(), self.dataset_sha256);
-        let _ = writeln!(o, "- threat model: L-infinity, eps = {}/255 = {:.4} (k = {} integer levels, clipped to [0, 255])", self.config.k, self.eps, self.config.k);
+        let _ = writeln!(
+            o,
+            "- dataset: {} ({} samples, sha256 `{}`)",
+            self.dataset,
+            self.outcome.samples.len(),
+            self.dataset_sha256
+        );
+        let _ = writeln!(
+            o,
+            "- threat model: L-infinity, eps = {}/255 = {:.4} (k = {} integer levels, clipped to [0, 255])",
+            self.config.k, self.eps, self.config.k
+        );
         let _ = writeln!(
             o,
             "- gate: {:?} accuracy {:.2}% vs threshold {:.2}%",
@@ -221,7 +235,8 @@ impl CertifyReport {
             "- attacks: PGD-{} x{} restarts (straight-through gradients, judged on int8), FGSM, Square ({} queries), random ({} samples); seed {}",
             self.config.pgd_steps, self.config.pgd_restarts, self.config.square_queries, self.config.random_samples, self.config.seed
         );
-        let _ = writeln!(o, "\n| k | eps | clean | empirical (upper) | certified (lower) | FGSM | PGD | Square | random |");
+        let _ =
+            writeln!(o, "\n| k | eps | clean | empirical (upper) | certified (lower) | FGSM | PGD | Square | random |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
         for l in &self.curve {
             let _ = writeln!(
@@ -271,23 +286,55 @@ impl CertifyReport {
         let _ = writeln!(o, "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>", h - m);
         for t in 0..=4 {
             let a = t as f64 / 4.0;
-            let _ = writeln!(o, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>", m - 6.0, y(a) + 4.0, a * 100.0);
+            let _ = writeln!(
+                o,
+                "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>",
+                m - 6.0,
+                y(a) + 4.0,
+                a * 100.0
+            );
         }
         for l in &self.curve {
-            let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}/255</text>", x(l.k), h - m + 18.0, l.k);
+            let _ = writeln!(
+                o,
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}/255</text>",
+                x(l.k),
+                h - m + 18.0,
+                l.k
+            );
         }
-        let _ = writeln!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">eps (L-infinity, pixel levels)</text>", w / 2.0, h - 8.0);
-        let _ = writeln!(o, "<text x=\"{}\" y=\"24\" text-anchor=\"middle\">accuracy vs eps: {}</text>", w / 2.0, self.dataset);
-        let series: [(&str, &str, fn(&LevelSummary) -> f64); 3] = [
+        let _ = writeln!(
+            o,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">eps (L-infinity, pixel levels)</text>",
+            w / 2.0,
+            h - 8.0
+        );
+        let _ = writeln!(
+            o,
+            "<text x=\"{}\" y=\"24\" text-anchor=\"middle\">accuracy vs eps: {}</text>",
+            w / 2.0,
+            self.dataset
+        );
+        type Series<'a> = (&'a str, &'a str, fn(&LevelSummary) -> f64);
+        let series: [Series<'_>; 3] = [
             ("clean", "#555555", |l| l.clean_acc),
             ("attacked (upper bound)", "#d62728", |l| l.empirical_acc),
             ("certified (lower bound)", "#1f77b4", |l| l.certified_acc),
         ];
         for (i, (name, color, f)) in series.iter().enumerate() {
             let pts: Vec<String> = self.curve.iter().map(|l| format!("{:.1},{:.1}", x(l.k), y(f(l)))).collect();
-            let _ = writeln!(o, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", pts.join(" "));
+            let _ = writeln!(
+                o,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                pts.join(" ")
+            );
             let ly = m + 16.0 * i as f64;
-            let _ = writeln!(o, "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>", w - m - 170.0, w - m - 150.0);
+            let _ = writeln!(
+                o,
+                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>",
+                w - m - 170.0,
+                w - m - 150.0
+            );
             let _ = writeln!(o, "<text x=\"{}\" y=\"{}\">{name}</text>", w - m - 145.0, ly + 4.0);
         }
         let _ = writeln!(o, "</svg>");
@@ -310,7 +357,8 @@ impl CertifyReport {
         for s in &self.outcome.samples {
             if let Some(cx) = &s.counterexample {
                 put(&format!("counterexamples/sample_{}.bin", s.index), cx)?;
-                let png = png_bytes(cx, shape).map_err(|msg| ReportError::Format { path: dir.join("counterexamples"), msg })?;
+                let png = png_bytes(cx, shape)
+                    .map_err(|msg| ReportError::Format { path: dir.join("counterexamples"), msg })?;
                 put(&format!("counterexamples/sample_{}.png", s.index), &png)?;
             }
         }

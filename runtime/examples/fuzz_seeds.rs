@@ -10,7 +10,11 @@ fn main() {
         &[SynthLayer::Dense { units: 4, relu: true }],
         &[SynthLayer::Conv { filters: 2, k: 3, s: 2, p: 1, relu: true }, SynthLayer::MaxPool { k: 2, s: 1 }],
         &[SynthLayer::Depthwise { k: 2, s: 1, p: 1, relu: false }, SynthLayer::AvgPool { k: 2, s: 2 }],
-        &[SynthLayer::Conv { filters: 3, k: 2, s: 1, p: 0, relu: false }, SynthLayer::Flatten, SynthLayer::Dense { units: 5, relu: true }],
+        &[
+            SynthLayer::Conv { filters: 3, k: 2, s: 1, p: 0, relu: false },
+            SynthLayer::Flatten,
+            SynthLayer::Dense { units: 5, relu: true },
+        ],
     ];
     for (i, a) in archs.iter().enumerate() {
         let blob = random_model(Shape::new(5, 5, 2), 3, a, i as u64).emit();

@@ -86,7 +86,13 @@ impl LayerRepr {
     }
 
     /// Output shape of a windowed op with the given geometry (`channels` output channels).
-    pub fn window_output(input: Shape, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize, usize, usize), channels: usize) -> Shape {
+    pub fn window_output(
+        input: Shape,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize, usize, usize),
+        channels: usize,
+    ) -> Shape {
         let ph = input.h + padding.0 + padding.2;
         let pw = input.w + padding.1 + padding.3;
         Shape::new(
@@ -237,9 +243,15 @@ impl ModelRepr {
             ] {
                 put_u16(&mut b, r + f, v);
             }
-            for (k, f) in [layer_field::WEIGHTS, layer_field::BIAS, layer_field::MULTIPLIER, layer_field::SHIFT, layer_field::WEIGHT_SCALE]
-                .into_iter()
-                .enumerate()
+            for (k, f) in [
+                layer_field::WEIGHTS,
+                layer_field::BIAS,
+                layer_field::MULTIPLIER,
+                layer_field::SHIFT,
+                layer_field::WEIGHT_SCALE,
+            ]
+            .into_iter()
+            .enumerate()
             {
                 put_u32(&mut b, r + f, o[k]);
             }
@@ -278,7 +290,11 @@ impl ModelRepr {
                     bias: per(&|c| l.bias(c)),
                     multiplier: per(&|c| l.multiplier(c)),
                     shift: per(&|c| l.shift(c)),
-                    weight_scale: if w { (0..oc).map(|c| f32::from_bits(l.weight_scale_bits(c))).collect() } else { Vec::new() },
+                    weight_scale: if w {
+                        (0..oc).map(|c| f32::from_bits(l.weight_scale_bits(c))).collect()
+                    } else {
+                        Vec::new()
+                    },
                     out_scale: f32::from_bits(l.output_scale_bits()),
                 }
             })
@@ -408,10 +424,18 @@ pub fn random_model(input: Shape, classes: usize, layers: &[SynthLayer], seed: u
                 continue;
             }
             SynthLayer::Dense { units, relu } => (OpKind::Dense, (1, 1), (1, 1), (0, 0, 0, 0), units, relu),
-            SynthLayer::Conv { filters, k, s, p, relu } => (OpKind::Conv2d, (k, k), (s, s), (p, p, p, p), filters, relu),
-            SynthLayer::Depthwise { k, s, p, relu } => (OpKind::DepthwiseConv2d, (k, k), (s, s), (p, p, p, p), shape.c, relu),
+            SynthLayer::Conv { filters, k, s, p, relu } => {
+                (OpKind::Conv2d, (k, k), (s, s), (p, p, p, p), filters, relu)
+            }
+            SynthLayer::Depthwise { k, s, p, relu } => {
+                (OpKind::DepthwiseConv2d, (k, k), (s, s), (p, p, p, p), shape.c, relu)
+            }
         };
-        let output = if op == OpKind::Dense { Shape::new(1, 1, oc) } else { LayerRepr::window_output(shape, kernel, stride, padding, oc) };
+        let output = if op == OpKind::Dense {
+            Shape::new(1, 1, oc)
+        } else {
+            LayerRepr::window_output(shape, kernel, stride, padding, oc)
+        };
         let fan_in = match op {
             OpKind::Dense => shape.c,
             OpKind::Conv2d => kernel.0 * kernel.1 * shape.c,
@@ -476,7 +500,11 @@ pub fn random_mlp(seed: u64) -> ModelRepr {
     random_model(
         Shape::new(28, 28, 1),
         10,
-        &[SynthLayer::Flatten, SynthLayer::Dense { units: 64, relu: true }, SynthLayer::Dense { units: 32, relu: true }],
+        &[
+            SynthLayer::Flatten,
+            SynthLayer::Dense { units: 64, relu: true },
+            SynthLayer::Dense { units: 32, relu: true },
+        ],
         seed,
     )
 }

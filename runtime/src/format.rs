@@ -951,9 +951,6 @@ impl<'a> Model<'a> {
     }
     /// Number of parameters (weights and biases).
     pub fn param_count(&self) -> usize {
-        self.layers()
-            .filter(|l| l.op().has_weights())
-            .map(|l| l.weight_count() + l.output_shape().c)
-            .sum()
+        self.layers().filter(|l| l.op().has_weights()).map(|l| l.weight_count() + l.output_shape().c).sum()
     }
 }

@@ -36,7 +36,9 @@ impl fmt::Display for RunError {
         match self {
             RunError::InputLength { expected, got } => write!(f, "input has {got} pixels, model takes {expected}"),
             RunError::ArenaTooSmall { needed, got } => write!(f, "arena has {got} bytes, model needs {needed}"),
-            RunError::LogitsLength { expected, got } => write!(f, "logits buffer has {got} slots, model has {expected} classes"),
+            RunError::LogitsLength { expected, got } => {
+                write!(f, "logits buffer has {got} slots, model has {expected} classes")
+            }
         }
     }
 }

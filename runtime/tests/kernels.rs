@@ -43,7 +43,12 @@ fn check_weighted(acc: &[i64], p: &Params, oc: usize, zp: i8, clamp: (i8, i8), g
 }
 
 fn geometry() -> impl Strategy<Value = (Window, usize)> {
-    ((1usize..9, 1usize..9, 1usize..5), (1usize..5, 1usize..4, 1usize..4, 1usize..3), (0usize..3, 0usize..3, 0usize..3, 0usize..3), 1usize..6)
+    (
+        (1usize..9, 1usize..9, 1usize..5),
+        (1usize..5, 1usize..4, 1usize..4, 1usize..3),
+        (0usize..3, 0usize..3, 0usize..3, 0usize..3),
+        1usize..6,
+    )
         .prop_filter_map("kernel fits", |((h, w, c), (kh, kw, sh, sw), (pt, pl, pb, pr), oc)| {
             let (pt, pl, pb, pr) = (pt.min(kh - 1), pl.min(kw - 1), pb.min(kh - 1), pr.min(kw - 1));
             if h + pt + pb < kh || w + pl + pr < kw {

@@ -62,7 +62,13 @@ pub fn run(d: &DemoArgs) -> Result<u8> {
     };
     let m = super::train::run(&t)?;
     println!("\n== 2/3 export: int8 post-training quantization");
-    let ex = super::export::run(&ExportArgs { run: run_dir, out: export_dir.clone(), calib: 1000, dataset: None, data_dir: None })?;
+    let ex = super::export::run(&ExportArgs {
+        run: run_dir,
+        out: export_dir.clone(),
+        calib: 1000,
+        dataset: None,
+        data_dir: None,
+    })?;
     println!("\n== 3/3 certify the int8 model (attacks + interval bounds on the integer arithmetic)");
     let mut rows = Vec::new();
     for (name, eps) in [("4/255", 4.0 / 255.0), ("0.1", 0.1f32)] {
@@ -112,7 +118,13 @@ pub fn run(d: &DemoArgs) -> Result<u8> {
     }
     println!("\nfiles:");
     println!("  float checkpoint  {}", d.out.join("train/model.ckpt").display());
-    println!("  int8 blob         {} ({} bytes flash, {} bytes arena, sha256 {})", ex.blob.display(), ex.flash_bytes, ex.arena_bytes, &ex.sha256[..16]);
+    println!(
+        "  int8 blob         {} ({} bytes flash, {} bytes arena, sha256 {})",
+        ex.blob.display(),
+        ex.flash_bytes,
+        ex.arena_bytes,
+        &ex.sha256[..16]
+    );
     println!("  firmware          {} and model.h", export_dir.join("model.rs").display());
     for (_, _, dir) in &rows {
         println!("  report            {}/summary.md (report.json, junit.xml, curve.svg)", dir.display());

@@ -33,7 +33,8 @@ pub fn run(a: &ExportArgs) -> Result<Exported> {
     let ckpt_path = if a.run.is_dir() { a.run.join("model.ckpt") } else { a.run.clone() };
     let ck = checkpoint::load(&ckpt_path).with_context(|| format!("loading {}", ckpt_path.display()))?;
     let cfg: Option<TrainConfig> = serde_json::from_value(ck.train_config.clone()).ok();
-    let dataset = a.dataset.clone().or_else(|| cfg.as_ref().map(|c| c.dataset.clone())).unwrap_or_else(|| "mnist-small".into());
+    let dataset =
+        a.dataset.clone().or_else(|| cfg.as_ref().map(|c| c.dataset.clone())).unwrap_or_else(|| "mnist-small".into());
     let splits = super::train::load_dataset(&dataset, a.data_dir.clone())?;
     let mut meta = vec![
         ("source".to_string(), "iocane-trainer".to_string()),
@@ -58,13 +59,14 @@ pub fn run(a: &ExportArgs) -> Result<Exported> {
     let repr = quantize(&ck.network, &splits.train, a.calib, labels, meta).context("quantizing")?;
     let blob = repr.emit();
     let ex = write_firmware_files(&a.out, &blob).context("writing firmware files")?;
-    // ONNX_EXPORT_HOOK
+    let onnx = iocane_trainer::onnx::export_onnx(&ck.network).context("exporting ONNX")?;
+    let onnx_path = a.out.join("model.onnx");
+    checkpoint::write_atomic(&onnx_path, &onnx).with_context(|| format!("writing {}", onnx_path.display()))?;
     println!("exported {} -> {}", ckpt_path.display(), a.out.display());
     println!("  params   {}", ex.params);
     println!("  flash    {} bytes (model.icn)", ex.flash_bytes);
     println!("  arena    {} bytes", ex.arena_bytes);
     println!("  sha256   {}", ex.sha256);
-    println!("  files    model.icn model.rs model.h");
+    println!("  files    model.icn model.rs model.h model.onnx");
     Ok(ex)
 }
-

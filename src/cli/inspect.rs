@@ -26,7 +26,10 @@ pub fn describe(bytes: &[u8]) -> Result<String, FormatError> {
     if !labels.is_empty() {
         let _ = writeln!(s, "  labels      {}", labels.join(", "));
     }
-    let _ = writeln!(s, "\n  #  op               input      output     kernel  stride  pad      zp(in,out)  clamp        MACs");
+    let _ = writeln!(
+        s,
+        "\n  #  op               input      output     kernel  stride  pad      zp(in,out)  clamp        MACs"
+    );
     for (i, l) in m.layers().enumerate() {
         let (kh, kw) = l.kernel();
         let (sh, sw) = l.stride();

@@ -77,7 +77,8 @@ fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Inspect { file } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let text = inspect::describe(&bytes).with_context(|| format!("{} is not a valid iocane model", file.display()))?;
+            let text =
+                inspect::describe(&bytes).with_context(|| format!("{} is not a valid iocane model", file.display()))?;
             print!("{text}");
             Ok(EXIT_OK)
         }

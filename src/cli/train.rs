@@ -215,5 +215,11 @@ pub fn print_summary(m: &Metrics, out: &std::path::Path) {
             100.0 * f.robust_acc
         );
     }
-    println!("params {}, MACs {}, wall {:.1}s; wrote {}/model.ckpt and metrics.json", m.params, m.macs, m.wall_seconds, out.display());
+    println!(
+        "params {}, MACs {}, wall {:.1}s; wrote {}/model.ckpt and metrics.json",
+        m.params,
+        m.macs,
+        m.wall_seconds,
+        out.display()
+    );
 }

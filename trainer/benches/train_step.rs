@@ -22,13 +22,8 @@ fn setup(preset: &str) -> (Network, Tensor, Vec<usize>) {
     let spec = ArchSpec::preset(preset, [28, 28, 1], 10).expect("preset");
     let net = Network::new(spec, 1).expect("network");
     let mut rng = Rng::new(2);
-    let x = Tensor::new(
-        [BATCH, 28, 28, 1],
-        (0..BATCH * 784)
-            .map(|_| (rng.below(256) as f32) / 255.0)
-            .collect(),
-    )
-    .expect("tensor");
+    let x = Tensor::new([BATCH, 28, 28, 1], (0..BATCH * 784).map(|_| (rng.below(256) as f32) / 255.0).collect())
+        .expect("tensor");
     let labels = (0..BATCH).map(|_| rng.below(10)).collect();
     (net, x, labels)
 }
@@ -39,14 +34,8 @@ fn bench(c: &mut Criterion) {
     group.sample_size(30);
     for preset in ["mlp", "cnn-s", "cnn-m", "dwcnn"] {
         let (mut net, x, labels) = setup(preset);
-        let mut opt = Optimizer::new(
-            OptimizerConfig::Sgd {
-                momentum: 0.9,
-                nesterov: false,
-                weight_decay: 5e-4,
-            },
-            net.params(),
-        );
+        let mut opt =
+            Optimizer::new(OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: 5e-4 }, net.params());
         let attack = Attack::pgd(0.1, 7);
         let mut rng = Rng::new(3);
         group.bench_function(BenchmarkId::new("pgd7", preset), |b| {
@@ -65,9 +54,8 @@ fn bench(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("param_grad_pass", preset), |b| {
                 b.iter(|| black_box(net.loss_and_grads(&x, &labels, Want::PARAMS).loss))
             });
-            group.bench_function(BenchmarkId::new("forward", preset), |b| {
-                b.iter(|| black_box(net.forward(&x).data[0]))
-            });
+            group
+                .bench_function(BenchmarkId::new("forward", preset), |b| b.iter(|| black_box(net.forward(&x).data[0])));
         }
     }
     group.finish();

@@ -118,7 +118,7 @@ pub fn to_bytes(ck: &Checkpoint) -> Vec<u8> {
         offset += len;
     }
     let mut h = Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);
@@ -165,7 +165,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if get("format")? != "iocane-ckpt-v1" {
         return Err(bad("unknown checkpoint format"));
     }
-    let spec = ArchSpec::from_json(get("arch")?).map_err(|source| CheckpointError::Network { path: PathBuf::new(), source })?;
+    let spec = ArchSpec::from_json(get("arch")?)
+        .map_err(|source| CheckpointError::Network { path: PathBuf::new(), source })?;
     let mut by_name: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for (name, info) in obj {
         if name == "__metadata__" {
@@ -183,7 +184,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         by_name.insert(name.clone(), vals);
     }
     // Rebuild parameters in the network's own order.
-    let template = Network::new(spec.clone(), 0).map_err(|source| CheckpointError::Network { path: PathBuf::new(), source })?;
+    let template =
+        Network::new(spec.clone(), 0).map_err(|source| CheckpointError::Network { path: PathBuf::new(), source })?;
     let mut params = template.params().clone();
     for (i, layer) in params.layers.iter_mut().enumerate() {
         for (kind, slot) in [("weights", &mut layer.weights), ("bias", &mut layer.bias)] {
@@ -198,7 +200,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
             slot.copy_from_slice(src);
         }
     }
-    let network = Network::from_params(spec, params).map_err(|source| CheckpointError::Network { path: PathBuf::new(), source })?;
+    let network = Network::from_params(spec, params)
+        .map_err(|source| CheckpointError::Network { path: PathBuf::new(), source })?;
     let optimizer = match meta.get("optimizer").and_then(|v| v.as_str()) {
         None => None,
         Some(cfg) => {
@@ -206,7 +209,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
             let step = get("optimizer_step")?.parse().map_err(|_| bad("optimizer_step is not a number"))?;
             let buffers = by_name
                 .iter()
-                .filter_map(|(k, v)| k.strip_prefix("opt.").map(|n| NamedBuffer { name: n.to_string(), data: v.clone() }))
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("opt.").map(|n| NamedBuffer { name: n.to_string(), data: v.clone() })
+                })
                 .collect();
             Some(OptimizerState { config, step, buffers })
         }

@@ -8,9 +8,9 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod export;
 pub mod nn;
 pub mod onnx;
-pub mod rng;
-pub mod export;
 pub mod quantize;
+pub mod rng;
 pub mod train;

@@ -221,8 +221,8 @@ pub fn quantize(
                 let mut bias = Vec::with_capacity(oc);
                 let mut multiplier = Vec::with_capacity(oc);
                 let mut shift = Vec::with_capacity(oc);
-                for c in 0..oc {
-                    let sb = s_in * s_w[c] as f64;
+                for (c, &swc) in s_w.iter().enumerate() {
+                    let sb = s_in * swc as f64;
                     let abs_w: i64 = chan(c).iter().map(|&i| (wq[i] as i64).abs()).sum();
                     let limit = (i32::MAX as i64 - 255 * abs_w).max(0) as f64;
                     let b = quant::round_half_away(p.bias[c] as f64 / sb).clamp(-limit, limit);
@@ -295,9 +295,8 @@ impl<'a> IntSim<'a> {
                             for c in 0..ic {
                                 let vals = (0..l.kernel.0).flat_map(|ky| {
                                     let x = &x;
-                                    (0..l.kernel.1).map(move |kx| {
-                                        x[((oy * l.stride.0 + ky) * iw + ox * l.stride.1 + kx) * ic + c]
-                                    })
+                                    (0..l.kernel.1)
+                                        .map(move |kx| x[((oy * l.stride.0 + ky) * iw + ox * l.stride.1 + kx) * ic + c])
                                 });
                                 y.push(if l.op == OpKind::MaxPool2d {
                                     vals.max().unwrap_or(0)
@@ -346,7 +345,11 @@ impl<'a> IntSim<'a> {
                                 let s: i32 = if depthwise {
                                     (0..kh * kw).map(|t| l.weights[t * oc + o] as i32 * patch[t * ic + o]).sum()
                                 } else {
-                                    l.weights[o * cols..(o + 1) * cols].iter().zip(&patch).map(|(&w, &v)| w as i32 * v).sum()
+                                    l.weights[o * cols..(o + 1) * cols]
+                                        .iter()
+                                        .zip(&patch)
+                                        .map(|(&w, &v)| w as i32 * v)
+                                        .sum()
                                 };
                                 acc[base + o] = l.bias[o] + s;
                             }
@@ -356,7 +359,11 @@ impl<'a> IntSim<'a> {
                 _ => unreachable!(),
             }
             if l.logits {
-                logits = acc.iter().enumerate().map(|(i, &a)| quant::requantize_logit(a, l.multiplier[i % oc], l.shift[i % oc])).collect();
+                logits = acc
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| quant::requantize_logit(a, l.multiplier[i % oc], l.shift[i % oc]))
+                    .collect();
             } else {
                 x = acc
                     .iter()

@@ -40,12 +40,7 @@ impl Rng {
     /// Every seed, including 0, gives a valid, well-mixed state.
     pub fn new(seed: u64) -> Self {
         let mut sm = seed;
-        let s = [
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-        ];
+        let s = [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)];
         Self::from_state(s)
     }
 
@@ -329,14 +324,9 @@ mod tests {
 
     #[test]
     fn portable_math_matches_std() {
-        for &x in &[
-            1e-300, 1e-10, 0.1, 0.5, 0.999, 1.0, 1.5, 2.0, 10.0, 1e10, 1e300,
-        ] {
+        for &x in &[1e-300, 1e-10, 0.1, 0.5, 0.999, 1.0, 1.5, 2.0, 10.0, 1e10, 1e300] {
             let (a, b) = (ln_f64(x), x.ln());
-            assert!(
-                (a - b).abs() <= 4.0 * f64::EPSILON * b.abs().max(1.0),
-                "ln {x}: {a} vs {b}"
-            );
+            assert!((a - b).abs() <= 4.0 * f64::EPSILON * b.abs().max(1.0), "ln {x}: {a} vs {b}");
         }
         for i in -200..=200 {
             let x = i as f64 * 0.0731;

@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::data::Dataset;
 use crate::nn::attack::Attack;
-use crate::nn::{ArchSpec, Network, NnError, Optimizer, OptimizerConfig, LrSchedule, Tensor, Want};
+use crate::nn::{ArchSpec, LrSchedule, Network, NnError, Optimizer, OptimizerConfig, Tensor, Want};
 use crate::rng::Rng;
 
 const SHUFFLE: u64 = 1 << 40;
@@ -280,7 +280,13 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<(), TrainError> {
 
 /// Trains according to `cfg` on `train` / `test`, writing `out_dir/model.ckpt` and
 /// `out_dir/metrics.json` after every epoch (atomically).
-pub fn train(cfg: &TrainConfig, train: &Dataset, test: &Dataset, out_dir: &Path, opts: &RunOptions) -> Result<Metrics, TrainError> {
+pub fn train(
+    cfg: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+    out_dir: &Path,
+    opts: &RunOptions,
+) -> Result<Metrics, TrainError> {
     if cfg.batch_size == 0 || cfg.epochs == 0 {
         return Err(TrainError::Config("batch size and epochs must be positive".into()));
     }
@@ -370,18 +376,16 @@ pub fn train(cfg: &TrainConfig, train: &Dataset, test: &Dataset, out_dir: &Path,
             bar.inc(1);
         }
         if !net.params().all_finite() {
-            return Err(TrainError::Config(format!("training diverged in epoch {} (non-finite weights); lower the learning rate", epoch + 1)));
+            return Err(TrainError::Config(format!(
+                "training diverged in epoch {} (non-finite weights); lower the learning rate",
+                epoch + 1
+            )));
         }
         let train_secs = t0.elapsed().as_secs_f64();
         bar.set_message("evaluating");
         let eval_attack = cfg.eval_attack(cfg.eps);
-        let (clean_acc, robust_acc) = evaluate(
-            &net,
-            test,
-            cfg.eval_samples,
-            if cfg.eps > 0.0 { Some(&eval_attack) } else { None },
-            cfg.seed,
-        );
+        let (clean_acc, robust_acc) =
+            evaluate(&net, test, cfg.eval_samples, if cfg.eps > 0.0 { Some(&eval_attack) } else { None }, cfg.seed);
         let em = EpochMetrics {
             epoch: epoch + 1,
             train_eps: eps,
@@ -422,14 +426,26 @@ pub fn train(cfg: &TrainConfig, train: &Dataset, test: &Dataset, out_dir: &Path,
 pub fn final_eval(net: &Network, test: &Dataset, cfg: &TrainConfig, limit: usize) -> FinalMetrics {
     let eps = cfg.eps;
     let pgd = cfg.eval_attack(eps);
-    let (clean, robust) = if eps > 0.0 { evaluate(net, test, limit, Some(&pgd), cfg.seed) } else { (evaluate(net, test, limit, None, cfg.seed).0, f32::NAN) };
-    let fgsm = if eps > 0.0 { evaluate(net, test, limit, Some(&Attack::fgsm(eps).with_snap(true)), cfg.seed).1 } else { clean };
+    let (clean, robust) = if eps > 0.0 {
+        evaluate(net, test, limit, Some(&pgd), cfg.seed)
+    } else {
+        (evaluate(net, test, limit, None, cfg.seed).0, f32::NAN)
+    };
+    let fgsm = if eps > 0.0 {
+        evaluate(net, test, limit, Some(&Attack::fgsm(eps).with_snap(true)), cfg.seed).1
+    } else {
+        clean
+    };
     FinalMetrics {
         clean_acc: clean,
         fgsm_acc: fgsm,
         robust_acc: if robust.is_nan() { clean } else { robust },
         eps,
-        attack: format!("PGD-{} x{} restart(s), step 2.5*eps/steps, random start, 8-bit grid", cfg.eval_steps, cfg.eval_restarts.max(1)),
+        attack: format!(
+            "PGD-{} x{} restart(s), step 2.5*eps/steps, random start, 8-bit grid",
+            cfg.eval_steps,
+            cfg.eval_restarts.max(1)
+        ),
         samples: if limit == 0 { test.len() } else { limit.min(test.len()) },
     }
 }

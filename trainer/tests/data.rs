@@ -27,24 +27,16 @@ fn write_dataset(
             rows: h,
             cols: w,
             channels: c,
-            pixels: (0..n * h * w * c)
-                .map(|i| ((i * 31 + seed * 7) % 256) as u8)
-                .collect(),
+            pixels: (0..n * h * w * c).map(|i| ((i * 31 + seed * 7) % 256) as u8).collect(),
         };
-        let labels: Vec<u8> = (0..n)
-            .map(|i| ((i + seed) % classes as usize) as u8)
-            .collect();
+        let labels: Vec<u8> = (0..n).map(|i| ((i + seed) % classes as usize) as u8).collect();
         (images, labels)
     };
     let (ti, tl) = make(n_train, 1);
     let (vi, vl) = make(n_test, 2);
     let name = |i: usize| {
         let base = IDX_FILE_NAMES[i];
-        dir.join(if gz {
-            format!("{base}.gz")
-        } else {
-            base.to_string()
-        })
+        dir.join(if gz { format!("{base}.gz") } else { base.to_string() })
     };
     idx::write_images(name(0), &ti, gz).unwrap();
     idx::write_labels(name(1), &tl, gz).unwrap();
@@ -60,33 +52,21 @@ fn mean_pixel(d: &Dataset) -> f64 {
 #[test]
 fn mnist_small_shape_and_counts() {
     let s = load(&"mnist-small".parse().unwrap()).unwrap();
-    for (d, n, name) in [
-        (&s.train, 8000, "mnist-small/train"),
-        (&s.test, 2000, "mnist-small/test"),
-    ] {
+    for (d, n, name) in [(&s.train, 8000, "mnist-small/train"), (&s.test, 2000, "mnist-small/test")] {
         assert_eq!(d.len(), n);
         assert_eq!(d.name, name);
         assert_eq!((d.height, d.width, d.channels, d.classes), (28, 28, 1, 10));
         assert_eq!(d.image_len(), 784);
         assert_eq!(d.images.len(), n * 784);
-        assert_eq!(
-            d.labels_text,
-            (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
-        );
+        assert_eq!(d.labels_text, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
         assert!(d.labels.iter().all(|&l| l < 10));
         // Stratified split: every class holds 8-13 % of each split.
         for (c, &k) in d.class_counts().iter().enumerate() {
-            assert!(
-                k * 100 >= n * 8 && k * 100 <= n * 13,
-                "{name}: class {c} has {k}"
-            );
+            assert!(k * 100 >= n * 8 && k * 100 <= n * 13, "{name}: class {c} has {k}");
         }
     }
     // Test counts per digit, from the split rule in data/README.md.
-    assert_eq!(
-        s.test.class_counts(),
-        vec![200, 225, 198, 206, 196, 173, 203, 214, 189, 196]
-    );
+    assert_eq!(s.test.class_counts(), vec![200, 225, 198, 206, 196, 173, 203, 214, 189, 196]);
     let mut first = s.test.take(100).class_counts();
     first.retain(|&k| k > 0);
     assert_eq!(first.len(), 10, "the first 100 test images miss a class");
@@ -97,11 +77,7 @@ fn mnist_small_pixels_are_sane() {
     let s = load(&DatasetSpec::MnistSmall).unwrap();
     for d in [&s.train, &s.test] {
         let mean = mean_pixel(d);
-        assert!(
-            (20.0..=60.0).contains(&mean),
-            "{}: mean pixel {mean}",
-            d.name
-        );
+        assert!((20.0..=60.0).contains(&mean), "{}: mean pixel {mean}", d.name);
         // MNIST: background 0, ink up to 255, borders blank.
         assert_eq!(d.images.iter().copied().max(), Some(255));
         let blank_corner = (0..d.len()).filter(|&i| d.image(i)[0] == 0).count();
@@ -110,8 +86,7 @@ fn mnist_small_pixels_are_sane() {
         assert!((0..d.len()).all(|i| d.image(i).iter().any(|&p| p > 128)));
     }
     // Train and test are disjoint.
-    let train: std::collections::HashSet<&[u8]> =
-        (0..s.train.len()).map(|i| s.train.image(i)).collect();
+    let train: std::collections::HashSet<&[u8]> = (0..s.train.len()).map(|i| s.train.image(i)).collect();
     assert_eq!(train.len(), s.train.len(), "duplicate train images");
     assert!((0..s.test.len()).all(|i| !train.contains(s.test.image(i))));
 }
@@ -124,14 +99,8 @@ fn mnist_small_is_deterministic_and_pinned() {
     assert_eq!(a.train.sha256_hex(), b.train.sha256_hex());
     assert_ne!(a.train.sha256_hex(), a.test.sha256_hex());
     // Pinned: a change to data/mnist-small or to the hash layout must be deliberate.
-    assert_eq!(
-        a.train.sha256_hex(),
-        "01b4768a2cbfb0d6904b639a0e738bd45b3c43d3aab793ff25208713402f6a22"
-    );
-    assert_eq!(
-        a.test.sha256_hex(),
-        "ee111344614cd1c0696402392a49f8727a9aacd8d3f9341ccbc5fa90a590475a"
-    );
+    assert_eq!(a.train.sha256_hex(), "01b4768a2cbfb0d6904b639a0e738bd45b3c43d3aab793ff25208713402f6a22");
+    assert_eq!(a.test.sha256_hex(), "ee111344614cd1c0696402392a49f8727a9aacd8d3f9341ccbc5fa90a590475a");
     // Works from any working directory: the files are embedded.
     let here = std::env::current_dir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -148,18 +117,12 @@ fn data_readme_lists_the_embedded_file_hashes() {
     let readme = fs::read_to_string(root.join("README.md")).unwrap();
     for name in IDX_FILE_NAMES {
         let bytes = fs::read(root.join("mnist-small").join(format!("{name}.gz"))).unwrap();
-        let hex: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         let line = readme
             .lines()
             .find(|l| l.contains(&format!("`{name}.gz`")))
             .unwrap_or_else(|| panic!("data/README.md does not list {name}.gz"));
-        assert!(
-            line.contains(&hex),
-            "data/README.md: {name}.gz should have SHA-256 {hex}"
-        );
+        assert!(line.contains(&hex), "data/README.md: {name}.gz should have SHA-256 {hex}");
     }
 }
 
@@ -177,31 +140,17 @@ fn fashion_mnist_loads_when_installed() {
     assert_eq!(s.train.name, "fashion-mnist/train");
     for d in [&s.train, &s.test] {
         assert_eq!((d.height, d.width, d.channels, d.classes), (28, 28, 1, 10));
-        assert_eq!(
-            d.labels_text,
-            FASHION_MNIST_LABELS.map(String::from).to_vec()
-        );
+        assert_eq!(d.labels_text, FASHION_MNIST_LABELS.map(String::from).to_vec());
         // Fashion-MNIST is exactly balanced.
         let per_class = d.len() / 10;
         assert_eq!(d.class_counts(), vec![per_class; 10]);
         let mean = mean_pixel(d);
-        assert!(
-            (50.0..=90.0).contains(&mean),
-            "{}: mean pixel {mean}",
-            d.name
-        );
+        assert!((50.0..=90.0).contains(&mean), "{}: mean pixel {mean}", d.name);
     }
-    assert_eq!(
-        s.train.sha256_hex(),
-        "35a7267531a4fd9d805bcc78562ce68bce172f954a71afb577eb8f64a1f658d1"
-    );
-    assert_eq!(
-        s.test.sha256_hex(),
-        "0a6f5570585b33227f987c3c2d062aec799076ec3870b7a77ef8ed45f99b0298"
-    );
+    assert_eq!(s.train.sha256_hex(), "35a7267531a4fd9d805bcc78562ce68bce172f954a71afb577eb8f64a1f658d1");
+    assert_eq!(s.test.sha256_hex(), "0a6f5570585b33227f987c3c2d062aec799076ec3870b7a77ef8ed45f99b0298");
     // --data-dir pointing at the same folder gives the same data.
-    let spec =
-        DatasetSpec::FashionMnist { dir: None }.with_data_dir(Some(FASHION_MNIST_DIR.into()));
+    let spec = DatasetSpec::FashionMnist { dir: None }.with_data_dir(Some(FASHION_MNIST_DIR.into()));
     let t = load(&spec).unwrap();
     assert_eq!(t.test.sha256_hex(), s.test.sha256_hex());
 }
@@ -214,25 +163,17 @@ fn missing_fashion_mnist_says_how_to_install() {
     let e = load(&spec).unwrap_err();
     assert!(matches!(e, DataError::Missing { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("apt-get install dataset-fashion-mnist"),
-        "{msg}"
-    );
+    assert!(msg.contains("apt-get install dataset-fashion-mnist"), "{msg}");
     assert!(msg.contains("--data-dir"), "{msg}");
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
 
     // The folder exists but a file is missing.
     write_dataset(tmp.path(), 4, 2, (28, 28, 1), 10, true);
     fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte.gz")).unwrap();
-    let spec = DatasetSpec::FashionMnist {
-        dir: Some(tmp.path().into()),
-    };
+    let spec = DatasetSpec::FashionMnist { dir: Some(tmp.path().into()) };
     let msg = load(&spec).unwrap_err().to_string();
     assert!(msg.contains("t10k-labels-idx1-ubyte"), "{msg}");
-    assert!(
-        msg.contains("apt-get install dataset-fashion-mnist"),
-        "{msg}"
-    );
+    assert!(msg.contains("apt-get install dataset-fashion-mnist"), "{msg}");
 
     // idx:DIR has no install hint but names the folder.
     let e = load(&DatasetSpec::Idx(missing.clone())).unwrap_err();
@@ -311,27 +252,18 @@ fn bad_magic_is_rejected() {
         other => panic!("{other:?}"),
     }
     let msg = e.to_string();
-    assert!(
-        msg.contains("0x89504e47") && msg.contains("0x00000803"),
-        "{msg}"
-    );
+    assert!(msg.contains("0x89504e47") && msg.contains("0x00000803"), "{msg}");
     assert!(msg.contains(&p.display().to_string()), "{msg}");
     // A label file where images are expected: dimension count mismatch.
     let l = idx::encode_labels(&[1, 2, 3]);
     let e = idx::parse_images(&l, "labels-as-images").unwrap_err();
-    assert!(
-        matches!(e, DataError::DimensionCount { found: 1, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, DataError::DimensionCount { found: 1, .. }), "{e:?}");
     assert!(e.to_string().contains("labels-as-images"));
     // Wrong data type (f32).
     let mut f = idx::encode_labels(&[1, 2, 3, 4]);
     f[2] = 0x0D;
     let e = idx::parse_labels(&f, "f").unwrap_err();
-    assert!(
-        matches!(e, DataError::WrongDataType { found: 0x0D, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, DataError::WrongDataType { found: 0x0D, .. }), "{e:?}");
 }
 
 #[test]
@@ -340,9 +272,7 @@ fn truncation_at_every_length_is_rejected() {
     for n in 0..raw.len() {
         let e = idx::parse_images(&raw[..n], "cut").unwrap_err();
         match e {
-            DataError::Truncated {
-                expected, actual, ..
-            } => {
+            DataError::Truncated { expected, actual, .. } => {
                 assert_eq!(actual, n as u64);
                 assert!(expected > n as u128 && expected <= raw.len() as u128);
                 if n >= 16 {
@@ -354,10 +284,7 @@ fn truncation_at_every_length_is_rejected() {
     }
     let labels = idx::encode_labels(&[1, 2, 3]);
     for n in 0..labels.len() {
-        assert!(matches!(
-            idx::parse_labels(&labels[..n], "cut"),
-            Err(DataError::Truncated { .. })
-        ));
+        assert!(matches!(idx::parse_labels(&labels[..n], "cut"), Err(DataError::Truncated { .. })));
     }
     // A cut gzip stream is an error too (gzip or, for the first byte, truncated IDX).
     let gz = idx::gzip(&raw);
@@ -375,16 +302,11 @@ fn trailing_bytes_are_rejected() {
     raw.extend_from_slice(b"xy");
     let e = idx::parse_labels(&raw, "t").unwrap_err();
     match e {
-        DataError::TrailingBytes {
-            expected, actual, ..
-        } => assert_eq!((expected, actual), (11, 13)),
+        DataError::TrailingBytes { expected, actual, .. } => assert_eq!((expected, actual), (11, 13)),
         ref other => panic!("{other:?}"),
     }
     assert!(e.to_string().contains("2 trailing bytes"), "{e}");
-    assert!(matches!(
-        idx::parse_labels(&idx::gzip(&raw), "t.gz"),
-        Err(DataError::TrailingBytes { .. })
-    ));
+    assert!(matches!(idx::parse_labels(&idx::gzip(&raw), "t.gz"), Err(DataError::TrailingBytes { .. })));
 }
 
 #[test]
@@ -392,27 +314,17 @@ fn label_out_of_range_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(tmp.path(), 5, 3, (28, 28, 1), 10, false);
     idx::write_labels(tmp.path().join(IDX_FILE_NAMES[1]), &[0, 1, 10, 2, 3], false).unwrap();
-    let spec = DatasetSpec::FashionMnist {
-        dir: Some(tmp.path().into()),
-    };
+    let spec = DatasetSpec::FashionMnist { dir: Some(tmp.path().into()) };
     let e = load(&spec).unwrap_err();
     match &e {
-        DataError::LabelOutOfRange {
-            index,
-            label,
-            classes,
-            ..
-        } => assert_eq!((*index, *label, *classes), (2, 10, 10)),
+        DataError::LabelOutOfRange { index, label, classes, .. } => assert_eq!((*index, *label, *classes), (2, 10, 10)),
         other => panic!("{other:?}"),
     }
     assert!(e.to_string().contains("train-labels-idx1-ubyte"), "{e}");
     // Same check when building a dataset directly.
     let images = idx::parse_images(&idx::encode_images(2, 1, 1, 1, &[0, 0]), "i").unwrap();
     let e = Dataset::from_idx("d", images, "i", vec![0, 3], "l", 3, vec![]).unwrap_err();
-    assert!(
-        matches!(e, DataError::LabelOutOfRange { label: 3, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, DataError::LabelOutOfRange { label: 3, .. }), "{e:?}");
 }
 
 #[test]
@@ -426,23 +338,14 @@ fn count_mismatch_is_rejected() {
         other => panic!("{other:?}"),
     }
     let msg = e.to_string();
-    assert!(
-        msg.contains("t10k-images") && msg.contains("t10k-labels"),
-        "{msg}"
-    );
+    assert!(msg.contains("t10k-images") && msg.contains("t10k-labels"), "{msg}");
 }
 
 #[test]
 fn shape_mismatch_between_splits_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(tmp.path(), 5, 3, (4, 4, 1), 3, false);
-    let other = IdxImages {
-        count: 3,
-        rows: 4,
-        cols: 5,
-        channels: 1,
-        pixels: vec![0; 60],
-    };
+    let other = IdxImages { count: 3, rows: 4, cols: 5, channels: 1, pixels: vec![0; 60] };
     idx::write_images(tmp.path().join(IDX_FILE_NAMES[2]), &other, false).unwrap();
     let e = load(&DatasetSpec::Idx(tmp.path().into())).unwrap_err();
     assert!(matches!(e, DataError::ShapeMismatch { .. }), "{e:?}");
@@ -459,9 +362,7 @@ fn huge_declared_dimensions_do_not_allocate() {
     raw.extend_from_slice(&[0; 10]);
     let e = idx::parse_images(&raw, "huge").unwrap_err();
     match e {
-        DataError::Truncated {
-            expected, actual, ..
-        } => {
+        DataError::Truncated { expected, actual, .. } => {
             assert_eq!(actual, 26);
             assert_eq!(expected, u32::MAX as u128 * 65_535 * 65_535 + 16);
         }
@@ -471,10 +372,7 @@ fn huge_declared_dimensions_do_not_allocate() {
     assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
     let mut labels = idx::encode_labels(&[]);
     labels[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert!(matches!(
-        idx::parse_labels(&labels, "huge"),
-        Err(DataError::Truncated { .. })
-    ));
+    assert!(matches!(idx::parse_labels(&labels, "huge"), Err(DataError::Truncated { .. })));
 }
 
 #[test]
@@ -492,10 +390,7 @@ fn gzip_bomb_is_capped() {
 fn io_errors_carry_the_path() {
     let e = idx::read_labels("/nonexistent/dir/labels-idx1-ubyte").unwrap_err();
     assert!(matches!(e, DataError::Io { .. }), "{e:?}");
-    assert!(
-        e.to_string().contains("/nonexistent/dir/labels-idx1-ubyte"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("/nonexistent/dir/labels-idx1-ubyte"), "{e}");
 }
 
 #[test]

@@ -37,7 +37,12 @@ fn pgd_training_beats_natural_training_under_pgd_and_loss_falls() {
     assert!(nat.epochs.last().unwrap().train_loss < nat.epochs[0].train_loss, "natural loss did not fall");
     let (nf, pf) = (nat.final_eval.unwrap(), pgd.final_eval.unwrap());
     assert!(nf.clean_acc > 0.85, "natural clean {}", nf.clean_acc);
-    assert!(pf.robust_acc > nf.robust_acc + 0.15, "PGD-trained {} vs natural {} under PGD", pf.robust_acc, nf.robust_acc);
+    assert!(
+        pf.robust_acc > nf.robust_acc + 0.15,
+        "PGD-trained {} vs natural {} under PGD",
+        pf.robust_acc,
+        nf.robust_acc
+    );
     assert!(nf.robust_acc < 0.5, "a naturally trained model should fall under PGD at eps 0.1: {}", nf.robust_acc);
     // Iterative attacks are at least as strong as single-step ones.
     assert!(pf.robust_acc <= pf.fgsm_acc + 0.01);
@@ -70,7 +75,13 @@ fn resume_is_bit_identical() {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         });
-        let r = train(&cfg, &s.train, &s.test, part.path(), &RunOptions { interrupt: Some(flag.clone()), ..RunOptions::default() });
+        let r = train(
+            &cfg,
+            &s.train,
+            &s.test,
+            part.path(),
+            &RunOptions { interrupt: Some(flag.clone()), ..RunOptions::default() },
+        );
         watcher.join().unwrap();
         // Either interrupted in epoch 3, or (on a very fast machine) finished: both are valid.
         if let Err(e) = r {
@@ -87,7 +98,9 @@ fn resume_is_bit_identical() {
     // A different configuration refuses to resume.
     let mut other = cfg.clone();
     other.seed = 12;
-    assert!(train(&other, &s.train, &s.test, part.path(), &RunOptions { resume: true, ..RunOptions::default() }).is_err());
+    assert!(
+        train(&other, &s.train, &s.test, part.path(), &RunOptions { resume: true, ..RunOptions::default() }).is_err()
+    );
     let (clean, _) = evaluate(&b.network, &s.test, 100, None, 0);
     assert!(clean > 0.5);
 }
@@ -104,6 +117,10 @@ fn corrupted_checkpoints_are_rejected() {
         assert!(checkpoint::from_bytes(&bytes[..cut]).is_err(), "truncation to {cut} accepted");
     }
     // No temporary files are left behind by the atomic writes.
-    let leftovers: Vec<_> = std::fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty());
 }

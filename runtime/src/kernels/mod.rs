@@ -183,7 +183,14 @@ pub fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: 
 }
 
 /// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
-pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
+pub fn conv2d<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    weights: &[u8],
+    in_zp: i8,
+    params: &P,
+    mut out: Output<'_>,
+) {
     let (ic, oc) = (win.input.c, win.output.c);
     let (kh, kw) = win.kernel;
     let per_oc = kh * kw * ic;
@@ -253,7 +260,14 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], weights: &[u8], in_z
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
-pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
+pub fn depthwise_conv2d<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    weights: &[u8],
+    in_zp: i8,
+    params: &P,
+    mut out: Output<'_>,
+) {
     let c_n = win.input.c;
     let kw = win.kernel.1;
     let zp = in_zp as i32;

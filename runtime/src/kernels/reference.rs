@@ -156,7 +156,11 @@ pub fn run_model(model: &crate::Model<'_>, pixels: &[u8]) -> Vec<i32> {
             OpKind::DepthwiseConv2d => depthwise_acc(&win, &x, &w, &bias, zp),
         };
         if l.outputs_logits() {
-            logits = acc.iter().enumerate().map(|(i, &a)| requantize_logit(a, l.multiplier(i % oc), l.shift(i % oc))).collect();
+            logits = acc
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| requantize_logit(a, l.multiplier(i % oc), l.shift(i % oc)))
+                .collect();
         } else {
             let (lo, hi) = l.clamp();
             let ozp = l.output_zero_point();

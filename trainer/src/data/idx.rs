@@ -77,17 +77,10 @@ pub fn decompress<'a>(bytes: &'a [u8], file: &str) -> Result<Cow<'a, [u8]>, Data
 
 /// Like [`decompress`] with an explicit cap on the decompressed size (and on the raw
 /// size of an uncompressed input).
-pub fn decompress_with_limit<'a>(
-    bytes: &'a [u8],
-    file: &str,
-    limit: u64,
-) -> Result<Cow<'a, [u8]>, DataError> {
+pub fn decompress_with_limit<'a>(bytes: &'a [u8], file: &str, limit: u64) -> Result<Cow<'a, [u8]>, DataError> {
     if !is_gzip(bytes) {
         if bytes.len() as u64 > limit {
-            return Err(DataError::TooLarge {
-                file: file.to_string(),
-                limit,
-            });
+            return Err(DataError::TooLarge { file: file.to_string(), limit });
         }
         return Ok(Cow::Borrowed(bytes));
     }
@@ -96,31 +89,19 @@ pub fn decompress_with_limit<'a>(
     MultiGzDecoder::new(bytes)
         .take(limit.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|source| DataError::Gzip {
-            file: file.to_string(),
-            source,
-        })?;
+        .map_err(|source| DataError::Gzip { file: file.to_string(), source })?;
     if out.len() as u64 > limit {
-        return Err(DataError::TooLarge {
-            file: file.to_string(),
-            limit,
-        });
+        return Err(DataError::TooLarge { file: file.to_string(), limit });
     }
     Ok(Cow::Owned(out))
 }
 
 /// Reads a whole file, refusing files larger than [`MAX_DECOMPRESSED_BYTES`].
 fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    let io = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_DECOMPRESSED_BYTES {
-        return Err(DataError::TooLarge {
-            file: path.display().to_string(),
-            limit: MAX_DECOMPRESSED_BYTES,
-        });
+        return Err(DataError::TooLarge { file: path.display().to_string(), limit: MAX_DECOMPRESSED_BYTES });
     }
     std::fs::read(path).map_err(io)
 }
@@ -156,19 +137,11 @@ fn parse_header(
     what: &str,
 ) -> Result<Header, DataError> {
     if bytes.len() < 4 {
-        return Err(DataError::Truncated {
-            file: file.to_string(),
-            expected: 4,
-            actual: bytes.len() as u64,
-        });
+        return Err(DataError::Truncated { file: file.to_string(), expected: 4, actual: bytes.len() as u64 });
     }
     let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(DataError::BadMagic {
-            file: file.to_string(),
-            found: magic,
-            expected: expected_magic.to_string(),
-        });
+        return Err(DataError::BadMagic { file: file.to_string(), found: magic, expected: expected_magic.to_string() });
     }
     if bytes[2] != TYPE_U8 {
         return Err(DataError::WrongDataType {
@@ -188,32 +161,18 @@ fn parse_header(
     }
     let len = 4 + 4 * usize::from(ndims);
     if bytes.len() < len {
-        return Err(DataError::Truncated {
-            file: file.to_string(),
-            expected: len as u128,
-            actual: bytes.len() as u64,
-        });
+        return Err(DataError::Truncated { file: file.to_string(), expected: len as u128, actual: bytes.len() as u64 });
     }
-    let dims: Vec<usize> = bytes[4..len]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        bytes[4..len].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     // u128 cannot overflow: at most 4 factors below 2^32 plus a small header.
     let expected = dims.iter().fold(1u128, |acc, &d| acc * d as u128) + len as u128;
     let actual = bytes.len() as u64;
     if (actual as u128) < expected {
-        return Err(DataError::Truncated {
-            file: file.to_string(),
-            expected,
-            actual,
-        });
+        return Err(DataError::Truncated { file: file.to_string(), expected, actual });
     }
     if (actual as u128) > expected {
-        return Err(DataError::TrailingBytes {
-            file: file.to_string(),
-            expected: expected as u64,
-            actual,
-        });
+        return Err(DataError::TrailingBytes { file: file.to_string(), expected: expected as u64, actual });
     }
     Ok(Header { magic, dims, len })
 }
@@ -238,13 +197,7 @@ pub fn parse_images(bytes: &[u8], file: &str) -> Result<IdxImages, DataError> {
         }
         Cow::Borrowed(b) => b[h.len..].to_vec(),
     };
-    Ok(IdxImages {
-        count: h.dims[0],
-        rows: h.dims[1],
-        cols: h.dims[2],
-        channels,
-        pixels,
-    })
+    Ok(IdxImages { count: h.dims[0], rows: h.dims[1], cols: h.dims[2], channels, pixels })
 }
 
 /// Parses an IDX label file `u8 [n]` from `bytes` (raw or gzip). `file` names the source
@@ -278,13 +231,7 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<u8>, DataError> {
 ///
 /// # Panics
 /// If `pixels.len() != count * rows * cols * channels` or a dimension exceeds `u32`.
-pub fn encode_images(
-    count: usize,
-    rows: usize,
-    cols: usize,
-    channels: usize,
-    pixels: &[u8],
-) -> Vec<u8> {
+pub fn encode_images(count: usize, rows: usize, cols: usize, channels: usize, pixels: &[u8]) -> Vec<u8> {
     assert_eq!(
         pixels.len(),
         count * rows * cols * channels,
@@ -328,40 +275,19 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Writes `bytes` (already-encoded IDX) to `path`, gzip-compressed if `compress`.
 fn write_file(path: &Path, bytes: &[u8], compress: bool) -> Result<(), DataError> {
-    let data = if compress {
-        Cow::Owned(gzip(bytes))
-    } else {
-        Cow::Borrowed(bytes)
-    };
-    std::fs::write(path, &data).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    let data = if compress { Cow::Owned(gzip(bytes)) } else { Cow::Borrowed(bytes) };
+    std::fs::write(path, &data).map_err(|source| DataError::Io { path: path.to_path_buf(), source })
 }
 
 /// Writes an IDX image file to `path` (see [`encode_images`]), gzip-compressed if
 /// `compress`.
-pub fn write_images(
-    path: impl AsRef<Path>,
-    images: &IdxImages,
-    compress: bool,
-) -> Result<(), DataError> {
-    let bytes = encode_images(
-        images.count,
-        images.rows,
-        images.cols,
-        images.channels,
-        &images.pixels,
-    );
+pub fn write_images(path: impl AsRef<Path>, images: &IdxImages, compress: bool) -> Result<(), DataError> {
+    let bytes = encode_images(images.count, images.rows, images.cols, images.channels, &images.pixels);
     write_file(path.as_ref(), &bytes, compress)
 }
 
 /// Writes an IDX label file to `path`, gzip-compressed if `compress`.
-pub fn write_labels(
-    path: impl AsRef<Path>,
-    labels: &[u8],
-    compress: bool,
-) -> Result<(), DataError> {
+pub fn write_labels(path: impl AsRef<Path>, labels: &[u8], compress: bool) -> Result<(), DataError> {
     write_file(path.as_ref(), &encode_labels(labels), compress)
 }
 
@@ -398,10 +324,7 @@ mod tests {
         let b = encode_images(2, 3, 2, 3, &px);
         assert_eq!(&b[..4], &IMAGES_NHWC_MAGIC.to_be_bytes());
         let a = parse_images(&b, "x").unwrap();
-        assert_eq!(
-            (a.count, a.rows, a.cols, a.channels, a.image_len()),
-            (2, 3, 2, 3, 18)
-        );
+        assert_eq!((a.count, a.rows, a.cols, a.channels, a.image_len()), (2, 3, 2, 3, 18));
         assert_eq!(a.pixels, px);
     }
 
@@ -410,9 +333,7 @@ mod tests {
         let b = small_images();
         for n in 0..b.len() {
             match parse_images(&b[..n], "t") {
-                Err(DataError::Truncated {
-                    expected, actual, ..
-                }) => {
+                Err(DataError::Truncated { expected, actual, .. }) => {
                     assert_eq!(actual, n as u64);
                     assert!(expected > n as u128);
                 }
@@ -431,10 +352,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Exactly at the limit is fine.
-        assert_eq!(
-            decompress_with_limit(&gz, "ok", 1 << 20).unwrap().len(),
-            1 << 20
-        );
+        assert_eq!(decompress_with_limit(&gz, "ok", 1 << 20).unwrap().len(), 1 << 20);
     }
 
     #[test]
@@ -442,15 +360,9 @@ mod tests {
         let mut b = small_images();
         b[2] = 0x0D;
         let e = parse_images(&b, "f.idx").unwrap_err();
-        assert!(
-            matches!(e, DataError::WrongDataType { found: 0x0D, .. }),
-            "{e:?}"
-        );
+        assert!(matches!(e, DataError::WrongDataType { found: 0x0D, .. }), "{e:?}");
         assert!(e.to_string().contains("f32"), "{e}");
         let e = parse_labels(&small_images(), "l.idx").unwrap_err();
-        assert!(
-            matches!(e, DataError::DimensionCount { found: 3, .. }),
-            "{e:?}"
-        );
+        assert!(matches!(e, DataError::DimensionCount { found: 3, .. }), "{e:?}");
     }
 }

@@ -31,27 +31,13 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub const FASHION_MNIST_INSTALL: &str = "apt-get install dataset-fashion-mnist";
 
 /// Class names of Fashion-MNIST, in label order.
-pub const FASHION_MNIST_LABELS: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const FASHION_MNIST_LABELS: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// The standard IDX file names (without `.gz`): train images, train labels, test images,
 /// test labels.
-pub const IDX_FILE_NAMES: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
+pub const IDX_FILE_NAMES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
 /// The dataset names [`DatasetSpec::from_str`] accepts.
 pub const DATASET_NAMES: &str = "mnist-small, fashion-mnist, idx:DIR";
@@ -60,31 +46,19 @@ pub const DATASET_NAMES: &str = "mnist-small, fashion-mnist, idx:DIR";
 const MNIST_SMALL: [(&str, &[u8]); 4] = [
     (
         "mnist-small/train-images-idx3-ubyte.gz",
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/mnist-small/train-images-idx3-ubyte.gz"
-        )),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist-small/train-images-idx3-ubyte.gz")),
     ),
     (
         "mnist-small/train-labels-idx1-ubyte.gz",
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/mnist-small/train-labels-idx1-ubyte.gz"
-        )),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist-small/train-labels-idx1-ubyte.gz")),
     ),
     (
         "mnist-small/t10k-images-idx3-ubyte.gz",
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/mnist-small/t10k-images-idx3-ubyte.gz"
-        )),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist-small/t10k-images-idx3-ubyte.gz")),
     ),
     (
         "mnist-small/t10k-labels-idx1-ubyte.gz",
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/mnist-small/t10k-labels-idx1-ubyte.gz"
-        )),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist-small/t10k-labels-idx1-ubyte.gz")),
     ),
 ];
 
@@ -182,9 +156,7 @@ pub enum DataError {
         labels: usize,
     },
     /// A label is not below the number of classes.
-    #[error(
-        "{file}: label {label} at index {index} is out of range (dataset has {classes} classes)"
-    )]
+    #[error("{file}: label {label} at index {index} is out of range (dataset has {classes} classes)")]
     LabelOutOfRange {
         /// The label file name.
         file: String,
@@ -266,11 +238,7 @@ impl Dataset {
     /// # Panics
     /// If `i >= len()`.
     pub fn image(&self, i: usize) -> &[u8] {
-        assert!(
-            i < self.len(),
-            "image index {i} out of range (len {})",
-            self.len()
-        );
+        assert!(i < self.len(), "image index {i} out of range (len {})", self.len());
         let n = self.image_len();
         &self.images[i * n..(i + 1) * n]
     }
@@ -305,11 +273,7 @@ impl Dataset {
             images.extend_from_slice(self.image(i));
             labels.push(self.labels[i]);
         }
-        Dataset {
-            images,
-            labels,
-            ..self.meta()
-        }
+        Dataset { images, labels, ..self.meta() }
     }
 
     /// Number of samples per class (`classes` entries).
@@ -331,13 +295,7 @@ impl Dataset {
     pub fn sha256_hex(&self) -> String {
         let mut h = Sha256::new();
         h.update(b"iocane-dataset-v1");
-        for v in [
-            self.len(),
-            self.height,
-            self.width,
-            self.channels,
-            self.classes,
-        ] {
+        for v in [self.len(), self.height, self.width, self.channels, self.classes] {
             h.update((v as u64).to_le_bytes());
         }
         h.update(&self.images);
@@ -379,17 +337,8 @@ impl Dataset {
                 labels: labels.len(),
             });
         }
-        if let Some((index, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| usize::from(l) >= classes)
-        {
-            return Err(DataError::LabelOutOfRange {
-                file: labels_file.to_string(),
-                index,
-                label,
-                classes,
-            });
+        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= classes) {
+            return Err(DataError::LabelOutOfRange { file: labels_file.to_string(), index, label, classes });
         }
         Ok(Dataset {
             name: name.into(),
@@ -437,9 +386,7 @@ impl FromStr for DatasetSpec {
             "fashion-mnist" => Ok(DatasetSpec::FashionMnist { dir: None }),
             _ => match s.strip_prefix("idx:") {
                 Some(dir) if !dir.is_empty() => Ok(DatasetSpec::Idx(PathBuf::from(dir))),
-                _ => Err(DataError::UnknownDataset {
-                    name: s.to_string(),
-                }),
+                _ => Err(DataError::UnknownDataset { name: s.to_string() }),
             },
         }
     }
@@ -461,9 +408,7 @@ impl DatasetSpec {
     /// every other dataset, are returned unchanged (`idx:DIR` names its own folder).
     pub fn with_data_dir(self, dir: Option<PathBuf>) -> Self {
         match (self, dir) {
-            (DatasetSpec::FashionMnist { .. }, Some(dir)) => {
-                DatasetSpec::FashionMnist { dir: Some(dir) }
-            }
+            (DatasetSpec::FashionMnist { .. }, Some(dir)) => DatasetSpec::FashionMnist { dir: Some(dir) },
             (spec, _) => spec,
         }
     }
@@ -485,34 +430,21 @@ pub fn load(spec: &DatasetSpec) -> Result<Splits, DataError> {
                 || (idx::parse_images(vi, vif), idx::parse_labels(vl, vlf)),
             );
             let parts = [
-                (
-                    tif.to_string(),
-                    train_images?,
-                    tlf.to_string(),
-                    train_labels?,
-                ),
+                (tif.to_string(), train_images?, tlf.to_string(), train_labels?),
                 (vif.to_string(), test_images?, vlf.to_string(), test_labels?),
             ];
             assemble(&tag, parts, 10, digit_names(10))
         }
         DatasetSpec::FashionMnist { dir } => {
-            let dir = dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR));
-            let hint = format!(
-                "install it with `{FASHION_MNIST_INSTALL}` (as root) or pass `--data-dir DIR`"
-            );
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR));
+            let hint = format!("install it with `{FASHION_MNIST_INSTALL}` (as root) or pass `--data-dir DIR`");
             let parts = read_dir_parts(&tag, &dir, Some(&hint))?;
             let names = FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
             assemble(&tag, parts, 10, names)
         }
         DatasetSpec::Idx(dir) => {
             let parts = read_dir_parts(&tag, dir, None)?;
-            let max = parts
-                .iter()
-                .flat_map(|p| p.3.iter().copied())
-                .max()
-                .unwrap_or(0);
+            let max = parts.iter().flat_map(|p| p.3.iter().copied()).max().unwrap_or(0);
             let classes = (usize::from(max) + 1).max(2);
             assemble(&tag, parts, classes, digit_names(classes))
         }
@@ -528,17 +460,9 @@ fn digit_names(n: usize) -> Vec<String> {
 type Parts = [(String, IdxImages, String, Vec<u8>); 2];
 
 /// Finds `name` or `name.gz` in `dir`.
-fn find_file(
-    dataset: &str,
-    dir: &Path,
-    name: &str,
-    hint: Option<&str>,
-) -> Result<PathBuf, DataError> {
-    let missing = |path: PathBuf| DataError::Missing {
-        dataset: dataset.to_string(),
-        path,
-        hint: hint.map(str::to_string),
-    };
+fn find_file(dataset: &str, dir: &Path, name: &str, hint: Option<&str>) -> Result<PathBuf, DataError> {
+    let missing =
+        |path: PathBuf| DataError::Missing { dataset: dataset.to_string(), path, hint: hint.map(str::to_string) };
     if !dir.is_dir() {
         return Err(missing(dir.to_path_buf()));
     }
@@ -555,58 +479,24 @@ fn find_file(
 
 /// Reads the four standard IDX files of `dir` (train and test in parallel).
 fn read_dir_parts(dataset: &str, dir: &Path, hint: Option<&str>) -> Result<Parts, DataError> {
-    let paths = IDX_FILE_NAMES
-        .iter()
-        .map(|n| find_file(dataset, dir, n, hint))
-        .collect::<Result<Vec<_>, _>>()?;
-    let read =
-        |images: &Path, labels: &Path| -> Result<(String, IdxImages, String, Vec<u8>), DataError> {
-            let (i, l) = rayon::join(|| idx::read_images(images), || idx::read_labels(labels));
-            Ok((
-                images.display().to_string(),
-                i?,
-                labels.display().to_string(),
-                l?,
-            ))
-        };
+    let paths = IDX_FILE_NAMES.iter().map(|n| find_file(dataset, dir, n, hint)).collect::<Result<Vec<_>, _>>()?;
+    let read = |images: &Path, labels: &Path| -> Result<(String, IdxImages, String, Vec<u8>), DataError> {
+        let (i, l) = rayon::join(|| idx::read_images(images), || idx::read_labels(labels));
+        Ok((images.display().to_string(), i?, labels.display().to_string(), l?))
+    };
     let (train, test) = rayon::join(|| read(&paths[0], &paths[1]), || read(&paths[2], &paths[3]));
     Ok([train?, test?])
 }
 
 /// Validates and assembles the two splits of dataset `tag`.
-fn assemble(
-    tag: &str,
-    parts: Parts,
-    classes: usize,
-    labels_text: Vec<String>,
-) -> Result<Splits, DataError> {
+fn assemble(tag: &str, parts: Parts, classes: usize, labels_text: Vec<String>) -> Result<Splits, DataError> {
     let [(tif, ti, tlf, tl), (vif, vi, vlf, vl)] = parts;
     let shape = |i: &IdxImages| (i.rows, i.cols, i.channels);
     if shape(&ti) != shape(&vi) {
-        return Err(DataError::ShapeMismatch {
-            dataset: tag.to_string(),
-            train: shape(&ti),
-            test: shape(&vi),
-        });
+        return Err(DataError::ShapeMismatch { dataset: tag.to_string(), train: shape(&ti), test: shape(&vi) });
     }
-    let train = Dataset::from_idx(
-        format!("{tag}/train"),
-        ti,
-        &tif,
-        tl,
-        &tlf,
-        classes,
-        labels_text.clone(),
-    )?;
-    let test = Dataset::from_idx(
-        format!("{tag}/test"),
-        vi,
-        &vif,
-        vl,
-        &vlf,
-        classes,
-        labels_text,
-    )?;
+    let train = Dataset::from_idx(format!("{tag}/train"), ti, &tif, tl, &tlf, classes, labels_text.clone())?;
+    let test = Dataset::from_idx(format!("{tag}/test"), vi, &vif, vl, &vlf, classes, labels_text)?;
     Ok(Splits { train, test })
 }
 
@@ -682,10 +572,7 @@ mod tests {
             let spec: DatasetSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
         }
-        assert_eq!(
-            "idx:d".parse::<DatasetSpec>().unwrap(),
-            DatasetSpec::Idx("d".into())
-        );
+        assert_eq!("idx:d".parse::<DatasetSpec>().unwrap(), DatasetSpec::Idx("d".into()));
         for bad in ["mnist", "", "idx:", "MNIST-SMALL", "fashion"] {
             let e = bad.parse::<DatasetSpec>().unwrap_err();
             assert!(matches!(e, DataError::UnknownDataset { .. }), "{e:?}");
@@ -707,29 +594,15 @@ mod tests {
             DatasetSpec::FashionMnist { dir: d.clone() }.with_data_dir(None),
             DatasetSpec::FashionMnist { dir: d.clone() }
         );
-        assert_eq!(
-            DatasetSpec::MnistSmall.with_data_dir(d.clone()),
-            DatasetSpec::MnistSmall
-        );
-        assert_eq!(
-            DatasetSpec::Idx("x".into()).with_data_dir(d),
-            DatasetSpec::Idx("x".into())
-        );
+        assert_eq!(DatasetSpec::MnistSmall.with_data_dir(d.clone()), DatasetSpec::MnistSmall);
+        assert_eq!(DatasetSpec::Idx("x".into()).with_data_dir(d), DatasetSpec::Idx("x".into()));
     }
 
     #[test]
     fn embedded_mnist_small_loads() {
         let s = load(&DatasetSpec::MnistSmall).unwrap();
         assert_eq!((s.train.len(), s.test.len()), (8000, 2000));
-        assert_eq!(
-            (
-                s.train.height,
-                s.train.width,
-                s.train.channels,
-                s.train.classes
-            ),
-            (28, 28, 1, 10)
-        );
+        assert_eq!((s.train.height, s.train.width, s.train.channels, s.train.classes), (28, 28, 1, 10));
         assert_eq!(s.train.name, "mnist-small/train");
         assert_eq!(s.test.name, "mnist-small/test");
     }
