@@ -237,3 +237,26 @@ mod certify_gate {
         }
     }
 }
+
+mod onnx_cli {
+    use super::*;
+
+    #[test]
+    fn exported_onnx_imports_and_re_exports() {
+        let dir = exported();
+        assert!(dir.join("model.onnx").exists());
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("imported");
+        let out = run(&["import", dir.join("model.onnx").to_str().unwrap(), "--out", run_dir.to_str().unwrap()]);
+        assert_exit_code(&out, 0);
+        let out = run(&["export", run_dir.to_str().unwrap(), "--out", tmp.path().join("e").to_str().unwrap(), "--calib", "300"]);
+        assert_exit_code(&out, 0);
+        // Same float weights and same calibration data give the same int8 blob, except metadata.
+        let a = iocane_runtime::emit::ModelRepr::from_model(&iocane_runtime::Model::parse(&std::fs::read(dir.join("model.icn")).unwrap()).unwrap());
+        let b = iocane_runtime::emit::ModelRepr::from_model(&iocane_runtime::Model::parse(&std::fs::read(tmp.path().join("e/model.icn")).unwrap()).unwrap());
+        assert_eq!(a.layers, b.layers);
+        let bad = tmp.path().join("bad.onnx");
+        std::fs::write(&bad, b"\x08\x07garbage").unwrap();
+        assert_exit_code(&run(&["import", bad.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]), 2);
+    }
+}

@@ -436,7 +436,7 @@ fn margins_prove(margins: &[i64], label: usize) -> bool {
 /// optimiser the overflow checks; the branch-free form lets it vectorise.
 #[inline(always)]
 fn dot_bounds(a: &[i16], c: &[i16], w: &[u8]) -> (i32, i32) {
-    const L: usize = 16;
+    const L: usize = 8;
     let mut lo = [0i32; L];
     let mut hi = [0i32; L];
     let (ac, cc, wc) = (a.chunks_exact(L), c.chunks_exact(L), w.chunks_exact(L));

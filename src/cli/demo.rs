@@ -59,6 +59,8 @@ pub fn run(d: &DemoArgs) -> Result<u8> {
         out: run_dir.clone(),
         resume: false,
         quiet: false,
+        qat: false,
+        init: None,
     };
     let m = super::train::run(&t)?;
     println!("\n== 2/3 export: int8 post-training quantization");

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 pub mod certify;
 pub mod demo;
 pub mod export;
+pub mod import;
 pub mod inspect;
 pub mod train;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Quantize a trained run to int8 and write model.icn, model.rs, model.h (and model.onnx).
     Export(export::ExportArgs),
+    /// Import a float ONNX classifier (via tract-onnx) as a trainer checkpoint.
+    Import(import::ImportArgs),
     /// Release gate: attacks and sound bounds on the exact int8 model; exit 0 pass, 1 fail, 2 error.
     Certify(certify::CertifyCmd),
     /// End-to-end demo on the embedded data: train (PGD), export to int8, certify at 4/255 and 0.1.
@@ -88,6 +91,10 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Export(a) => {
             export::run(&a)?;
+            Ok(EXIT_OK)
+        }
+        Command::Import(a) => {
+            import::run(&a)?;
             Ok(EXIT_OK)
         }
         Command::Certify(c) => certify::run(&c),

@@ -80,6 +80,13 @@ pub struct TrainArgs {
     /// Output directory (model.ckpt, metrics.json).
     #[arg(long)]
     pub out: PathBuf,
+    /// Quantization-aware training (int8 fake-quantized weights, straight-through gradients);
+    /// typically a few epochs fine-tuning a run given with --init.
+    #[arg(long)]
+    pub qat: bool,
+    /// Start from the weights of this checkpoint (a run dir or model.ckpt), e.g. to fine-tune.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Continue from OUT/model.ckpt, bit-identically.
     #[arg(long)]
     pub resume: bool,
@@ -148,6 +155,7 @@ pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize) -> Result<TrainC
         eval_steps: a.eval_steps,
         eval_restarts: a.eval_restarts,
         train_samples: a.train_samples,
+        qat: a.qat,
     })
 }
 
@@ -175,7 +183,16 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 pub fn run(a: &TrainArgs) -> Result<Metrics> {
     let splits = load_dataset(&a.dataset, a.data_dir.clone())?;
     let t = &splits.train;
-    let cfg = config(a, [t.height, t.width, t.channels], t.classes)?;
+    let mut cfg = config(a, [t.height, t.width, t.channels], t.classes)?;
+    let init = match &a.init {
+        None => None,
+        Some(p) => {
+            let path = if p.is_dir() { p.join("model.ckpt") } else { p.clone() };
+            let ck = iocane_trainer::checkpoint::load(&path).with_context(|| format!("loading --init {}", path.display()))?;
+            cfg.arch = ck.network.spec().clone();
+            Some(ck.network)
+        }
+    };
     if !a.quiet {
         eprintln!(
             "training {} on {} ({} train / {} test), method {}, eps {:.4}, {} params, {} MACs",
@@ -189,7 +206,7 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             cfg.arch.mac_count()
         );
     }
-    let opts = RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(interrupt_flag()) };
+    let opts = RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(interrupt_flag()), init };
     let m = train::train(&cfg, t, &splits.test, &a.out, &opts)?;
     print_summary(&m, &a.out);
     Ok(m)

@@ -378,3 +378,30 @@ impl<'a> IntSim<'a> {
         logits
     }
 }
+
+/// Weight fake-quantization for quantization-aware training: a copy of `net` whose weights
+/// are replaced by their int8 per-channel values times the channel scale (exactly what
+/// [`quantize`] will store). Training computes gradients on this copy and applies them to
+/// the float weights: the straight-through estimator.
+pub fn fake_quant_weights(net: &Network) -> Network {
+    let mut q = net.clone();
+    let specs: Vec<LayerSpec> = net.layers().to_vec();
+    for (i, spec) in specs.iter().enumerate() {
+        let depthwise = matches!(spec, LayerSpec::DepthwiseConv2d { .. });
+        if !spec.has_params() {
+            continue;
+        }
+        let oc = net.layer_output_shape(i)[2];
+        let w = &mut q.params_mut().layers[i].weights;
+        let per = w.len() / oc.max(1);
+        for c in 0..oc {
+            let idx: Vec<usize> = if depthwise { (c..w.len()).step_by(oc).collect() } else { (c * per..(c + 1) * per).collect() };
+            let m = idx.iter().map(|&j| w[j].abs()).fold(0f32, f32::max);
+            let s = if m > 0.0 { m / 127.0 } else { 1e-8 };
+            for j in idx {
+                w[j] = quant::quantize_weight(w[j], s) as f32 * s;
+            }
+        }
+    }
+    q
+}

@@ -100,6 +100,10 @@ pub struct TrainConfig {
     pub eval_restarts: usize,
     /// Use only the first N training samples (0 = all).
     pub train_samples: usize,
+    /// Quantization-aware training: gradients (and training attacks) are computed on the
+    /// int8-fake-quantized weights and applied to the float weights (straight-through).
+    #[serde(default)]
+    pub qat: bool,
 }
 
 impl TrainConfig {
@@ -240,6 +244,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Set to true to stop after the current batch (Ctrl-C).
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Start from these weights instead of a fresh initialisation (fine-tuning, QAT,
+    /// imported ONNX models). Must have the configuration's architecture.
+    pub init: Option<Network>,
 }
 
 /// Accuracy of `net` on `data` (first `limit` samples, 0 = all), clean and under `attack`.
@@ -303,7 +310,13 @@ pub fn train(
     let metrics_path = out_dir.join("metrics.json");
     std::fs::create_dir_all(out_dir).map_err(|source| TrainError::Io { path: out_dir.into(), source })?;
 
-    let mut net = Network::new(cfg.arch.clone(), cfg.seed)?;
+    let mut net = match &opts.init {
+        Some(n) if n.spec() != &cfg.arch => {
+            return Err(TrainError::Config("--init weights have a different architecture than --arch".into()))
+        }
+        Some(n) => n.clone(),
+        None => Network::new(cfg.arch.clone(), cfg.seed)?,
+    };
     let mut opt = Optimizer::new(cfg.optimizer, net.params());
     let mut metrics = Metrics {
         config: cfg.clone(),
@@ -352,14 +365,16 @@ pub fn train(
                 return Err(TrainError::Interrupted { completed: epoch, dir: out_dir.into() });
             }
             let (x, labels) = batch(train, idx);
+            let qnet = if cfg.qat { Some(crate::quantize::fake_quant_weights(&net)) } else { None };
+            let grad_net = qnet.as_ref().unwrap_or(&net);
             let x = match &attack {
                 Some(a) => {
                     let mut rng = root.fork(ATTACK + ((epoch as u64) << 20) + b as u64);
-                    a.perturb(&net, &x, &labels, &mut rng)
+                    a.perturb(grad_net, &x, &labels, &mut rng)
                 }
                 None => x,
             };
-            let lg = net.loss_and_grads(&x, &labels, Want::PARAMS);
+            let lg = grad_net.loss_and_grads(&x, &labels, Want::PARAMS);
             let lr = cfg.schedule.lr(epoch, b, steps_per_epoch);
             if let Some(g) = &lg.param_grads {
                 opt.step(net.params_mut(), g, lr);

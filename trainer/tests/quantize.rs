@@ -59,6 +59,7 @@ fn quantized_model_keeps_the_float_models_decisions() {
         eval_steps: 1,
         eval_restarts: 1,
         train_samples: 3000,
+        qat: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let m = train(&cfg, &splits.train, &splits.test, dir.path(), &RunOptions::default()).unwrap();
@@ -82,4 +83,22 @@ fn quantized_model_keeps_the_float_models_decisions() {
     assert!(m.final_eval.unwrap().clean_acc > 0.85);
     assert!(agree as f32 / n as f32 > 0.97, "int8 agrees with float on only {agree} of {n}");
     assert!((float_acc - int_acc).abs() < 0.02, "float {float_acc} vs int8 {int_acc}");
+}
+
+#[test]
+fn fake_quant_weights_are_exactly_representable() {
+    use iocane_trainer::quantize::fake_quant_weights;
+    let splits = load(&DatasetSpec::MnistSmall).unwrap();
+    for name in PRESETS {
+        let net = Network::new(ArchSpec::preset(name, [28, 28, 1], 10).unwrap(), 5).unwrap();
+        let fq = fake_quant_weights(&net);
+        assert_ne!(fq.params(), net.params(), "{name}: fake quantization changed nothing");
+        let a = quantize(&net, &splits.train, 100, vec![], vec![]).unwrap();
+        let b = quantize(&fq, &splits.train, 100, vec![], vec![]).unwrap();
+        for (x, y) in a.layers.iter().zip(&b.layers) {
+            assert_eq!(x.weights, y.weights, "{name}: int8 weights change under fake quantization");
+        }
+        // Idempotent.
+        assert_eq!(fake_quant_weights(&fq).params(), fq.params());
+    }
 }

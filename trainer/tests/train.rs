@@ -25,6 +25,7 @@ fn config(method: Method, epochs: usize) -> TrainConfig {
         eval_steps: 10,
         eval_restarts: 1,
         train_samples: 2500,
+        qat: false,
     }
 }
 

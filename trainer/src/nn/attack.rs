@@ -155,14 +155,14 @@ pub fn fgsm(net: &Network, x: &Tensor, labels: &[usize], eps: f32, snap: bool) -
 
 /// PGD (see [`Attack::Pgd`] for the parameters).
 #[allow(clippy::too_many_arguments)]
-pub fn pgd(
+fn pgd(
     net: &Network,
     x: &Tensor,
     labels: &[usize],
     eps: f32,
     step_size: f32,
     steps: usize,
-    random_start_: bool,
+    use_random_start: bool,
     restarts: usize,
     snap: bool,
     rng: &mut Rng,
@@ -170,7 +170,7 @@ pub fn pgd(
     let restarts = restarts.max(1);
     let mut best: Option<(Tensor, Vec<f32>, Vec<bool>)> = None;
     for _ in 0..restarts {
-        let mut adv = if random_start_ { random_start(x, eps, rng) } else { x.clone() };
+        let mut adv = if use_random_start { random_start(x, eps, rng) } else { x.clone() };
         let mut grad = Tensor::zeros(x.shape);
         for _ in 0..steps {
             sign_step_in_place(net, &mut adv, labels, step_size, x, eps, &mut grad);

@@ -14,21 +14,17 @@
 //! frame with per-tap offsets and 8-channel vector blocks.
 //!
 //! All loops have a fixed order that does not depend on threads, so results are
-//! deterministic. Multiply-adds are fused (`mul_add`) when the build targets FMA.
+//! deterministic. Multiply-adds are deliberately *not* fused (`a * b + c`; rustc never
+//! contracts it), so results do not depend on `target-cpu` build flags either (fusing would
+//! gain only ~5% here).
 
 use super::layers::{Aux, Geom, LayerParams};
 use super::LayerSpec;
 
+/// `a * b + c`, unfused (see the module docs).
 #[inline(always)]
 fn madd(a: f32, b: f32, c: f32) -> f32 {
-    #[cfg(target_feature = "fma")]
-    {
-        a.mul_add(b, c)
-    }
-    #[cfg(not(target_feature = "fma"))]
-    {
-        a * b + c
-    }
+    a * b + c
 }
 
 /// Geometry of a Conv2d in the padded frame.

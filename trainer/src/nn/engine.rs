@@ -124,7 +124,6 @@ pub(crate) fn backward_chunk(
     let l = plan.geoms.len();
     let want_params = grads.is_some();
     let want_input = dx.is_some();
-    // Lowest layer whose input gradient is needed.
     let mut cur = std::mem::take(&mut ws.grad_a);
     let mut other = std::mem::take(&mut ws.grad_b);
     cur.clear();
