@@ -260,3 +260,56 @@ mod onnx_cli {
         assert_exit_code(&run(&["import", bad.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]), 2);
     }
 }
+
+mod snapshots {
+    use super::*;
+
+    /// Replaces run-dependent text (paths, timings) so reports compare byte for byte.
+    fn normalize(s: &str, model_path: &str) -> String {
+        let s = s.replace(model_path, "MODEL");
+        s.lines()
+            .map(|l| match l.find(" time=\"") {
+                Some(i) => {
+                    let rest = &l[i + 7..];
+                    let end = rest.find('"').map_or(rest.len(), |e| e + 1);
+                    format!("{} time=\"T{}", &l[..i], &rest[end - 1..])
+                }
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Compares with `tests/snapshots/NAME`; `IOCANE_BLESS=1` rewrites the snapshot.
+    fn check(name: &str, got: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+        if std::env::var_os("IOCANE_BLESS").is_some() {
+            std::fs::write(&path, got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing snapshot {} (run with IOCANE_BLESS=1)", path.display()));
+        assert_eq!(got, want, "report {name} differs from its snapshot");
+    }
+
+    #[test]
+    fn reports_match_snapshots_on_a_fixed_seed() {
+        // A fixed model (random weights from a fixed seed) so the snapshot does not depend on training.
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("model.icn");
+        std::fs::write(&model, iocane_runtime::emit::random_cnn_s(42).emit()).unwrap();
+        let m = model.to_str().unwrap();
+        let report = tmp.path().join("r");
+        let out = run(&[
+            "certify", m, "--samples", "30", "--eps", "2/255", "--eps-sweep", "0,1,2,4", "--steps", "5", "--restarts", "1",
+            "--square-queries", "50", "--random", "10", "--seed", "7", "--gate", "empirical", "--threshold", "0.05",
+            "--quiet", "--report", report.to_str().unwrap(),
+        ]);
+        assert!(out.status.code() == Some(0) || out.status.code() == Some(1), "{out:?}");
+        for name in ["summary.md", "junit.xml", "curve.svg"] {
+            let text = std::fs::read_to_string(report.join(name)).unwrap();
+            check(name, &normalize(&text, m));
+        }
+        let r = iocane_certify::report::CertifyReport::read(&report.join("report.json")).unwrap();
+        let verdicts: Vec<String> = r.outcome.samples.iter().map(|s| format!("{} {} {:?} {:?} {:?}", s.index, s.label, s.verdict, s.broken_by, s.bound_margin)).collect();
+        check("verdicts.txt", &verdicts.join("\n"));
+    }
+}

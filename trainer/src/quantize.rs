@@ -89,6 +89,17 @@ fn units(net: &Network) -> Result<Vec<Unit>, QuantError> {
     Ok(out)
 }
 
+/// Indices of output channel `c`'s weights: a row for Dense / Conv2d (`[out][...]`), a
+/// stride-`oc` column for DepthwiseConv2d (`[kh][kw][c]`).
+fn channel_indices(depthwise: bool, len: usize, oc: usize, c: usize) -> Vec<usize> {
+    if depthwise {
+        (c..len).step_by(oc).collect()
+    } else {
+        let per = len / oc.max(1);
+        (c * per..(c + 1) * per).collect()
+    }
+}
+
 fn shape3(s: [usize; 3]) -> Shape {
     Shape::new(s[0], s[1], s[2])
 }
@@ -175,14 +186,7 @@ pub fn quantize(
                 };
                 // Channel c's weights: rows for Dense/Conv, a stride-oc column for depthwise.
                 let w = &p.weights;
-                let chan = |c: usize| -> Vec<usize> {
-                    if op == OpKind::DepthwiseConv2d {
-                        (c..w.len()).step_by(oc).collect()
-                    } else {
-                        let per = w.len() / oc;
-                        (c * per..(c + 1) * per).collect()
-                    }
-                };
+                let chan = |c: usize| channel_indices(op == OpKind::DepthwiseConv2d, w.len(), oc, c);
                 let mut s_w = vec![0f32; oc];
                 let mut wq = vec![0i8; w.len()];
                 for (c, sw) in s_w.iter_mut().enumerate() {
@@ -393,9 +397,8 @@ pub fn fake_quant_weights(net: &Network) -> Network {
         }
         let oc = net.layer_output_shape(i)[2];
         let w = &mut q.params_mut().layers[i].weights;
-        let per = w.len() / oc.max(1);
         for c in 0..oc {
-            let idx: Vec<usize> = if depthwise { (c..w.len()).step_by(oc).collect() } else { (c * per..(c + 1) * per).collect() };
+            let idx = channel_indices(depthwise, w.len(), oc, c);
             let m = idx.iter().map(|&j| w[j].abs()).fold(0f32, f32::max);
             let s = if m > 0.0 { m / 127.0 } else { 1e-8 };
             for j in idx {
