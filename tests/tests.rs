@@ -249,11 +249,22 @@ mod onnx_cli {
         let run_dir = tmp.path().join("imported");
         let out = run(&["import", dir.join("model.onnx").to_str().unwrap(), "--out", run_dir.to_str().unwrap()]);
         assert_exit_code(&out, 0);
-        let out = run(&["export", run_dir.to_str().unwrap(), "--out", tmp.path().join("e").to_str().unwrap(), "--calib", "300"]);
+        let out = run(&[
+            "export",
+            run_dir.to_str().unwrap(),
+            "--out",
+            tmp.path().join("e").to_str().unwrap(),
+            "--calib",
+            "300",
+        ]);
         assert_exit_code(&out, 0);
         // Same float weights and same calibration data give the same int8 blob, except metadata.
-        let a = iocane_runtime::emit::ModelRepr::from_model(&iocane_runtime::Model::parse(&std::fs::read(dir.join("model.icn")).unwrap()).unwrap());
-        let b = iocane_runtime::emit::ModelRepr::from_model(&iocane_runtime::Model::parse(&std::fs::read(tmp.path().join("e/model.icn")).unwrap()).unwrap());
+        let a = iocane_runtime::emit::ModelRepr::from_model(
+            &iocane_runtime::Model::parse(&std::fs::read(dir.join("model.icn")).unwrap()).unwrap(),
+        );
+        let b = iocane_runtime::emit::ModelRepr::from_model(
+            &iocane_runtime::Model::parse(&std::fs::read(tmp.path().join("e/model.icn")).unwrap()).unwrap(),
+        );
         assert_eq!(a.layers, b.layers);
         let bad = tmp.path().join("bad.onnx");
         std::fs::write(&bad, b"\x08\x07garbage").unwrap();
@@ -286,7 +297,8 @@ mod snapshots {
         if std::env::var_os("IOCANE_BLESS").is_some() {
             std::fs::write(&path, got).unwrap();
         }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing snapshot {} (run with IOCANE_BLESS=1)", path.display()));
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("missing snapshot {} (run with IOCANE_BLESS=1)", path.display()));
         assert_eq!(got, want, "report {name} differs from its snapshot");
     }
 
@@ -299,9 +311,31 @@ mod snapshots {
         let m = model.to_str().unwrap();
         let report = tmp.path().join("r");
         let out = run(&[
-            "certify", m, "--samples", "30", "--eps", "2/255", "--eps-sweep", "0,1,2,4", "--steps", "5", "--restarts", "1",
-            "--square-queries", "50", "--random", "10", "--seed", "7", "--gate", "empirical", "--threshold", "0.05",
-            "--quiet", "--report", report.to_str().unwrap(),
+            "certify",
+            m,
+            "--samples",
+            "30",
+            "--eps",
+            "2/255",
+            "--eps-sweep",
+            "0,1,2,4",
+            "--steps",
+            "5",
+            "--restarts",
+            "1",
+            "--square-queries",
+            "50",
+            "--random",
+            "10",
+            "--seed",
+            "7",
+            "--gate",
+            "empirical",
+            "--threshold",
+            "0.05",
+            "--quiet",
+            "--report",
+            report.to_str().unwrap(),
         ]);
         assert!(out.status.code() == Some(0) || out.status.code() == Some(1), "{out:?}");
         for name in ["summary.md", "junit.xml", "curve.svg"] {
@@ -309,7 +343,12 @@ mod snapshots {
             check(name, &normalize(&text, m));
         }
         let r = iocane_certify::report::CertifyReport::read(&report.join("report.json")).unwrap();
-        let verdicts: Vec<String> = r.outcome.samples.iter().map(|s| format!("{} {} {:?} {:?} {:?}", s.index, s.label, s.verdict, s.broken_by, s.bound_margin)).collect();
+        let verdicts: Vec<String> = r
+            .outcome
+            .samples
+            .iter()
+            .map(|s| format!("{} {} {:?} {:?} {:?}", s.index, s.label, s.verdict, s.broken_by, s.bound_margin))
+            .collect();
         check("verdicts.txt", &verdicts.join("\n"));
     }
 }

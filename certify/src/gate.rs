@@ -182,11 +182,15 @@ fn one_sample(
         verdict: SampleVerdict::Misclassified,
         broken_by: vec![],
         counterexample: None,
-        bound_margin: bounds.margin(label),
+        bound_margin: None,
     };
     if verdict == Verdict::Misclassified {
+        res.bound_margin = bounds.margin(label);
         return res;
     }
+    // The exact last-layer margin bound (>= 0 iff certified), consistent with the verdict.
+    let (lo, hi) = crate::ibp::linf_ball(px, k);
+    res.bound_margin = crate::ibp::worst_margin(&bnd.margin_lower_bounds(&lo, &hi, label), label);
     counts.clean += 1;
     if verdict == Verdict::Certified {
         res.verdict = SampleVerdict::Certified;

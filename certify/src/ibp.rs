@@ -85,6 +85,13 @@ pub struct Bounder<'m> {
     /// A gathered convolution receptive field of `shifted_lo` / `shifted_hi`.
     patch_lo: Vec<i16>,
     patch_hi: Vec<i16>,
+    /// `|bias| + 255 Σ|w|` of each class of the logits layer.
+    last_caps: Vec<i64>,
+    /// Per-channel bias, multiplier and shift of the current layer.
+    params: Vec<(i32, i32, i32)>,
+    /// The ball of the sample being certified.
+    ball_lo: Vec<u8>,
+    ball_hi: Vec<u8>,
     /// For running the runtime on the clean image.
     arena: Vec<u8>,
     logits: Vec<i32>,
@@ -112,6 +119,10 @@ impl<'m> Bounder<'m> {
             shifted_hi: Vec::with_capacity(widest),
             patch_lo: vec![0; patch],
             patch_hi: vec![0; patch],
+            last_caps: model.layer(model.layer_count() - 1).map_or(Vec::new(), |l| channel_caps(&l)),
+            params: Vec::new(),
+            ball_lo: Vec::with_capacity(model.input_len()),
+            ball_hi: Vec::with_capacity(model.input_len()),
             arena: vec![0; model.arena_size()],
             logits: vec![0; model.num_classes()],
         }
@@ -182,11 +193,16 @@ impl<'m> Bounder<'m> {
             Ok(c) => c,
             Err(e) => panic!("cannot run the model on the sample: {e}"),
         };
-        let (lo, hi) = linf_ball(pixels, k);
+        let (mut lo, mut hi) = (core::mem::take(&mut self.ball_lo), core::mem::take(&mut self.ball_hi));
+        lo.clear();
+        hi.clear();
+        lo.extend(pixels.iter().map(|&p| p.saturating_sub(k)));
+        hi.extend(pixels.iter().map(|&p| p.saturating_add(k)));
         let bounds = self.logit_bounds(&lo, &hi);
+        (self.ball_lo, self.ball_hi) = (lo, hi);
         let verdict = if class != label {
             Verdict::Misclassified
-        } else if bounds.proves(label) || margins_prove(&self.elided_margins(&bounds, label), label) {
+        } else if bounds.proves(label) || self.elision_proves(&bounds, label) {
             Verdict::Certified
         } else {
             Verdict::Unknown
@@ -216,51 +232,64 @@ impl<'m> Bounder<'m> {
     /// The margin bounds of [`Bounder::margin_lower_bounds`], right after `bounds` were
     /// computed (the final layer's input bounds are still in `shifted_lo/hi`).
     fn elided_margins(&self, bounds: &LogitBounds, label: usize) -> Vec<i64> {
-        let Some(last) = self.model.layer(self.model.layer_count() - 1) else { return Vec::new() };
+        (0..bounds.lo.len()).map(|j| if j == label { 0 } else { self.elided_margin(bounds, label, j) }).collect()
+    }
+
+    /// Whether the elided margins prove `label`, computing them only for the classes the
+    /// logit bounds leave open and stopping at the first class that stays open.
+    fn elision_proves(&self, bounds: &LogitBounds, label: usize) -> bool {
+        (0..bounds.lo.len()).all(|j| {
+            let need = i64::from(j < label);
+            j == label
+                || bounds.lo[label] as i64 - bounds.hi[j] as i64 >= need
+                || self.elided_margin(bounds, label, j) >= need
+        })
+    }
+
+    /// Lower bound on `z[y] - z[j]`: the better of `lo[y] - hi[j]` and the elided bound.
+    fn elided_margin(&self, bounds: &LogitBounds, y: usize, j: usize) -> i64 {
+        let plain = bounds.lo[y] as i64 - bounds.hi[j] as i64;
+        let unsaturated = |c: usize| bounds.lo[c] > i32::MIN && bounds.hi[c] < i32::MAX;
+        let Some(last) = self.model.layer(self.model.layer_count() - 1) else { return plain };
+        if !(unsaturated(y) && unsaturated(j)) {
+            return plain;
+        }
         let n = last.input_shape().c;
         let w = last.weight_bytes();
-        let unsaturated = |c: usize| bounds.lo[c] > i32::MIN && bounds.hi[c] < i32::MAX;
         let (a, c) = (&self.shifted_lo[..n], &self.shifted_hi[..n]);
-        (0..bounds.lo.len())
-            .map(|j| {
-                if j == label {
-                    return 0;
-                }
-                let plain = bounds.lo[label] as i64 - bounds.hi[j] as i64;
-                if !(unsaturated(label) && unsaturated(j)) {
-                    return plain;
-                }
-                let (ty, tj) = (31 - last.shift(label), 31 - last.shift(j));
-                let e = ty.max(tj);
-                let ay = (last.multiplier(label) as i128) << (e - ty);
-                let aj = (last.multiplier(j) as i128) << (e - tj);
-                let (wy, wj) = (&w[label * n..(label + 1) * n], &w[j * n..(j + 1) * n]);
-                // N = ay acc_y - aj acc_j = (ay b_y - aj b_j) + Σ alpha_i x_i with x_i in [a_i, c_i].
-                // |ay|, |aj| < 2^92, |alpha_i x_i| < 2^108, n < 2^17 terms: exact in i128.
-                // With equal shifts ay, aj < 2^31, and the validator's |b| + 255 Σ|w| < 2^31 per
-                // channel bounds every partial sum by ay 2^31 + aj 2^31 < 2^63: exact in i64.
-                let small = ay.max(aj) < (1i128 << 31);
-                let num: i128 = if small {
-                    let (ay, aj) = (ay as i64, aj as i64);
-                    let mut num = ay * last.bias(label) as i64 - aj * last.bias(j) as i64;
-                    for i in 0..n {
-                        let alpha = ay * (wy[i] as i8 as i64) - aj * (wj[i] as i8 as i64);
-                        num += (alpha * a[i] as i64).min(alpha * c[i] as i64);
-                    }
-                    num as i128
-                } else {
-                    let mut num = ay * last.bias(label) as i128 - aj * last.bias(j) as i128;
-                    for i in 0..n {
-                        let alpha = ay * (wy[i] as i8 as i128) - aj * (wj[i] as i8 as i128);
-                        num += (alpha * a[i] as i128).min(alpha * c[i] as i128);
-                    }
-                    num
-                };
-                // z_y - z_j > D - 1 >= D_lo - 1, so z_y - z_j >= floor(D_lo).
-                let elided = num.div_euclid(1i128 << e);
-                plain.max(elided.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
-            })
-            .collect()
+        let (ty, tj) = (31 - last.shift(y), 31 - last.shift(j));
+        let e = ty.max(tj);
+        let ay = (last.multiplier(y) as i128) << (e - ty);
+        let aj = (last.multiplier(j) as i128) << (e - tj);
+        let (wy, wj) = (&w[y * n..(y + 1) * n], &w[j * n..(j + 1) * n]);
+        // N = ay acc_y - aj acc_j = (ay b_y - aj b_j) + Σ alpha_i x_i, x_i in [a_i, c_i]; the
+        // lower bound takes x_i = a_i where alpha_i >= 0 and c_i where alpha_i < 0.
+        // Every partial sum is at most ay cap_y + aj cap_j in magnitude (cap = |b| + 255 Σ|w|,
+        // |x_i| <= 255). With ay, aj < 2^92 and cap < 2^31 that is < 2^124: exact in i128;
+        // when it is below 2^63 (always, unless the two shifts differ by many bits) the same
+        // sum is exact in i64.
+        let (by, bj) = (last.bias(y), last.bias(j));
+        let bound = ay * self.last_caps[y] as i128 + aj * self.last_caps[j] as i128;
+        let num: i128 = if bound < 1i128 << 63 {
+            let (ay, aj) = (ay as i64, aj as i64);
+            let mut num = ay * by as i64 - aj * bj as i64;
+            for i in 0..n {
+                let alpha = ay * (wy[i] as i8 as i64) - aj * (wj[i] as i8 as i64);
+                num += alpha * if alpha >= 0 { a[i] } else { c[i] } as i64;
+            }
+            num as i128
+        } else {
+            let mut num = ay * by as i128 - aj * bj as i128;
+            for i in 0..n {
+                let alpha = ay * (wy[i] as i8 as i128) - aj * (wj[i] as i8 as i128);
+                num += alpha * if alpha >= 0 { a[i] } else { c[i] } as i128;
+            }
+            num
+        };
+        // With D = N / 2^e the real difference and z = floor(v + 1/2) in (v - 1/2, v + 1/2]:
+        // z_y - z_j > D - 1 >= D_lo - 1, so the integer z_y - z_j >= floor(D_lo).
+        let elided = num.div_euclid(1i128 << e);
+        plain.max(elided.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
     }
 
     /// Max or average pooling: `self.lo/hi` -> `self.next_lo/next_hi`.
@@ -312,6 +341,8 @@ impl<'m> Bounder<'m> {
         let (i, o) = (layer.input_shape(), layer.output_shape());
         let w = layer.weight_bytes();
         let oc = o.c;
+        self.params.clear();
+        self.params.extend((0..oc).map(|c| (layer.bias(c), layer.multiplier(c), layer.shift(c))));
         self.next_lo.clear();
         self.next_hi.clear();
         // Accumulator bounds first (in next_lo / next_hi), requantized below.
@@ -320,7 +351,7 @@ impl<'m> Bounder<'m> {
                 let n = i.c;
                 for (c, row) in w.chunks_exact(n).enumerate() {
                     let (l, h) = dot_bounds(&self.shifted_lo, &self.shifted_hi, row);
-                    let b = layer.bias(c);
+                    let b = self.params[c].0;
                     self.next_lo.push(b.wrapping_add(l));
                     self.next_hi.push(b.wrapping_add(h));
                 }
@@ -331,7 +362,6 @@ impl<'m> Bounder<'m> {
                 let (pt, pl, _, _) = layer.padding();
                 let ic = i.c;
                 let per_oc = kh * kw * ic;
-                let bias: Vec<i32> = (0..oc).map(|c| layer.bias(c)).collect();
                 for oy in 0..o.h {
                     for ox in 0..o.w {
                         // Gather the receptive field, zeros for padding taps.
@@ -351,7 +381,7 @@ impl<'m> Bounder<'m> {
                             }
                         }
                         let (pa, pc) = (&self.patch_lo[..per_oc], &self.patch_hi[..per_oc]);
-                        for (row, &b) in w.chunks_exact(per_oc).zip(&bias) {
+                        for (row, &(b, _, _)) in w.chunks_exact(per_oc).zip(&self.params) {
                             let (l, h) = dot_bounds(pa, pc, row);
                             self.next_lo.push(b.wrapping_add(l));
                             self.next_hi.push(b.wrapping_add(h));
@@ -367,11 +397,8 @@ impl<'m> Bounder<'m> {
                 for oy in 0..o.h {
                     for ox in 0..o.w {
                         let base = self.next_lo.len();
-                        for c in 0..cn {
-                            let b = layer.bias(c);
-                            self.next_lo.push(b);
-                            self.next_hi.push(b);
-                        }
+                        self.next_lo.extend(self.params.iter().map(|p| p.0));
+                        self.next_hi.extend(self.params.iter().map(|p| p.0));
                         for ky in 0..kh {
                             let iy = (oy * sh + ky) as isize - pt as isize;
                             if iy < 0 || iy >= i.h as isize {
@@ -401,11 +428,10 @@ impl<'m> Bounder<'m> {
         }
         debug_assert_eq!(self.next_lo.len(), o.len());
         // Requantize both ends with the runtime's monotone functions.
-        let params: Vec<(i32, i32)> = (0..oc).map(|c| (layer.multiplier(c), layer.shift(c))).collect();
         if layer.outputs_logits() {
             for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {
                 debug_assert!(*l <= *h);
-                let (m, s) = params[idx % oc];
+                let (_, m, s) = self.params[idx % oc];
                 *l = quant::requantize_logit(*l, m, s);
                 *h = quant::requantize_logit(*h, m, s);
             }
@@ -414,7 +440,7 @@ impl<'m> Bounder<'m> {
             let (amin, amax) = layer.clamp();
             for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {
                 debug_assert!(*l <= *h);
-                let (m, s) = params[idx % oc];
+                let (_, m, s) = self.params[idx % oc];
                 *l = quant::requantize(*l, m, s, ozp, amin, amax) as i32;
                 *h = quant::requantize(*h, m, s, ozp, amin, amax) as i32;
             }
@@ -422,9 +448,15 @@ impl<'m> Bounder<'m> {
     }
 }
 
-/// Whether margin lower bounds (see [`Bounder::margin_lower_bounds`]) prove `label`.
-fn margins_prove(margins: &[i64], label: usize) -> bool {
-    !margins.is_empty() && margins.iter().enumerate().all(|(j, &m)| j == label || m >= i64::from(j < label))
+/// The worst-case margin from [`Bounder::margin_lower_bounds`]: `min_j margins[j]` over
+/// the other classes, minus one for classes below `label`, so that it is `>= 0` iff the
+/// margins certify `label` (the same convention as [`LogitBounds::margin`], which it
+/// dominates). `None` if there is no other class or `label` is out of range.
+pub fn worst_margin(margins: &[i64], label: usize) -> Option<i64> {
+    if label >= margins.len() {
+        return None;
+    }
+    margins.iter().enumerate().filter(|&(j, _)| j != label).map(|(j, &m)| m - i64::from(j < label)).min()
 }
 
 /// Bounds of `Σ w[i] x[i]` over `x[i]` in `[a[i], c[i]]`: with `w+ = max(w, 0)` and
@@ -465,21 +497,26 @@ fn dot_bounds(a: &[i16], c: &[i16], w: &[u8]) -> (i32, i32) {
     (l, h)
 }
 
-/// The validator's overflow guarantee, re-checked: `|bias| + 255 Σ|w| <= i32::MAX` for every
-/// output channel of every weighted layer.
-fn accumulators_fit_i32(model: &Model<'_>) -> bool {
-    model.layers().filter(|l| l.op().has_weights()).all(|l| {
-        let oc = l.output_shape().c;
-        let w = l.weight_bytes();
-        let fan_in = w.len() / oc.max(1);
-        (0..oc).all(|c| {
+/// `|bias| + 255 Σ|w|` per output channel of a weighted layer: a bound on `|acc|`.
+fn channel_caps(l: &Layer<'_>) -> Vec<i64> {
+    let oc = l.output_shape().c;
+    let w = l.weight_bytes();
+    let fan_in = w.len() / oc.max(1);
+    (0..oc)
+        .map(|c| {
             let abs: i64 = match l.op() {
                 OpKind::DepthwiseConv2d => w.iter().skip(c).step_by(oc).map(|&x| (x as i8 as i64).abs()).sum(),
                 _ => w[c * fan_in..(c + 1) * fan_in].iter().map(|&x| (x as i8 as i64).abs()).sum(),
             };
-            (l.bias(c) as i64).abs() + 255 * abs <= i32::MAX as i64
+            (l.bias(c) as i64).abs() + 255 * abs
         })
-    })
+        .collect()
+}
+
+/// The validator's overflow guarantee, re-checked: `|bias| + 255 Σ|w| <= i32::MAX` for every
+/// output channel of every weighted layer.
+fn accumulators_fit_i32(model: &Model<'_>) -> bool {
+    model.layers().filter(|l| l.op().has_weights()).all(|l| channel_caps(&l).iter().all(|&c| c <= i32::MAX as i64))
 }
 
 /// Bounds on the int32 logits of `model` over every image with `lo <= pixels <= hi`
@@ -573,6 +610,9 @@ mod tests {
         assert!(!b.proves(3));
         assert_eq!(b.margin(0), Some(0));
         assert_eq!(b.margin(1), Some(-1));
+        assert_eq!(worst_margin(&[0, 0, 2], 0), Some(0));
+        assert_eq!(worst_margin(&[0, 0, 2], 1), Some(-1));
+        assert_eq!(worst_margin(&[0, 0, 2], 3), None);
         assert_eq!(serde_json::to_string(&Verdict::Misclassified).unwrap(), "\"misclassified\"");
     }
 

@@ -20,7 +20,8 @@ pub struct ImportArgs {
 /// Runs `iocane import`.
 pub fn run(a: &ImportArgs) -> Result<()> {
     let bytes = std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
-    let imported = import_onnx_with(&bytes, &ImportOptions::default()).with_context(|| format!("importing {}", a.model.display()))?;
+    let imported = import_onnx_with(&bytes, &ImportOptions::default())
+        .with_context(|| format!("importing {}", a.model.display()))?;
     let net = imported.network;
     let ck = Checkpoint {
         network: net.clone(),

@@ -188,7 +188,8 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
         None => None,
         Some(p) => {
             let path = if p.is_dir() { p.join("model.ckpt") } else { p.clone() };
-            let ck = iocane_trainer::checkpoint::load(&path).with_context(|| format!("loading --init {}", path.display()))?;
+            let ck = iocane_trainer::checkpoint::load(&path)
+                .with_context(|| format!("loading --init {}", path.display()))?;
             cfg.arch = ck.network.spec().clone();
             Some(ck.network)
         }
