@@ -4,8 +4,8 @@
 use iocane_trainer::nn::attack::{self, Attack};
 use iocane_trainer::nn::layers::{self, LayerParams};
 use iocane_trainer::nn::{
-    ArchSpec, LayerSpec, LrSchedule, Network, NnError, Optimizer, OptimizerConfig, OptimizerState, Params, Tensor,
-    Want, CHUNK,
+    chunk_size_for, ArchSpec, LayerSpec, LrSchedule, Network, NnError, Optimizer, OptimizerConfig, OptimizerState,
+    Params, Tensor, Want,
 };
 use iocane_trainer::rng::Rng;
 use proptest::prelude::*;
@@ -293,9 +293,16 @@ proptest! {
 
 #[test]
 fn conv_matches_naive_reference() {
+    // 4 filters: im2col + gemm path; 8 and 24: direct kernels.
+    for f in [4, 8, 24] {
+        conv_matches_naive_reference_with(f);
+    }
+}
+
+fn conv_matches_naive_reference_with(f: usize) {
     // Independent direct convolution, NHWC / OHWI, asymmetric padding and stride.
     let mut rng = Rng::new(5);
-    let (n, h, w, c, f) = (2, 6, 5, 3, 4);
+    let (n, h, w, c) = (2, 6, 5, 3);
     let (kh, kw, sh, sw) = (3, 2, 2, 1);
     let pad = [1, 0, 2, 1];
     let spec = LayerSpec::Conv2d { filters: f, kernel: [kh, kw], stride: [sh, sw], padding: pad };
@@ -401,7 +408,8 @@ fn network_grads_all_ops() {
 fn network_grads_mlp_and_multi_chunk_batch() {
     let spec = ArchSpec::from_compact("flatten,dense7,relu,dense5,relu,dense4", [3, 3, 2], 4).unwrap();
     // More samples than one chunk: per-chunk gradients must sum to the batch gradient.
-    check_network_grads(spec, CHUNK * 2 + 3, 3);
+    let chunk = Network::new(spec.clone(), 0).unwrap().chunk_size();
+    check_network_grads(spec, chunk * 2 + 3, 3);
 }
 
 #[test]
@@ -409,7 +417,7 @@ fn batch_gradient_is_mean_of_sample_gradients() {
     let spec = ArchSpec::preset("cnn-s", [12, 12, 1], 4).unwrap();
     let net = Network::new(spec, 9).unwrap();
     let mut rng = Rng::new(1);
-    let (x, labels) = blobs(CHUNK + 5, 12, 4, &mut rng);
+    let (x, labels) = blobs(net.chunk_size() + 5, 12, 4, &mut rng);
     let full = net.loss_and_grads(&x, &labels, Want::BOTH);
     let mut acc = net.params().zeros_like();
     let mut loss = 0.0;
@@ -629,7 +637,7 @@ fn results_are_bit_identical_across_thread_counts() {
     .unwrap();
     let net = Network::new(spec, 7).unwrap();
     let mut rng = Rng::new(8);
-    let n = 5 * CHUNK + 7;
+    let n = 5 * net.chunk_size() + 7;
     let x = Tensor::new([n, 16, 16, 1], (0..n * 256).map(|_| rng.uniform_f32()).collect()).unwrap();
     let labels: Vec<usize> = (0..n).map(|_| rng.below(10)).collect();
     let run = |threads: usize| {
@@ -680,6 +688,18 @@ fn preset_counts() {
     assert_eq!(s.shapes().unwrap()[2], [14, 14, 8]);
     assert_eq!(s.shapes().unwrap()[4], [7, 7, 16]);
     assert!(matches!(ArchSpec::preset("resnet", mnist, 10), Err(NnError::UnknownPreset(_))));
+}
+
+#[test]
+fn chunk_sizes_depend_only_on_the_architecture() {
+    let mnist = [28, 28, 1];
+    let chunk = |name: &str| Network::new(ArchSpec::preset(name, mnist, 10).unwrap(), 0).unwrap().chunk_size();
+    assert_eq!(chunk("mlp"), 64);
+    assert_eq!(chunk("cnn-s"), 32);
+    assert_eq!(chunk("dwcnn"), 32);
+    assert_eq!(chunk("cnn-m"), 16);
+    assert_eq!(chunk_size_for(1), 64);
+    assert_eq!(chunk_size_for(usize::MAX), 16);
 }
 
 #[test]

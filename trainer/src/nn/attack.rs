@@ -212,21 +212,32 @@ pub fn random_start(x0: &Tensor, eps: f32, rng: &mut Rng) -> Tensor {
     x.data.par_chunks_mut(len).zip(x0.data.par_chunks(len)).enumerate().for_each(|(i, (xs, cs))| {
         let mut r = base.fork(i as u64);
         for (v, &c) in xs.iter_mut().zip(cs) {
-            let lo = (c - eps).max(0.0);
-            let hi = (c + eps).min(1.0);
-            *v = (c + r.uniform_range_f32(-eps, eps)).max(lo).min(hi);
+            *v = clamp_ball(c + r.uniform_range_f32(-eps, eps), c, eps);
         }
     });
     x
+}
+
+/// Clamps `v` to `[max(c - eps, 0), min(c + eps, 1)]` (branch-free selects).
+#[inline(always)]
+fn clamp_ball(v: f32, c: f32, eps: f32) -> f32 {
+    let lo = c - eps;
+    let lo = if lo > 0.0 { lo } else { 0.0 };
+    let hi = c + eps;
+    let hi = if hi < 1.0 { hi } else { 1.0 };
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
+    }
 }
 
 /// Projects `x` onto `{ |x - x0|_inf <= eps } ∩ [0, 1]^d` (element-wise clamp).
 pub fn project(x: &mut Tensor, x0: &Tensor, eps: f32) {
     assert_eq!(x.shape, x0.shape, "project: shape mismatch");
     for (v, &c) in x.data.iter_mut().zip(&x0.data) {
-        let lo = (c - eps).max(0.0);
-        let hi = (c + eps).min(1.0);
-        *v = v.max(lo).min(hi);
+        *v = clamp_ball(*v, c, eps);
     }
 }
 
@@ -267,18 +278,28 @@ fn sign_step_in_place(
     const BLOCK: usize = 8192;
     x.data.par_chunks_mut(BLOCK).zip(grad.data.par_chunks(BLOCK)).zip(x0.data.par_chunks(BLOCK)).for_each(
         |((xs, gs), cs)| {
-            for ((v, &gv), &c) in xs.iter_mut().zip(gs).zip(cs) {
-                let s = if gv > 0.0 {
-                    step
-                } else if gv < 0.0 {
-                    -step
-                } else {
-                    0.0
-                };
-                let lo = (c - eps).max(0.0);
-                let hi = (c + eps).min(1.0);
-                *v = (*v + s).max(lo).min(hi);
+            // Fixed-width lanes so the loop vectorises.
+            let mut xi = xs.chunks_exact_mut(8);
+            let mut gi = gs.chunks_exact(8);
+            let mut ci = cs.chunks_exact(8);
+            for ((xv, gv), cv) in (&mut xi).zip(&mut gi).zip(&mut ci) {
+                let xv: &mut [f32; 8] = xv.try_into().expect("lane");
+                let gv: &[f32; 8] = gv.try_into().expect("lane");
+                let cv: &[f32; 8] = cv.try_into().expect("lane");
+                for q in 0..8 {
+                    xv[q] = signed_step(xv[q], gv[q], cv[q], step, eps);
+                }
+            }
+            for ((v, &g), &c) in xi.into_remainder().iter_mut().zip(gi.remainder()).zip(ci.remainder()) {
+                *v = signed_step(*v, g, c, step, eps);
             }
         },
     );
+}
+
+/// `clamp_ball(v + step * sign(g), c, eps)` with `sign(0) = 0`, written as selects.
+#[inline(always)]
+fn signed_step(v: f32, g: f32, c: f32, step: f32, eps: f32) -> f32 {
+    let s = if g > 0.0 { step } else { 0.0 } - if g < 0.0 { step } else { 0.0 };
+    clamp_ball(v + s, c, eps)
 }

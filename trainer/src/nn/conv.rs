@@ -94,9 +94,7 @@ pub(crate) fn depthwise_supported(g: &Geom) -> bool {
 
 /// Filter block width for `f` filters (a multiple of 8).
 fn filter_block(f: usize) -> usize {
-    if f.is_multiple_of(32) {
-        32
-    } else if f.is_multiple_of(16) {
+    if f.is_multiple_of(16) {
         16
     } else {
         8
@@ -162,7 +160,6 @@ pub(crate) fn forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f
     check_bounds(&aux.pix, &aux.off, xp.len());
     assert_eq!(y.len(), aux.pix.len() * f);
     match filter_block(f) {
-        32 => fwd_impl::<2, 32>(xp, &aux.pix, &aux.off, &aux.wt, f, &p.bias, y),
         16 => fwd_impl::<4, 16>(xp, &aux.pix, &aux.off, &aux.wt, f, &p.bias, y),
         _ => fwd_impl::<8, 8>(xp, &aux.pix, &aux.off, &aux.wt, f, &p.bias, y),
     }
@@ -233,7 +230,6 @@ pub(crate) fn backward(
     if let Some(gr) = grads {
         check_bounds(&aux.pix, &aux.off, xp.len());
         match filter_block(f) {
-            32 => dw_impl::<2, 32>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
             16 => dw_impl::<6, 16>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
             _ => dw_impl::<8, 8>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
         }

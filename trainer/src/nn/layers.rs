@@ -91,7 +91,8 @@ fn use_direct(g: &Geom) -> bool {
 /// Per-chunk saved state of a layer between forward and backward.
 #[derive(Default)]
 pub(crate) struct Aux {
-    /// im2col matrix `[n*oh*ow, kh*kw*c]` of a (non-pointwise) Conv2d.
+    /// im2col matrix `[n*oh*ow, kh*kw*c]` of a Conv2d on the gemm path, or the zero-padded
+    /// input of a Conv2d / DepthwiseConv2d on the direct path.
     pub cols: Vec<f32>,
     /// Max-pool argmax, as an index into the chunk's input buffer.
     pub idx: Vec<u32>,
@@ -411,7 +412,6 @@ fn valid_range(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (u
     (k0, k1.max(k0))
 }
 
-#[inline(never)]
 fn fill_bias(y: &mut [f32], bias: &[f32]) {
     for row in y.chunks_exact_mut(bias.len()) {
         row.copy_from_slice(bias);
@@ -419,7 +419,6 @@ fn fill_bias(y: &mut [f32], bias: &[f32]) {
 }
 
 /// `out[j] = sum_i m[i, j]` for a row-major matrix with `cols` columns.
-#[inline(never)]
 fn col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
     for row in m.chunks_exact(cols) {
@@ -430,7 +429,6 @@ fn col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
 }
 
 /// im2col for NHWC: row `(i, oy, ox)`, column `(ky, kx, ci)` (matching OHWI weights).
-#[inline(never)]
 fn im2col(g: &Geom, n: usize, x: &[f32], cols: &mut [f32]) {
     let LayerSpec::Conv2d { kernel, stride, padding, .. } = g.spec else { unreachable!() };
     let [h, w, c] = g.inp;
@@ -466,7 +464,6 @@ fn im2col(g: &Geom, n: usize, x: &[f32], cols: &mut [f32]) {
 }
 
 /// Adjoint of [`im2col`]: scatter-adds `cols` into `dx` (which is overwritten).
-#[inline(never)]
 fn col2im(g: &Geom, n: usize, cols: &[f32], dx: &mut [f32]) {
     let LayerSpec::Conv2d { kernel, stride, padding, .. } = g.spec else { unreachable!() };
     let [h, w, c] = g.inp;

@@ -16,9 +16,10 @@
 //!   Conv/Dense). Walk a model with [`Network::layers`] and [`Network::layer_params`].
 //!
 //! # Determinism
-//! Batched passes are split into fixed-size chunks of [`CHUNK`] samples (independent of the
-//! thread count); chunks run in parallel with rayon and their results are combined in
-//! chunk order, so every result is bit-identical whatever `RAYON_NUM_THREADS` is.
+//! Batched passes are split into fixed-size chunks of [`Network::chunk_size`] samples (a
+//! function of the architecture only, see [`chunk_size_for`], never of the thread count);
+//! chunks run in parallel with rayon and their results are combined in chunk order, so
+//! every result is bit-identical whatever `RAYON_NUM_THREADS` is.
 
 pub mod attack;
 mod conv;
@@ -30,7 +31,7 @@ mod optim;
 mod spec;
 mod tensor;
 
-pub use network::{Grads, LayerParams, LossGrads, Network, Params, Want, CHUNK};
+pub use network::{chunk_size_for, Grads, LayerParams, LossGrads, Network, Params, Want};
 pub use optim::{LrSchedule, NamedBuffer, Optimizer, OptimizerConfig, OptimizerState};
 pub use spec::{ArchSpec, LayerSpec, PRESETS};
 pub use tensor::Tensor;

@@ -10,11 +10,26 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-/// Number of samples per parallel work unit. Batches are cut into chunks of exactly this
-/// many samples (the last one may be shorter) regardless of the number of threads, and
-/// per-chunk results are combined in chunk order, which makes every result bit-identical
-/// for any rayon thread count.
-pub const CHUNK: usize = 32;
+/// Target multiply-accumulates per chunk used by [`chunk_size_for`].
+const CHUNK_MACS: usize = 1 << 22;
+
+/// Samples per parallel work unit for an architecture with `macs` multiply-accumulates per
+/// sample: the power of two in `16..=64` closest below `2^22 / macs` (mlp: 64, cnn-s and
+/// dwcnn: 32, cnn-m: 16). Small networks get bigger chunks so gemm packing overhead is
+/// amortised; big ones smaller chunks for more parallelism on small batches.
+///
+/// Batches are cut into chunks of exactly this many samples (the last one may be shorter)
+/// and per-chunk results are combined in chunk order. The size depends **only on the
+/// architecture, never on the number of threads**, which makes every result
+/// bit-identical for any rayon thread count.
+pub fn chunk_size_for(macs: usize) -> usize {
+    let target = CHUNK_MACS / macs.max(1);
+    let mut c = 16;
+    while c < 64 && c * 2 <= target {
+        c *= 2;
+    }
+    c
+}
 
 /// Parameters of a whole network, one [`LayerParams`] per layer (empty for layers
 /// without parameters). Also used for gradients ([`Grads`]).
@@ -145,6 +160,7 @@ pub struct Network {
     params: Params,
     shapes: Vec<[usize; 3]>,
     plan: Plan,
+    chunk: usize,
     grad_pool: GradPool,
 }
 
@@ -206,7 +222,8 @@ impl Network {
         check_params(&spec, &shapes, &params)?;
         let geoms = spec.layers.iter().zip(&shapes).map(|(l, &s)| Geom::new(*l, s).expect("validated")).collect();
         let plan = Plan::new(geoms, spec.classes);
-        Ok(Network { spec, params, shapes, plan, grad_pool: GradPool::default() })
+        let chunk = chunk_size_for(spec.mac_count());
+        Ok(Network { spec, params, shapes, plan, chunk, grad_pool: GradPool::default() })
     }
 
     /// Serialises to JSON (spec and parameters).
@@ -272,6 +289,11 @@ impl Network {
         Ok(())
     }
 
+    /// Samples per parallel chunk (see [`chunk_size_for`]); fixed by the architecture.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk
+    }
+
     /// Total number of parameters.
     pub fn param_count(&self) -> usize {
         self.params.len()
@@ -311,7 +333,7 @@ impl Network {
         let k = self.spec.classes;
         let il = self.plan.in_len();
         let mut out = Tensor::zeros([n, 1, 1, k]);
-        x.data.par_chunks(CHUNK * il).zip(out.data.par_chunks_mut(CHUNK * k)).for_each(|(xc, oc)| {
+        x.data.par_chunks(self.chunk * il).zip(out.data.par_chunks_mut(self.chunk * k)).for_each(|(xc, oc)| {
             let cn = xc.len() / il;
             with_workspace(|ws| {
                 let logits = forward_chunk(&self.plan, &self.params.layers, cn, xc, ws);
@@ -356,7 +378,8 @@ impl Network {
     }
 
     /// Mean softmax cross-entropy of the batch, accuracy, and the requested gradients of
-    /// the mean loss. The batch is processed in chunks of [`CHUNK`] samples in parallel;
+    /// the mean loss. The batch is processed in chunks of [`Network::chunk_size`] samples in
+    /// parallel;
     /// results are bit-identical for any number of threads.
     ///
     /// # Panics
@@ -389,6 +412,7 @@ impl Network {
         let il = self.plan.in_len();
         let scale = if n > 0 { 1.0 / n as f32 } else { 0.0 };
         let want_input = input_grad.is_some();
+        let chunk = self.chunk;
         let mut sample_losses = vec![0.0f32; n];
         let mut predictions = vec![0usize; n];
 
@@ -438,19 +462,19 @@ impl Network {
         let outs: Vec<ChunkOut> = match input_grad {
             Some(ig) => x
                 .data
-                .par_chunks(CHUNK * il)
-                .zip(labels.par_chunks(CHUNK))
-                .zip(ig.par_chunks_mut(CHUNK * il))
-                .zip(sample_losses.par_chunks_mut(CHUNK))
-                .zip(predictions.par_chunks_mut(CHUNK))
+                .par_chunks(chunk * il)
+                .zip(labels.par_chunks(chunk))
+                .zip(ig.par_chunks_mut(chunk * il))
+                .zip(sample_losses.par_chunks_mut(chunk))
+                .zip(predictions.par_chunks_mut(chunk))
                 .map(|((((xc, lc), dxc), lossc), predc)| run(xc, lc, Some(dxc), lossc, predc))
                 .collect(),
             None => x
                 .data
-                .par_chunks(CHUNK * il)
-                .zip(labels.par_chunks(CHUNK))
-                .zip(sample_losses.par_chunks_mut(CHUNK))
-                .zip(predictions.par_chunks_mut(CHUNK))
+                .par_chunks(chunk * il)
+                .zip(labels.par_chunks(chunk))
+                .zip(sample_losses.par_chunks_mut(chunk))
+                .zip(predictions.par_chunks_mut(chunk))
                 .map(|(((xc, lc), lossc), predc)| run(xc, lc, None, lossc, predc))
                 .collect(),
         };
