@@ -138,6 +138,14 @@ impl<'m> Attacker<'m> {
         &self.twin
     }
 
+    /// The int8 model's class for `x`, using the attacker's arena (no allocation).
+    ///
+    /// # Panics
+    /// If `x` does not have `model.input_len()` pixels.
+    pub fn classify(&mut self, x: &[u8]) -> usize {
+        self.query(x, &mut AttackResult::default())
+    }
+
     /// Runs the int8 model on `x`; returns its class and leaves the logits in `self.logits`.
     fn query(&mut self, x: &[u8], res: &mut AttackResult) -> usize {
         res.queries += 1;

@@ -171,10 +171,7 @@ fn one_sample(
     let t0 = Instant::now();
     let (verdict, bounds) = bnd.certify_sample(px, label, k);
     counts.bound_seconds += t0.elapsed().as_secs_f64();
-    let model = *att.model();
-    let mut arena = vec![0u8; model.arena_size()];
-    let mut logits = vec![0i32; model.num_classes()];
-    let predicted = model.run(px, &mut arena, &mut logits).unwrap_or(usize::MAX);
+    let predicted = att.classify(px);
     let mut res = SampleResult {
         index,
         label,
