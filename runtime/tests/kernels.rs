@@ -1,5 +1,7 @@
 //! Every kernel against its plain i64 reference, on random shapes, weights, multipliers and
 //! zero points, including saturation edges; and whole models against the reference runner.
+//! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
+//! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
 
 use iocane_runtime::emit::{random_model, SynthLayer};
 use iocane_runtime::kernels::{self, reference, ChannelParams, Output, Window};
@@ -84,6 +86,10 @@ proptest! {
         kernels::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
         kernels::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
+        // The portable kernel (what Cortex-M and RISC-V run) on the same case.
+        kernels::portable::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
+        kernels::portable::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
     }
 
     #[test]
@@ -104,6 +110,9 @@ proptest! {
         let mut logits = vec![0i32; win.output.len()];
         kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
         kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
+        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
+        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
     }
 
@@ -129,6 +138,9 @@ proptest! {
         let mut logits = vec![0i32; win.output.len()];
         kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
         kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
+        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
+        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
     }
 

@@ -3,8 +3,14 @@
 //! Every kernel computes exactly the arithmetic of [`crate::quant`]; the plain i64
 //! [`reference`] implementations (host only) are what the property tests compare them with.
 //! All slice lengths are checked by [`crate::Model::parse`] before a kernel is ever called,
-//! and the kernels themselves use only bounds-checked indexing, so malformed input can at
+//! and the portable kernels use only bounds-checked indexing, so malformed input can at
 //! worst produce a wrong answer in a unit test, never undefined behaviour.
+//!
+//! [`dense`] and [`conv2d`] dispatch at compile time: x86-64 builds with AVX2 enabled (the
+//! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, the crate's only
+//! `unsafe`, audited in its header: vector loads after explicit length checks), everything
+//! else runs [`portable`]. Both produce identical bytes; the tests check both against
+//! [`reference`].
 
 use crate::format::Shape;
 use crate::quant;
@@ -115,74 +121,31 @@ impl Output<'_> {
 /// Output channels whose parameters [`conv2d`] keeps on the stack at a time.
 const CHANNEL_BLOCK: usize = 32;
 
-/// `Σ w[i] * (x[i] - zp)` over two equally long byte slices (int8 values).
-///
-/// The loop is written so that LLVM turns it into widening multiply-adds; the products fit
-/// in i16 (|w| <= 127, |x - zp| <= 255) and the sum fits in i32 (checked at parse time).
-#[inline(always)]
-fn dot(x: &[u8], w: &[u8], zp: i32) -> i32 {
-    // (x - zp) is in [-255, 255] and |w| <= 127, so each product fits in i16 and pairs of
-    // them in i32: the shape of SSE2 `pmaddwd` / Arm `smlad`. Sixteen lanes let LLVM keep
-    // whole vectors of partial sums; the remainder is summed plainly.
-    const L: usize = 16;
-    let zp = zp as i16;
-    let mut lanes = [0i32; L];
-    let xc = x.chunks_exact(L);
-    let wc = w.chunks_exact(L);
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (xs, ws) in xc.zip(wc) {
-        for i in 0..L {
-            let xv = (xs[i] as i8 as i16).wrapping_sub(zp);
-            lanes[i] = lanes[i].wrapping_add((ws[i] as i8 as i16 as i32) * (xv as i32));
-        }
-    }
-    let mut acc = lanes.iter().fold(0i32, |a, &b| a.wrapping_add(b));
-    for (&a, &b) in xr.iter().zip(wr) {
-        acc = acc.wrapping_add((b as i8 as i32) * ((a as i8 as i32) - zp as i32));
-    }
-    acc
-}
-
-/// `Σ p[i] * w[i]` for a gathered patch `p` of `(x - zp)` values in [-255, 255].
-#[inline(always)]
-fn dot_patch(p: &[i16], w: &[u8]) -> i32 {
-    const L: usize = 8;
-    let mut lanes = [0i32; L];
-    let pc = p.chunks_exact(L);
-    let wc = w.chunks_exact(L);
-    let (pr, wr) = (pc.remainder(), wc.remainder());
-    for (ps, ws) in pc.zip(wc) {
-        // Fixed-size views: the compiler sees the lengths and emits one vector multiply-add.
-        if let (Ok(ps), Ok(ws)) = (<&[i16; L]>::try_from(ps), <&[u8; L]>::try_from(ws)) {
-            for i in 0..L {
-                lanes[i] = lanes[i].wrapping_add((ws[i] as i8 as i32) * (ps[i] as i32));
-            }
-        }
-    }
-    let mut acc = lanes.iter().fold(0i32, |a, &b| a.wrapping_add(b));
-    for (&a, &b) in pr.iter().zip(wr) {
-        acc = acc.wrapping_add((b as i8 as i32) * (a as i32));
-    }
-    acc
-}
-
 /// Largest `kh * kw * in_c` gathered on the stack by [`conv2d`] (1 KiB of i16); larger
 /// kernels take the row-by-row path, which needs no scratch at all.
 pub const CONV_PATCH_MAX: usize = 512;
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod avx2;
+pub mod portable;
+
 /// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
+///
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`portable::dense`] elsewhere;
+/// both give identical results.
 pub fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
-    let n = input.len();
-    if n == 0 {
-        return;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        avx2::dense(input, weights, in_zp, params, &mut out);
     }
-    for (o, w) in weights.chunks_exact(n).enumerate() {
-        let acc = params.bias(o).wrapping_add(dot(input, w, in_zp as i32));
-        out.store(o, acc, o, params);
-    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    portable::dense(input, weights, in_zp, params, &mut out);
 }
 
 /// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
+///
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled (for `kh * kw * in_c <=`
+/// [`CONV_PATCH_MAX`]), [`portable::conv2d`] otherwise; both give identical results.
 pub fn conv2d<P: ChannelParams>(
     win: &Window,
     input: &[u8],
@@ -191,72 +154,11 @@ pub fn conv2d<P: ChannelParams>(
     params: &P,
     mut out: Output<'_>,
 ) {
-    let (ic, oc) = (win.input.c, win.output.c);
-    let (kh, kw) = win.kernel;
-    let per_oc = kh * kw * ic;
-    let zp = in_zp as i32;
-    if per_oc <= CONV_PATCH_MAX {
-        // Gather each receptive field once as (x - zp), zeros for padding (the padded value
-        // is the zero point), in the weights' own [kh][kw][ic] order: one dot per channel.
-        let mut patch = [0i16; CONV_PATCH_MAX];
-        let patch = &mut patch[..per_oc];
-        let (mut bias, mut mult, mut shift) = ([0i32; CHANNEL_BLOCK], [0i32; CHANNEL_BLOCK], [0i32; CHANNEL_BLOCK]);
-        for c0 in (0..oc).step_by(CHANNEL_BLOCK) {
-            let cn = CHANNEL_BLOCK.min(oc - c0);
-            for j in 0..cn {
-                (bias[j], mult[j], shift[j]) = (params.bias(c0 + j), params.multiplier(c0 + j), params.shift(c0 + j));
-            }
-            let wblock = weights.get(c0 * per_oc..(c0 + cn) * per_oc).unwrap_or(&[]);
-            for oy in 0..win.output.h {
-                let (ky0, ky1, iy0) = win.rows(oy);
-                for ox in 0..win.output.w {
-                    let (kx0, kx1, ix0) = win.cols(ox);
-                    if ky1 - ky0 < kh || kx1 - kx0 < kw {
-                        patch.fill(0);
-                    }
-                    for ky in ky0..ky1 {
-                        let iy = (iy0 + ky as isize) as usize;
-                        let ix = (ix0 + kx0 as isize) as usize;
-                        let xi = (iy * win.input.w + ix) * ic;
-                        let pi = (ky * kw + kx0) * ic;
-                        let span = (kx1 - kx0) * ic;
-                        if let (Some(src), Some(dst)) = (input.get(xi..xi + span), patch.get_mut(pi..pi + span)) {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                *d = s as i8 as i16 - zp as i16;
-                            }
-                        }
-                    }
-                    let base = (oy * win.output.w + ox) * oc + c0;
-                    for (j, w) in wblock.chunks_exact(per_oc).enumerate() {
-                        let acc = bias[j].wrapping_add(dot_patch(patch, w));
-                        out.store_with(base + j, acc, mult[j], shift[j]);
-                    }
-                }
-            }
-        }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if avx2::conv2d(win, input, weights, in_zp, params, &mut out) {
         return;
     }
-    for oy in 0..win.output.h {
-        let (ky0, ky1, iy0) = win.rows(oy);
-        for ox in 0..win.output.w {
-            let (kx0, kx1, ix0) = win.cols(ox);
-            let span = (kx1 - kx0) * ic;
-            let base = (oy * win.output.w + ox) * oc;
-            for o in 0..oc {
-                let mut acc = params.bias(o);
-                for ky in ky0..ky1 {
-                    let iy = (iy0 + ky as isize) as usize;
-                    let ix = (ix0 + kx0 as isize) as usize;
-                    let xi = (iy * win.input.w + ix) * ic;
-                    let wi = o * per_oc + (ky * kw + kx0) * ic;
-                    if let (Some(x), Some(w)) = (input.get(xi..xi + span), weights.get(wi..wi + span)) {
-                        acc = acc.wrapping_add(dot(x, w, zp));
-                    }
-                }
-                out.store(base + o, acc, o, params);
-            }
-        }
-    }
+    portable::conv2d(win, input, weights, in_zp, params, &mut out);
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.

@@ -1,0 +1,789 @@
+//! AVX2 versions of the two kernels that carry almost every multiply-accumulate: [`dense`]
+//! and [`conv2d`]. Compiled only for x86-64 builds that enable AVX2 at compile time (the
+//! workspace's host builds use `-C target-cpu=x86-64-v3`); every other target, Cortex-M and
+//! RISC-V included, runs the portable kernels in [`super::portable`].
+//!
+//! The arithmetic is the same exact integer arithmetic as the portable kernels:
+//! - activations become `(x - zp)` in i16 (range [-255, 255]) and weights are sign-extended
+//!   to i16, so `vpmaddwd` forms exact i32 sums of pairs of products (each pair is at most
+//!   2 * 128 * 255 in magnitude); the i32 accumulations wrap exactly like the portable
+//!   `wrapping_add` chains, and the validator proves they never overflow anyway;
+//! - requantization ([`requant8`]) computes [`crate::quant::requantize`] for eight channels
+//!   at once: the exact i64 product `acc * m`, the single round-half-up right shift by
+//!   `31 - shift` (done as a logical shift of the product offset by 2^62, which is exact
+//!   because `|acc * m| < 2^62`), the clamp to the activation range, then the zero point.
+//!   Logit outputs take the scalar [`Output::store_with`].
+//!
+//! The property tests run both this path and [`super::portable`] against the i64 reference
+//! on the same random cases.
+//!
+//! # Safety audit
+//! `unsafe` appears in two forms only:
+//! - calls from the safe entry points into `#[target_feature(enable = "avx2")]` functions,
+//!   sound because this module only exists when `target_feature = "avx2"` is enabled for the
+//!   whole build (`cfg` at the `mod` declaration), so every CPU that runs the code has AVX2;
+//! - unaligned 16- and 32-byte loads and stores (`_mm_loadu_si128`, `_mm256_loadu_si256`,
+//!   `_mm256_storeu_si256`) on slices
+//!   whose lengths were checked against the loop bound just before; each load names the
+//!   check that keeps it in bounds.
+#![allow(unsafe_code)]
+
+use super::{ChannelParams, Output, Window, CONV_PATCH_MAX};
+use core::arch::x86_64::*;
+
+/// Largest number of i16 weights [`conv2d`] converts onto the stack at a time (8 KiB).
+const WEIGHT_SCRATCH: usize = 4096;
+/// Output channels [`conv2d`] and [`dense`] handle per block (eight groups of eight).
+const CHANNEL_BLOCK: usize = 64;
+/// Activations [`dense`] converts to i16 at a time (1 KiB of stack).
+const X_CHUNK: usize = 512;
+
+/// Requantization constants of eight consecutive channels, in the lane layout [`requant8`]
+/// uses: the even channels' constants sit in the 64-bit lanes of `*_even`, the odd
+/// channels' in `*_odd`.
+#[derive(Clone, Copy)]
+struct Requant8 {
+    /// Biases, one i32 lane per channel.
+    bias: __m256i,
+    /// Multipliers (the low 32 bits of each 64-bit lane are what `vpmuldq` reads).
+    m_even: __m256i,
+    m_odd: __m256i,
+    /// Total right shifts `31 - shift`, in [1, 62].
+    t_even: __m256i,
+    t_odd: __m256i,
+    /// `2^62 + 2^(t-1)`: the offset that makes the product non-negative plus the rounding.
+    rnd_even: __m256i,
+    rnd_odd: __m256i,
+    /// `2^(62-t)`: the offset left after the shift.
+    off_even: __m256i,
+    off_odd: __m256i,
+}
+
+impl Requant8 {
+    /// Constants of channels `c0..c0 + 8`; channels at or past `count` get harmless
+    /// placeholders (their results are never stored).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn new<P: ChannelParams>(params: &P, c0: usize, count: usize) -> Self {
+        let mut bias = [0i32; 8];
+        let mut m = [1i32 << 30; 8];
+        let mut t = [1i64; 8];
+        for (j, ((b, mj), tj)) in bias.iter_mut().zip(&mut m).zip(&mut t).enumerate() {
+            let c = c0 + j;
+            if c < count {
+                *b = params.bias(c);
+                *mj = params.multiplier(c);
+                // The validator keeps shift in [-31, 30]; clamp anyway so that a bad value can
+                // only give a wrong number, never a shift out of range.
+                *tj = (31 - params.shift(c)).clamp(1, 62) as i64;
+            }
+        }
+        let v32 = |a: [i32; 8]| _mm256_setr_epi32(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+        let v64 = |f: &dyn Fn(usize) -> i64, odd: usize| _mm256_setr_epi64x(f(odd), f(2 + odd), f(4 + odd), f(6 + odd));
+        let mm = |j: usize| m[j] as i64;
+        let tt = |j: usize| t[j];
+        let rnd = |j: usize| (1i64 << 62) + (1i64 << (t[j] - 1));
+        let off = |j: usize| 1i64 << (62 - t[j]);
+        Requant8 {
+            bias: v32(bias),
+            m_even: v64(&mm, 0),
+            m_odd: v64(&mm, 1),
+            t_even: v64(&tt, 0),
+            t_odd: v64(&tt, 1),
+            rnd_even: v64(&rnd, 0),
+            rnd_odd: v64(&rnd, 1),
+            off_even: v64(&off, 0),
+            off_odd: v64(&off, 1),
+        }
+    }
+}
+
+/// `round_half_up(acc * m / 2^t)` clamped to `[lo, hi]`, for the four channels of one
+/// parity, as i64 lanes (`acc` holds the channels' accumulators in the low 32 bits).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn rescale4(acc: __m256i, m: __m256i, t: __m256i, rnd: __m256i, off: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+    let prod = _mm256_mul_epi32(acc, m);
+    let v = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(prod, rnd), t), off);
+    let v = _mm256_blendv_epi8(v, lo, _mm256_cmpgt_epi64(lo, v));
+    _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi))
+}
+
+/// [`crate::quant::requantize`] of eight accumulators (bias not yet added) to eight bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn requant8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> [u8; 8] {
+    let acc = _mm256_add_epi32(sums, q.bias);
+    let lo = _mm256_set1_epi64x(min as i64 - zero_point as i64);
+    let hi = _mm256_set1_epi64x(max as i64 - zero_point as i64);
+    let even = rescale4(acc, q.m_even, q.t_even, q.rnd_even, q.off_even, lo, hi);
+    let odd = rescale4(_mm256_srli_epi64::<32>(acc), q.m_odd, q.t_odd, q.rnd_odd, q.off_odd, lo, hi);
+    // Both halves now fit in i32: interleave them back into channel order.
+    let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+    let v = _mm256_add_epi32(v, _mm256_set1_epi32(zero_point as i32));
+    // Values are within [min, max], so the saturating packs are exact.
+    let w = _mm256_packs_epi32(v, v);
+    let b = _mm256_packs_epi16(w, w);
+    let lo4 = _mm256_extract_epi32::<0>(b) as u32;
+    let hi4 = _mm256_extract_epi32::<4>(b) as u32;
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&lo4.to_le_bytes());
+    out[4..].copy_from_slice(&hi4.to_le_bytes());
+    out
+}
+
+/// Horizontal sums of eight 8-lane accumulators, in order: lane `j` is `Σ acc[j]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum8(acc: &[__m256i; 8]) -> __m256i {
+    let ab = _mm256_hadd_epi32(acc[0], acc[1]);
+    let cd = _mm256_hadd_epi32(acc[2], acc[3]);
+    let ef = _mm256_hadd_epi32(acc[4], acc[5]);
+    let gh = _mm256_hadd_epi32(acc[6], acc[7]);
+    // Per 128-bit half: [a, b, c, d] and [e, f, g, h] partial sums.
+    let abcd = _mm256_hadd_epi32(ab, cd);
+    let efgh = _mm256_hadd_epi32(ef, gh);
+    let lo = _mm256_permute2x128_si256::<0x20>(abcd, efgh);
+    let hi = _mm256_permute2x128_si256::<0x31>(abcd, efgh);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Stores eight accumulators (bias not yet added) of channels `c..c + n` (`n <= 8`) at
+/// `buf[idx..idx + n]`, requantized; logits go through the scalar path.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store8<P: ChannelParams>(out: &mut Output<'_>, idx: usize, n: usize, sums: __m256i, q: &Requant8, c: usize, p: &P) {
+    match out {
+        Output::Act { buf, zero_point, min, max } => {
+            let bytes = requant8(sums, q, *zero_point, *min, *max);
+            if n == 8 {
+                // Constant length: one 8-byte store.
+                if let Some(dst) = buf.get_mut(idx..idx + 8) {
+                    dst.copy_from_slice(&bytes);
+                }
+            } else if let Some(dst) = buf.get_mut(idx..idx + n) {
+                for (d, &b) in dst.iter_mut().zip(&bytes) {
+                    *d = b;
+                }
+            }
+        }
+        Output::Logits(_) => {
+            let mut lanes = [0i32; 8];
+            lanes[0] = _mm256_extract_epi32::<0>(sums);
+            lanes[1] = _mm256_extract_epi32::<1>(sums);
+            lanes[2] = _mm256_extract_epi32::<2>(sums);
+            lanes[3] = _mm256_extract_epi32::<3>(sums);
+            lanes[4] = _mm256_extract_epi32::<4>(sums);
+            lanes[5] = _mm256_extract_epi32::<5>(sums);
+            lanes[6] = _mm256_extract_epi32::<6>(sums);
+            lanes[7] = _mm256_extract_epi32::<7>(sums);
+            for (j, &s) in lanes.iter().enumerate().take(n) {
+                out.store_with(idx + j, p.bias(c + j).wrapping_add(s), p.multiplier(c + j), p.shift(c + j));
+            }
+        }
+    }
+}
+
+/// Row `r` of a block of `count` rows of length `len`, clamped to the last row, so that a
+/// partial group of eight can reuse it (the duplicate results are never stored).
+#[inline(always)]
+fn row<T>(block: &[T], len: usize, r: usize, count: usize) -> &[T] {
+    let r = r.min(count.saturating_sub(1));
+    block.get(r * len..(r + 1) * len).unwrap_or(&[])
+}
+
+/// AVX2 [`super::dense`]. Same contract and results as the portable kernel.
+pub(super) fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, out: &mut Output<'_>) {
+    // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
+    unsafe { dense_avx2(input, weights, in_zp, params, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn dense_avx2<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, out: &mut Output<'_>) {
+    let n = input.len();
+    if n == 0 {
+        return;
+    }
+    let rows = weights.len() / n;
+    let zp = in_zp as i16;
+    let mut xbuf = [0i16; X_CHUNK];
+    let mut acc = [_mm256_setzero_si256(); CHANNEL_BLOCK / 8];
+    for r0 in (0..rows).step_by(CHANNEL_BLOCK) {
+        let rn = CHANNEL_BLOCK.min(rows - r0);
+        let groups = rn.div_ceil(8);
+        let block = weights.get(r0 * n..(r0 + rn) * n).unwrap_or(&[]);
+        acc.fill(_mm256_setzero_si256());
+        for c0 in (0..n).step_by(X_CHUNK) {
+            let cn = X_CHUNK.min(n - c0);
+            let xs = &mut xbuf[..cn];
+            for (d, &s) in xs.iter_mut().zip(input.get(c0..c0 + cn).unwrap_or(&[])) {
+                *d = s as i8 as i16 - zp;
+            }
+            let full = cn & !15;
+            for (g, gacc) in acc.iter_mut().enumerate().take(groups) {
+                let w: [&[u8]; 8] =
+                    core::array::from_fn(|r| row(block, n, g * 8 + r, rn).get(c0..c0 + cn).unwrap_or(&[]));
+                if xs.len() < cn || w.iter().any(|r| r.len() < cn) {
+                    continue;
+                }
+                let mut a = [_mm256_setzero_si256(); 8];
+                let mut k = 0;
+                while k + 16 <= full {
+                    // SAFETY: k + 16 <= full <= cn == xs.len().
+                    let xv = unsafe { _mm256_loadu_si256(xs.as_ptr().add(k).cast()) };
+                    for (aj, wr) in a.iter_mut().zip(w) {
+                        // SAFETY: k + 16 <= full <= cn <= wr.len() (checked above).
+                        let wv = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(wr.as_ptr().add(k).cast()) });
+                        *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(wv, xv));
+                    }
+                    k += 16;
+                }
+                let mut s = hsum8(&a);
+                if full < cn {
+                    let mut tail = [0i32; 8];
+                    for (t, wr) in tail.iter_mut().zip(w) {
+                        for (&x, &wv) in xs[full..].iter().zip(&wr[full..]) {
+                            *t = t.wrapping_add((wv as i8 as i32) * x as i32);
+                        }
+                    }
+                    let tv = _mm256_setr_epi32(tail[0], tail[1], tail[2], tail[3], tail[4], tail[5], tail[6], tail[7]);
+                    s = _mm256_add_epi32(s, tv);
+                }
+                *gacc = _mm256_add_epi32(*gacc, s);
+            }
+        }
+        for (g, &sums) in acc.iter().enumerate().take(groups) {
+            let c = r0 + g * 8;
+            let q = Requant8::new(params, c, rows);
+            store8(out, c, 8.min(rows - c), sums, &q, c, params);
+        }
+    }
+}
+
+/// Gathers the receptive field of output pixel `(oy, ox)` into `patch` as `(x - zp)`, in the
+/// weights' `[kh][kw][ic]` order. Whole windows take [`gather_whole`]; windows cut by
+/// padding (and any the vector path cannot do in bounds) take the scalar path, which first
+/// zeroes `patch[..clear]` so that padding taps contribute nothing.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn gather(win: &Window, input: &[u8], zpv: __m256i, oy: usize, ox: usize, patch: &mut [i16], clear: usize) {
+    let ic = win.input.c;
+    let (kh, kw) = win.kernel;
+    let (ky0, ky1, iy0) = win.rows(oy);
+    let (kx0, kx1, ix0) = win.cols(ox);
+    let whole = ky1 - ky0 == kh && kx1 - kx0 == kw;
+    if whole && gather_whole(win, input, zpv, iy0, ix0, patch) {
+        return;
+    }
+    if !whole {
+        patch.iter_mut().take(clear).for_each(|v| *v = 0);
+    }
+    let zp = _mm256_extract_epi16::<0>(zpv) as i16;
+    for ky in ky0..ky1 {
+        let iy = (iy0 + ky as isize) as usize;
+        let ix = (ix0 + kx0 as isize) as usize;
+        let xi = (iy * win.input.w + ix) * ic;
+        let pi = (ky * kw + kx0) * ic;
+        let span = (kx1 - kx0) * ic;
+        if let (Some(src), Some(dst)) = (input.get(xi..xi + span), patch.get_mut(pi..pi + span)) {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s as i8 as i16 - zp;
+            }
+        }
+    }
+}
+
+/// Gathers a receptive field that lies wholly inside the input into `patch` as `(x - zp)`,
+/// sixteen elements at a time. A row's last vector spills up to 15 elements into the next
+/// row (rewritten right after, rows go in order) or, after the last row, past `kh*kw*ic`,
+/// where the zero-padded weights cancel whatever lands there. Returns `false`, having
+/// written nothing, when the last vector would read or write out of bounds; the caller
+/// then gathers with the scalar path.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn gather_whole(win: &Window, input: &[u8], zpv: __m256i, iy0: isize, ix0: isize, patch: &mut [i16]) -> bool {
+    let ic = win.input.c;
+    let (kh, kw) = win.kernel;
+    let span = kw * ic;
+    let vecs = span.div_ceil(16);
+    let row_stride = win.input.w * ic;
+    let x0 = (iy0 as usize * win.input.w + ix0 as usize) * ic;
+    // One check covers every load and store below: the furthest read ends at
+    // x0 + (kh - 1) * row_stride + 16 * vecs, the furthest write at (kh - 1) * span + 16 * vecs.
+    let read_end = x0 + (kh - 1) * row_stride + 16 * vecs;
+    let write_end = (kh - 1) * span + 16 * vecs;
+    if iy0 < 0 || ix0 < 0 || kh == 0 || read_end > input.len() || write_end > patch.len() {
+        return false;
+    }
+    let (src, dst) = (input.as_ptr(), patch.as_mut_ptr());
+    for ky in 0..kh {
+        for v in 0..vecs {
+            let (xi, pi) = (x0 + ky * row_stride + 16 * v, ky * span + 16 * v);
+            // SAFETY: xi + 16 <= read_end <= input.len() and pi + 16 <= write_end <=
+            // patch.len(), checked above.
+            unsafe {
+                let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.add(xi).cast()));
+                _mm256_storeu_si256(dst.add(pi).cast(), _mm256_sub_epi16(x, zpv));
+            }
+        }
+    }
+    true
+}
+
+/// AVX2 [`super::conv2d`] for kernels with `kh * kw * in_c <= CONV_PATCH_MAX`; returns
+/// `false` (having written nothing) for larger ones, which take the portable path.
+pub(super) fn conv2d<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    weights: &[u8],
+    in_zp: i8,
+    params: &P,
+    out: &mut Output<'_>,
+) -> bool {
+    let per_oc = win.kernel.0 * win.kernel.1 * win.input.c;
+    if per_oc == 0 || per_oc > CONV_PATCH_MAX {
+        return false;
+    }
+    // SAFETY (all three calls): this module is compiled only when AVX2 is enabled for the
+    // whole build.
+    let padded =
+        (win.input.h + win.padding.0 + win.padding.2) * (win.input.w + win.padding.1 + win.padding.3) * win.input.c;
+    let direct = if padded + IMG_SLACK <= 1024 {
+        unsafe { conv2d_direct::<1024, P>(win, input, weights, in_zp, params, out) }
+    } else if padded + IMG_SLACK <= 4096 {
+        unsafe { conv2d_direct::<4096, P>(win, input, weights, in_zp, params, out) }
+    } else if padded + IMG_SLACK <= 8192 {
+        unsafe { conv2d_direct::<8192, P>(win, input, weights, in_zp, params, out) }
+    } else {
+        false
+    };
+    if !direct {
+        unsafe { conv2d_patches(win, input, weights, in_zp, params, out) };
+    }
+    true
+}
+
+/// Convolution for inputs too large for [`conv2d_direct`]'s scratch image: each output
+/// pixel's receptive field is gathered into an i16 patch (zero-padded to a multiple of 16),
+/// and eight output channels at a time take `vpmaddwd` dot products with it, reduced by
+/// [`hsum8`].
+#[target_feature(enable = "avx2")]
+fn conv2d_patches<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    weights: &[u8],
+    in_zp: i8,
+    params: &P,
+    out: &mut Output<'_>,
+) {
+    let (ic, oc) = (win.input.c, win.output.c);
+    let (kh, kw) = win.kernel;
+    let per_oc = kh * kw * ic;
+    // Rows padded with zeros to a multiple of 16 so that every load is a whole vector.
+    let kp = per_oc.div_ceil(16) * 16;
+    // Channels per block: a multiple of 8 whose i16 weights fit the scratch (>= 8 because
+    // kp <= CONV_PATCH_MAX = WEIGHT_SCRATCH / 8).
+    let block_max = ((WEIGHT_SCRATCH / kp) / 8 * 8).clamp(8, CHANNEL_BLOCK);
+    let zp = in_zp as i16;
+    let mut wt = [0i16; WEIGHT_SCRATCH];
+    // 16 elements of slack: the vector gather writes whole vectors past the end of a row.
+    let mut patch_buf = [0i16; CONV_PATCH_MAX + 16];
+    let zpv = _mm256_set1_epi16(zp);
+    for c0 in (0..oc).step_by(block_max) {
+        let cn = block_max.min(oc - c0);
+        let groups = cn.div_ceil(8);
+        // Weights of this block as i16 rows of `kp`, zero-padded, in whole groups of eight
+        // rows (rows past `cn` are zero).
+        let wblock = &mut wt[..groups * 8 * kp];
+        wblock.fill(0);
+        let src = weights.get(c0 * per_oc..(c0 + cn) * per_oc).unwrap_or(&[]);
+        for (dst, s) in wblock.chunks_exact_mut(kp).zip(src.chunks_exact(per_oc)) {
+            for (d, &v) in dst.iter_mut().zip(s) {
+                *d = v as i8 as i16;
+            }
+        }
+        let wblock = &wt[..groups * 8 * kp];
+        let q: [Requant8; CHANNEL_BLOCK / 8] = core::array::from_fn(|g| Requant8::new(params, c0 + 8 * g, oc));
+        for oy in 0..win.output.h {
+            for ox in 0..win.output.w {
+                gather(win, input, zpv, oy, ox, &mut patch_buf, kp);
+                let patch = &patch_buf[..kp];
+                let base = (oy * win.output.w + ox) * oc + c0;
+                for (g, (rows, qg)) in wblock.chunks_exact(8 * kp).zip(&q).enumerate() {
+                    if patch.len() < kp || rows.len() < 8 * kp {
+                        continue;
+                    }
+                    let mut a = [_mm256_setzero_si256(); 8];
+                    let mut k = 0;
+                    while k + 16 <= kp {
+                        // SAFETY: k + 16 <= kp == patch.len().
+                        let xv = unsafe { _mm256_loadu_si256(patch.as_ptr().add(k).cast()) };
+                        for (r, aj) in a.iter_mut().enumerate() {
+                            // SAFETY: r * kp + k + 16 <= 8 * kp <= rows.len() (checked above).
+                            let wv = unsafe { _mm256_loadu_si256(rows.as_ptr().add(r * kp + k).cast()) };
+                            *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(wv, xv));
+                        }
+                        k += 16;
+                    }
+                    let c = g * 8;
+                    store8(out, base + c, 8.min(cn - c), hsum8(&a), qg, c0 + c, params);
+                }
+            }
+        }
+    }
+}
+
+/// Output pixels [`conv2d_direct`] computes together.
+const PIXELS: usize = 4;
+
+/// Elements of slack after the padded image: the last tap pair of a row may read one
+/// element past the row (its weight is zero).
+const IMG_SLACK: usize = 2;
+
+/// Convolution straight from a zero-padded i16 copy of the input, with output channels in
+/// the vector lanes. The input is converted once to `(x - zp)` with the padding written as
+/// zeros, so every window is whole and needs no gathering. For each group of eight output
+/// channels and each block of [`PIXELS`] output pixels it accumulates
+/// `vpmaddwd(w[pair][c0..c0 + 8], broadcast(x[pair]))` over the pairs of adjacent taps of
+/// each kernel row (a row of odd length `kw * ic` gets a zero weight for the element after
+/// it); the eight channel sums come out in lane order for [`requant8`], with no horizontal
+/// sums, one weight load serves four pixels, and the four accumulation chains are
+/// independent. `N` is the scratch size for the padded image, in i16; returns `false`
+/// (having written nothing) when the image does not fit.
+#[target_feature(enable = "avx2")]
+fn conv2d_direct<const N: usize, P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    weights: &[u8],
+    in_zp: i8,
+    params: &P,
+    out: &mut Output<'_>,
+) -> bool {
+    let (ic, oc) = (win.input.c, win.output.c);
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.stride;
+    let (pt, pl, pb, pr) = win.padding;
+    let (ph, pw) = (win.input.h + pt + pb, win.input.w + pl + pr);
+    let (oh, ow) = (win.output.h, win.output.w);
+    let img_len = ph * pw * ic;
+    if oh == 0 || ow == 0 || kh == 0 || kw == 0 || ic == 0 || img_len + IMG_SLACK > N {
+        return false;
+    }
+    // Every window must lie inside the padded image (the validator guarantees it; check
+    // anyway, since the unchecked reads below rely on it).
+    if (oh - 1) * sh + kh > ph || (ow - 1) * sw + kw > pw || input.len() < win.input.len() {
+        return false;
+    }
+    let row_pairs = (kw * ic).div_ceil(2);
+    let row_stride = pw * ic;
+    // Each group of eight channels: [ky][pair][channel][2] i16 weights.
+    let group_len = kh * row_pairs * 16;
+    if group_len > WEIGHT_SCRATCH {
+        return false;
+    }
+    let groups_max = (WEIGHT_SCRATCH / group_len).clamp(1, CHANNEL_BLOCK / 8);
+
+    // The padded image: zeros (the zero point) around `(x - zp)`.
+    let mut img = [0i16; N];
+    let zp = in_zp as i16;
+    let zpv = _mm256_set1_epi16(zp);
+    let span = win.input.w * ic;
+    for (y, src) in input.chunks_exact(span.max(1)).take(win.input.h).enumerate() {
+        let d0 = ((y + pt) * pw + pl) * ic;
+        let Some(dst) = img.get_mut(d0..d0 + span) else { return false };
+        let mut k = 0;
+        while k + 16 <= span {
+            // SAFETY: k + 16 <= span == src.len() == dst.len().
+            unsafe {
+                let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.as_ptr().add(k).cast()));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), _mm256_sub_epi16(x, zpv));
+            }
+            k += 16;
+        }
+        for (d, &s) in dst[k..].iter_mut().zip(&src[k..]) {
+            *d = s as i8 as i16 - zp;
+        }
+    }
+    // The furthest read: the last pixel's last row's last pair, ending at
+    // last_base + (kh - 1) * row_stride + 2 * row_pairs <= img_len + 1 < N.
+    let last_base = ((oh - 1) * sh * pw + (ow - 1) * sw) * ic;
+    if last_base + (kh - 1) * row_stride + 2 * row_pairs > img_len + IMG_SLACK {
+        return false;
+    }
+
+    let mut wt = [0i16; WEIGHT_SCRATCH];
+    let npix = oh * ow;
+    for c0 in (0..oc).step_by(groups_max * 8) {
+        let cn = (groups_max * 8).min(oc - c0);
+        let groups = cn.div_ceil(8);
+        let wblock = &mut wt[..groups * group_len];
+        if c0 > 0 {
+            wblock.fill(0);
+        }
+        for j in 0..cn {
+            let (g, lane) = (j / 8, j % 8);
+            let src = weights.get((c0 + j) * per_channel(win)..(c0 + j + 1) * per_channel(win)).unwrap_or(&[]);
+            let dst = wblock.get_mut(g * group_len..(g + 1) * group_len).unwrap_or(&mut []);
+            for (src_row, dst_row) in src.chunks_exact(kw * ic).zip(dst.chunks_exact_mut(row_pairs * 16)) {
+                for (pair, d) in src_row.chunks(2).zip(dst_row.chunks_exact_mut(16)) {
+                    if let (Some(&a), Some(slot)) = (pair.first(), d.get_mut(lane * 2..lane * 2 + 2)) {
+                        slot[0] = a as i8 as i16;
+                        slot[1] = pair.get(1).map_or(0, |&b| b as i8 as i16);
+                    }
+                }
+            }
+        }
+        let wblock = &wt[..groups * group_len];
+        let q: [Requant8; CHANNEL_BLOCK / 8] = core::array::from_fn(|g| Requant8::new(params, c0 + 8 * g, oc));
+        let (mut oy, mut ox) = (0, 0);
+        for p0 in (0..npix).step_by(PIXELS) {
+            let pn = PIXELS.min(npix - p0);
+            // Offsets of the block's windows in the padded image (a partial block repeats
+            // its last pixel; those results are not stored).
+            let mut base = [0usize; PIXELS];
+            let mut last = 0;
+            for (i, b) in base.iter_mut().enumerate() {
+                if i < pn {
+                    last = (oy * sh * pw + ox * sw) * ic;
+                    ox += 1;
+                    if ox == ow {
+                        (oy, ox) = (oy + 1, 0);
+                    }
+                }
+                *b = last;
+            }
+            let ip = img.as_ptr();
+            // Two groups at a time share the broadcasts: 8 accumulators, 2 weight vectors.
+            for g0 in (0..groups).step_by(2) {
+                let two = g0 + 1 < groups;
+                let wa = wblock.get(g0 * group_len..(g0 + 1) * group_len).unwrap_or(&[]);
+                let wb = if two { wblock.get((g0 + 1) * group_len..(g0 + 2) * group_len).unwrap_or(&[]) } else { wa };
+                if wa.len() < group_len || wb.len() < group_len {
+                    continue;
+                }
+                let (pa, pb) = (wa.as_ptr(), wb.as_ptr());
+                let mut acc_a = [_mm256_setzero_si256(); PIXELS];
+                let mut acc_b = [_mm256_setzero_si256(); PIXELS];
+                for ky in 0..kh {
+                    for j in 0..row_pairs {
+                        let wi = (ky * row_pairs + j) * 16;
+                        // SAFETY: wi + 16 <= group_len <= wa.len(), wb.len() (checked above).
+                        let (w_a, w_b) =
+                            unsafe { (_mm256_loadu_si256(pa.add(wi).cast()), _mm256_loadu_si256(pb.add(wi).cast())) };
+                        let off = ky * row_stride + 2 * j;
+                        for ((a, b), &px) in acc_a.iter_mut().zip(&mut acc_b).zip(&base) {
+                            // SAFETY: px <= last_base, so px + off + 2 <= last_base +
+                            // (kh - 1) * row_stride + 2 * row_pairs <= img_len + IMG_SLACK
+                            // <= N == img.len() (checked above): an unaligned read of two i16.
+                            let x =
+                                _mm256_set1_epi32(unsafe { core::ptr::read_unaligned(ip.add(px + off).cast::<i32>()) });
+                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(w_a, x));
+                            if two {
+                                *b = _mm256_add_epi32(*b, _mm256_madd_epi16(w_b, x));
+                            }
+                        }
+                    }
+                }
+                for (g, acc) in [(g0, &acc_a), (g0 + 1, &acc_b)].into_iter().take(if two { 2 } else { 1 }) {
+                    let c = g * 8;
+                    for (i, &a) in acc.iter().enumerate().take(pn) {
+                        store8(out, (p0 + i) * oc + c0 + c, 8.min(cn - c), a, &q[g], c0 + c, params);
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// `kh * kw * in_c`: weights per output channel.
+#[inline(always)]
+fn per_channel(win: &Window) -> usize {
+    win.kernel.0 * win.kernel.1 * win.input.c
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every AVX2 path against the portable kernels, on random shapes that reach each path
+    //! (including images too large for the direct kernel's scratch), both output kinds, and
+    //! extreme weights, zero points and multipliers.
+    use super::*;
+    use crate::kernels::portable;
+    use crate::Shape;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Params {
+        bias: Vec<i32>,
+        m: Vec<i32>,
+        s: Vec<i32>,
+    }
+    impl ChannelParams for Params {
+        fn bias(&self, c: usize) -> i32 {
+            self.bias[c]
+        }
+        fn multiplier(&self, c: usize) -> i32 {
+            self.m[c]
+        }
+        fn shift(&self, c: usize) -> i32 {
+            self.s[c]
+        }
+    }
+
+    fn params(n: usize) -> impl Strategy<Value = Params> {
+        (
+            prop::collection::vec(-(1i32 << 22)..(1 << 22), n),
+            prop::collection::vec((1i32 << 30)..i32::MAX, n),
+            prop::collection::vec(prop_oneof![-31i32..=30, -14i32..=-4], n),
+        )
+            .prop_map(|(bias, m, s)| Params { bias, m, s })
+    }
+
+    fn window() -> impl Strategy<Value = Window> {
+        ((1usize..12, 1usize..12, 1usize..20), (1usize..5, 1usize..5, 1usize..4, 1usize..4), 0usize..3, 1usize..21)
+            .prop_filter_map("kernel fits", |((h, w, c), (kh, kw, sh, sw), p, oc)| {
+                let (pt, pl) = (p.min(kh - 1), p.min(kw - 1));
+                let (pb, pr) = ((p + 1).min(kh - 1), p.min(kw - 1));
+                if h + pt + pb < kh || w + pl + pr < kw || kh * kw * c > CONV_PATCH_MAX {
+                    return None;
+                }
+                let input = Shape::new(h, w, c);
+                let output = Shape::new((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1, oc);
+                Some(Window { input, output, kernel: (kh, kw), stride: (sh, sw), padding: (pt, pl, pb, pr) })
+            })
+    }
+
+    /// A random convolution: window, input, weights, input zero point, channel parameters,
+    /// and the int8 output's (zero point, min, max).
+    type Case = (Window, Vec<u8>, Vec<u8>, i8, Params, (i8, i8, i8));
+
+    fn case() -> impl Strategy<Value = Case> {
+        window().prop_flat_map(|win| {
+            let per_oc = win.kernel.0 * win.kernel.1 * win.input.c;
+            (
+                Just(win),
+                prop::collection::vec(any::<u8>(), win.input.len()),
+                prop::collection::vec(any::<u8>(), per_oc * win.output.c),
+                any::<i8>(),
+                params(win.output.c),
+                (any::<i8>(), any::<i8>(), any::<i8>()).prop_map(|(z, a, b)| (z, a.min(b), a.max(b))),
+            )
+        })
+    }
+
+    /// Runs `f` into int8 and logit buffers of `n` outputs.
+    fn outputs(n: usize, (zp, lo, hi): (i8, i8, i8), mut f: impl FnMut(&mut Output<'_>)) -> (Vec<u8>, Vec<i32>) {
+        let mut act = vec![0xAAu8; n];
+        let mut logits = vec![0x5555_5555i32; n];
+        f(&mut Output::Act { buf: &mut act, zero_point: zp, min: lo, max: hi });
+        f(&mut Output::Logits(&mut logits));
+        (act, logits)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn conv_paths_match_portable((win, x, w, zp, p, act) in case()) {
+            let n = win.output.len();
+            let want = outputs(n, act, |o| portable::conv2d(&win, &x, &w, zp, &p, o));
+            let direct = outputs(n, act, |o| {
+                // SAFETY: the tests run on the AVX2 build this module requires.
+                assert!(unsafe { conv2d_direct::<8192, Params>(&win, &x, &w, zp, &p, o) });
+            });
+            prop_assert_eq!(&direct, &want, "direct");
+            let patches = outputs(n, act, |o| {
+                // SAFETY: as above.
+                unsafe { conv2d_patches(&win, &x, &w, zp, &p, o) }
+            });
+            prop_assert_eq!(&patches, &want, "patches");
+            let dispatched = outputs(n, act, |o| assert!(conv2d(&win, &x, &w, zp, &p, o)));
+            prop_assert_eq!(&dispatched, &want, "dispatch");
+        }
+
+        #[test]
+        fn dense_matches_portable(
+            (n, x, w, p) in (1usize..1200, 1usize..40).prop_flat_map(|(n, o)| (
+                Just(n),
+                prop::collection::vec(any::<u8>(), n),
+                prop::collection::vec(any::<u8>(), n * o),
+                params(o),
+            )),
+            zp in any::<i8>(),
+            act in (any::<i8>(), any::<i8>(), any::<i8>()).prop_map(|(z, a, b)| (z, a.min(b), a.max(b))),
+        ) {
+            let o = w.len() / n;
+            let want = outputs(o, act, |out| portable::dense(&x, &w, zp, &p, out));
+            let got = outputs(o, act, |out| dense(&x, &w, zp, &p, out));
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// `requant8` against `quant::requantize` lane by lane on edge accumulators: exact
+    /// rounding ties, the i32 extremes, every shift, both multiplier extremes.
+    #[test]
+    fn requant8_matches_the_scalar_rule_on_ties_and_extremes() {
+        let mut accs = vec![0i32, 1, -1, 2, -2, 3, -3, i32::MAX, i32::MIN, i32::MIN + 1, 1 << 30, -(1 << 30)];
+        for k in 0..31 {
+            for d in [-1i64, 0, 1] {
+                for sign in [1i64, -1] {
+                    // Odd multiples of 2^k are exact ties for a shift of k + 1 with m = 2^30.
+                    let v = sign * ((3i64 << k) + d);
+                    if let Ok(v) = i32::try_from(v) {
+                        accs.push(v);
+                    }
+                }
+            }
+        }
+        let mut checked = 0usize;
+        for shift in crate::quant::SHIFT_MIN..=crate::quant::SHIFT_MAX {
+            for m in [1i32 << 30, (1 << 30) + 1, 1518500250, i32::MAX] {
+                for &(zp, lo, hi) in &[(0i8, -128i8, 127i8), (-128, -128, 127), (-5, -5, 127), (10, -20, 40)] {
+                    let params = Params { bias: vec![0; 8], m: vec![m; 8], s: vec![shift; 8] };
+                    for chunk in accs.chunks(8) {
+                        let mut lanes = [0i32; 8];
+                        lanes[..chunk.len()].copy_from_slice(chunk);
+                        // SAFETY: the tests run on the AVX2 build this module requires.
+                        let got = unsafe {
+                            let q = Requant8::new(&params, 0, 8);
+                            let v = _mm256_setr_epi32(
+                                lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7],
+                            );
+                            requant8(v, &q, zp, lo, hi)
+                        };
+                        for (j, &a) in lanes.iter().enumerate() {
+                            let want = crate::quant::requantize(a, m, shift, zp, lo, hi);
+                            assert_eq!(got[j] as i8, want, "acc {a} m {m} shift {shift} zp {zp} [{lo}, {hi}]");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+    }
+
+    #[test]
+    fn large_images_take_the_patch_path_and_match() {
+        // 64x64x8 padded is far beyond the direct kernel's largest scratch.
+        let input = Shape::new(64, 64, 8);
+        let win =
+            Window { input, output: Shape::new(32, 32, 12), kernel: (3, 3), stride: (2, 2), padding: (1, 1, 1, 1) };
+        let mut r = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r as u8
+        };
+        let x: Vec<u8> = (0..input.len()).map(|_| next()).collect();
+        let w: Vec<u8> = (0..72 * 12).map(|_| next()).collect();
+        let p = Params { bias: (0..12).map(|c| c * 1000 - 6000).collect(), m: vec![1 << 30; 12], s: vec![-9; 12] };
+        // SAFETY: the tests run on the AVX2 build this module requires.
+        assert!(!unsafe { conv2d_direct::<8192, Params>(&win, &x, &w, -3, &p, &mut Output::Logits(&mut [0; 1])) });
+        let n = win.output.len();
+        let want = outputs(n, (-3, -128, 127), |o| portable::conv2d(&win, &x, &w, -3, &p, o));
+        let got = outputs(n, (-3, -128, 127), |o| assert!(conv2d(&win, &x, &w, -3, &p, o)));
+        assert_eq!(got, want);
+    }
+}
