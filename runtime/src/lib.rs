@@ -8,7 +8,7 @@
 //! - [`quant`]: the one int8 arithmetic — pixel mapping, requantization with its rounding
 //!   rule, saturation, average pooling's rounding, argmax tie-breaking. The trainer and the
 //!   certifier call these same functions; `docs/quantization.md` states the contract.
-//! - [`format`]: the blob layout and [`Model::parse`], which validates everything once
+//! - [`format`](mod@format): the blob layout and [`Model::parse`], which validates everything once
 //!   (magic, version, CRC-32, section table, every layer, every offset, overflow-freedom of
 //!   the int32 accumulators, and the exact arena size). `docs/format.md` documents each byte.
 //! - [`kernels`]: Dense, Conv2d, DepthwiseConv2d, MaxPool2d, AvgPool2d on NHWC tensors,

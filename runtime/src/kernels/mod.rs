@@ -1,7 +1,7 @@
 //! Integer kernels: one function per op, on NHWC int8 tensors stored as bytes.
 //!
 //! Every kernel computes exactly the arithmetic of [`crate::quant`]; the plain i64
-//! [`reference`] implementations (host only) are what the property tests compare them with.
+//! [`reference`](mod@reference) implementations (host only) are what the property tests compare them with.
 //! All slice lengths are checked by [`crate::Model::parse`] before a kernel is ever called,
 //! and the portable kernels use only bounds-checked indexing, so malformed input can at
 //! worst produce a wrong answer in a unit test, never undefined behaviour.
@@ -10,7 +10,7 @@
 //! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, the crate's only
 //! `unsafe`, audited in its header: vector loads after explicit length checks), everything
 //! else runs [`portable`]. Both produce identical bytes; the tests check both against
-//! [`reference`].
+//! [`reference`](mod@reference).
 
 use crate::format::Shape;
 use crate::quant;
