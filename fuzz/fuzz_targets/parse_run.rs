@@ -1,5 +1,7 @@
-//! Parse arbitrary bytes; if they form a valid model, run it on three inputs, then check the
-//! emit -> parse round trip. Nothing may panic, and a valid model must run.
+//! Parse arbitrary bytes; if they form a valid model, run it on three inputs and compare the
+//! logits with the plain i64 reference runner (differential: on an AVX2 build this checks the
+//! vector kernels), then check the emit -> parse round trip. Nothing may panic, and a valid
+//! model must run.
 #![no_main]
 use iocane_runtime::emit::ModelRepr;
 use iocane_runtime::Model;
@@ -20,8 +22,10 @@ fuzz_target!(|data: &[u8]| {
             let mut arena = vec![0u8; m.arena_size()];
             let mut logits = vec![0i32; m.num_classes()];
             for fill in [0u8, 127, 255] {
-                let px = vec![fill; m.input_len()];
+                // A ramp over the fill value, so that windows see varied pixels.
+                let px: Vec<u8> = (0..m.input_len()).map(|i| fill.wrapping_add((i * 37) as u8)).collect();
                 m.run(&px, &mut arena, &mut logits).expect("validated model must run");
+                assert_eq!(logits, iocane_runtime::kernels::reference::run_model(&m, &px), "kernels differ from the reference");
             }
             let again = ModelRepr::from_model(&m).emit();
             let m2 = Model::parse(&again).expect("re-emitted model must parse");
