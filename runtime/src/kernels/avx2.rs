@@ -57,6 +57,10 @@ struct Requant8 {
     /// `2^(62-t)`: the offset left after the shift.
     off_even: __m256i,
     off_odd: __m256i,
+    /// Every total shift is at least 31 (every `shift <= 0`, a real multiplier below 1, the
+    /// usual case): then `|acc * m / 2^t| < 2^31`, results fit in i32 and the clamp can be
+    /// done on 32-bit lanes.
+    narrow: bool,
 }
 
 impl Requant8 {
@@ -67,7 +71,8 @@ impl Requant8 {
     fn new<P: ChannelParams>(params: &P, c0: usize, count: usize) -> Self {
         let mut bias = [0i32; 8];
         let mut m = [1i32 << 30; 8];
-        let mut t = [1i64; 8];
+        // Placeholders: m = 2^30, t = 31 (a real multiplier of 1/2, which keeps `narrow`).
+        let mut t = [31i64; 8];
         for (j, ((b, mj), tj)) in bias.iter_mut().zip(&mut m).zip(&mut t).enumerate() {
             let c = c0 + j;
             if c < count {
@@ -94,6 +99,7 @@ impl Requant8 {
             rnd_odd: v64(&rnd, 1),
             off_even: v64(&off, 0),
             off_odd: v64(&off, 1),
+            narrow: t.iter().all(|&tj| tj >= 31),
         }
     }
 }
@@ -114,12 +120,24 @@ fn rescale4(acc: __m256i, m: __m256i, t: __m256i, rnd: __m256i, off: __m256i, lo
 #[target_feature(enable = "avx2")]
 fn requant8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> [u8; 8] {
     let acc = _mm256_add_epi32(sums, q.bias);
-    let lo = _mm256_set1_epi64x(min as i64 - zero_point as i64);
-    let hi = _mm256_set1_epi64x(max as i64 - zero_point as i64);
-    let even = rescale4(acc, q.m_even, q.t_even, q.rnd_even, q.off_even, lo, hi);
-    let odd = rescale4(_mm256_srli_epi64::<32>(acc), q.m_odd, q.t_odd, q.rnd_odd, q.off_odd, lo, hi);
-    // Both halves now fit in i32: interleave them back into channel order.
-    let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+    let v = if q.narrow {
+        // Results fit in i32 before the clamp: shift in 64 bits, clamp in 32.
+        let shift = |acc, m, t, rnd, off| {
+            _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(_mm256_mul_epi32(acc, m), rnd), t), off)
+        };
+        let even = shift(acc, q.m_even, q.t_even, q.rnd_even, q.off_even);
+        let odd = shift(_mm256_srli_epi64::<32>(acc), q.m_odd, q.t_odd, q.rnd_odd, q.off_odd);
+        let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+        let v = _mm256_max_epi32(v, _mm256_set1_epi32(min as i32 - zero_point as i32));
+        _mm256_min_epi32(v, _mm256_set1_epi32(max as i32 - zero_point as i32))
+    } else {
+        let lo = _mm256_set1_epi64x(min as i64 - zero_point as i64);
+        let hi = _mm256_set1_epi64x(max as i64 - zero_point as i64);
+        let even = rescale4(acc, q.m_even, q.t_even, q.rnd_even, q.off_even, lo, hi);
+        let odd = rescale4(_mm256_srli_epi64::<32>(acc), q.m_odd, q.t_odd, q.rnd_odd, q.off_odd, lo, hi);
+        // Both halves now fit in i32: interleave them back into channel order.
+        _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd))
+    };
     let v = _mm256_add_epi32(v, _mm256_set1_epi32(zero_point as i32));
     // Values are within [min, max], so the saturating packs are exact.
     let w = _mm256_packs_epi32(v, v);
@@ -433,6 +451,46 @@ fn conv2d_patches<P: ChannelParams>(
     }
 }
 
+/// Places the first `pairs` (a multiple of 8) weight pairs of eight channel rows (`rows`:
+/// eight rows of `per_oc` int8 weights, row length even) into `dst` as i16 in the
+/// `[pair][channel][2]` layout of [`conv2d_direct`], eight pairs at a time: eight 16-byte
+/// loads, an 8x8 transpose of 16-bit elements, eight sign extensions.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose_pairs(rows: &[u8], per_oc: usize, pairs: usize, dst: &mut [i16]) {
+    if rows.len() < 8 * per_oc || 2 * pairs > per_oc || dst.len() < pairs * 16 {
+        return;
+    }
+    for p0 in (0..pairs).step_by(8) {
+        // SAFETY: r * per_oc + 2 * p0 + 16 <= r * per_oc + 2 * pairs <= (r + 1) * per_oc
+        // <= rows.len() for every row r < 8 (checked above).
+        let r: [__m128i; 8] =
+            core::array::from_fn(|j| unsafe { _mm_loadu_si128(rows.as_ptr().add(j * per_oc + 2 * p0).cast()) });
+        let t0 = _mm_unpacklo_epi16(r[0], r[1]);
+        let t1 = _mm_unpackhi_epi16(r[0], r[1]);
+        let t2 = _mm_unpacklo_epi16(r[2], r[3]);
+        let t3 = _mm_unpackhi_epi16(r[2], r[3]);
+        let t4 = _mm_unpacklo_epi16(r[4], r[5]);
+        let t5 = _mm_unpackhi_epi16(r[4], r[5]);
+        let t6 = _mm_unpacklo_epi16(r[6], r[7]);
+        let t7 = _mm_unpackhi_epi16(r[6], r[7]);
+        let u = [
+            (_mm_unpacklo_epi32(t0, t2), _mm_unpacklo_epi32(t4, t6)),
+            (_mm_unpackhi_epi32(t0, t2), _mm_unpackhi_epi32(t4, t6)),
+            (_mm_unpacklo_epi32(t1, t3), _mm_unpacklo_epi32(t5, t7)),
+            (_mm_unpackhi_epi32(t1, t3), _mm_unpackhi_epi32(t5, t7)),
+        ];
+        for (k, &(lo, hi)) in u.iter().enumerate() {
+            // Pairs p0 + 2k and p0 + 2k + 1, each as eight channels' two weights.
+            for (e, v) in [_mm_unpacklo_epi64(lo, hi), _mm_unpackhi_epi64(lo, hi)].into_iter().enumerate() {
+                let at = (p0 + 2 * k + e) * 16;
+                // SAFETY: at + 16 <= pairs * 16 <= dst.len() (checked above).
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(at).cast(), _mm256_cvtepi8_epi16(v)) };
+            }
+        }
+    }
+}
+
 /// Output pixels [`conv2d_direct`] computes together.
 const PIXELS: usize = 4;
 
@@ -520,12 +578,27 @@ fn conv2d_direct<const N: usize, P: ChannelParams>(
         if c0 > 0 {
             wblock.fill(0);
         }
+        // Whole groups of eight channels with even rows take the vector transpose for their
+        // first multiple of eight pairs; everything else is placed one pair at a time.
+        let per_oc = per_channel(win);
+        let fast_pairs = if (kw * ic) % 2 == 0 { (per_oc / 2) / 8 * 8 } else { 0 };
+        for g in 0..cn / 8 {
+            let rows = weights.get((c0 + 8 * g) * per_oc..(c0 + 8 * g + 8) * per_oc).unwrap_or(&[]);
+            let dst = wblock.get_mut(g * group_len..(g + 1) * group_len).unwrap_or(&mut []);
+            transpose_pairs(rows, per_oc, fast_pairs, dst);
+        }
         for j in 0..cn {
             let (g, lane) = (j / 8, j % 8);
-            let src = weights.get((c0 + j) * per_channel(win)..(c0 + j + 1) * per_channel(win)).unwrap_or(&[]);
+            let skip = if g < cn / 8 { fast_pairs } else { 0 };
+            let src = weights.get((c0 + j) * per_oc..(c0 + j + 1) * per_oc).unwrap_or(&[]);
             let dst = wblock.get_mut(g * group_len..(g + 1) * group_len).unwrap_or(&mut []);
-            for (src_row, dst_row) in src.chunks_exact(kw * ic).zip(dst.chunks_exact_mut(row_pairs * 16)) {
-                for (pair, d) in src_row.chunks(2).zip(dst_row.chunks_exact_mut(16)) {
+            for (ky, (src_row, dst_row)) in
+                src.chunks_exact(kw * ic).zip(dst.chunks_exact_mut(row_pairs * 16)).enumerate()
+            {
+                for (r, (pair, d)) in src_row.chunks(2).zip(dst_row.chunks_exact_mut(16)).enumerate() {
+                    if ky * row_pairs + r < skip {
+                        continue;
+                    }
                     if let (Some(&a), Some(slot)) = (pair.first(), d.get_mut(lane * 2..lane * 2 + 2)) {
                         slot[0] = a as i8 as i16;
                         slot[1] = pair.get(1).map_or(0, |&b| b as i8 as i16);
