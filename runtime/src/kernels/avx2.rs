@@ -185,20 +185,27 @@ fn store8<P: ChannelParams>(out: &mut Output<'_>, idx: usize, n: usize, sums: __
                 }
             }
         }
-        Output::Logits(_) => {
-            let mut lanes = [0i32; 8];
-            lanes[0] = _mm256_extract_epi32::<0>(sums);
-            lanes[1] = _mm256_extract_epi32::<1>(sums);
-            lanes[2] = _mm256_extract_epi32::<2>(sums);
-            lanes[3] = _mm256_extract_epi32::<3>(sums);
-            lanes[4] = _mm256_extract_epi32::<4>(sums);
-            lanes[5] = _mm256_extract_epi32::<5>(sums);
-            lanes[6] = _mm256_extract_epi32::<6>(sums);
-            lanes[7] = _mm256_extract_epi32::<7>(sums);
-            for (j, &s) in lanes.iter().enumerate().take(n) {
-                out.store_with(idx + j, p.bias(c + j).wrapping_add(s), p.multiplier(c + j), p.shift(c + j));
-            }
-        }
+        Output::Logits(_) => store8_logits(out, idx, n, sums, c, p),
+    }
+}
+
+/// The logit branch of [`store8`], kept out of line (it runs once per model, on the last
+/// layer) so that the activation branch stays small enough to inline.
+#[cold]
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+fn store8_logits<P: ChannelParams>(out: &mut Output<'_>, idx: usize, n: usize, sums: __m256i, c: usize, p: &P) {
+    let mut lanes = [0i32; 8];
+    lanes[0] = _mm256_extract_epi32::<0>(sums);
+    lanes[1] = _mm256_extract_epi32::<1>(sums);
+    lanes[2] = _mm256_extract_epi32::<2>(sums);
+    lanes[3] = _mm256_extract_epi32::<3>(sums);
+    lanes[4] = _mm256_extract_epi32::<4>(sums);
+    lanes[5] = _mm256_extract_epi32::<5>(sums);
+    lanes[6] = _mm256_extract_epi32::<6>(sums);
+    lanes[7] = _mm256_extract_epi32::<7>(sums);
+    for (j, &s) in lanes.iter().enumerate().take(n) {
+        out.store_with(idx + j, p.bias(c + j).wrapping_add(s), p.multiplier(c + j), p.shift(c + j));
     }
 }
 
@@ -367,11 +374,11 @@ pub(super) fn conv2d<P: ChannelParams>(
     let padded =
         (win.input.h + win.padding.0 + win.padding.2) * (win.input.w + win.padding.1 + win.padding.3) * win.input.c;
     let direct = if padded + IMG_SLACK <= 1024 {
-        unsafe { conv2d_direct::<1024, P>(win, input, weights, in_zp, params, out) }
+        unsafe { conv2d_direct::<1024, 512, P>(win, input, weights, in_zp, params, out) }
     } else if padded + IMG_SLACK <= 4096 {
-        unsafe { conv2d_direct::<4096, P>(win, input, weights, in_zp, params, out) }
+        unsafe { conv2d_direct::<4096, 2048, P>(win, input, weights, in_zp, params, out) }
     } else if padded + IMG_SLACK <= 8192 {
-        unsafe { conv2d_direct::<8192, P>(win, input, weights, in_zp, params, out) }
+        unsafe { conv2d_direct::<8192, WEIGHT_SCRATCH, P>(win, input, weights, in_zp, params, out) }
     } else {
         false
     };
@@ -506,10 +513,12 @@ const IMG_SLACK: usize = 2;
 /// each kernel row (a row of odd length `kw * ic` gets a zero weight for the element after
 /// it); the eight channel sums come out in lane order for [`requant8`], with no horizontal
 /// sums, one weight load serves four pixels, and the four accumulation chains are
-/// independent. `N` is the scratch size for the padded image, in i16; returns `false`
-/// (having written nothing) when the image does not fit.
+/// independent. `N` and `W` are the scratch sizes for the padded image and the weights of
+/// a block of channels, in i16 (the caller picks the smallest tier that fits, so that
+/// small layers do not zero large buffers); returns `false` (having written nothing) when
+/// the image or one group's weights do not fit.
 #[target_feature(enable = "avx2")]
-fn conv2d_direct<const N: usize, P: ChannelParams>(
+fn conv2d_direct<const N: usize, const W: usize, P: ChannelParams>(
     win: &Window,
     input: &[u8],
     weights: &[u8],
@@ -536,10 +545,10 @@ fn conv2d_direct<const N: usize, P: ChannelParams>(
     let row_stride = pw * ic;
     // Each group of eight channels: [ky][pair][channel][2] i16 weights.
     let group_len = kh * row_pairs * 16;
-    if group_len > WEIGHT_SCRATCH {
+    if group_len > W {
         return false;
     }
-    let groups_max = (WEIGHT_SCRATCH / group_len).clamp(1, CHANNEL_BLOCK / 8);
+    let groups_max = (W / group_len).clamp(1, CHANNEL_BLOCK / 8);
 
     // The padded image: zeros (the zero point) around `(x - zp)`.
     let mut img = [0i16; N];
@@ -569,7 +578,7 @@ fn conv2d_direct<const N: usize, P: ChannelParams>(
         return false;
     }
 
-    let mut wt = [0i16; WEIGHT_SCRATCH];
+    let mut wt = [0i16; W];
     let npix = oh * ow;
     for c0 in (0..oc).step_by(groups_max * 8) {
         let cn = (groups_max * 8).min(oc - c0);
@@ -762,7 +771,7 @@ mod tests {
             let want = outputs(n, act, |o| portable::conv2d(&win, &x, &w, zp, &p, o));
             let direct = outputs(n, act, |o| {
                 // SAFETY: the tests run on the AVX2 build this module requires.
-                assert!(unsafe { conv2d_direct::<8192, Params>(&win, &x, &w, zp, &p, o) });
+                assert!(unsafe { conv2d_direct::<8192, WEIGHT_SCRATCH, Params>(&win, &x, &w, zp, &p, o) });
             });
             prop_assert_eq!(&direct, &want, "direct");
             let patches = outputs(n, act, |o| {
@@ -853,7 +862,9 @@ mod tests {
         let w: Vec<u8> = (0..72 * 12).map(|_| next()).collect();
         let p = Params { bias: (0..12).map(|c| c * 1000 - 6000).collect(), m: vec![1 << 30; 12], s: vec![-9; 12] };
         // SAFETY: the tests run on the AVX2 build this module requires.
-        assert!(!unsafe { conv2d_direct::<8192, Params>(&win, &x, &w, -3, &p, &mut Output::Logits(&mut [0; 1])) });
+        assert!(!unsafe {
+            conv2d_direct::<8192, WEIGHT_SCRATCH, Params>(&win, &x, &w, -3, &p, &mut Output::Logits(&mut [0; 1]))
+        });
         let n = win.output.len();
         let want = outputs(n, (-3, -128, 127), |o| portable::conv2d(&win, &x, &w, -3, &p, o));
         let got = outputs(n, (-3, -128, 127), |o| assert!(conv2d(&win, &x, &w, -3, &p, o)));
