@@ -292,30 +292,13 @@ fn dense_avx2<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params:
 #[inline]
 #[target_feature(enable = "avx2")]
 fn gather(win: &Window, input: &[u8], zpv: __m256i, oy: usize, ox: usize, patch: &mut [i16], clear: usize) {
-    let ic = win.input.c;
     let (kh, kw) = win.kernel;
     let (ky0, ky1, iy0) = win.rows(oy);
     let (kx0, kx1, ix0) = win.cols(ox);
-    let whole = ky1 - ky0 == kh && kx1 - kx0 == kw;
-    if whole && gather_whole(win, input, zpv, iy0, ix0, patch) {
+    if ky1 - ky0 == kh && kx1 - kx0 == kw && gather_whole(win, input, zpv, iy0, ix0, patch) {
         return;
     }
-    if !whole {
-        patch.iter_mut().take(clear).for_each(|v| *v = 0);
-    }
-    let zp = _mm256_extract_epi16::<0>(zpv) as i16;
-    for ky in ky0..ky1 {
-        let iy = (iy0 + ky as isize) as usize;
-        let ix = (ix0 + kx0 as isize) as usize;
-        let xi = (iy * win.input.w + ix) * ic;
-        let pi = (ky * kw + kx0) * ic;
-        let span = (kx1 - kx0) * ic;
-        if let (Some(src), Some(dst)) = (input.get(xi..xi + span), patch.get_mut(pi..pi + span)) {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s as i8 as i16 - zp;
-            }
-        }
-    }
+    win.gather(input, _mm256_extract_epi16::<0>(zpv) as i16, (oy, ox), patch, clear);
 }
 
 /// Gathers a receptive field that lies wholly inside the input into `patch` as `(x - zp)`,

@@ -77,6 +77,37 @@ impl Window {
     }
 }
 
+impl Window {
+    /// Gathers the receptive field of output pixel `(oy, ox)` into `patch` as `(x - zp)`, in
+    /// the weights' `[kh][kw][ic]` order, and returns whether the window is whole. For a
+    /// window cut by padding, `patch[..clear]` is zeroed first, so padding taps (whose value
+    /// is the zero point) contribute nothing.
+    #[inline(always)]
+    fn gather(&self, input: &[u8], zp: i16, (oy, ox): (usize, usize), patch: &mut [i16], clear: usize) -> bool {
+        let ic = self.input.c;
+        let (kh, kw) = self.kernel;
+        let (ky0, ky1, iy0) = self.rows(oy);
+        let (kx0, kx1, ix0) = self.cols(ox);
+        let whole = ky1 - ky0 == kh && kx1 - kx0 == kw;
+        if !whole {
+            patch.iter_mut().take(clear).for_each(|v| *v = 0);
+        }
+        for ky in ky0..ky1 {
+            let iy = (iy0 + ky as isize) as usize;
+            let ix = (ix0 + kx0 as isize) as usize;
+            let xi = (iy * self.input.w + ix) * ic;
+            let pi = (ky * kw + kx0) * ic;
+            let span = (kx1 - kx0) * ic;
+            if let (Some(src), Some(dst)) = (input.get(xi..xi + span), patch.get_mut(pi..pi + span)) {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s as i8 as i16 - zp;
+                }
+            }
+        }
+        whole
+    }
+}
+
 /// Where a weighted op writes: int8 activations (with zero point and clamp) or int32 logits.
 #[derive(Debug)]
 pub enum Output<'o> {

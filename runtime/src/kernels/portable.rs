@@ -93,24 +93,8 @@ pub fn conv2d<P: ChannelParams>(
             }
             let wblock = weights.get(c0 * per_oc..(c0 + cn) * per_oc).unwrap_or(&[]);
             for oy in 0..win.output.h {
-                let (ky0, ky1, iy0) = win.rows(oy);
                 for ox in 0..win.output.w {
-                    let (kx0, kx1, ix0) = win.cols(ox);
-                    if ky1 - ky0 < kh || kx1 - kx0 < kw {
-                        patch.fill(0);
-                    }
-                    for ky in ky0..ky1 {
-                        let iy = (iy0 + ky as isize) as usize;
-                        let ix = (ix0 + kx0 as isize) as usize;
-                        let xi = (iy * win.input.w + ix) * ic;
-                        let pi = (ky * kw + kx0) * ic;
-                        let span = (kx1 - kx0) * ic;
-                        if let (Some(src), Some(dst)) = (input.get(xi..xi + span), patch.get_mut(pi..pi + span)) {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                *d = s as i8 as i16 - zp as i16;
-                            }
-                        }
-                    }
+                    win.gather(input, zp as i16, (oy, ox), patch, per_oc);
                     let base = (oy * win.output.w + ox) * oc + c0;
                     for (j, w) in wblock.chunks_exact(per_oc).enumerate() {
                         let acc = bias[j].wrapping_add(dot_patch(patch, w));
