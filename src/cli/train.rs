@@ -1,4 +1,4 @@
-//! `iocane train`: train a classifier naturally or adversarially.
+//! `iocane train`: train a classifier naturally, adversarially or with IBP certified training.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
-use iocane_trainer::train::{self, Method, Metrics, RunOptions, TrainConfig};
+use iocane_trainer::train::{self, Method, Metrics, RunOptions, TrainConfig, DEFAULT_IBP_KAPPA, IBP_TRAIN_EPS_FACTOR};
 
 /// Flags of `iocane train`.
 #[derive(Debug, Args)]
@@ -23,7 +23,9 @@ pub struct TrainArgs {
     /// (e.g. conv8k3s2p1,relu,flatten,dense10) or a JSON file.
     #[arg(long, default_value = "cnn-s")]
     pub arch: String,
-    /// Training method: natural, fgsm, fgsm-rs, pgd.
+    /// Training method: natural, fgsm, fgsm-rs, pgd, or ibp (interval bound propagation
+    /// certified training, Gowal et al. 2018: trains for the interval verifier that
+    /// `iocane certify` runs on the int8 model; see docs/ibp.md).
     #[arg(long, default_value = "pgd")]
     pub method: Method,
     /// Target L-infinity radius: a decimal (0.1) or levels (8/255).
@@ -59,9 +61,19 @@ pub struct TrainArgs {
     /// Natural epochs before adversarial training.
     #[arg(long, default_value_t = 1)]
     pub warmup_epochs: usize,
-    /// Epochs over which eps ramps up after the warm-up.
-    #[arg(long, default_value_t = 2)]
-    pub ramp_epochs: usize,
+    /// Epochs over which eps ramps up after the warm-up [default: 2; with --method ibp, a
+    /// quarter of the epochs after the warm-up but at least 200 steps, and the ramp
+    /// advances every step].
+    #[arg(long)]
+    pub ramp_epochs: Option<usize>,
+    /// IBP: final weight κ of the clean loss in κ·CE(clean) + (1-κ)·CE(worst case); κ ramps
+    /// from 1 to this value together with eps.
+    #[arg(long, default_value_t = DEFAULT_IBP_KAPPA)]
+    pub ibp_kappa: f32,
+    /// IBP: the eps trained on (decimal or levels) [default: 1.1 x --eps, capped at 1].
+    /// Evaluation and IBP-verified accuracy always use --eps.
+    #[arg(long, value_parser = parse_eps)]
+    pub ibp_train_eps: Option<f32>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -123,8 +135,9 @@ pub fn resolve_arch(arch: &str, input: [usize; 3], classes: usize) -> Result<Arc
     ArchSpec::resolve(arch, input, classes).with_context(|| format!("architecture `{arch}`"))
 }
 
-/// Builds the training configuration from the flags.
-pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize) -> Result<TrainConfig> {
+/// Builds the training configuration from the flags, for a training split of `train_len`
+/// images (which sets the default IBP ramp).
+pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize, train_len: usize) -> Result<TrainConfig> {
     let arch = resolve_arch(&a.arch, input, classes)?;
     let optimizer = match a.optimizer.as_str() {
         "adam" => OptimizerConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay },
@@ -149,14 +162,43 @@ pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize) -> Result<TrainC
         optimizer,
         schedule,
         warmup_epochs: a.warmup_epochs,
-        ramp_epochs: a.ramp_epochs,
+        ramp_epochs: a.ramp_epochs.unwrap_or_else(|| {
+            let n_train = if a.train_samples == 0 { train_len } else { a.train_samples.min(train_len) };
+            default_ramp_epochs(a.method, a.epochs, a.warmup_epochs, n_train.div_ceil(a.batch_size.max(1)))
+        }),
         seed: a.seed,
         eval_samples: a.eval_samples,
         eval_steps: a.eval_steps,
         eval_restarts: a.eval_restarts,
         train_samples: a.train_samples,
         qat: a.qat,
+        ibp_kappa: a.ibp_kappa,
+        ibp_train_eps: a.ibp_train_eps,
     })
+}
+
+/// Fewer IBP ramp steps than this draw a warning (measured on cnn-s / mnist-small: a
+/// 24-step ramp never recovers, 126 steps work).
+pub const IBP_MIN_RAMP_STEPS: usize = 100;
+
+/// The default IBP ramp is never shorter than this many steps (if the run is long enough).
+pub const IBP_DEFAULT_MIN_RAMP_STEPS: usize = 200;
+
+/// `--ramp-epochs` when not given: 2; for IBP a quarter of the epochs after the warm-up
+/// (rounded up), but at least [`IBP_DEFAULT_MIN_RAMP_STEPS`] steps of `steps_per_epoch` and
+/// at most all epochs after the warm-up. IBP needs a gradual ramp (Gowal et al. 2018), but
+/// on cnn-s / mnist-small (40 epochs) a quarter-run ramp certified ~1 point more than a
+/// half-run one (two seeds) and a three-quarter one ~4 points less: time at the full eps
+/// matters too. See docs/ibp.md.
+pub fn default_ramp_epochs(method: Method, epochs: usize, warmup_epochs: usize, steps_per_epoch: usize) -> usize {
+    match method {
+        Method::Ibp => {
+            let after = epochs.saturating_sub(warmup_epochs).max(1);
+            let min = IBP_DEFAULT_MIN_RAMP_STEPS.div_ceil(steps_per_epoch.max(1));
+            after.div_ceil(4).max(min).min(after)
+        }
+        _ => 2,
+    }
 }
 
 /// Loads a dataset from the `--dataset` / `--data-dir` flags.
@@ -183,7 +225,7 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 pub fn run(a: &TrainArgs) -> Result<Metrics> {
     let splits = load_dataset(&a.dataset, a.data_dir.clone())?;
     let t = &splits.train;
-    let mut cfg = config(a, [t.height, t.width, t.channels], t.classes)?;
+    let mut cfg = config(a, [t.height, t.width, t.channels], t.classes, t.len())?;
     let init = match &a.init {
         None => None,
         Some(p) => {
@@ -194,6 +236,9 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             Some(ck.network)
         }
     };
+    if !(0.0..=1.0).contains(&a.ibp_kappa) {
+        bail!("--ibp-kappa {} is outside [0, 1]", a.ibp_kappa);
+    }
     if !a.quiet {
         eprintln!(
             "training {} on {} ({} train / {} test), method {}, eps {:.4}, {} params, {} MACs",
@@ -206,6 +251,30 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             cfg.arch.param_count(),
             cfg.arch.mac_count()
         );
+        if cfg.method == Method::Ibp {
+            eprintln!(
+                "IBP: {} natural warm-up epoch(s), then eps 0 -> {:.4} and kappa 1 -> {} over {} epoch(s){}",
+                cfg.warmup_epochs,
+                cfg.ibp_train_eps(),
+                cfg.ibp_kappa,
+                cfg.ramp_epochs,
+                if a.ibp_train_eps.is_none() {
+                    format!(" (train eps = {IBP_TRAIN_EPS_FACTOR} x eps)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if cfg.method == Method::Ibp && cfg.eps > 0.0 {
+        let n_train = if cfg.train_samples == 0 { t.len() } else { cfg.train_samples.min(t.len()) };
+        let ramp_steps = cfg.ramp_epochs * n_train.div_ceil(cfg.batch_size.max(1));
+        if ramp_steps < IBP_MIN_RAMP_STEPS {
+            eprintln!(
+                "warning: the IBP ramp is only {ramp_steps} steps; below ~{IBP_MIN_RAMP_STEPS} the bounds tend to blow \
+                 up and the model never becomes verifiable: use more --epochs or --ramp-epochs"
+            );
+        }
     }
     let opts = RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(interrupt_flag()), init };
     let m = train::train(&cfg, t, &splits.test, &a.out, &opts)?;
@@ -215,22 +284,31 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
 
 /// Prints the per-epoch table and the final evaluation.
 pub fn print_summary(m: &Metrics, out: &std::path::Path) {
-    println!("\n epoch  train-eps      lr   loss  train-acc  clean  pgd@eps  samples/s");
+    println!("\n epoch  train-eps      lr   loss  train-acc  clean  pgd@eps  ibp@eps  samples/s");
     for e in &m.epochs {
         println!(
-            " {:>5}  {:>9.4}  {:.1e}  {:.3}  {:>9.3}  {:.3}  {:>7.3}  {:>9.0}",
-            e.epoch, e.train_eps, e.lr, e.train_loss, e.train_acc, e.clean_acc, e.robust_acc, e.samples_per_s
+            " {:>5}  {:>9.4}  {:.1e}  {:.3}  {:>9.3}  {:.3}  {:>7.3}  {:>7.3}  {:>9.0}",
+            e.epoch,
+            e.train_eps,
+            e.lr,
+            e.train_loss,
+            e.train_acc,
+            e.clean_acc,
+            e.robust_acc,
+            e.ibp_verified_acc,
+            e.samples_per_s
         );
     }
     if let Some(f) = &m.final_eval {
         println!(
-            "\nfinal on {} test samples, eps {:.4}: clean {:.2}%, FGSM {:.2}%, {} {:.2}%",
+            "\nfinal on {} test samples, eps {:.4}: clean {:.2}%, FGSM {:.2}%, {} {:.2}%, IBP-verified (float) {:.2}%",
             f.samples,
             f.eps,
             100.0 * f.clean_acc,
             100.0 * f.fgsm_acc,
             f.attack.split(' ').next().unwrap_or("PGD"),
-            100.0 * f.robust_acc
+            100.0 * f.robust_acc,
+            100.0 * f.ibp_verified_acc
         );
     }
     println!(

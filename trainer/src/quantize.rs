@@ -4,7 +4,8 @@
 //! [`quantize`] walks the float network, fuses each Conv2d / DepthwiseConv2d / Dense with a
 //! following ReLU or ReLU6 into one int8 layer, calibrates activation ranges on real images,
 //! and produces an [`iocane_runtime::emit::ModelRepr`]: per-channel symmetric int8 weights
-//! (`s_w[c] = max|w_c| / 127`), int32 biases at `s_in * s_w[c]`, per-tensor asymmetric
+//! (`s_w[c] = max|w_c| / 127`, floored for channels with (nearly) no weights so the
+//! multiplier and bias stay representable), int32 biases at `s_in * s_w[c]`, per-tensor asymmetric
 //! activations, and requantization multipliers from the runtime's own
 //! [`quant::quantize_multiplier`]. The final Dense emits int32 logits at one common scale.
 //!
@@ -184,19 +185,6 @@ pub fn quantize(
                     ),
                     _ => unreachable!(),
                 };
-                // Channel c's weights: rows for Dense/Conv, a stride-oc column for depthwise.
-                let w = &p.weights;
-                let chan = |c: usize| channel_indices(op == OpKind::DepthwiseConv2d, w.len(), oc, c);
-                let mut s_w = vec![0f32; oc];
-                let mut wq = vec![0i8; w.len()];
-                for (c, sw) in s_w.iter_mut().enumerate() {
-                    let idx = chan(c);
-                    let m = idx.iter().map(|&i| w[i].abs()).fold(0f32, f32::max);
-                    *sw = if m > 0.0 { m / 127.0 } else { 1e-8 };
-                    for &i in &idx {
-                        wq[i] = quant::quantize_weight(w[i], *sw);
-                    }
-                }
                 // Output quantization.
                 let (s_out, zp_out, clamp) = if is_last {
                     let m = lo[index].abs().max(hi[index].abs()).max(1e-6) as f64;
@@ -222,6 +210,19 @@ pub fn quantize(
                     };
                     (s, zp, clamp)
                 };
+                // Channel c's weights: rows for Dense/Conv, a stride-oc column for depthwise.
+                let w = &p.weights;
+                let chan = |c: usize| channel_indices(op == OpKind::DepthwiseConv2d, w.len(), oc, c);
+                let mut s_w = vec![0f32; oc];
+                let mut wq = vec![0i8; w.len()];
+                for (c, sw) in s_w.iter_mut().enumerate() {
+                    let idx = chan(c);
+                    let m = idx.iter().map(|&i| w[i].abs()).fold(0f32, f32::max);
+                    *sw = (m / 127.0).max(channel_scale_floor(s_in, s_out, p.bias[c]));
+                    for &i in &idx {
+                        wq[i] = quant::quantize_weight(w[i], *sw);
+                    }
+                }
                 let mut bias = Vec::with_capacity(oc);
                 let mut multiplier = Vec::with_capacity(oc);
                 let mut shift = Vec::with_capacity(oc);
@@ -381,6 +382,19 @@ impl<'a> IntSim<'a> {
         }
         logits
     }
+}
+
+/// Smallest per-channel weight scale the exporter uses: the scale is `max|w_c| / 127`
+/// unless that is below `max(s_out, |b_c|) / (2^28 s_in)`. Channels (nearly) without
+/// weights — IBP training drives unneeded filters to ~0 — would otherwise get a
+/// requantization multiplier `s_in s_w / s_out` below the runtime's range (`2^-32`) or an
+/// int32 bias `b_c / (s_in s_w)` that saturates; at the floor the multiplier is at least
+/// `2^-28` and the bias at most `2^28` in magnitude. Weights below half the floor quantize to
+/// 0, which moves the channel's output by at most `K (1 + |b_c| / s_out) 2^-21` output steps
+/// (`K` = fan-in). Ordinary channels are orders of magnitude above the floor and unaffected.
+fn channel_scale_floor(s_in: f64, s_out: f64, bias: f32) -> f32 {
+    const TWO_28: f64 = (1u64 << 28) as f64;
+    (s_out.max(bias.abs() as f64) / (TWO_28 * s_in)) as f32
 }
 
 /// Weight fake-quantization for quantization-aware training: a copy of `net` whose weights

@@ -1,6 +1,15 @@
 //! The training loop: natural, FGSM, fast-FGSM and PGD adversarial training (Madry et al.
-//! 2018) with a natural warm-up and an eps ramp (curriculum), per-epoch clean and PGD
-//! evaluation, atomic per-epoch checkpoints and bit-identical `--resume`.
+//! 2018) and IBP certified training (Gowal et al. 2018) with a natural warm-up and an eps
+//! ramp (curriculum), per-epoch clean, PGD and IBP-verified evaluation, atomic per-epoch
+//! checkpoints and bit-identical `--resume`.
+//!
+//! # IBP certified training
+//! With [`Method::Ibp`] each step minimises `κ · CE(clean) + (1 - κ) · CE(worst case)` where
+//! the worst-case logits come from interval bounds on the box
+//! `[max(0, x - eps), min(1, x + eps)]` with the last layer elided (see
+//! [`crate::nn::ibp`]). After `warmup_epochs` natural epochs, eps ramps linearly **per
+//! step** from 0 to [`TrainConfig::ibp_train_eps`] over `ramp_epochs` epochs while κ ramps
+//! from 1 to [`TrainConfig::ibp_kappa`]; both then stay put.
 //!
 //! Every random choice derives from the seed: the shuffle of epoch `e` uses stream
 //! `SHUFFLE + e`, the attack of batch `b` in epoch `e` uses stream `ATTACK + e * 2^20 + b`,
@@ -37,6 +46,9 @@ pub enum Method {
     FgsmRs,
     /// PGD L-infinity examples with a random start (Madry et al. 2018).
     Pgd,
+    /// Interval bound propagation certified training (Gowal et al. 2018): the loss mixes the
+    /// clean cross-entropy with that of the IBP worst-case logits.
+    Ibp,
 }
 
 impl std::str::FromStr for Method {
@@ -47,7 +59,8 @@ impl std::str::FromStr for Method {
             "fgsm" => Method::Fgsm,
             "fgsm-rs" | "fast" => Method::FgsmRs,
             "pgd" => Method::Pgd,
-            _ => return Err(format!("unknown method `{s}`: expected natural, fgsm, fgsm-rs or pgd")),
+            "ibp" => Method::Ibp,
+            _ => return Err(format!("unknown method `{s}`: expected natural, fgsm, fgsm-rs, pgd or ibp")),
         })
     }
 }
@@ -59,6 +72,7 @@ impl std::fmt::Display for Method {
             Method::Fgsm => "fgsm",
             Method::FgsmRs => "fgsm-rs",
             Method::Pgd => "pgd",
+            Method::Ibp => "ibp",
         })
     }
 }
@@ -104,17 +118,55 @@ pub struct TrainConfig {
     /// int8-fake-quantized weights and applied to the float weights (straight-through).
     #[serde(default)]
     pub qat: bool,
+    /// IBP: final weight κ of the clean loss (κ ramps from 1 to this value together with eps).
+    #[serde(default = "default_ibp_kappa")]
+    pub ibp_kappa: f32,
+    /// IBP: the eps trained on (`None`: [`IBP_TRAIN_EPS_FACTOR`] times `eps`, capped at 1).
+    #[serde(default)]
+    pub ibp_train_eps: Option<f32>,
+}
+
+/// Default final κ of IBP training (Gowal et al. 2018).
+pub const DEFAULT_IBP_KAPPA: f32 = 0.5;
+
+/// IBP trains on `eps` times this factor unless [`TrainConfig::ibp_train_eps`] is set
+/// (Gowal et al. train with a larger eps than they test).
+pub const IBP_TRAIN_EPS_FACTOR: f32 = 1.1;
+
+fn default_ibp_kappa() -> f32 {
+    DEFAULT_IBP_KAPPA
 }
 
 impl TrainConfig {
-    /// eps used in epoch `epoch` (0-based): 0 during warm-up, then a linear ramp.
+    /// eps used in epoch `epoch` (0-based): 0 during warm-up, then a linear ramp (for IBP,
+    /// whose ramp advances per step, the eps of the epoch's last step).
     pub fn eps_at(&self, epoch: usize) -> f32 {
         if self.method == Method::Natural || epoch < self.warmup_epochs {
             return 0.0;
         }
         let into = (epoch - self.warmup_epochs + 1) as f32;
         let ramp = self.ramp_epochs.max(1) as f32;
-        self.eps * (into / ramp).min(1.0)
+        let target = if self.method == Method::Ibp { self.ibp_train_eps() } else { self.eps };
+        target * (into / ramp).min(1.0)
+    }
+
+    /// The eps IBP trains on at the end of the ramp: `ibp_train_eps`, or
+    /// [`IBP_TRAIN_EPS_FACTOR`] times `eps` (capped at 1).
+    pub fn ibp_train_eps(&self) -> f32 {
+        self.ibp_train_eps.unwrap_or((self.eps * IBP_TRAIN_EPS_FACTOR).min(1.0))
+    }
+
+    /// IBP `(eps, κ)` of batch `batch` (0-based) of epoch `epoch` with `steps_per_epoch`
+    /// batches: `(0, 1)` during the warm-up, then both ramp linearly per step over
+    /// `ramp_epochs` epochs to `(ibp_train_eps, ibp_kappa)`.
+    pub fn ibp_schedule(&self, epoch: usize, batch: usize, steps_per_epoch: usize) -> (f32, f32) {
+        if epoch < self.warmup_epochs {
+            return (0.0, 1.0);
+        }
+        let spe = steps_per_epoch.max(1);
+        let done = ((epoch - self.warmup_epochs) * spe + batch + 1) as f64;
+        let t = if self.ramp_epochs == 0 { 1.0 } else { (done / (self.ramp_epochs * spe) as f64).min(1.0) } as f32;
+        (self.ibp_train_eps() * t, self.ibp_kappa + (1.0 - t) * (1.0 - self.ibp_kappa))
     }
 
     /// The training attack at radius `eps`.
@@ -123,7 +175,7 @@ impl TrainConfig {
             return None;
         }
         Some(match self.method {
-            Method::Natural => return None,
+            Method::Natural | Method::Ibp => return None,
             Method::Fgsm => Attack::fgsm(eps),
             Method::FgsmRs => Attack::fgsm_rs(eps),
             Method::Pgd => {
@@ -165,6 +217,10 @@ pub struct EpochMetrics {
     pub clean_acc: f32,
     /// Test accuracy under the evaluation PGD attack at the target eps.
     pub robust_acc: f32,
+    /// Fraction of the evaluated test samples that IBP verifies at the target eps on the
+    /// float model (every elided margin lower bound `> 0`); any training method.
+    #[serde(default)]
+    pub ibp_verified_acc: f32,
     /// Training throughput.
     pub samples_per_s: f32,
     /// Wall time of the epoch (training and evaluation).
@@ -180,6 +236,10 @@ pub struct FinalMetrics {
     pub fgsm_acc: f32,
     /// Accuracy under PGD at `eps` (`attack` says which).
     pub robust_acc: f32,
+    /// Fraction verified by IBP at `eps` on the float model (a lower bound on the accuracy
+    /// under any attack in the float box).
+    #[serde(default)]
+    pub ibp_verified_acc: f32,
     /// The eps evaluated.
     pub eps: f32,
     /// Description of the PGD attack.
@@ -269,6 +329,20 @@ pub fn evaluate(net: &Network, data: &Dataset, limit: usize, attack: Option<&Att
     (clean as f32 / d, if attack.is_some() { robust as f32 / d } else { f32::NAN })
 }
 
+/// Fraction of the first `limit` samples of `data` (0 = all) that IBP verifies on the float
+/// model at `eps` (box `[max(0, x - eps), min(1, x + eps)]`, see [`Network::ibp_verified`]).
+pub fn verified_accuracy(net: &Network, data: &Dataset, limit: usize, eps: f32) -> f32 {
+    let n = if limit == 0 { data.len() } else { limit.min(data.len()) };
+    let bs = 512;
+    let mut verified = 0usize;
+    for start in (0..n).step_by(bs) {
+        let end = (start + bs).min(n);
+        let (x, labels) = batch(data, &(start..end).collect::<Vec<_>>());
+        verified += net.ibp_verified(&x, &labels, eps).iter().filter(|&&v| v).count();
+    }
+    verified as f32 / n.max(1) as f32
+}
+
 /// A float batch `[n, h, w, c]` (pixels / 255) and its labels.
 pub fn batch(data: &Dataset, idx: &[usize]) -> (Tensor, Vec<usize>) {
     let il = data.image_len();
@@ -299,6 +373,12 @@ pub fn train(
     }
     if !(0.0..=1.0).contains(&cfg.eps) {
         return Err(TrainError::Config(format!("eps {} is outside [0, 1]", cfg.eps)));
+    }
+    if !(0.0..=1.0).contains(&cfg.ibp_kappa) {
+        return Err(TrainError::Config(format!("IBP kappa {} is outside [0, 1]", cfg.ibp_kappa)));
+    }
+    if !(0.0..=1.0).contains(&cfg.ibp_train_eps()) {
+        return Err(TrainError::Config(format!("IBP training eps {} is outside [0, 1]", cfg.ibp_train_eps())));
     }
     if cfg.arch.input != [train.height, train.width, train.channels] || cfg.arch.classes != train.classes {
         return Err(TrainError::Config(format!(
@@ -357,7 +437,7 @@ pub fn train(
         let mut order: Vec<usize> = (0..n_train).collect();
         root.fork(SHUFFLE + epoch as u64).shuffle(&mut order);
         let bar = progress_bar(opts.progress, steps_per_epoch as u64, epoch + 1, cfg.epochs);
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let (mut loss_sum, mut correct, mut seen, mut verified) = (0f64, 0usize, 0usize, 0usize);
         let lr0 = cfg.schedule.lr(epoch, 0, steps_per_epoch);
         for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
             if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
@@ -367,24 +447,39 @@ pub fn train(
             let (x, labels) = batch(train, idx);
             let qnet = if cfg.qat { Some(crate::quantize::fake_quant_weights(&net)) } else { None };
             let grad_net = qnet.as_ref().unwrap_or(&net);
-            let x = match &attack {
-                Some(a) => {
-                    let mut rng = root.fork(ATTACK + ((epoch as u64) << 20) + b as u64);
-                    a.perturb(grad_net, &x, &labels, &mut rng)
+            let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
+            let (loss, n_correct, grads, shown_eps) = match ibp {
+                Some((ibp_eps, kappa)) if ibp_eps > 0.0 => {
+                    let r = grad_net.ibp_loss_and_grads(&x, &labels, ibp_eps, kappa, true);
+                    verified += r.verified;
+                    (r.loss, r.correct, r.param_grads, ibp_eps)
                 }
-                None => x,
+                _ => {
+                    let x = match &attack {
+                        Some(a) => {
+                            let mut rng = root.fork(ATTACK + ((epoch as u64) << 20) + b as u64);
+                            a.perturb(grad_net, &x, &labels, &mut rng)
+                        }
+                        None => x,
+                    };
+                    let lg = grad_net.loss_and_grads(&x, &labels, Want::PARAMS);
+                    (lg.loss, lg.correct, lg.param_grads, if ibp.is_some() { 0.0 } else { eps })
+                }
             };
-            let lg = grad_net.loss_and_grads(&x, &labels, Want::PARAMS);
             let lr = cfg.schedule.lr(epoch, b, steps_per_epoch);
-            if let Some(g) = &lg.param_grads {
+            if let Some(g) = &grads {
                 opt.step(net.params_mut(), g, lr);
             }
-            loss_sum += lg.loss as f64 * idx.len() as f64;
-            correct += lg.correct;
+            loss_sum += loss as f64 * idx.len() as f64;
+            correct += n_correct;
             seen += idx.len();
             let sps = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            let ibp_msg = match ibp {
+                Some((_, kappa)) => format!(" kappa {kappa:.3} verified {:.3}", verified as f64 / seen as f64),
+                None => String::new(),
+            };
             bar.set_message(format!(
-                "eps {eps:.3} loss {:.4} acc {:.3} {sps:.0} samples/s",
+                "eps {shown_eps:.3}{ibp_msg} loss {:.4} acc {:.3} {sps:.0} samples/s",
                 loss_sum / seen as f64,
                 correct as f64 / seen as f64
             ));
@@ -401,6 +496,7 @@ pub fn train(
         let eval_attack = cfg.eval_attack(cfg.eps);
         let (clean_acc, robust_acc) =
             evaluate(&net, test, cfg.eval_samples, if cfg.eps > 0.0 { Some(&eval_attack) } else { None }, cfg.seed);
+        let ibp_verified_acc = verified_accuracy(&net, test, cfg.eval_samples, cfg.eps);
         let em = EpochMetrics {
             epoch: epoch + 1,
             train_eps: eps,
@@ -409,12 +505,13 @@ pub fn train(
             train_acc: correct as f32 / seen.max(1) as f32,
             clean_acc,
             robust_acc: if robust_acc.is_nan() { clean_acc } else { robust_acc },
+            ibp_verified_acc,
             samples_per_s: (seen as f64 / train_secs.max(1e-9)) as f32,
             seconds: t0.elapsed().as_secs_f32(),
         };
         bar.finish_with_message(format!(
-            "loss {:.4} clean {:.3} pgd {:.3} ({:.0} samples/s)",
-            em.train_loss, em.clean_acc, em.robust_acc, em.samples_per_s
+            "loss {:.4} clean {:.3} pgd {:.3} ibp-verified {:.3} ({:.0} samples/s)",
+            em.train_loss, em.clean_acc, em.robust_acc, em.ibp_verified_acc, em.samples_per_s
         ));
         metrics.wall_seconds += em.seconds;
         metrics.epochs.push(em);
@@ -437,7 +534,8 @@ pub fn train(
     Ok(metrics)
 }
 
-/// Clean, FGSM and PGD (`cfg.eval_steps`) accuracy at `cfg.eps` on the first `limit` test samples.
+/// Clean, FGSM and PGD (`cfg.eval_steps`) accuracy and the IBP-verified fraction at `cfg.eps`
+/// on the first `limit` test samples.
 pub fn final_eval(net: &Network, test: &Dataset, cfg: &TrainConfig, limit: usize) -> FinalMetrics {
     let eps = cfg.eps;
     let pgd = cfg.eval_attack(eps);
@@ -455,6 +553,7 @@ pub fn final_eval(net: &Network, test: &Dataset, cfg: &TrainConfig, limit: usize
         clean_acc: clean,
         fgsm_acc: fgsm,
         robust_acc: if robust.is_nan() { clean } else { robust },
+        ibp_verified_acc: verified_accuracy(net, test, limit, eps),
         eps,
         attack: format!(
             "PGD-{} x{} restart(s), step 2.5*eps/steps, random start, 8-bit grid",

@@ -60,6 +60,8 @@ fn quantized_model_keeps_the_float_models_decisions() {
         eval_restarts: 1,
         train_samples: 3000,
         qat: false,
+        ibp_kappa: 0.5,
+        ibp_train_eps: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let m = train(&cfg, &splits.train, &splits.test, dir.path(), &RunOptions::default()).unwrap();
@@ -101,4 +103,56 @@ fn fake_quant_weights_are_exactly_representable() {
         // Idempotent.
         assert_eq!(fake_quant_weights(&fq).params(), fq.params());
     }
+}
+
+/// Channels with no or almost no weights (IBP training drives unneeded filters to ~0) still
+/// export: their multiplier and bias stay representable, the runtime matches the integer
+/// simulation, and the int8 logits track the float ones as closely as for the intact network.
+#[test]
+fn dead_channels_quantize() {
+    let splits = load(&DatasetSpec::MnistSmall).unwrap();
+    let spec = ArchSpec::preset("cnn-m", [28, 28, 1], 10).unwrap();
+    let intact = Network::new(spec, 21).unwrap();
+    let mut dead = intact.clone();
+    {
+        let layers = &mut dead.params_mut().layers;
+        // Layer 0 (conv16k3, 9 weights per filter): filter 6 all zero with a positive bias
+        // (a constant channel), filter 3 at 1e-9.
+        layers[0].weights[6 * 9..7 * 9].fill(0.0);
+        layers[0].bias[6] = 0.31;
+        layers[0].weights[3 * 9..4 * 9].iter_mut().for_each(|w| *w *= 1e-9);
+        // Hidden dense64 (layer 9): unit 5 at 1e-10.
+        let k = layers[9].weights.len() / 64;
+        layers[9].weights[5 * k..6 * k].iter_mut().for_each(|w| *w *= 1e-10);
+    }
+    let test = splits.test.take(100);
+    let (x, _) = iocane_trainer::train::batch(&test, &(0..test.len()).collect::<Vec<_>>());
+    let mut worst = Vec::new();
+    for (name, net) in [("intact", &intact), ("dead", &dead)] {
+        let repr = quantize(net, &splits.train, 200, vec![], vec![]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let blob = repr.emit();
+        let model = Model::parse(&blob).unwrap();
+        let sim = IntSim::new(&repr);
+        let scale = repr.layers.last().unwrap().out_scale as f64;
+        let float = net.forward(&x);
+        let (mut arena, mut logits) = (vec![0u8; model.arena_size()], vec![0i32; 10]);
+        let (mut err, mut range) = (0f64, 0f64);
+        for i in 0..test.len() {
+            model.run(test.image(i), &mut arena, &mut logits).unwrap();
+            assert_eq!(logits, sim.logits(test.image(i)), "{name}: runtime and simulation differ");
+            for (j, &z) in logits.iter().enumerate() {
+                let f = float.data[i * 10 + j] as f64;
+                err = err.max((z as f64 * scale - f).abs());
+                range = range.max(f.abs());
+            }
+        }
+        worst.push(err / range);
+    }
+    assert!(worst[0] < 0.1, "intact network: relative logit error {}", worst[0]);
+    assert!(
+        worst[1] < 2.0 * worst[0] + 0.01,
+        "dead channels: relative logit error {} vs intact {}",
+        worst[1],
+        worst[0]
+    );
 }

@@ -26,6 +26,8 @@ fn config(method: Method, epochs: usize) -> TrainConfig {
         eval_restarts: 1,
         train_samples: 2500,
         qat: false,
+        ibp_kappa: 0.5,
+        ibp_train_eps: None,
     }
 }
 

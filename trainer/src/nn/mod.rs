@@ -1,6 +1,7 @@
 //! The float neural-network core: tensors, layer specs, layers with forward/backward
 //! passes, the [`Network`] container with its (deterministically parallel) training entry
-//! point, optimizers with LR schedules, and the adversarial attacks used for training.
+//! point, optimizers with LR schedules, the adversarial attacks used for training, and
+//! interval bound propagation ([`ibp`]) for certified training.
 //!
 //! # Conventions (shared with the int8 exporter and runtime)
 //! - Layout is NHWC: a batch is a [`Tensor`] with `shape = [n, h, w, c]`; dense outputs are
@@ -25,12 +26,14 @@ pub mod attack;
 mod conv;
 mod engine;
 mod gemm;
+pub mod ibp;
 pub mod layers;
 mod network;
 mod optim;
 mod spec;
 mod tensor;
 
+pub use ibp::{linf_box, IbpLossGrads};
 pub use network::{chunk_size_for, Grads, LayerParams, LossGrads, Network, Params, Want};
 pub use optim::{LrSchedule, NamedBuffer, Optimizer, OptimizerConfig, OptimizerState};
 pub use spec::{ArchSpec, LayerSpec, PRESETS};

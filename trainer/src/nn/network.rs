@@ -156,12 +156,12 @@ pub struct LossGrads {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(try_from = "NetworkRepr", into = "NetworkRepr")]
 pub struct Network {
-    spec: ArchSpec,
-    params: Params,
+    pub(super) spec: ArchSpec,
+    pub(super) params: Params,
     shapes: Vec<[usize; 3]>,
-    plan: Plan,
-    chunk: usize,
-    grad_pool: GradPool,
+    pub(super) plan: Plan,
+    pub(super) chunk: usize,
+    pub(super) grad_pool: GradPool,
 }
 
 impl PartialEq for Network {
@@ -511,14 +511,14 @@ impl Network {
 
 /// Recycled per-chunk gradient buffers (avoids re-faulting fresh pages on every call).
 #[derive(Default)]
-struct GradPool(Mutex<Vec<Params>>);
+pub(super) struct GradPool(Mutex<Vec<Params>>);
 
 impl GradPool {
     const MAX: usize = 64;
-    fn take(&self) -> Option<Params> {
+    pub(super) fn take(&self) -> Option<Params> {
         self.0.lock().ok()?.pop()
     }
-    fn put(&self, p: Params) {
+    pub(super) fn put(&self, p: Params) {
         if let Ok(mut v) = self.0.lock() {
             if v.len() < Self::MAX {
                 v.push(p);
@@ -539,7 +539,7 @@ impl std::fmt::Debug for GradPool {
     }
 }
 
-fn same_structure(a: &Params, b: &Params) -> bool {
+pub(super) fn same_structure(a: &Params, b: &Params) -> bool {
     a.layers.len() == b.layers.len()
         && a.layers
             .iter()
