@@ -604,26 +604,17 @@ impl Network {
 
         // Combine in chunk order (deterministic).
         let (mut loss, mut clean, mut robust, mut correct, mut verified) = (0f64, 0f64, 0f64, 0usize, 0usize);
-        let mut param_grads: Option<Params> = None;
-        for o in outs {
-            loss += o.loss;
-            clean += o.clean;
-            robust += o.robust;
-            correct += o.correct;
-            verified += o.verified;
-            if let Some(g) = o.grads {
-                match param_grads.as_mut() {
-                    None => param_grads = Some(g),
-                    Some(acc) => {
-                        acc.add_assign(&g);
-                        self.grad_pool.put(g);
-                    }
-                }
-            }
-        }
-        if want_params && param_grads.is_none() {
-            param_grads = Some(self.params.zeros_like());
-        }
+        let param_grads = self.sum_chunk_grads(
+            outs.into_iter().map(|o| {
+                loss += o.loss;
+                clean += o.clean;
+                robust += o.robust;
+                correct += o.correct;
+                verified += o.verified;
+                o.grads
+            }),
+            want_params,
+        );
         let d = n.max(1) as f64;
         IbpLossGrads {
             loss: (loss / d) as f32,

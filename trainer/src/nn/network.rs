@@ -377,6 +377,30 @@ impl Network {
         (r.loss, r.correct)
     }
 
+    /// Sums per-chunk parameter gradients in chunk order (so the result does not depend on
+    /// the thread count), returning the spent buffers to the pool; zeros when parameter
+    /// gradients are wanted but there were no chunks.
+    pub(super) fn sum_chunk_grads(
+        &self,
+        grads: impl IntoIterator<Item = Option<Params>>,
+        want_params: bool,
+    ) -> Option<Params> {
+        let mut total: Option<Params> = None;
+        for g in grads.into_iter().flatten() {
+            match total.as_mut() {
+                None => total = Some(g),
+                Some(acc) => {
+                    acc.add_assign(&g);
+                    self.grad_pool.put(g);
+                }
+            }
+        }
+        if want_params && total.is_none() {
+            total = Some(self.params.zeros_like());
+        }
+        total
+    }
+
     /// Mean softmax cross-entropy of the batch, accuracy, and the requested gradients of
     /// the mean loss. The batch is processed in chunks of [`Network::chunk_size`] samples in
     /// parallel;
@@ -481,22 +505,13 @@ impl Network {
 
         // Combine in chunk order (deterministic).
         let mut loss_sum = 0.0f64;
-        let mut param_grads: Option<Params> = None;
-        for o in outs {
-            loss_sum += o.loss_sum;
-            if let Some(g) = o.grads {
-                match param_grads.as_mut() {
-                    None => param_grads = Some(g),
-                    Some(acc) => {
-                        acc.add_assign(&g);
-                        self.grad_pool.put(g);
-                    }
-                }
-            }
-        }
-        if want_params && param_grads.is_none() {
-            param_grads = Some(self.params.zeros_like());
-        }
+        let param_grads = self.sum_chunk_grads(
+            outs.into_iter().map(|o| {
+                loss_sum += o.loss_sum;
+                o.grads
+            }),
+            want_params,
+        );
         let correct = predictions.iter().zip(labels).filter(|(p, l)| p == l).count();
         LossGrads {
             loss: if n > 0 { (loss_sum / n as f64) as f32 } else { 0.0 },
