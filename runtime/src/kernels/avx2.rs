@@ -150,6 +150,20 @@ fn requant8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> [u
     out
 }
 
+/// [`Requant8`] constants of the `groups` groups of eight channels from `c0` (the block's
+/// unused slots repeat the first group and are never read).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn requant_block<P: ChannelParams>(
+    params: &P,
+    c0: usize,
+    groups: usize,
+    count: usize,
+) -> [Requant8; CHANNEL_BLOCK / 8] {
+    let first = Requant8::new(params, c0, count);
+    core::array::from_fn(|g| if g > 0 && g < groups { Requant8::new(params, c0 + 8 * g, count) } else { first })
+}
+
 /// Horizontal sums of eight 8-lane accumulators, in order: lane `j` is `Σ acc[j]`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -338,8 +352,9 @@ fn gather_whole(win: &Window, input: &[u8], zpv: __m256i, iy0: isize, ix0: isize
     true
 }
 
-/// AVX2 [`super::conv2d`] for kernels with `kh * kw * in_c <= CONV_PATCH_MAX`; returns
-/// `false` (having written nothing) for larger ones, which take the portable path.
+/// AVX2 [`super::conv2d`]: [`conv2d_direct`] when the padded input and one group of
+/// weights fit its scratch, else [`conv2d_patches`] when `kh * kw * in_c <= CONV_PATCH_MAX`;
+/// returns `false` (having written nothing) otherwise, and the portable path runs.
 pub(super) fn conv2d<P: ChannelParams>(
     win: &Window,
     input: &[u8],
@@ -348,11 +363,11 @@ pub(super) fn conv2d<P: ChannelParams>(
     params: &P,
     out: &mut Output<'_>,
 ) -> bool {
-    let per_oc = win.kernel.0 * win.kernel.1 * win.input.c;
-    if per_oc == 0 || per_oc > CONV_PATCH_MAX {
+    let per_oc = per_channel(win);
+    if per_oc == 0 {
         return false;
     }
-    // SAFETY (all three calls): this module is compiled only when AVX2 is enabled for the
+    // SAFETY (all four calls): this module is compiled only when AVX2 is enabled for the
     // whole build.
     let padded =
         (win.input.h + win.padding.0 + win.padding.2) * (win.input.w + win.padding.1 + win.padding.3) * win.input.c;
@@ -365,9 +380,13 @@ pub(super) fn conv2d<P: ChannelParams>(
     } else {
         false
     };
-    if !direct {
-        unsafe { conv2d_patches(win, input, weights, in_zp, params, out) };
+    if direct {
+        return true;
     }
+    if per_oc > CONV_PATCH_MAX {
+        return false;
+    }
+    unsafe { conv2d_patches(win, input, weights, in_zp, params, out) };
     true
 }
 
@@ -411,7 +430,7 @@ fn conv2d_patches<P: ChannelParams>(
             }
         }
         let wblock = &wt[..groups * 8 * kp];
-        let q: [Requant8; CHANNEL_BLOCK / 8] = core::array::from_fn(|g| Requant8::new(params, c0 + 8 * g, oc));
+        let q = requant_block(params, c0, groups, oc);
         for oy in 0..win.output.h {
             for ox in 0..win.output.w {
                 gather(win, input, zpv, oy, ox, &mut patch_buf, kp);
@@ -599,7 +618,7 @@ fn conv2d_direct<const N: usize, const W: usize, P: ChannelParams>(
             }
         }
         let wblock = &wt[..groups * group_len];
-        let q: [Requant8; CHANNEL_BLOCK / 8] = core::array::from_fn(|g| Requant8::new(params, c0 + 8 * g, oc));
+        let q = requant_block(params, c0, groups, oc);
         let (mut oy, mut ox) = (0, 0);
         for p0 in (0..npix).step_by(PIXELS) {
             let pn = PIXELS.min(npix - p0);
