@@ -164,7 +164,7 @@ pub fn run(c: &CertifyCmd) -> Result<u8> {
     let t0 = Instant::now();
     let outcome = gate::run(&model, test, &cfg, &|d| bar.inc(d));
     bar.finish_and_clear();
-    let sha = iocane_trainer::export::sha256_hex(&bytes);
+    let sha = iocane_trainer::quant::export::sha256_hex(&bytes);
     let report = CertifyReport::new(
         &model_path.display().to_string(),
         &sha,
