@@ -236,7 +236,7 @@ pub fn certify_model(
     let s = model.input_shape();
     let id = RunIdentity {
         model_file: model_name.to_string(),
-        model_sha256: iocane_trainer::export::sha256_hex(bytes),
+        model_sha256: iocane_trainer::quant::export::sha256_hex(bytes),
         dataset: test.name.clone(),
         dataset_sha256: test.sha256_hex(),
         split_len: test.len(),
