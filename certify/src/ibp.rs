@@ -603,10 +603,13 @@ mod tests {
             let mut seen = std::collections::HashSet::new();
             for _ in 0..6 {
                 let x = pixels(model.input_len(), &mut rng);
-                let predicted = reference::run_model(&model, &x)
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, &z)| if z > reference::run_model(&model, &x)[best] { i } else { best });
+                let predicted = reference::run_model(&model, &x).iter().enumerate().fold(0, |best, (i, &z)| {
+                    if z > reference::run_model(&model, &x)[best] {
+                        i
+                    } else {
+                        best
+                    }
+                });
                 for label in 0..model.num_classes() {
                     for k in [0u8, 1, 3, 8] {
                         let (verdict, bounds) = b.certify_sample(&x, label, k);

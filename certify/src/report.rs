@@ -521,7 +521,11 @@ impl CertifyReport {
             if *file != crate::gate::counterexample_file(s.index) {
                 return Err(ReportError::Format {
                     path: path.into(),
-                    msg: format!("sample {} names counterexample `{file}`, expected `{}`", s.index, crate::gate::counterexample_file(s.index)),
+                    msg: format!(
+                        "sample {} names counterexample `{file}`, expected `{}`",
+                        s.index,
+                        crate::gate::counterexample_file(s.index)
+                    ),
                 });
             }
             let p = dir.join(file);
@@ -633,7 +637,9 @@ pub fn merge_reports(reports: &[CertifyReport]) -> Result<CertifyReport, MergeEr
         let other = r.identity();
         let what = if other.model_sha256 != id.model_sha256 {
             Some("model")
-        } else if (&other.dataset, &other.dataset_sha256, other.split_len) != (&id.dataset, &id.dataset_sha256, id.split_len) {
+        } else if (&other.dataset, &other.dataset_sha256, other.split_len)
+            != (&id.dataset, &id.dataset_sha256, id.split_len)
+        {
             Some("dataset")
         } else if other.input_shape != id.input_shape || other.classes != id.classes {
             Some("image shape or classes")
@@ -726,4 +732,194 @@ pub fn png_bytes(px: &[u8], (h, w, c): (usize, usize, usize)) -> Result<Vec<u8>,
         wr.write_image_data(&data).map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::{self, GateConfig, Radius, Threshold};
+    use iocane_runtime::emit::{random_model, SplitMix64, SynthLayer};
+    use iocane_runtime::{Model, Shape};
+    use iocane_trainer::data::Dataset;
+    use std::sync::atomic::AtomicBool;
+
+    /// A 3x5x2 (non-square, two-channel) dataset of noise, with a model that takes it.
+    fn fixture() -> (Vec<u8>, Dataset) {
+        let blob = random_model(Shape::new(3, 5, 2), 3, &[SynthLayer::Dense { units: 6, relu: true }], 9).emit();
+        let mut rng = SplitMix64(3);
+        let n = 24;
+        let images = (0..n * 30).map(|_| rng.range(0, 255) as u8).collect();
+        let model = Model::parse(&blob).unwrap();
+        let data0 = Dataset {
+            name: "noise/test".into(),
+            height: 3,
+            width: 5,
+            channels: 2,
+            classes: 3,
+            labels_text: vec!["a".into(), "b".into(), "c".into()],
+            images,
+            labels: vec![0; n],
+        };
+        // Label each image with the model's own class so that some samples are correct.
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; 3];
+        let labels = (0..n).map(|i| model.run(data0.image(i), &mut arena, &mut logits).unwrap() as u8).collect();
+        let data = Dataset { labels, ..data0 };
+        (blob, data)
+    }
+
+    fn config(shard: (usize, usize), seed: u64) -> GateConfig {
+        GateConfig {
+            k: 40,
+            sweep: vec![0, 8],
+            samples: 0,
+            shard,
+            seed,
+            pgd_steps: 3,
+            pgd_restarts: 1,
+            pgd_step_size: None,
+            square_queries: 20,
+            random_samples: 5,
+            gate: GateKind::Empirical,
+            threshold: "1/2".parse::<Threshold>().unwrap(),
+            strict: false,
+        }
+    }
+
+    fn report(blob: &[u8], data: &Dataset, cfg: GateConfig) -> CertifyReport {
+        let model = Model::parse(blob).unwrap();
+        let outcome = gate::run(&model, data, &cfg, &|_| {}, &AtomicBool::new(false)).unwrap();
+        let id = RunIdentity {
+            model_file: "m.icn".into(),
+            model_sha256: "00".into(),
+            dataset: data.name.clone(),
+            dataset_sha256: data.sha256_hex(),
+            split_len: data.len(),
+            input_shape: [3, 5, 2],
+            classes: 3,
+            radius: Radius::levels(cfg.k),
+        };
+        CertifyReport::new(id, cfg, outcome, 1.0)
+    }
+
+    /// Issue 10.3: a validated merge of a complete cover equals the unsharded run; an
+    /// incomplete cover, a repeated shard, or shards of another run are refused.
+    #[test]
+    fn issue10_merge_proves_one_runs_disjoint_complete_cover() {
+        let (blob, data) = fixture();
+        let whole = report(&blob, &data, config((0, 1), 1));
+        let parts: Vec<CertifyReport> = (0..3).map(|i| report(&blob, &data, config((i, 3), 1))).collect();
+        let merged = merge_reports(&parts).unwrap();
+        assert_eq!(merged.outcome.samples, whole.outcome.samples);
+        assert_eq!(merged.gate_count, whole.gate_count);
+        assert_eq!(merged.passed, whole.passed);
+        assert_eq!(merged.config, whole.config);
+        assert!(whole.outcome.samples.iter().any(|s| s.counterexample.is_some()), "fixture has no counterexample");
+
+        let refused = |rs: &[CertifyReport], needle: &str| {
+            let e = merge_reports(rs).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        };
+        refused(&parts[..1], "missing");
+        refused(&[parts[0].clone(), parts[0].clone(), parts[1].clone(), parts[2].clone()], "given twice");
+        refused(&[parts[0].clone(), parts[1].clone(), report(&blob, &data, config((2, 3), 2))], "settings");
+        let mut other_model = parts[2].clone();
+        other_model.model_sha256 = "ff".into();
+        refused(&[parts[0].clone(), parts[1].clone(), other_model], "model");
+        let mut other_threshold = parts[2].clone();
+        other_threshold.config.threshold = "0.9".parse().unwrap();
+        refused(&[parts[0].clone(), parts[1].clone(), other_threshold], "settings");
+        let mut other_eps = parts[2].clone();
+        other_eps.eps_requested = "0.16".into();
+        other_eps.eps_exact = false;
+        refused(&[parts[0].clone(), parts[1].clone(), other_eps], "eps");
+        let mut other_data = parts[2].clone();
+        other_data.dataset_sha256 = "aa".into();
+        refused(&[parts[0].clone(), parts[1].clone(), other_data], "dataset");
+        // A tampered shard: counts that do not match its verdicts, or a sample of another shard.
+        let mut tampered = parts[2].clone();
+        tampered.outcome.levels.iter_mut().for_each(|l| l.empirical = l.clean);
+        refused(&[parts[0].clone(), parts[1].clone(), tampered], "do not match");
+        let mut stolen = parts[2].clone();
+        stolen.outcome.samples[0].index = 0;
+        refused(&[parts[0].clone(), parts[1].clone(), stolen], "should hold");
+        refused(&[], "no shard reports");
+    }
+
+    /// Issue 10.9: counterexamples of any channel count become real PNGs, the report writes
+    /// and reads back (non-square, two channels), and a reused report directory keeps no
+    /// stale counterexample while files it does not own survive.
+    #[test]
+    fn issue10_two_channel_pngs_and_no_stale_counterexamples() {
+        let png = png_bytes(&[7u8; 30], (3, 5, 2)).unwrap();
+        assert!(png.len() > 30 && png.starts_with(b"\x89PNG"));
+        assert!(png_bytes(&[7u8; 29], (3, 5, 2)).is_err());
+        let (blob, data) = fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r");
+        let big = report(&blob, &data, config((0, 1), 1));
+        big.write(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        let cx = std::fs::read_dir(dir.join(COUNTEREXAMPLES)).unwrap().count();
+        assert!(cx >= 2, "fixture should have counterexamples");
+        let back = CertifyReport::read(&dir.join("report.json")).unwrap();
+        assert_eq!(back.outcome.samples, big.outcome.samples);
+        let mut small_cfg = config((0, 1), 1);
+        small_cfg.k = 0;
+        small_cfg.sweep = vec![];
+        let small = report(&blob, &data, small_cfg);
+        assert!(small.outcome.samples.iter().all(|s| s.counterexample.is_none()));
+        small.write(&dir).unwrap();
+        assert!(!dir.join(COUNTEREXAMPLES).exists(), "stale counterexamples survived");
+        assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // A report whose counterexample file was swapped for a wrong-sized one is refused.
+        big.write(&dir).unwrap();
+        let first = big.outcome.samples.iter().find_map(|s| s.counterexample_file.clone()).unwrap();
+        std::fs::write(dir.join(&first), b"short").unwrap();
+        assert!(CertifyReport::read(&dir.join("report.json")).is_err());
+    }
+
+    /// Issue 10, output: junit.xml fails exactly when the exit code does.
+    #[test]
+    fn issue10_junit_agrees_with_the_verdict() {
+        let (blob, data) = fixture();
+        let mut r = report(&blob, &data, config((0, 1), 1));
+        r.warnings = vec!["a protocol warning".into()];
+        for strict in [false, true] {
+            r.config.strict = strict;
+            let r = CertifyReport::new(r.identity(), r.config.clone(), r.outcome.clone(), 1.0);
+            let mut r = r;
+            r.warnings = vec!["a protocol warning".into()];
+            r.passed = r.gate_met && !(strict && !r.warnings.is_empty());
+            let xml = r.junit();
+            let failures = usize::from(!r.gate_met) + usize::from(strict);
+            assert!(xml.contains(&format!("failures=\"{failures}\"")), "{xml}");
+            assert_eq!(xml.contains("<failure message=\"1 warning(s)"), strict, "{xml}");
+        }
+    }
+
+    /// Issue 10, output: report.json records the version and the requested and applied eps,
+    /// and holds no inline pixels.
+    #[test]
+    fn issue10_report_records_version_and_eps() {
+        let (blob, data) = fixture();
+        let mut r = report(&blob, &data, config((0, 1), 1));
+        r.eps_requested = "0.16".into();
+        r.eps_exact = false;
+        let json = serde_json::to_string(&r).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["iocane_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["eps_requested"], "0.16");
+        assert_eq!(v["config"]["k"], 40);
+        assert_eq!(v["eps_exact"], false);
+        let s = v["outcome"]["samples"].as_array().unwrap();
+        assert!(s.iter().all(|s| s.get("counterexample").is_none()));
+        assert!(s.iter().any(|s| s["counterexample_file"].is_string()));
+    }
 }

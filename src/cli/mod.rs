@@ -74,7 +74,7 @@ pub enum Command {
         /// The model blob.
         file: PathBuf,
     },
-    /// Train a classifier (natural, FGSM or PGD adversarial training) and save a float checkpoint.
+    /// Train a classifier (natural, FGSM / PGD adversarial or IBP certified training) and save a float checkpoint.
     Train(train::TrainArgs),
     /// Quantize a trained run to int8 and write model.icn, model.rs, model.h (and model.onnx).
     Export(export::ExportArgs),
@@ -82,7 +82,7 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Release gate: attacks and sound bounds on the exact int8 model; exit 0 pass, 1 fail, 2 error.
     Certify(certify::CertifyCmd),
-    /// End-to-end demo on the embedded data: train (PGD), export to int8, certify at 4/255 and 0.1.
+    /// End-to-end demo on the embedded data: train cnn-s with PGD and with IBP, export both to int8, certify at 4/255 and 0.1.
     Demo(demo::DemoArgs),
 }
 
@@ -114,10 +114,16 @@ fn run(cli: Cli) -> Result<u8> {
             print!("{text}");
             Ok(EXIT_OK)
         }
-        Command::Train(a) => {
-            train::run(&a)?;
-            Ok(EXIT_OK)
-        }
+        Command::Train(a) => match train::run(&a) {
+            Ok(_) => Ok(EXIT_OK),
+            Err(e) => match e.downcast_ref::<iocane_trainer::train::TrainError>() {
+                Some(t @ iocane_trainer::train::TrainError::Interrupted { .. }) => {
+                    eprintln!("{t}");
+                    Ok(EXIT_INTERRUPTED)
+                }
+                _ => Err(e),
+            },
+        },
         Command::Export(a) => {
             export::run(&a)?;
             Ok(EXIT_OK)

@@ -1,8 +1,6 @@
 //! `iocane train`: train a classifier naturally, adversarially or with IBP certified training.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -99,9 +97,14 @@ pub struct TrainArgs {
     /// Start from the weights of this checkpoint (a run dir or model.ckpt), e.g. to fine-tune.
     #[arg(long)]
     pub init: Option<PathBuf>,
-    /// Continue from OUT/model.ckpt, bit-identically.
+    /// Continue from OUT/model.ckpt, bit-identically (the flags must be the run's own; the
+    /// ones that differ are named).
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh even if OUT already holds a run (its model.ckpt and metrics.json are
+    /// removed first).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -208,17 +211,58 @@ pub fn load_dataset(name: &str, dir: Option<PathBuf>) -> Result<data::Splits> {
     data::load(&spec).with_context(|| format!("loading dataset {name}"))
 }
 
-/// Installs a Ctrl-C handler that sets the returned flag (the trainer stops after the batch).
-pub fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    let _ = ctrlc::set_handler(move || {
-        if f.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
+/// Checks `OUT` before any work: a fresh run refuses to overwrite an existing one without
+/// `--force` (and with it removes the old run's files, so a later `--resume` cannot mix two
+/// runs); `--resume` needs a checkpoint and the checkpoint's own configuration, naming every
+/// setting that differs.
+fn check_out_dir(a: &TrainArgs, cfg: &TrainConfig) -> Result<()> {
+    let ckpt = a.out.join("model.ckpt");
+    let metrics = a.out.join("metrics.json");
+    if a.resume {
+        if !ckpt.exists() {
+            bail!("--resume: {} does not exist (nothing to resume; drop --resume to start a new run)", ckpt.display());
         }
-        eprintln!("\ninterrupt: finishing the current batch (press Ctrl-C again to abort)");
-    });
-    flag
+        let ck = iocane_trainer::checkpoint::load(&ckpt).context("--resume: loading the checkpoint")?;
+        let want = serde_json::to_value(cfg)?;
+        let differ: Vec<String> = match (&ck.train_config, &want) {
+            (serde_json::Value::Object(old), serde_json::Value::Object(new)) => new
+                .iter()
+                .filter(|(k, v)| old.get(*k) != Some(*v))
+                .map(|(k, v)| {
+                    let old = old.get(k).map_or("(absent)".to_string(), |o| o.to_string());
+                    format!("{k}: checkpoint {old}, flags {v}")
+                })
+                .collect(),
+            _ => vec!["the checkpoint's configuration is unreadable".into()],
+        };
+        if !differ.is_empty() {
+            bail!(
+                "--resume with other settings than the run in {}; use the run's own flags:\n  {}",
+                a.out.display(),
+                differ.join("\n  ")
+            );
+        }
+    } else if ckpt.exists() || metrics.exists() {
+        if !a.force {
+            bail!(
+                "{} already holds a run (model.ckpt / metrics.json): pass --resume to continue it or --force to start afresh",
+                a.out.display()
+            );
+        }
+        for f in [&ckpt, &metrics] {
+            match std::fs::remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", f.display()))
+                }
+                _ => {}
+            }
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let probe = a.out.join(format!(".iocane-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe").with_context(|| format!("{} is not writable", a.out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Runs `iocane train`.
@@ -230,8 +274,7 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
         None => None,
         Some(p) => {
             let path = if p.is_dir() { p.join("model.ckpt") } else { p.clone() };
-            let ck = iocane_trainer::train::checkpoint::load(&path)
-                .with_context(|| format!("loading --init {}", path.display()))?;
+            let ck = iocane_trainer::train::checkpoint::load(&path).context("loading the --init checkpoint")?;
             cfg.arch = ck.network.spec().clone();
             Some(ck.network)
         }
@@ -276,7 +319,9 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             );
         }
     }
-    let opts = RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(interrupt_flag()), init };
+    check_out_dir(a, &cfg)?;
+    let opts =
+        RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(super::interrupt_flag("training")), init };
     let m = train::train(&cfg, t, &splits.test, &a.out, &opts)?;
     print_summary(&m, &a.out);
     Ok(m)

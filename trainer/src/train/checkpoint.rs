@@ -24,7 +24,7 @@ use crate::nn::{ArchSpec, NamedBuffer, Network, NnError, OptimizerConfig, Optimi
 #[derive(Debug, Error)]
 pub enum CheckpointError {
     /// File system error.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -40,7 +40,7 @@ pub enum CheckpointError {
         msg: String,
     },
     /// The stored network is inconsistent.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Network {
         /// The file.
         path: PathBuf,

@@ -277,7 +277,7 @@ pub enum TrainError {
     #[error(transparent)]
     Network(#[from] NnError),
     /// I/O writing outputs.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -288,13 +288,24 @@ pub enum TrainError {
     #[error("invalid training configuration: {0}")]
     Config(String),
     /// Interrupted (Ctrl-C); the last completed epoch is saved.
-    #[error("interrupted after {completed} completed epoch(s); the checkpoint of the last completed epoch is in {dir}; continue with --resume")]
+    #[error("{}", interrupted_message(*completed, dir))]
     Interrupted {
         /// Completed epochs.
         completed: usize,
         /// Output directory.
         dir: PathBuf,
     },
+}
+
+fn interrupted_message(completed: usize, dir: &Path) -> String {
+    if completed == 0 {
+        format!("interrupted before the first epoch completed: no checkpoint was written in {}", dir.display())
+    } else {
+        format!(
+            "interrupted after {completed} completed epoch(s); the checkpoint of the last completed epoch is {}; continue with --resume",
+            dir.join("model.ckpt").display()
+        )
+    }
 }
 
 /// How to run (not part of the configuration: does not change results).
@@ -511,10 +522,15 @@ pub fn train(
             samples_per_s: (seen as f64 / train_secs.max(1e-9)) as f32,
             seconds: t0.elapsed().as_secs_f32(),
         };
-        bar.finish_with_message(format!(
+        let summary = format!(
             "loss {:.4} clean {:.3} pgd {:.3} ibp-verified {:.3} ({:.0} samples/s)",
             em.train_loss, em.clean_acc, em.robust_acc, em.ibp_verified_acc, em.samples_per_s
-        ));
+        );
+        if opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // No bar is drawn without a terminal (CI logs): one line per epoch instead.
+            eprintln!("epoch {}/{}: train-eps {:.4} {summary} in {:.1}s", epoch + 1, cfg.epochs, eps, em.seconds);
+        }
+        bar.finish_with_message(summary);
         metrics.wall_seconds += em.seconds;
         metrics.epochs.push(em);
         let ck = Checkpoint {
@@ -528,8 +544,21 @@ pub fn train(
         write_json(&metrics_path, &metrics)?;
     }
     if metrics.final_eval.is_none() {
+        let interrupted = || opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        if interrupted() {
+            return Err(TrainError::Interrupted { completed: cfg.epochs, dir: out_dir.into() });
+        }
+        if opts.progress {
+            eprintln!("final evaluation on {} test samples (clean, FGSM, PGD, IBP)", test.len());
+        }
         let t0 = Instant::now();
-        metrics.final_eval = Some(final_eval(&net, test, cfg, 0));
+        let fe = final_eval(&net, test, cfg, 0);
+        // A Ctrl-C during the final evaluation stops the run without recording it: the
+        // checkpoint of every epoch is already saved; --resume runs the evaluation again.
+        if interrupted() {
+            return Err(TrainError::Interrupted { completed: cfg.epochs, dir: out_dir.into() });
+        }
+        metrics.final_eval = Some(fe);
         metrics.wall_seconds += t0.elapsed().as_secs_f32();
         write_json(&metrics_path, &metrics)?;
     }
