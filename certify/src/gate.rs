@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-use iocane_runtime::emit::SplitMix64;
+use iocane_runtime::rng::SplitMix64;
 use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 

@@ -540,8 +540,9 @@ pub fn certify_sample(model: &Model<'_>, pixels: &[u8], label: usize, k: u8) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iocane_runtime::emit::{random_cnn_s, random_mlp, random_model, SplitMix64, SynthLayer};
     use iocane_runtime::kernels::reference;
+    use iocane_runtime::rng::SplitMix64;
+    use iocane_runtime::testing::{random_cnn_s, random_mlp, random_model, SynthLayer};
     use iocane_runtime::Shape;
 
     fn pixels(n: usize, rng: &mut SplitMix64) -> Vec<u8> {

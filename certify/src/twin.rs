@@ -525,7 +525,9 @@ fn quant_input_scale() -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iocane_runtime::emit::{random_cnn_s, random_model, ModelRepr, SplitMix64, SynthLayer};
+    use iocane_runtime::emit::ModelRepr;
+    use iocane_runtime::rng::SplitMix64;
+    use iocane_runtime::testing::{random_cnn_s, random_model, SynthLayer};
     use iocane_runtime::Shape;
 
     /// A random model whose provenance scales are made consistent with its multipliers:

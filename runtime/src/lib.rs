@@ -16,6 +16,9 @@
 //! - [`Model::run`]: the layer loop over a ping-pong arena whose exact size is in the
 //!   header. After `parse` succeeds, `run` can only fail on the caller's buffer sizes.
 //! - `emit` (feature `std`): the host-side builder, the inverse of `parse`.
+//! - [`rng`]: SplitMix64, the tiny integer generator the host tools draw from.
+//! - `testing` (feature `testing`): synthetic models with random weights, for tests, benches
+//!   and fuzz seeds only.
 //!
 //! ```
 //! # #[cfg(feature = "std")] {
@@ -48,6 +51,9 @@ pub mod format;
 pub mod kernels;
 mod model;
 pub mod quant;
+pub mod rng;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use format::{FormatError, Layer, LayerFault, Model, OpKind, Shape};
 pub use model::{window, Prediction, RunError};

@@ -10,7 +10,7 @@ use iocane_trainer::quant::{quantize, IntSim};
 fn int_simulation_is_bit_exact_with_the_runtime_for_every_preset() {
     let splits = load(&DatasetSpec::MnistSmall).unwrap();
     let test = splits.test.take(1000);
-    let mut rng = iocane_runtime::emit::SplitMix64(99);
+    let mut rng = iocane_runtime::rng::SplitMix64(99);
     for (k, name) in PRESETS.iter().enumerate() {
         let spec = ArchSpec::preset(name, [28, 28, 1], 10).unwrap();
         let net = Network::new(spec, 7 + k as u64).unwrap();
