@@ -9,7 +9,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 
 use crate::format::{self, align4, field, layer_field, tag, Model, OpKind, Shape, HEADER_LEN, LAYER_RECORD_LEN};
-use crate::quant;
+use crate::{geometry, quant};
 
 /// One layer, owned. Fields mirror the layer record of `docs/format.md`.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,11 +77,7 @@ impl LayerRepr {
 
     /// A pooling layer (`MaxPool2d` or `AvgPool2d`) without padding.
     pub fn pool(op: OpKind, input: Shape, kernel: (usize, usize), stride: (usize, usize), zp: i8) -> Self {
-        let output = Shape::new(
-            (input.h.saturating_sub(kernel.0)) / stride.0.max(1) + 1,
-            (input.w.saturating_sub(kernel.1)) / stride.1.max(1) + 1,
-            input.c,
-        );
+        let output = Self::window_output(input, kernel, stride, (0, 0, 0, 0), input.c);
         LayerRepr { kernel, stride, ..Self::bare(op, input, output, zp) }
     }
 
@@ -93,11 +89,11 @@ impl LayerRepr {
         padding: (usize, usize, usize, usize),
         channels: usize,
     ) -> Shape {
-        let ph = input.h + padding.0 + padding.2;
-        let pw = input.w + padding.1 + padding.3;
+        // A kernel larger than the padded input gives 1 (a layer the validator rejects).
+        let len = |i, p, k, s: usize| geometry::output_len(i, p, k, s.max(1)).unwrap_or(1);
         Shape::new(
-            ph.saturating_sub(kernel.0) / stride.0.max(1) + 1,
-            pw.saturating_sub(kernel.1) / stride.1.max(1) + 1,
+            len(input.h, padding.0 + padding.2, kernel.0, stride.0),
+            len(input.w, padding.1 + padding.3, kernel.1, stride.1),
             channels,
         )
     }

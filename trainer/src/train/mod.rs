@@ -135,6 +135,10 @@ pub const DEFAULT_IBP_KAPPA: f32 = 0.5;
 /// (Gowal et al. train with a larger eps than they test).
 pub const IBP_TRAIN_EPS_FACTOR: f32 = 1.1;
 
+/// Training images (the first ones, in file order) whose activation ranges set QAT's scales,
+/// recomputed at the start of every epoch; the same rule as the export's calibration.
+pub const QAT_CALIBRATION_IMAGES: usize = 256;
+
 fn default_ibp_kappa() -> f32 {
     DEFAULT_IBP_KAPPA
 }
@@ -441,13 +445,27 @@ pub fn train(
         let bar = progress_bar(opts.progress, steps_per_epoch as u64, epoch + 1, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut verified) = (0f64, 0usize, 0usize, 0usize);
         let lr0 = cfg.schedule.lr(epoch, 0, steps_per_epoch);
+        // QAT's activation ranges, from the weights at the start of the epoch.
+        let qat = match cfg.qat {
+            true => Some(
+                crate::quant::Calibration::new(&net, train, QAT_CALIBRATION_IMAGES)
+                    .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+            ),
+            false => None,
+        };
         for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
             if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
                 bar.abandon_with_message("interrupted");
                 return Err(TrainError::Interrupted { completed: epoch, dir: out_dir.into() });
             }
             let (x, labels) = batch(train, idx);
-            let qnet = if cfg.qat { Some(crate::quant::fake_quant_weights(&net)) } else { None };
+            let qnet = match &qat {
+                Some(cal) => Some(
+                    crate::quant::fake_quant_weights(&net, cal)
+                        .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+                ),
+                None => None,
+            };
             let grad_net = qnet.as_ref().unwrap_or(&net);
             let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
             let (loss, n_correct, grads, shown_eps) = match ibp {
