@@ -271,6 +271,34 @@ pub struct Metrics {
     pub wall_seconds: f32,
 }
 
+impl Metrics {
+    /// A copy without the wall-clock figures (each epoch's `samples_per_s` and `seconds`, and
+    /// `wall_seconds`): what the checkpoint stores, so that the same command gives the same
+    /// checkpoint bytes. The timings are in `metrics.json` only.
+    pub fn without_timings(&self) -> Metrics {
+        let mut m = self.clone();
+        for e in &mut m.epochs {
+            e.samples_per_s = 0.0;
+            e.seconds = 0.0;
+        }
+        m.wall_seconds = 0.0;
+        m
+    }
+
+    /// Takes the timings of the epochs `prev` (an earlier `metrics.json` of the same run) has,
+    /// and the total wall time as their sum: the inverse of [`Metrics::without_timings`] on
+    /// resume.
+    pub fn restore_timings(&mut self, prev: &Metrics) {
+        for e in &mut self.epochs {
+            if let Some(p) = prev.epochs.iter().find(|p| p.epoch == e.epoch) {
+                e.samples_per_s = p.samples_per_s;
+                e.seconds = p.seconds;
+            }
+        }
+        self.wall_seconds = self.epochs.iter().map(|e| e.seconds).sum();
+    }
+}
+
 /// Errors of a training run.
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -429,6 +457,10 @@ pub fn train(
         };
         if let Ok(m) = serde_json::from_value::<Metrics>(ck.metrics.clone()) {
             metrics = m;
+            // The checkpoint holds no timings; metrics.json has those of the epochs it saw.
+            if let Some(prev) = std::fs::read(&metrics_path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                metrics.restore_timings(&prev);
+            }
         }
         start_epoch = ck.epoch;
     }
@@ -540,7 +572,7 @@ pub fn train(
             optimizer: Some(opt.state()),
             epoch: epoch + 1,
             train_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
-            metrics: serde_json::to_value(&metrics).map_err(|e| TrainError::Config(e.to_string()))?,
+            metrics: serde_json::to_value(metrics.without_timings()).map_err(|e| TrainError::Config(e.to_string()))?,
         };
         checkpoint::save(&ckpt_path, &ck)?;
         write_json(&metrics_path, &metrics)?;
