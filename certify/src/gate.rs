@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use iocane_runtime::emit::SplitMix64;
+use iocane_runtime::rng::SplitMix64;
 use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 

@@ -70,7 +70,7 @@ pub enum LayerSpec {
 }
 
 fn conv_out(inp: usize, pad: usize, k: usize, s: usize) -> Option<usize> {
-    (inp + pad).checked_sub(k).map(|d| d / s + 1)
+    iocane_runtime::geometry::output_len(inp, pad, k, s)
 }
 
 impl LayerSpec {

@@ -135,6 +135,10 @@ pub const DEFAULT_IBP_KAPPA: f32 = 0.5;
 /// (Gowal et al. train with a larger eps than they test).
 pub const IBP_TRAIN_EPS_FACTOR: f32 = 1.1;
 
+/// Training images (the first ones, in file order) whose activation ranges set QAT's scales,
+/// recomputed at the start of every epoch; the same rule as the export's calibration.
+pub const QAT_CALIBRATION_IMAGES: usize = 256;
+
 fn default_ibp_kappa() -> f32 {
     DEFAULT_IBP_KAPPA
 }
@@ -265,6 +269,34 @@ pub struct Metrics {
     pub final_eval: Option<FinalMetrics>,
     /// Total training wall time in seconds (over all sessions of a resumed run).
     pub wall_seconds: f32,
+}
+
+impl Metrics {
+    /// A copy without the wall-clock figures (each epoch's `samples_per_s` and `seconds`, and
+    /// `wall_seconds`): what the checkpoint stores, so that the same command gives the same
+    /// checkpoint bytes. The timings are in `metrics.json` only.
+    pub fn without_timings(&self) -> Metrics {
+        let mut m = self.clone();
+        for e in &mut m.epochs {
+            e.samples_per_s = 0.0;
+            e.seconds = 0.0;
+        }
+        m.wall_seconds = 0.0;
+        m
+    }
+
+    /// Takes the timings of the epochs `prev` (an earlier `metrics.json` of the same run) has,
+    /// and the total wall time as their sum: the inverse of [`Metrics::without_timings`] on
+    /// resume.
+    pub fn restore_timings(&mut self, prev: &Metrics) {
+        for e in &mut self.epochs {
+            if let Some(p) = prev.epochs.iter().find(|p| p.epoch == e.epoch) {
+                e.samples_per_s = p.samples_per_s;
+                e.seconds = p.seconds;
+            }
+        }
+        self.wall_seconds = self.epochs.iter().map(|e| e.seconds).sum();
+    }
 }
 
 /// Errors of a training run.
@@ -436,6 +468,10 @@ pub fn train(
         };
         if let Ok(m) = serde_json::from_value::<Metrics>(ck.metrics.clone()) {
             metrics = m;
+            // The checkpoint holds no timings; metrics.json has those of the epochs it saw.
+            if let Some(prev) = std::fs::read(&metrics_path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                metrics.restore_timings(&prev);
+            }
         }
         start_epoch = ck.epoch;
     }
@@ -452,13 +488,27 @@ pub fn train(
         let bar = progress_bar(opts.progress, steps_per_epoch as u64, epoch + 1, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut verified) = (0f64, 0usize, 0usize, 0usize);
         let lr0 = cfg.schedule.lr(epoch, 0, steps_per_epoch);
+        // QAT's activation ranges, from the weights at the start of the epoch.
+        let qat = match cfg.qat {
+            true => Some(
+                crate::quant::Calibration::new(&net, train, QAT_CALIBRATION_IMAGES)
+                    .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+            ),
+            false => None,
+        };
         for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
             if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
                 bar.abandon_with_message("interrupted");
                 return Err(TrainError::Interrupted { completed: epoch, dir: out_dir.into() });
             }
             let (x, labels) = batch(train, idx);
-            let qnet = if cfg.qat { Some(crate::quant::fake_quant_weights(&net)) } else { None };
+            let qnet = match &qat {
+                Some(cal) => Some(
+                    crate::quant::fake_quant_weights(&net, cal)
+                        .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+                ),
+                None => None,
+            };
             let grad_net = qnet.as_ref().unwrap_or(&net);
             let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
             let (loss, n_correct, grads, shown_eps) = match ibp {
@@ -538,7 +588,7 @@ pub fn train(
             optimizer: Some(opt.state()),
             epoch: epoch + 1,
             train_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
-            metrics: serde_json::to_value(&metrics).map_err(|e| TrainError::Config(e.to_string()))?,
+            metrics: serde_json::to_value(metrics.without_timings()).map_err(|e| TrainError::Config(e.to_string()))?,
         };
         checkpoint::save(&ckpt_path, &ck)?;
         write_json(&metrics_path, &metrics)?;
