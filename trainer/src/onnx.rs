@@ -65,7 +65,7 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
 use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
 
-use crate::nn::{ArchSpec, LayerParams, LayerSpec, Network, NnError, Params, Tensor};
+use crate::nn::{ArchSpec, LayerParams, LayerSpec, Network, NnError, Params, Tensor, MAX_ACTIVATION};
 use crate::rng::Rng;
 
 /// ONNX opset version written by [`export_onnx`].
@@ -1307,14 +1307,23 @@ fn graph_input(graph: &pb::GraphProto, consts: &Consts) -> Result<Input, OnnxErr
         )));
     }
     let shape = t.shape.as_ref().ok_or_else(|| OnnxError::Graph(format!("input `{}` has no shape", input.name)))?;
-    let dims = shape
+    let dims: Vec<Option<usize>> = shape
         .dim
         .iter()
         .map(|d| match d.value {
-            Some(dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+            Some(dimension::Value::DimValue(v)) if v > 0 => Some(usize::try_from(v).unwrap_or(usize::MAX)),
             _ => None,
         })
         .collect();
+    // The image (every dim but the batch) is checked against the activation limit before any
+    // shape arithmetic, which could overflow on hostile dims.
+    let image = dims.iter().skip(1).flatten().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if image.is_none_or(|n| n > MAX_ACTIVATION) {
+        return Err(OnnxError::Graph(format!(
+            "input `{}` has dims {dims:?}: more than {MAX_ACTIVATION} values per image",
+            input.name
+        )));
+    }
     Ok(Input { name: input.name.clone(), dims })
 }
 
@@ -1725,4 +1734,36 @@ pub fn tract_forward(bytes: &[u8], layout: InputLayout, x: &Tensor) -> Result<Te
         out.extend_from_slice(&y[..k]);
     }
     Ok(Tensor::new([x.n(), 1, 1, k], out).expect("consistent output lengths"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny exported model whose graph input is replaced by one with `dims`.
+    fn with_input_dims(dims: &[Option<usize>]) -> Vec<u8> {
+        let spec = ArchSpec::from_compact("flatten,dense2", [2, 2, 1], 2).unwrap();
+        let bytes = export_onnx(&Network::new(spec, 1).unwrap()).unwrap();
+        let mut m = pb::ModelProto::decode(&bytes[..]).unwrap();
+        m.graph.as_mut().unwrap().input[0] = value_info("input", dims);
+        m.encode_to_vec()
+    }
+
+    #[test]
+    fn huge_input_dims_are_an_error_not_an_overflow() {
+        let opts = ImportOptions { skip_verify: true, ..ImportOptions::default() };
+        let big = 1usize << 33;
+        for dims in [
+            vec![None, Some(big), Some(big), Some(big)],
+            vec![None, Some(i64::MAX as usize)],
+            vec![Some(1), Some(1 << 25), Some(1)],
+        ] {
+            match import_onnx_with(&with_input_dims(&dims), &opts) {
+                Err(OnnxError::Graph(msg)) => assert!(msg.contains("values per image"), "{msg}"),
+                other => panic!("{dims:?}: {other:?}"),
+            }
+        }
+        // The unmodified shape still imports.
+        assert!(import_onnx_with(&with_input_dims(&[None, Some(1), Some(2), Some(2)]), &opts).is_ok());
+    }
 }
