@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use iocane_runtime::emit::SplitMix64;
@@ -38,8 +39,190 @@ impl std::str::FromStr for GateKind {
     }
 }
 
+/// The gate's minimum accuracy as an exact fraction `num / den` of the evaluated samples.
+///
+/// Parsed from a decimal (`0.8`, `.85`, `1`), a percentage (`80%`, `99.5%`) or a fraction
+/// (`4/5`), never through a float: `n` samples pass when at least
+/// [`Threshold::required`]`(n) = ceil(num * n / den)` of them count, so an accuracy exactly at
+/// the threshold passes and no rounding can let one below it through. Serialised as the
+/// reduced fraction `"num/den"` (`0.8` is written `"4/5"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold {
+    num: u64,
+    den: u64,
+}
+
+impl Threshold {
+    /// Zero: every run over at least one sample passes.
+    pub const ZERO: Threshold = Threshold { num: 0, den: 1 };
+
+    /// `num / den`, reduced; `None` unless `den > 0` and `num <= den`.
+    pub fn new(num: u64, den: u64) -> Option<Threshold> {
+        if den == 0 || num > den {
+            return None;
+        }
+        let g = gcd(num, den);
+        Some(Threshold { num: num / g, den: den / g })
+    }
+
+    /// Numerator and denominator (reduced).
+    pub fn fraction(&self) -> (u64, u64) {
+        (self.num, self.den)
+    }
+
+    /// The smallest count out of `n` that meets the threshold: `ceil(num * n / den)`.
+    pub fn required(&self, n: usize) -> usize {
+        let (num, den, n) = (self.num as u128, self.den as u128, n as u128);
+        (num * n).div_ceil(den) as usize
+    }
+
+    /// Whether `count` of `n` samples meet the threshold (`n` must be positive: a gate over
+    /// no samples proves nothing and is an error before it gets here).
+    pub fn met(&self, count: usize, n: usize) -> bool {
+        n > 0 && count >= self.required(n)
+    }
+
+    /// The threshold as a float, for display only (never for the decision).
+    pub fn as_f64(&self) -> f64 {
+        self.num as f64 / self.den as f64
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.num, self.den)
+    }
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+    /// Parses `0.8`, `80%` or `4/5`; anything outside [0, 1], NaN or infinite is an error.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let bad = || format!("bad threshold `{text}`: use a fraction of the samples in [0, 1] such as 0.8, 80% or 4/5");
+        let out_of_range = || format!("threshold `{text}` is outside [0, 1]");
+        if let Some((a, b)) = t.split_once('/') {
+            let num: u64 = a.trim().parse().map_err(|_| bad())?;
+            let den: u64 = b.trim().parse().map_err(|_| bad())?;
+            if den == 0 {
+                return Err(bad());
+            }
+            return Threshold::new(num, den).ok_or_else(out_of_range);
+        }
+        let (t, percent) = match t.strip_suffix('%') {
+            Some(p) => (p.trim(), true),
+            None => (t, false),
+        };
+        let (num, den) = parse_decimal(t).ok_or_else(|| if t.starts_with('-') { out_of_range() } else { bad() })?;
+        let den = if percent { den.checked_mul(100).ok_or_else(bad)? } else { den };
+        Threshold::new(num, den).ok_or_else(out_of_range)
+    }
+}
+
+/// An unsigned decimal `123.456` as `(123456, 1000)`; at most 12 fractional digits.
+pub(crate) fn parse_decimal(t: &str) -> Option<(u64, u64)> {
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 12
+        || int.len() > 6
+    {
+        return None;
+    }
+    let den = 10u64.pow(frac.len() as u32);
+    let int: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let frac: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    Some((int.checked_mul(den)?.checked_add(frac)?, den))
+}
+
+impl Serialize for Threshold {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The radius as asked for and as applied: perturbations live on 8-bit pixels, so a radius
+/// is a whole number `k` of pixel levels (`eps = k/255`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Radius {
+    /// What the user wrote (`0.1`, `4/255`).
+    pub requested: String,
+    /// The applied radius in levels: `floor(requested * 255)`, computed exactly.
+    pub k: u8,
+    /// Whether `requested` is exactly `k/255` (otherwise it was rounded down).
+    pub exact: bool,
+}
+
+impl std::str::FromStr for Radius {
+    type Err = String;
+    /// Parses a decimal (`0.1`) or a fraction (`4/255`, `1/10`) in [0, 1]; the applied radius
+    /// is `floor(eps * 255)` levels, computed in integers. A positive radius that rounds down
+    /// to 0 levels is an error (it would certify nothing while claiming a radius).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let bad = || format!("bad eps `{text}`: use a decimal like 0.1 or levels like 8/255");
+        let (num, den) = match t.split_once('/') {
+            Some((a, b)) => {
+                let num: u64 = a.trim().parse().map_err(|_| bad())?;
+                let den: u64 = b.trim().parse().map_err(|_| bad())?;
+                if den == 0 {
+                    return Err(format!("bad eps `{text}`: division by zero"));
+                }
+                (num, den)
+            }
+            None => parse_decimal(t).ok_or_else(bad)?,
+        };
+        if num > den {
+            return Err(format!("eps `{text}` is outside [0, 1]"));
+        }
+        let scaled = num as u128 * 255;
+        let k = (scaled / den as u128) as u8;
+        if num > 0 && k == 0 {
+            return Err(format!(
+                "eps `{text}` is less than one pixel level (1/255 = 0.0039): it would certify nothing; use 1/255 or more"
+            ));
+        }
+        Ok(Radius { requested: t.to_string(), k, exact: scaled % den as u128 == 0 })
+    }
+}
+
+impl Radius {
+    /// Exactly `k/255`.
+    pub fn levels(k: u8) -> Radius {
+        Radius { requested: format!("{k}/255"), k, exact: true }
+    }
+
+    /// A one-line warning when the requested radius was rounded down, else `None`.
+    pub fn rounding_warning(&self) -> Option<String> {
+        (!self.exact).then(|| {
+            format!(
+                "eps {} is not a whole number of pixel levels: applied k = {} levels ({}/255 = {:.6}), rounded down",
+                self.requested,
+                self.k,
+                self.k,
+                self.k as f64 / 255.0
+            )
+        })
+    }
+}
+
 /// Settings of a certification run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GateConfig {
     /// The radius the gate is about, in pixel levels (eps = k/255).
     pub k: u8,
@@ -63,8 +246,10 @@ pub struct GateConfig {
     pub random_samples: usize,
     /// The figure held against the threshold.
     pub gate: GateKind,
-    /// Minimum accuracy to pass.
-    pub threshold: f32,
+    /// Minimum accuracy to pass (exact; see [`Threshold`]).
+    pub threshold: Threshold,
+    /// Protocol warnings fail the gate too.
+    pub strict: bool,
 }
 
 /// The verdict of one sample at one radius.
@@ -94,9 +279,14 @@ pub struct SampleResult {
     pub verdict: SampleVerdict,
     /// Attacks that broke it (`fgsm`, `pgd`, `square`, `random`).
     pub broken_by: Vec<String>,
-    /// The counterexample (u8 pixels), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The counterexample (u8 pixels), if any; in `report.json` only as
+    /// [`SampleResult::counterexample_file`] (read back by `CertifyReport::read`).
+    #[serde(skip)]
     pub counterexample: Option<Vec<u8>>,
+    /// The counterexample's file, relative to the report directory
+    /// (`counterexamples/sample_<index>.bin`, raw NHWC u8 pixels; a `.png` beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterexample_file: Option<String>,
     /// Worst-case certified margin from the bounds (>= 0 means certified).
     pub bound_margin: Option<i64>,
 }
@@ -131,7 +321,7 @@ pub struct LevelCounts {
 }
 
 impl LevelCounts {
-    fn add(&mut self, o: &LevelCounts) {
+    pub(crate) fn add(&mut self, o: &LevelCounts) {
         self.n += o.n;
         self.clean += o.clean;
         self.certified += o.certified;
@@ -150,14 +340,85 @@ impl LevelCounts {
     }
 }
 
-/// One test sample: pixels, label, index in the split.
+/// Why a gate run cannot start or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The run would evaluate no sample (empty split, or a shard past the sample count).
+    #[error(
+        "the gate would evaluate 0 samples (test split of {split_len}, --samples {samples}, shard {}/{}): a gate over no samples proves nothing",
+        shard.0,
+        shard.1
+    )]
+    NoSamples {
+        /// Images in the test split.
+        split_len: usize,
+        /// `--samples` (0 = all).
+        samples: usize,
+        /// The shard.
+        shard: (usize, usize),
+    },
+    /// The shard is not `I/N` with `0 <= I < N`.
+    #[error("shard {0}/{1} is not I/N with 0 <= I < N")]
+    BadShard(usize, usize),
+    /// The model and the dataset do not fit together.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The run was interrupted (Ctrl-C) before every sample was done.
+    #[error("interrupted after {done} of {total} samples; nothing was written")]
+    Interrupted {
+        /// Samples finished.
+        done: usize,
+        /// Samples of the run.
+        total: usize,
+    },
+}
+
+/// Checks that `model` can be gated on `test` with `cfg` (shape, classes, labels, shard,
+/// at least one sample) before any work is done.
+pub fn validate(model: &Model<'_>, test: &Dataset, cfg: &GateConfig) -> Result<usize, GateError> {
+    let s = model.input_shape();
+    if [test.height, test.width, test.channels] != [s.h, s.w, s.c] {
+        return Err(GateError::Mismatch(format!(
+            "dataset {} has {}x{}x{} images, the model takes {s}",
+            test.name, test.height, test.width, test.channels
+        )));
+    }
+    if test.classes != model.num_classes() {
+        return Err(GateError::Mismatch(format!(
+            "dataset {} has {} classes, the model has {} outputs: certify a model on the data it classifies",
+            test.name,
+            test.classes,
+            model.num_classes()
+        )));
+    }
+    let (i, n) = cfg.shard;
+    if n == 0 || i >= n {
+        return Err(GateError::BadShard(i, n));
+    }
+    let idx = shard_indices(test.len(), cfg.samples, cfg.shard);
+    if idx.is_empty() {
+        return Err(GateError::NoSamples { split_len: test.len(), samples: cfg.samples, shard: cfg.shard });
+    }
+    if let Some(&bad) = idx.iter().find(|&&j| test.label(j) >= model.num_classes()) {
+        return Err(GateError::Mismatch(format!(
+            "sample {bad} of {} has label {}, but the model has only {} classes",
+            test.name,
+            test.label(bad),
+            model.num_classes()
+        )));
+    }
+    Ok(idx.len())
+}
+
+/// One test sample: pixels, label, index in the split, and the runtime's clean prediction.
 struct Sample<'d> {
     px: &'d [u8],
     label: usize,
     index: usize,
+    predicted: usize,
 }
 
-/// Evaluates one sample at radius `k`.
+/// Evaluates one sample at radius `k` (bounds computed once, the clean prediction given).
 fn one_sample(
     att: &mut Attacker<'_>,
     bnd: &mut Bounder<'_>,
@@ -168,40 +429,38 @@ fn one_sample(
 ) -> SampleResult {
     let (px, label, index) = (s.px, s.label, s.index);
     counts.n += 1;
-    let t0 = Instant::now();
-    let (verdict, bounds) = bnd.certify_sample(px, label, k);
-    counts.bound_seconds += t0.elapsed().as_secs_f64();
-    let predicted = att.classify(px);
     let mut res = SampleResult {
         index,
         label,
-        predicted,
+        predicted: s.predicted,
         verdict: SampleVerdict::Misclassified,
         broken_by: vec![],
         counterexample: None,
+        counterexample_file: None,
         bound_margin: None,
     };
-    if verdict == Verdict::Misclassified {
-        res.bound_margin = bounds.margin(label);
-        return res;
-    }
-    // The exact last-layer margin bound (>= 0 iff certified), consistent with the verdict.
-    let (lo, hi) = crate::ibp::linf_ball(px, k);
-    res.bound_margin = crate::ibp::worst_margin(&bnd.margin_lower_bounds(&lo, &hi, label), label);
-    counts.clean += 1;
-    if verdict == Verdict::Certified {
-        res.verdict = SampleVerdict::Certified;
-        for c in [
-            &mut counts.certified,
-            &mut counts.empirical,
-            &mut counts.fgsm,
-            &mut counts.pgd,
-            &mut counts.square,
-            &mut counts.random,
-        ] {
-            *c += 1;
+    let t0 = Instant::now();
+    let ball = bnd.bound_ball(px, label, k, s.predicted);
+    counts.bound_seconds += t0.elapsed().as_secs_f64();
+    res.bound_margin = ball.margin;
+    match ball.verdict {
+        Verdict::Misclassified => return res,
+        Verdict::Certified => {
+            counts.clean += 1;
+            res.verdict = SampleVerdict::Certified;
+            for c in [
+                &mut counts.certified,
+                &mut counts.empirical,
+                &mut counts.fgsm,
+                &mut counts.pgd,
+                &mut counts.square,
+                &mut counts.random,
+            ] {
+                *c += 1;
+            }
+            return res;
         }
-        return res;
+        Verdict::Unknown => counts.clean += 1,
     }
     let t1 = Instant::now();
     let mut rng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0x5EED_0000_0000);
@@ -235,11 +494,17 @@ fn one_sample(
     }
     if res.counterexample.is_some() {
         res.verdict = SampleVerdict::Falsified;
+        res.counterexample_file = Some(counterexample_file(index));
     } else {
         res.verdict = SampleVerdict::Unknown;
         counts.empirical += 1;
     }
     res
+}
+
+/// Where a sample's counterexample is stored, relative to the report directory.
+pub fn counterexample_file(index: usize) -> String {
+    format!("counterexamples/sample_{index}.bin")
 }
 
 /// The indices of the test split this shard covers.
@@ -249,7 +514,7 @@ pub fn shard_indices(total: usize, samples: usize, shard: (usize, usize)) -> Vec
 }
 
 /// Results of a run: per-sample results at the gate radius and counts at every radius.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GateOutcome {
     /// Per-sample results at `cfg.k`, in index order.
     pub samples: Vec<SampleResult>,
@@ -257,51 +522,76 @@ pub struct GateOutcome {
     pub levels: Vec<LevelCounts>,
 }
 
+impl GateOutcome {
+    /// The counts at radius `k`, if it was evaluated.
+    pub fn at(&self, k: u8) -> Option<&LevelCounts> {
+        self.levels.iter().find(|l| l.k == k)
+    }
+}
+
 /// Runs the gate on `test` with `model`, in parallel over samples (results do not depend on
-/// the thread count). `progress` is called with the number of samples finished so far.
-pub fn run(model: &Model<'_>, test: &Dataset, cfg: &GateConfig, progress: &(dyn Fn(u64) + Sync)) -> GateOutcome {
+/// the thread count). `progress` is called with the number of samples finished so far;
+/// when `cancel` becomes true the run stops early with [`GateError::Interrupted`].
+/// Everything [`validate`] checks is checked first.
+pub fn run(
+    model: &Model<'_>,
+    test: &Dataset,
+    cfg: &GateConfig,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &AtomicBool,
+) -> Result<GateOutcome, GateError> {
+    validate(model, test, cfg)?;
     let idx = shard_indices(test.len(), cfg.samples, cfg.shard);
     let mut ks: Vec<u8> = cfg.sweep.iter().copied().chain(std::iter::once(cfg.k)).collect();
     ks.sort_unstable();
     ks.dedup();
-    let per: Vec<(Vec<LevelCounts>, SampleResult)> = idx
+    let done = AtomicUsize::new(0);
+    let per: Vec<Option<(Vec<LevelCounts>, SampleResult)>> = idx
         .par_iter()
         .map_init(
             || (Attacker::new(model), Bounder::new(model)),
             |(att, bnd), &i| {
+                if cancel.load(Ordering::Relaxed) {
+                    return None;
+                }
                 let px = test.image(i);
-                let label = test.label(i);
+                let sample = Sample { px, label: test.label(i), index: i, predicted: att.classify(px) };
                 let mut levels = Vec::with_capacity(ks.len());
                 let mut main = None;
                 for &k in &ks {
                     let mut c = LevelCounts { k, ..LevelCounts::default() };
-                    let r = one_sample(att, bnd, cfg, &Sample { px, label, index: i }, k, &mut c);
+                    let r = one_sample(att, bnd, cfg, &sample, k, &mut c);
                     if k == cfg.k {
                         main = Some(r);
                     }
                     levels.push(c);
                 }
+                done.fetch_add(1, Ordering::Relaxed);
                 progress(1);
-                (levels, main.expect("gate radius is among the radii"))
+                main.map(|m| (levels, m))
             },
         )
         .collect();
+    if per.iter().any(Option::is_none) {
+        return Err(GateError::Interrupted { done: done.load(Ordering::Relaxed), total: idx.len() });
+    }
     let mut levels: Vec<LevelCounts> = ks.iter().map(|&k| LevelCounts { k, ..LevelCounts::default() }).collect();
     let mut samples = Vec::with_capacity(per.len());
-    for (lv, s) in per {
+    for (lv, s) in per.into_iter().flatten() {
         for (acc, l) in levels.iter_mut().zip(&lv) {
             acc.add(l);
         }
         samples.push(s);
     }
-    GateOutcome { samples, levels }
+    Ok(GateOutcome { samples, levels })
 }
 
-/// Merges shard outcomes (samples re-sorted by index, counts summed).
+/// Merges shard outcomes (samples re-sorted by index, counts summed). This only adds up:
+/// whether the parts are one run's disjoint, complete cover is checked by
+/// [`crate::report::merge_reports`], which is what a release gate must call.
 pub fn merge(parts: &[GateOutcome]) -> GateOutcome {
     let mut samples: Vec<SampleResult> = parts.iter().flat_map(|p| p.samples.iter().cloned()).collect();
     samples.sort_by_key(|s| s.index);
-    samples.dedup_by_key(|s| s.index);
     let mut levels: Vec<LevelCounts> = Vec::new();
     for p in parts {
         for l in &p.levels {

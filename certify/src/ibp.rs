@@ -69,6 +69,16 @@ pub enum Verdict {
     Misclassified,
 }
 
+/// The outcome of [`Bounder::bound_ball`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BallBound {
+    /// Certified, unknown or misclassified.
+    pub verdict: Verdict,
+    /// The worst-case certified margin (`>= 0` iff certified, for a correctly classified
+    /// sample); `None` for a model with one class.
+    pub margin: Option<i64>,
+}
+
 /// Reusable scratch for bounding many samples of one model without reallocating.
 #[derive(Clone, Debug)]
 pub struct Bounder<'m> {
@@ -208,6 +218,32 @@ impl<'m> Bounder<'m> {
             Verdict::Unknown
         };
         (verdict, bounds)
+    }
+
+    /// The verdict and worst-case margin of the ball of `k` levels around `pixels`, with the
+    /// bounds computed once. `predicted` is the runtime's class of the clean image (the
+    /// caller has it already): if it is not `label` the verdict is
+    /// [`Verdict::Misclassified`] and the margin is the plain [`LogitBounds::margin`];
+    /// otherwise the margin is [`worst_margin`] of [`Bounder::margin_lower_bounds`] and the
+    /// ball is certified iff it is `>= 0` (the same rule as [`Bounder::certify_sample`]).
+    ///
+    /// # Panics
+    /// As [`Bounder::margin_lower_bounds`].
+    pub fn bound_ball(&mut self, pixels: &[u8], label: usize, k: u8, predicted: usize) -> BallBound {
+        assert!(label < self.model.num_classes(), "label {label} out of range");
+        let (mut lo, mut hi) = (core::mem::take(&mut self.ball_lo), core::mem::take(&mut self.ball_hi));
+        lo.clear();
+        hi.clear();
+        lo.extend(pixels.iter().map(|&p| p.saturating_sub(k)));
+        hi.extend(pixels.iter().map(|&p| p.saturating_add(k)));
+        let bounds = self.logit_bounds(&lo, &hi);
+        (self.ball_lo, self.ball_hi) = (lo, hi);
+        if predicted != label {
+            return BallBound { verdict: Verdict::Misclassified, margin: bounds.margin(label) };
+        }
+        let margin = worst_margin(&self.elided_margins(&bounds, label), label);
+        let certified = bounds.proves(label) || margin.is_some_and(|m| m >= 0);
+        BallBound { verdict: if certified { Verdict::Certified } else { Verdict::Unknown }, margin }
     }
 
     /// Lower bounds on the logit differences `z[label] - z[j]` over every image of the box,
@@ -553,6 +589,41 @@ mod tests {
         let (lo, hi) = linf_ball(&[0, 3, 128, 250, 255], 4);
         assert_eq!(lo, [0, 0, 124, 246, 251]);
         assert_eq!(hi, [4, 7, 132, 254, 255]);
+    }
+
+    /// The gate's one-pass `bound_ball` gives the verdict of `certify_sample` and the margin
+    /// of `margin_lower_bounds` (misclassified: the plain margin), on every class and radius.
+    #[test]
+    fn bound_ball_agrees_with_the_two_pass_rule() {
+        let mut rng = SplitMix64(5);
+        for repr in [random_mlp(3), random_cnn_s(4)] {
+            let blob = repr.emit();
+            let model = Model::parse(&blob).unwrap();
+            let mut b = Bounder::new(&model);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..6 {
+                let x = pixels(model.input_len(), &mut rng);
+                let predicted = reference::run_model(&model, &x)
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, &z)| if z > reference::run_model(&model, &x)[best] { i } else { best });
+                for label in 0..model.num_classes() {
+                    for k in [0u8, 1, 3, 8] {
+                        let (verdict, bounds) = b.certify_sample(&x, label, k);
+                        let (lo, hi) = linf_ball(&x, k);
+                        let margin = if verdict == Verdict::Misclassified {
+                            bounds.margin(label)
+                        } else {
+                            worst_margin(&b.margin_lower_bounds(&lo, &hi, label), label)
+                        };
+                        let one = b.bound_ball(&x, label, k, predicted);
+                        assert_eq!((one.verdict, one.margin), (verdict, margin), "label {label} k {k}");
+                        seen.insert(verdict);
+                    }
+                }
+            }
+            assert!(seen.contains(&Verdict::Misclassified) && seen.len() >= 2, "{seen:?}");
+        }
     }
 
     #[test]

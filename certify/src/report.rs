@@ -13,7 +13,7 @@ use crate::gate::{GateConfig, GateKind, GateOutcome, LevelCounts, SampleVerdict}
 #[derive(Debug, Error)]
 pub enum ReportError {
     /// File system error.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -21,7 +21,7 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// A report could not be parsed or encoded.
-    #[error("{path}: {msg}")]
+    #[error("{}: {msg}", path.display())]
     Format {
         /// The file.
         path: PathBuf,
@@ -77,11 +77,13 @@ impl LevelSummary {
     }
 }
 
-/// The whole report (`report.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CertifyReport {
-    /// Report format version.
-    pub format: String,
+/// The report format this version writes and reads.
+pub const REPORT_FORMAT: &str = "iocane-certify-report-v2";
+
+/// What a run was about, besides its settings: enough to check that shard reports are one
+/// run's parts and to write their images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunIdentity {
     /// Model file as given.
     pub model_file: String,
     /// SHA-256 of the model blob.
@@ -90,13 +92,56 @@ pub struct CertifyReport {
     pub dataset: String,
     /// SHA-256 of the evaluated split (see `Dataset::sha256_hex`).
     pub dataset_sha256: String,
-    /// Settings (radius, attacks, seed, shard, gate, threshold).
+    /// Images in the evaluated split (before `--samples` and sharding).
+    pub split_len: usize,
+    /// Image shape `[h, w, c]` (NHWC u8 pixels).
+    pub input_shape: [usize; 3],
+    /// Classes of the model (and of the dataset).
+    pub classes: usize,
+    /// The radius as requested and as applied.
+    pub radius: crate::gate::Radius,
+}
+
+/// The whole report (`report.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertifyReport {
+    /// Report format version ([`REPORT_FORMAT`]).
+    pub format: String,
+    /// Version of iocane that wrote the report.
+    pub iocane_version: String,
+    /// Model file as given.
+    pub model_file: String,
+    /// SHA-256 of the model blob.
+    pub model_sha256: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// SHA-256 of the evaluated split (see `Dataset::sha256_hex`).
+    pub dataset_sha256: String,
+    /// Images in the evaluated split (before `--samples` and sharding).
+    pub split_len: usize,
+    /// Image shape `[h, w, c]`.
+    pub input_shape: [usize; 3],
+    /// Classes of the model.
+    pub classes: usize,
+    /// Settings (radius, attacks, seed, shard, gate, threshold, strict).
     pub config: GateConfig,
-    /// eps = k/255 of the gate.
+    /// The eps the user asked for, as written (`0.1`, `4/255`).
+    pub eps_requested: String,
+    /// eps = k/255 of the gate, as applied.
     pub eps: f64,
-    /// The figure held against the threshold.
+    /// Whether the requested eps is exactly `k/255` (else it was rounded down to `k`).
+    pub eps_exact: bool,
+    /// Samples the gate counted (at the gate radius).
+    pub gate_n: usize,
+    /// Samples that met the gate's criterion (certified or surviving every attack).
+    pub gate_count: usize,
+    /// Samples needed to pass: `ceil(threshold * gate_n)` (see `gate::Threshold`).
+    pub gate_required: usize,
+    /// The figure held against the threshold, `gate_count / gate_n` (display only).
     pub gate_value: f64,
-    /// Whether the gate passed.
+    /// Whether the gate's figure met the threshold.
+    pub gate_met: bool,
+    /// The verdict: `gate_met`, and with `config.strict` no protocol warning either.
     pub passed: bool,
     /// Accuracies at the gate radius.
     pub result: LevelSummary,
@@ -111,37 +156,40 @@ pub struct CertifyReport {
 }
 
 impl CertifyReport {
-    /// Builds the report and decides the gate.
-    pub fn new(
-        model_file: &str,
-        model_sha256: &str,
-        dataset: &str,
-        dataset_sha256: &str,
-        config: GateConfig,
-        outcome: GateOutcome,
-        seconds: f64,
-    ) -> Self {
+    /// Builds the report and decides the gate: passed iff the count of samples meeting the
+    /// gate's criterion is at least `ceil(threshold * n)`, over `n > 0` samples (exact
+    /// integer comparison), and, with `config.strict`, no protocol warning was raised.
+    pub fn new(id: RunIdentity, config: GateConfig, outcome: GateOutcome, seconds: f64) -> Self {
         let curve: Vec<LevelSummary> = outcome.levels.iter().map(LevelSummary::from_counts).collect();
-        let result = curve
-            .iter()
-            .find(|l| l.k == config.k)
-            .cloned()
-            .unwrap_or_else(|| LevelSummary::from_counts(&LevelCounts::default()));
-        let gate_value = match config.gate {
-            GateKind::Certified => result.certified_acc,
-            GateKind::Empirical => result.empirical_acc,
+        let at = outcome.at(config.k).cloned().unwrap_or_else(|| LevelCounts { k: config.k, ..Default::default() });
+        let result = LevelSummary::from_counts(&at);
+        let gate_count = match config.gate {
+            GateKind::Certified => at.certified,
+            GateKind::Empirical => at.empirical,
         };
-        let passed = gate_value + 1e-12 >= config.threshold as f64;
+        let gate_required = config.threshold.required(at.n);
+        let gate_met = config.threshold.met(gate_count, at.n);
         let warnings = crate::gate::protocol_warnings(&outcome);
+        let passed = gate_met && !(config.strict && !warnings.is_empty());
         CertifyReport {
-            format: "iocane-certify-report-v1".into(),
-            model_file: model_file.into(),
-            model_sha256: model_sha256.into(),
-            dataset: dataset.into(),
-            dataset_sha256: dataset_sha256.into(),
+            format: REPORT_FORMAT.into(),
+            iocane_version: env!("CARGO_PKG_VERSION").into(),
+            model_file: id.model_file,
+            model_sha256: id.model_sha256,
+            dataset: id.dataset,
+            dataset_sha256: id.dataset_sha256,
+            split_len: id.split_len,
+            input_shape: id.input_shape,
+            classes: id.classes,
+            eps_requested: id.radius.requested,
             eps: config.k as f64 / 255.0,
+            eps_exact: id.radius.exact,
             config,
-            gate_value,
+            gate_n: at.n,
+            gate_count,
+            gate_required,
+            gate_value: at.acc(gate_count),
+            gate_met,
             passed,
             result,
             curve,
@@ -151,24 +199,45 @@ impl CertifyReport {
         }
     }
 
+    /// The run this report belongs to.
+    pub fn identity(&self) -> RunIdentity {
+        RunIdentity {
+            model_file: self.model_file.clone(),
+            model_sha256: self.model_sha256.clone(),
+            dataset: self.dataset.clone(),
+            dataset_sha256: self.dataset_sha256.clone(),
+            split_len: self.split_len,
+            input_shape: self.input_shape,
+            classes: self.classes,
+            radius: crate::gate::Radius {
+                requested: self.eps_requested.clone(),
+                k: self.config.k,
+                exact: self.eps_exact,
+            },
+        }
+    }
+
     /// Count of samples with a verdict.
     pub fn count(&self, v: SampleVerdict) -> usize {
         self.outcome.samples.iter().filter(|s| s.verdict == v).count()
     }
 
-    /// JUnit XML: one test case for the gate, one per protocol check.
+    /// JUnit XML: one test case for the gate, one for the protocol checks. The failures agree
+    /// with the exit code: the protocol case fails only under `--strict`; otherwise its
+    /// warnings are reported as the case's `system-out`.
     pub fn junit(&self) -> String {
         let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
         let gate_name = format!(
-            "{} accuracy at eps {}/255 >= {:.4}",
+            "{} accuracy at eps {}/255 >= {}",
             match self.config.gate {
                 GateKind::Certified => "certified",
                 GateKind::Empirical => "empirical",
             },
             self.config.k,
-            self.config.threshold
+            self.threshold_text()
         );
-        let failures = usize::from(!self.passed) + self.warnings.len().min(1);
+        let protocol_fails = self.config.strict && !self.warnings.is_empty();
+        let failures = usize::from(!self.gate_met) + usize::from(protocol_fails);
         let mut o = String::new();
         let _ = writeln!(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
         let _ = writeln!(
@@ -177,33 +246,49 @@ impl CertifyReport {
             self.seconds
         );
         let _ = write!(o, "  <testcase classname=\"iocane.gate\" name=\"{}\"", esc(&gate_name));
-        if self.passed {
+        if self.gate_met {
             let _ = writeln!(o, "/>");
         } else {
             let _ = writeln!(
                 o,
-                ">\n    <failure message=\"{:.4} &lt; {:.4}\">model {} on {}: {:.4} below threshold {:.4}</failure>\n  </testcase>",
-                self.gate_value,
-                self.config.threshold,
+                ">\n    <failure message=\"{} of {} samples, {} needed\">model {} on {}: {} of {} samples ({:.2}%), below the threshold {} ({} needed)</failure>\n  </testcase>",
+                self.gate_count,
+                self.gate_n,
+                self.gate_required,
                 esc(&self.model_sha256),
                 esc(&self.dataset),
-                self.gate_value,
-                self.config.threshold
+                self.gate_count,
+                self.gate_n,
+                100.0 * self.gate_value,
+                self.threshold_text(),
+                self.gate_required
             );
         }
         let _ = write!(o, "  <testcase classname=\"iocane.protocol\" name=\"evaluation protocol checks\"");
         if self.warnings.is_empty() {
             let _ = writeln!(o, "/>");
+        } else if protocol_fails {
+            let _ = writeln!(
+                o,
+                ">\n    <failure message=\"{} warning(s) (--strict)\">{}</failure>\n  </testcase>",
+                self.warnings.len(),
+                esc(&self.warnings.join("\n"))
+            );
         } else {
             let _ = writeln!(
                 o,
-                ">\n    <failure message=\"{} warning(s)\">{}</failure>\n  </testcase>",
+                ">\n    <system-out>{} warning(s), not failing without --strict:\n{}</system-out>\n  </testcase>",
                 self.warnings.len(),
                 esc(&self.warnings.join("\n"))
             );
         }
         let _ = writeln!(o, "</testsuite>");
         o
+    }
+
+    /// The threshold as a percentage with its exact fraction, e.g. `80.00% (4/5)`.
+    pub fn threshold_text(&self) -> String {
+        format!("{:.2}% ({})", 100.0 * self.config.threshold.as_f64(), self.config.threshold)
     }
 
     /// Markdown summary.
@@ -220,15 +305,22 @@ impl CertifyReport {
         );
         let _ = writeln!(
             o,
-            "- threat model: L-infinity, eps = {}/255 = {:.4} (k = {} integer levels, clipped to [0, 255])",
-            self.config.k, self.eps, self.config.k
+            "- threat model: L-infinity, eps = {}/255 = {:.4} (k = {} integer levels, clipped to [0, 255]){}",
+            self.config.k,
+            self.eps,
+            self.config.k,
+            if self.eps_exact { String::new() } else { format!("; requested {}, rounded down", self.eps_requested) }
         );
         let _ = writeln!(
             o,
-            "- gate: {:?} accuracy {:.2}% vs threshold {:.2}%",
+            "- gate: {:?} accuracy {:.2}% ({} of {}) vs threshold {} ({} needed){}",
             self.config.gate,
             100.0 * self.gate_value,
-            100.0 * self.config.threshold as f64
+            self.gate_count,
+            self.gate_n,
+            self.threshold_text(),
+            self.gate_required,
+            if self.config.strict { "; --strict: protocol warnings fail the gate" } else { "" }
         );
         let _ = writeln!(
             o,
@@ -341,51 +433,297 @@ impl CertifyReport {
         o
     }
 
-    /// Writes report.json, junit.xml, summary.md, curve.svg and the counterexamples into `dir`.
-    pub fn write(&self, dir: &Path, shape: (usize, usize, usize)) -> Result<(), ReportError> {
-        let io = |path: PathBuf| move |source| ReportError::Io { path, source };
+    /// Writes report.json, junit.xml, summary.md, curve.svg and `counterexamples/` into `dir`.
+    ///
+    /// The directory's other files are left alone, but everything the report owns is
+    /// replaced: the counterexamples are written to a temporary folder first and swapped in,
+    /// so no stale counterexample of an earlier run survives, and every file is written
+    /// atomically, `report.json` last (an earlier `report.json` is removed first), so a
+    /// killed run never leaves a report that names files it did not write.
+    pub fn write(&self, dir: &Path) -> Result<(), ReportError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReportError::Io { path, source }
+        };
         let json = serde_json::to_string_pretty(self)
             .map_err(|e| ReportError::Format { path: dir.join("report.json"), msg: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let pid = std::process::id();
+        let tmp = dir.join(format!(".{COUNTEREXAMPLES}.tmp-{pid}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let [h, w, c] = self.input_shape;
+        let mut any = false;
+        for s in &self.outcome.samples {
+            if let (Some(cx), Some(file)) = (&s.counterexample, &s.counterexample_file) {
+                if !any {
+                    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                    any = true;
+                }
+                let name = Path::new(file).file_name().map(PathBuf::from).unwrap_or_default();
+                let bin = tmp.join(&name);
+                std::fs::write(&bin, cx).map_err(io(&bin))?;
+                let png = png_bytes(cx, (h, w, c)).map_err(|msg| ReportError::Format { path: bin.clone(), msg })?;
+                let png_path = bin.with_extension("png");
+                std::fs::write(&png_path, png).map_err(io(&png_path))?;
+            }
+        }
+        let report_path = dir.join("report.json");
+        match std::fs::remove_file(&report_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&report_path)(e)),
+            _ => {}
+        }
+        let live = dir.join(COUNTEREXAMPLES);
+        if live.exists() {
+            let old = dir.join(format!(".{COUNTEREXAMPLES}.old-{pid}"));
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&live, &old).map_err(io(&live))?;
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        if any {
+            std::fs::rename(&tmp, &live).map_err(io(&live))?;
+        }
         let put = |name: &str, bytes: &[u8]| {
             let p = dir.join(name);
-            iocane_trainer::checkpoint::write_atomic(&p, bytes).map_err(io(p.clone()))
+            iocane_trainer::checkpoint::write_atomic(&p, bytes).map_err(io(&p))
         };
-        put("report.json", json.as_bytes())?;
         put("junit.xml", self.junit().as_bytes())?;
         put("summary.md", self.markdown().as_bytes())?;
         put("curve.svg", self.svg().as_bytes())?;
+        put("report.json", json.as_bytes())
+    }
+
+    /// Parses `report.json` bytes (no counterexample pixels are loaded); the format must be
+    /// [`REPORT_FORMAT`].
+    pub fn from_json(bytes: &[u8]) -> Result<CertifyReport, String> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if head.format != REPORT_FORMAT {
+            return Err(format!(
+                "report format `{}`, this iocane reads `{REPORT_FORMAT}`: re-run the shard with this version",
+                head.format
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Reads a report written by [`CertifyReport::write`], with its counterexamples (each
+    /// must be the file the report names for it and hold exactly one image).
+    pub fn read(path: &Path) -> Result<CertifyReport, ReportError> {
+        let bytes = std::fs::read(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
+        let mut r = CertifyReport::from_json(&bytes).map_err(|msg| ReportError::Format { path: path.into(), msg })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let len = r.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        for s in &mut r.outcome.samples {
+            let Some(file) = &s.counterexample_file else { continue };
+            if *file != crate::gate::counterexample_file(s.index) {
+                return Err(ReportError::Format {
+                    path: path.into(),
+                    msg: format!("sample {} names counterexample `{file}`, expected `{}`", s.index, crate::gate::counterexample_file(s.index)),
+                });
+            }
+            let p = dir.join(file);
+            let cx = std::fs::read(&p).map_err(|source| ReportError::Io { path: p.clone(), source })?;
+            if Some(cx.len()) != len {
+                return Err(ReportError::Format {
+                    path: p,
+                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.input_shape),
+                });
+            }
+            s.counterexample = Some(cx);
+        }
+        Ok(r)
+    }
+
+    /// Checks that the report's counts, verdicts and sample indices agree with each other and
+    /// with its shard (what a merge relies on).
+    pub fn check_consistent(&self) -> Result<(), String> {
+        let c = &self.config;
+        let (i, n) = c.shard;
+        if n == 0 || i >= n {
+            return Err(format!("shard {i}/{n} is not I/N with 0 <= I < N"));
+        }
+        let want = crate::gate::shard_indices(self.split_len, c.samples, c.shard);
+        let got: Vec<usize> = self.outcome.samples.iter().map(|s| s.index).collect();
+        if got != want {
+            return Err(format!(
+                "shard {i}/{n} should hold samples {} of the split of {} ({} samples) but holds {}",
+                describe_indices(&want),
+                self.split_len,
+                want.len(),
+                describe_indices(&got)
+            ));
+        }
+        let mut ks: Vec<u8> = c.sweep.iter().copied().chain(std::iter::once(c.k)).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        if self.outcome.levels.iter().map(|l| l.k).collect::<Vec<_>>() != ks {
+            return Err("the radii of the counts do not match the configuration".into());
+        }
+        for l in &self.outcome.levels {
+            let ordered = l.certified <= l.empirical
+                && l.empirical <= l.clean
+                && l.clean <= l.n
+                && [l.fgsm, l.pgd, l.square, l.random].iter().all(|&x| l.certified <= x && x <= l.clean);
+            if l.n != want.len() || !ordered {
+                return Err(format!("the counts at k={} are inconsistent ({} samples in the shard)", l.k, want.len()));
+            }
+        }
+        let at = self.outcome.at(c.k).ok_or("no counts at the gate radius")?;
+        let count = |v: SampleVerdict| self.outcome.samples.iter().filter(|s| s.verdict == v).count();
+        if count(SampleVerdict::Certified) != at.certified
+            || want.len() - count(SampleVerdict::Misclassified) != at.clean
+            || count(SampleVerdict::Certified) + count(SampleVerdict::Unknown) != at.empirical
+        {
+            return Err(format!("the sample verdicts do not match the counts at k={}", c.k));
+        }
         for s in &self.outcome.samples {
-            if let Some(cx) = &s.counterexample {
-                put(&format!("counterexamples/sample_{}.bin", s.index), cx)?;
-                let png = png_bytes(cx, shape)
-                    .map_err(|msg| ReportError::Format { path: dir.join("counterexamples"), msg })?;
-                put(&format!("counterexamples/sample_{}.png", s.index), &png)?;
+            if s.label >= self.classes || s.predicted >= self.classes {
+                return Err(format!("sample {} has a class outside 0..{}", s.index, self.classes));
+            }
+            if (s.verdict == SampleVerdict::Falsified) != s.counterexample_file.is_some() {
+                return Err(format!("sample {}: a falsified verdict needs a counterexample, and only it", s.index));
             }
         }
         Ok(())
     }
+}
 
-    /// Reads a report written by [`CertifyReport::write`].
-    pub fn read(path: &Path) -> Result<CertifyReport, ReportError> {
-        let bytes = std::fs::read(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
-        serde_json::from_slice(&bytes).map_err(|e| ReportError::Format { path: path.into(), msg: e.to_string() })
+/// Why shard reports cannot be merged.
+#[derive(Debug, Error)]
+pub enum MergeError {
+    /// No report was given.
+    #[error("no shard reports to merge")]
+    Empty,
+    /// One report is inconsistent in itself.
+    #[error("shard report {index} ({file}): {msg}")]
+    Inconsistent {
+        /// Position in the list.
+        index: usize,
+        /// Its model file.
+        file: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The reports are not one run's parts.
+    #[error("shard reports are not one run's disjoint, complete cover: {0}")]
+    NotOneRun(String),
+}
+
+/// Merges shard reports into the report of the whole run, after proving that they are one
+/// run's disjoint and complete cover: every report is consistent in itself
+/// ([`CertifyReport::check_consistent`]); all have the same model, dataset, split, shape,
+/// classes, requested eps and settings (radius, sweep, samples, seed, attacks, gate,
+/// threshold, strict) but for the shard; and their shards are `0/N, 1/N, ..., N-1/N`, each
+/// exactly once. The gate is decided anew from the summed counts.
+pub fn merge_reports(reports: &[CertifyReport]) -> Result<CertifyReport, MergeError> {
+    let first = reports.first().ok_or(MergeError::Empty)?;
+    for (index, r) in reports.iter().enumerate() {
+        r.check_consistent().map_err(|msg| MergeError::Inconsistent { index, file: r.model_file.clone(), msg })?;
+    }
+    let settings = |r: &CertifyReport| {
+        let mut c = r.config.clone();
+        c.shard = (0, 1);
+        c
+    };
+    let (id, cfg) = (first.identity(), settings(first));
+    for r in &reports[1..] {
+        let other = r.identity();
+        let what = if other.model_sha256 != id.model_sha256 {
+            Some("model")
+        } else if (&other.dataset, &other.dataset_sha256, other.split_len) != (&id.dataset, &id.dataset_sha256, id.split_len) {
+            Some("dataset")
+        } else if other.input_shape != id.input_shape || other.classes != id.classes {
+            Some("image shape or classes")
+        } else if other.radius != id.radius {
+            Some("eps")
+        } else if settings(r) != cfg {
+            Some("settings (samples, sweep, seed, attacks, gate, threshold or strict)")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(MergeError::NotOneRun(format!("they differ in the {what}")));
+        }
+    }
+    let n = first.config.shard.1;
+    let mut seen = vec![false; n];
+    for r in reports {
+        let (i, m) = r.config.shard;
+        if m != n {
+            return Err(MergeError::NotOneRun(format!("shard counts differ ({n} and {m})")));
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(MergeError::NotOneRun(format!("shard {i}/{n} is given twice")));
+        }
+    }
+    let missing: Vec<String> = seen.iter().enumerate().filter(|(_, &s)| !s).map(|(i, _)| format!("{i}/{n}")).collect();
+    if !missing.is_empty() {
+        return Err(MergeError::NotOneRun(format!("shard(s) {} missing", missing.join(", "))));
+    }
+    let outcome = crate::gate::merge(&reports.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>());
+    let seconds = reports.iter().map(|r| r.seconds).sum();
+    let merged = CertifyReport::new(id, cfg, outcome, seconds);
+    merged
+        .check_consistent()
+        .map_err(|msg| MergeError::NotOneRun(format!("the merged report is inconsistent: {msg}")))?;
+    Ok(merged)
+}
+
+/// `0, 1, ..., 9` or `0, 4, 8 ... (25 in all)` for error messages.
+fn describe_indices(v: &[usize]) -> String {
+    let head: Vec<String> = v.iter().take(4).map(|i| i.to_string()).collect();
+    if v.len() <= 4 {
+        format!("[{}]", head.join(", "))
+    } else {
+        format!("[{} ... {}] ({} in all)", head.join(", "), v[v.len() - 1], v.len())
     }
 }
 
-/// Encodes an NHWC u8 image (1 or 3 channels) as PNG.
+/// The folder of a report's counterexamples.
+pub const COUNTEREXAMPLES: &str = "counterexamples";
+
+/// Checks, before any work, that a report can be written into `dir`: creates it and a
+/// probe file in it, then removes the probe.
+pub fn check_writable(dir: &Path) -> Result<(), ReportError> {
+    let io = |path: PathBuf| move |source| ReportError::Io { path, source };
+    std::fs::create_dir_all(dir).map_err(io(dir.into()))?;
+    let probe = dir.join(format!(".iocane-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe").map_err(io(dir.into()))?;
+    std::fs::remove_file(&probe).map_err(io(probe))
+}
+
+/// Encodes an NHWC u8 image as PNG: 1 channel as grayscale, 3 as RGB, any other count as
+/// its channels side by side in grayscale (`c` tiles of `w` columns), so no image is lost.
 pub fn png_bytes(px: &[u8], (h, w, c): (usize, usize, usize)) -> Result<Vec<u8>, String> {
-    let color = match c {
-        1 => png::ColorType::Grayscale,
-        3 => png::ColorType::Rgb,
-        _ => return Ok(Vec::new()),
+    if h.checked_mul(w).and_then(|hw| hw.checked_mul(c)) != Some(px.len()) || px.is_empty() {
+        return Err(format!("{} pixels do not make a {h}x{w}x{c} image", px.len()));
+    }
+    let (color, width, data) = match c {
+        1 => (png::ColorType::Grayscale, w, std::borrow::Cow::Borrowed(px)),
+        3 => (png::ColorType::Rgb, w, std::borrow::Cow::Borrowed(px)),
+        _ => {
+            let mut tiled = Vec::with_capacity(px.len());
+            for y in 0..h {
+                for ch in 0..c {
+                    tiled.extend((0..w).map(|x| px[(y * w + x) * c + ch]));
+                }
+            }
+            (png::ColorType::Grayscale, w * c, std::borrow::Cow::Owned(tiled))
+        }
+    };
+    let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(h)) else {
+        return Err(format!("a {h}x{w}x{c} image is too large for PNG"));
     };
     let mut out = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
+        let mut enc = png::Encoder::new(&mut out, width, height);
         enc.set_color(color);
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header().map_err(|e| e.to_string())?;
-        wr.write_image_data(px).map_err(|e| e.to_string())?;
+        wr.write_image_data(&data).map_err(|e| e.to_string())?;
     }
     Ok(out)
 }

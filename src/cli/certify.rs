@@ -1,15 +1,16 @@
 //! `iocane certify`: the release gate on the exact int8 model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use iocane_certify::gate::{self, GateConfig, GateKind};
-use iocane_certify::report::CertifyReport;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use iocane_certify::gate::{self, GateConfig, GateError, GateKind, Radius, Threshold};
+use iocane_certify::report::{self, CertifyReport, RunIdentity};
 use iocane_runtime::Model;
 
-use super::{EXIT_GATE_FAILED, EXIT_OK};
+use super::{EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK};
 
 /// `iocane certify MODEL ...` or `iocane certify merge DIR...`.
 #[derive(Debug, Args)]
@@ -27,6 +28,9 @@ pub struct CertifyCmd {
 #[derive(Debug, Subcommand)]
 pub enum CertifySub {
     /// Merge shard reports (report.json in each DIR) into one report and decide the gate.
+    ///
+    /// The shards must be one run's disjoint, complete cover (0/N .. N-1/N, each once, same
+    /// model, data, eps and settings); otherwise nothing is written and the exit code is 2.
     Merge {
         /// Shard report directories.
         #[arg(required = true)]
@@ -34,7 +38,62 @@ pub enum CertifySub {
         /// Output directory of the merged report.
         #[arg(long)]
         report: PathBuf,
+        /// No summary on stdout.
+        #[arg(long, short)]
+        quiet: bool,
     },
+}
+
+/// Which accuracy the gate checks (a clap value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GateArg {
+    /// Certified (proven) accuracy: a lower bound on robust accuracy.
+    Certified,
+    /// Empirical accuracy (survives every attack): an upper bound.
+    Empirical,
+}
+
+impl From<GateArg> for GateKind {
+    fn from(g: GateArg) -> GateKind {
+        match g {
+            GateArg::Certified => GateKind::Certified,
+            GateArg::Empirical => GateKind::Empirical,
+        }
+    }
+}
+
+/// `I/N`: shard `I` of `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard(pub usize, pub usize);
+
+/// Parses `I/N` with `0 <= I < N`.
+pub fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("bad shard `{s}`: use I/N, e.g. 0/4"))?;
+    let i: usize = i.trim().parse().map_err(|_| format!("bad shard index in `{s}`"))?;
+    let n: usize = n.trim().parse().map_err(|_| format!("bad shard count in `{s}`"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard `{s}`: need 0 <= I < N"));
+    }
+    Ok(Shard(i, n))
+}
+
+/// Parses an eps sweep: comma-separated radii, each `k/255`, a decimal (`0.05`) or a bare
+/// integer number of levels (`4`); the legacy form `0,1,2,4,8/255` (levels, one `/255` at
+/// the end) is accepted too. Returns levels.
+pub fn parse_sweep(s: &str) -> Result<Vec<u8>, String> {
+    let legacy = s.trim().strip_suffix("/255").filter(|rest| !rest.contains('/') && !rest.contains('.'));
+    let body = legacy.unwrap_or(s);
+    body.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            if !t.contains('/') && !t.contains('.') {
+                t.parse::<u8>().map_err(|_| format!("bad level `{t}` in the eps sweep (0..=255, or k/255, or a decimal)"))
+            } else {
+                t.parse::<Radius>().map(|r| r.k)
+            }
+        })
+        .collect()
 }
 
 /// Flags of the gate.
@@ -49,16 +108,20 @@ pub struct CertifyArgs {
     /// Directory holding Fashion-MNIST.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Radius: decimal (0.1) or levels (4/255); applied as k = floor(eps*255) pixel levels.
-    #[arg(long, default_value = "4/255", value_parser = super::train::parse_eps)]
-    pub eps: f32,
-    /// Minimum accuracy (0..1) the gate requires.
-    #[arg(long, default_value_t = 0.0)]
-    pub threshold: f32,
-    /// Which accuracy the gate checks: certified (proven) or empirical (survives attacks).
-    #[arg(long, default_value = "certified")]
-    pub gate: GateKind,
-    /// Test samples to evaluate (0 = all).
+    /// Radius: levels (4/255) or a decimal (0.1). Applied as k = floor(eps*255) whole pixel
+    /// levels, computed exactly; a radius that is not a whole number of levels is rounded
+    /// down with a warning (report.json records both), one below 1/255 is an error.
+    #[arg(long, default_value = "4/255", value_parser = str::parse::<Radius>)]
+    pub eps: Radius,
+    /// Minimum accuracy the gate requires: 0.8, 80% or 4/5, in [0, 1]. The gate passes when
+    /// at least ceil(threshold * n) of the n samples count (exact, no float rounding): an
+    /// accuracy equal to the threshold passes.
+    #[arg(long, default_value = "0", value_parser = str::parse::<Threshold>)]
+    pub threshold: Threshold,
+    /// Which accuracy the gate checks.
+    #[arg(long, value_enum, default_value_t = GateArg::Certified)]
+    pub gate: GateArg,
+    /// Test samples to evaluate (0 = all); a run over 0 samples is an error.
     #[arg(long, default_value_t = 500)]
     pub samples: usize,
     /// Seed of every random choice.
@@ -79,160 +142,149 @@ pub struct CertifyArgs {
     /// Random samples from the ball per sample.
     #[arg(long, default_value_t = 100)]
     pub random: usize,
-    /// Radii for the accuracy curve, e.g. 0,1,2,4,8/255 (levels, "/255" optional).
-    #[arg(long, default_value = "0,1,2,4,8/255")]
-    pub eps_sweep: String,
+    /// Radii for the accuracy curve: k/255, decimals, or bare integers as levels
+    /// (e.g. 0,1,2,4,8 or 1/255,2/255 or 0.01,0.02).
+    #[arg(long, default_value = "0,1,2,4,8", value_parser = parse_sweep)]
+    pub eps_sweep: Vec<u8>,
     /// Certify only shard I of N (sample i belongs to shard i % N), e.g. 0/4.
-    #[arg(long)]
-    pub shard: Option<String>,
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<Shard>,
     /// Fail (exit 1) on protocol warnings too.
     #[arg(long)]
     pub strict: bool,
-    /// Report directory.
+    /// Report directory (report.json, junit.xml, summary.md, curve.svg, counterexamples/);
+    /// the files the report owns are replaced, others are left alone.
     #[arg(long, default_value = "certify-report")]
     pub report: PathBuf,
-    /// No progress bar.
+    /// No progress and no summary on stdout.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
-/// Parses "0,1,2,4,8/255" into levels.
-pub fn parse_sweep(s: &str) -> Result<Vec<u8>> {
-    let s = s.trim().trim_end_matches("/255");
-    s.split(',')
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| t.trim().parse::<u8>().with_context(|| format!("bad level `{t}` in --eps-sweep (0..=255)")))
-        .collect()
+impl CertifyArgs {
+    /// The library configuration these flags describe.
+    pub fn config(&self) -> GateConfig {
+        GateConfig {
+            k: self.eps.k,
+            sweep: self.eps_sweep.clone(),
+            samples: self.samples,
+            shard: self.shard.map_or((0, 1), |Shard(i, n)| (i, n)),
+            seed: self.seed,
+            pgd_steps: self.steps,
+            pgd_restarts: self.restarts,
+            pgd_step_size: self.step_size,
+            square_queries: self.square_queries,
+            random_samples: self.random,
+            gate: self.gate.into(),
+            threshold: self.threshold,
+            strict: self.strict,
+        }
+    }
 }
 
 /// Runs `iocane certify`; returns the exit code.
 pub fn run(c: &CertifyCmd) -> Result<u8> {
-    if let Some(CertifySub::Merge { dirs, report }) = &c.sub {
-        return merge(dirs, report);
+    if let Some(CertifySub::Merge { dirs, report, quiet }) = &c.sub {
+        return merge(dirs, report, *quiet);
     }
     let a = &c.args;
     let model_path = a.model.as_ref().context("missing MODEL")?;
     let bytes = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
-    let model =
-        Model::parse(&bytes).with_context(|| format!("{} is not a valid iocane model", model_path.display()))?;
     let splits = super::train::load_dataset(&a.dataset, a.data_dir.clone())?;
-    let test = &splits.test;
-    if [test.height, test.width, test.channels] != [model.input_shape().h, model.input_shape().w, model.input_shape().c]
-    {
-        bail!(
-            "dataset {} has {}x{}x{} images, the model takes {}",
-            a.dataset,
-            test.height,
-            test.width,
-            test.channels,
-            model.input_shape()
-        );
-    }
-    let k = (a.eps * 255.0 + 1e-4).floor() as u8;
-    let shard = match &a.shard {
-        None => (0, 1),
-        Some(s) => {
-            let (i, n) = s.split_once('/').context("--shard takes I/N, e.g. 0/4")?;
-            let (i, n): (usize, usize) = (i.parse().context("--shard I")?, n.parse().context("--shard N")?);
-            if n == 0 || i >= n {
-                bail!("--shard {s}: need 0 <= I < N");
-            }
-            (i, n)
+    let interrupt = super::interrupt_flag("certify");
+    match certify_model(&bytes, &model_path.display().to_string(), &splits.test, a, &interrupt)? {
+        Certified::Done(report) => finish(&report, &a.report, a.quiet),
+        Certified::Interrupted(msg) => {
+            eprintln!("interrupted: {msg}");
+            Ok(EXIT_INTERRUPTED)
         }
-    };
-    let cfg = GateConfig {
-        k,
-        sweep: parse_sweep(&a.eps_sweep)?,
-        samples: a.samples,
-        shard,
-        seed: a.seed,
-        pgd_steps: a.steps,
-        pgd_restarts: a.restarts,
-        pgd_step_size: a.step_size,
-        square_queries: a.square_queries,
-        random_samples: a.random,
-        gate: a.gate,
-        threshold: a.threshold,
-    };
-    let n = gate::shard_indices(test.len(), cfg.samples, cfg.shard).len();
-    let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(n as u64) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("certify [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let t0 = Instant::now();
-    let outcome = gate::run(&model, test, &cfg, &|d| bar.inc(d));
-    bar.finish_and_clear();
-    let sha = iocane_trainer::export::sha256_hex(&bytes);
-    let report = CertifyReport::new(
-        &model_path.display().to_string(),
-        &sha,
-        &test.name,
-        &test.sha256_hex(),
-        cfg,
-        outcome,
-        t0.elapsed().as_secs_f64(),
-    );
-    let s = model.input_shape();
-    report.write(&a.report, (s.h, s.w, s.c)).context("writing the report")?;
-    finish(&report, &a.report, a.strict, a.quiet)
+    }
 }
 
-fn finish(report: &CertifyReport, dir: &std::path::Path, strict: bool, quiet: bool) -> Result<u8> {
+/// What [`certify_model`] ends with.
+pub enum Certified {
+    /// The report, written to `--report`.
+    Done(Box<CertifyReport>),
+    /// Ctrl-C stopped the run; nothing was written.
+    Interrupted(String),
+}
+
+/// Certifies the blob `bytes` on `test` with the flags `a` and writes the report: every
+/// input and the report directory are checked before any work.
+pub fn certify_model(
+    bytes: &[u8],
+    model_name: &str,
+    test: &iocane_trainer::data::Dataset,
+    a: &CertifyArgs,
+    interrupt: &AtomicBool,
+) -> Result<Certified> {
+    let model = Model::parse(bytes).with_context(|| format!("{model_name} is not a valid iocane model"))?;
+    let cfg = a.config();
+    let n = gate::validate(&model, test, &cfg)?;
+    report::check_writable(&a.report).context("the report directory is not writable")?;
+    if let Some(w) = a.eps.rounding_warning() {
+        eprintln!("warning: {w}");
+    }
+    let progress = super::progress::Progress::new("certify", "samples", n as u64, a.quiet);
+    let t0 = Instant::now();
+    let outcome = match gate::run(&model, test, &cfg, &|d| progress.inc(d), interrupt) {
+        Ok(o) => o,
+        Err(e @ GateError::Interrupted { .. }) => return Ok(Certified::Interrupted(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    progress.finish();
+    let s = model.input_shape();
+    let id = RunIdentity {
+        model_file: model_name.to_string(),
+        model_sha256: iocane_trainer::quant::export::sha256_hex(bytes),
+        dataset: test.name.clone(),
+        dataset_sha256: test.sha256_hex(),
+        split_len: test.len(),
+        input_shape: [s.h, s.w, s.c],
+        classes: model.num_classes(),
+        radius: a.eps.clone(),
+    };
+    let report = CertifyReport::new(id, cfg, outcome, t0.elapsed().as_secs_f64());
+    report.write(&a.report).context("writing the report")?;
+    Ok(Certified::Done(Box::new(report)))
+}
+
+fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
     if !quiet {
         print!("{}", report.markdown());
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    let ok = report.passed && (!strict || report.warnings.is_empty());
+    if !report.eps_exact {
+        eprintln!(
+            "warning: eps {} was applied as {}/255 (rounded down to whole pixel levels)",
+            report.eps_requested, report.config.k
+        );
+    }
     println!(
-        "\ngate {}: {:?} accuracy {:.2}% at eps {}/255 (threshold {:.2}%){}; report in {}",
-        if ok { "PASSED" } else { "FAILED" },
+        "\ngate {}: {:?} accuracy {:.2}% ({} of {} samples, {} needed) at eps {}/255, threshold {}{}; report in {}",
+        if report.passed { "PASSED" } else { "FAILED" },
         report.config.gate,
         100.0 * report.gate_value,
+        report.gate_count,
+        report.gate_n,
+        report.gate_required,
         report.config.k,
-        100.0 * report.config.threshold as f64,
-        if strict && !report.warnings.is_empty() { ", --strict with protocol warnings" } else { "" },
+        report.threshold_text(),
+        if report.gate_met && !report.passed { ", failed by --strict: protocol warnings" } else { "" },
         dir.display()
     );
-    Ok(if ok { EXIT_OK } else { EXIT_GATE_FAILED })
+    Ok(if report.passed { EXIT_OK } else { EXIT_GATE_FAILED })
 }
 
-fn merge(dirs: &[PathBuf], out: &std::path::Path) -> Result<u8> {
+fn merge(dirs: &[PathBuf], out: &Path, quiet: bool) -> Result<u8> {
     let reports: Vec<CertifyReport> = dirs
         .iter()
-        .map(|d| {
-            CertifyReport::read(&d.join("report.json"))
-                .with_context(|| format!("reading shard report in {}", d.display()))
-        })
+        .map(|d| CertifyReport::read(&d.join("report.json")).with_context(|| format!("reading the shard report in {}", d.display())))
         .collect::<Result<_>>()?;
-    let first = &reports[0];
-    for r in &reports[1..] {
-        if r.model_sha256 != first.model_sha256
-            || r.dataset_sha256 != first.dataset_sha256
-            || r.config.k != first.config.k
-        {
-            bail!("shard reports disagree on the model, dataset or eps; refusing to merge");
-        }
-    }
-    let outcome = gate::merge(&reports.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>());
-    let mut cfg = first.config.clone();
-    cfg.shard = (0, 1);
-    let seconds = reports.iter().map(|r| r.seconds).sum();
-    let merged = CertifyReport::new(
-        &first.model_file,
-        &first.model_sha256,
-        &first.dataset,
-        &first.dataset_sha256,
-        cfg,
-        outcome,
-        seconds,
-    );
-    // Image shape is recovered from any counterexample's length only for PNGs; assume square gray.
-    let side = merged.outcome.samples.iter().find_map(|s| s.counterexample.as_ref().map(|c| c.len())).unwrap_or(784);
-    let h = (side as f64).sqrt() as usize;
-    merged.write(out, (h, side / h.max(1), 1)).context("writing the merged report")?;
-    finish(&merged, out, false, false)
+    let merged = report::merge_reports(&reports)?;
+    report::check_writable(out).context("the merged report's directory is not writable")?;
+    merged.write(out).context("writing the merged report")?;
+    finish(&merged, out, quiet)
 }

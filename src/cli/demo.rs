@@ -34,7 +34,7 @@ pub struct DemoArgs {
 struct Leg {
     label: &'static str,
     final_eval: Option<iocane_trainer::train::FinalMetrics>,
-    export: iocane_trainer::export::Exported,
+    export: iocane_trainer::quant::export::Exported,
     reports: Vec<(&'static str, CertifyReport, PathBuf)>,
 }
 

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iocane_trainer::checkpoint;
-use iocane_trainer::export::{write_firmware_files, Exported};
-use iocane_trainer::quantize::quantize;
+use iocane_trainer::train::checkpoint;
+use iocane_trainer::quant::export::{write_firmware_files, Exported};
+use iocane_trainer::quant::quantize;
 use iocane_trainer::train::{Metrics, TrainConfig};
 
 /// Flags of `iocane export`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iocane_trainer::checkpoint::{self, Checkpoint};
+use iocane_trainer::train::checkpoint::{self, Checkpoint};
 use iocane_trainer::onnx::{import_onnx_with, ImportOptions};
 
 /// Flags of `iocane import`.

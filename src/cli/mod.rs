@@ -14,6 +14,7 @@ pub mod demo;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod progress;
 pub mod train;
 
 /// Exit code: success, or the release gate passed.
@@ -22,6 +23,34 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_GATE_FAILED: u8 = 1;
 /// Exit code: usage or input error (bad flags, missing or corrupted files).
 pub const EXIT_ERROR: u8 = 2;
+/// Exit code: interrupted by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Installs a Ctrl-C handler that sets the returned flag: the first Ctrl-C asks `what` to
+/// stop at the next safe point, a second one exits at once with [`EXIT_INTERRUPTED`].
+pub fn interrupt_flag(what: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    static WHAT: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+    if let Ok(mut w) = WHAT.lock() {
+        *w = what;
+    }
+    let flag = FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        let _ = ctrlc::set_handler(move || {
+            if f.swap(true, Ordering::SeqCst) {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+            let what = WHAT.lock().map(|w| *w).unwrap_or("the run");
+            eprintln!("\ninterrupt: stopping {what} at the next safe point (press Ctrl-C again to abort)");
+        });
+        flag
+    });
+    flag.store(false, Ordering::SeqCst);
+    flag.clone()
+}
 
 /// iocane: adversarially robust int8 classifiers for microcontrollers.
 #[derive(Debug, Parser)]
@@ -29,7 +58,7 @@ pub const EXIT_ERROR: u8 = 2;
     name = "iocane",
     version,
     about,
-    after_help = "Exit codes: 0 success / gate passed, 1 release gate failed, 2 usage or input error."
+    after_help = "Exit codes: 0 success / gate passed, 1 release gate failed, 2 usage or input error, 130 interrupted (Ctrl-C)."
 )]
 pub struct Cli {
     /// What to do.

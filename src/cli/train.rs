@@ -230,7 +230,7 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
         None => None,
         Some(p) => {
             let path = if p.is_dir() { p.join("model.ckpt") } else { p.clone() };
-            let ck = iocane_trainer::checkpoint::load(&path)
+            let ck = iocane_trainer::train::checkpoint::load(&path)
                 .with_context(|| format!("loading --init {}", path.display()))?;
             cfg.arch = ck.network.spec().clone();
             Some(ck.network)

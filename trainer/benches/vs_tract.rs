@@ -1,6 +1,6 @@
 //! Single-image inference: the float model exported to ONNX and run by tract-onnx (optimised
 //! plan, input `[1, 1, 28, 28]`, one reused state) against the same network quantized to
-//! int8 ([`iocane_trainer::quantize::quantize`], calibrated on 512 mnist-small training
+//! int8 ([`iocane_trainer::quant::quantize`], calibrated on 512 mnist-small training
 //! images) and run by `iocane_runtime::Model::run`. Both sides start from
 //! `Network::new(preset, seed 1)` for `mlp` and `cnn-s`.
 //!
@@ -15,7 +15,7 @@ use iocane_runtime::Model;
 use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, Network};
 use iocane_trainer::onnx::export_onnx;
-use iocane_trainer::quantize::quantize;
+use iocane_trainer::quant::quantize;
 use std::hint::black_box;
 use tract_onnx::prelude::*;
 

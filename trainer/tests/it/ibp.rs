@@ -478,7 +478,7 @@ fn ibp_training_yields_verifiable_models() {
 /// An interrupted IBP run resumed with `--resume` is bit-identical to an uninterrupted one.
 #[test]
 fn ibp_resume_is_bit_identical() {
-    use iocane_trainer::checkpoint;
+    use iocane_trainer::train::checkpoint;
     use std::sync::atomic::{AtomicBool, Ordering};
     let s = load(&DatasetSpec::MnistSmall).unwrap();
     let mut cfg = config(Method::Ibp);

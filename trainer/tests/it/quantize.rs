@@ -4,7 +4,7 @@
 use iocane_runtime::Model;
 use iocane_trainer::data::{load, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, Network, PRESETS};
-use iocane_trainer::quantize::{quantize, IntSim};
+use iocane_trainer::quant::{quantize, IntSim};
 
 #[test]
 fn int_simulation_is_bit_exact_with_the_runtime_for_every_preset() {
@@ -65,7 +65,7 @@ fn quantized_model_keeps_the_float_models_decisions() {
     };
     let dir = tempfile::tempdir().unwrap();
     let m = train(&cfg, &splits.train, &splits.test, dir.path(), &RunOptions::default()).unwrap();
-    let ck = iocane_trainer::checkpoint::load(&dir.path().join("model.ckpt")).unwrap();
+    let ck = iocane_trainer::train::checkpoint::load(&dir.path().join("model.ckpt")).unwrap();
     let repr = quantize(&ck.network, &splits.train, 500, vec![], vec![]).unwrap();
     let blob = repr.emit();
     let model = Model::parse(&blob).unwrap();
@@ -89,7 +89,7 @@ fn quantized_model_keeps_the_float_models_decisions() {
 
 #[test]
 fn fake_quant_weights_are_exactly_representable() {
-    use iocane_trainer::quantize::fake_quant_weights;
+    use iocane_trainer::quant::fake_quant_weights;
     let splits = load(&DatasetSpec::MnistSmall).unwrap();
     for name in PRESETS {
         let net = Network::new(ArchSpec::preset(name, [28, 28, 1], 10).unwrap(), 5).unwrap();

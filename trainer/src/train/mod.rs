@@ -16,6 +16,8 @@
 //! evaluation uses stream `EVAL`. No state but the parameters, the optimizer buffers and the
 //! epoch count is needed to resume, so a resumed run is bit-identical to an uninterrupted one.
 
+pub mod checkpoint;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use self::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::Dataset;
 use crate::nn::attack::Attack;
 use crate::nn::{ArchSpec, LrSchedule, Network, NnError, Optimizer, OptimizerConfig, Tensor, Want};
@@ -445,7 +447,7 @@ pub fn train(
                 return Err(TrainError::Interrupted { completed: epoch, dir: out_dir.into() });
             }
             let (x, labels) = batch(train, idx);
-            let qnet = if cfg.qat { Some(crate::quantize::fake_quant_weights(&net)) } else { None };
+            let qnet = if cfg.qat { Some(crate::quant::fake_quant_weights(&net)) } else { None };
             let grad_net = qnet.as_ref().unwrap_or(&net);
             let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
             let (loss, n_correct, grads, shown_eps) = match ibp {

@@ -1,7 +1,7 @@
 //! Training on real data: the loss falls, PGD training beats natural training under PGD,
 //! and an interrupted-then-resumed run is bit-identical to an uninterrupted one.
 
-use iocane_trainer::checkpoint;
+use iocane_trainer::train::checkpoint;
 use iocane_trainer::data::{load, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
 use iocane_trainer::train::{evaluate, train, Method, RunOptions, TrainConfig};

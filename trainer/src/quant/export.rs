@@ -7,7 +7,7 @@ use iocane_runtime::Model;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::checkpoint::write_atomic;
+use crate::train::checkpoint::write_atomic;
 
 /// Errors of export.
 #[derive(Debug, Error)]

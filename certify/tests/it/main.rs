@@ -1,0 +1,3 @@
+//! The certifier's integration tests, one binary with a module per area.
+
+mod soundness;

@@ -1,0 +1,8 @@
+//! The trainer's integration tests, one binary with a module per area.
+
+mod data;
+mod ibp;
+mod nn;
+mod onnx;
+mod quantize;
+mod train;
