@@ -549,6 +549,17 @@ impl CertifyReport {
         if n == 0 || i >= n {
             return Err(format!("shard {i}/{n} is not I/N with 0 <= I < N"));
         }
+        // The shard's size first, in closed form: a hostile `split_len` must not make the
+        // list of expected indices below allocate (or take) forever.
+        let total = if c.samples == 0 { self.split_len } else { c.samples.min(self.split_len) };
+        let size = if total > i { (total - i - 1) / n + 1 } else { 0 };
+        if size != self.outcome.samples.len() {
+            return Err(format!(
+                "shard {i}/{n} of a split of {} ({total} samples) should hold {size} samples but holds {}",
+                self.split_len,
+                self.outcome.samples.len()
+            ));
+        }
         let want = crate::gate::shard_indices(self.split_len, c.samples, c.shard);
         let got: Vec<usize> = self.outcome.samples.iter().map(|s| s.index).collect();
         if got != want {
@@ -655,19 +666,22 @@ pub fn merge_reports(reports: &[CertifyReport]) -> Result<CertifyReport, MergeEr
         }
     }
     let n = first.config.shard.1;
-    let mut seen = vec![false; n];
+    // A set, not a table of `n` flags: `n` comes from the file.
+    let mut seen = std::collections::BTreeSet::new();
     for r in reports {
         let (i, m) = r.config.shard;
         if m != n {
             return Err(MergeError::NotOneRun(format!("shard counts differ ({n} and {m})")));
         }
-        if std::mem::replace(&mut seen[i], true) {
+        if !seen.insert(i) {
             return Err(MergeError::NotOneRun(format!("shard {i}/{n} is given twice")));
         }
     }
-    let missing: Vec<String> = seen.iter().enumerate().filter(|(_, &s)| !s).map(|(i, _)| format!("{i}/{n}")).collect();
-    if !missing.is_empty() {
-        return Err(MergeError::NotOneRun(format!("shard(s) {} missing", missing.join(", "))));
+    if seen.len() != n {
+        let missing: Vec<String> = (0..n).filter(|i| !seen.contains(i)).take(8).map(|i| format!("{i}/{n}")).collect();
+        let more = n - seen.len() - missing.len();
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        return Err(MergeError::NotOneRun(format!("shard(s) {}{more} missing", missing.join(", "))));
     }
     let outcome = crate::gate::merge(&reports.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>());
     let seconds = reports.iter().map(|r| r.seconds).sum();
@@ -738,7 +752,8 @@ pub fn png_bytes(px: &[u8], (h, w, c): (usize, usize, usize)) -> Result<Vec<u8>,
 mod tests {
     use super::*;
     use crate::gate::{self, GateConfig, Radius, Threshold};
-    use iocane_runtime::emit::{random_model, SplitMix64, SynthLayer};
+    use iocane_runtime::emit::{random_model, SynthLayer};
+    use iocane_runtime::rng::SplitMix64;
     use iocane_runtime::{Model, Shape};
     use iocane_trainer::data::Dataset;
     use std::sync::atomic::AtomicBool;
@@ -921,5 +936,52 @@ mod tests {
         let s = v["outcome"]["samples"].as_array().unwrap();
         assert!(s.iter().all(|s| s.get("counterexample").is_none()));
         assert!(s.iter().any(|s| s["counterexample_file"].is_string()));
+    }
+
+    fn shard_report(split_len: usize, shard: (usize, usize)) -> CertifyReport {
+        let config = GateConfig {
+            k: 0,
+            sweep: Vec::new(),
+            samples: 0,
+            shard,
+            seed: 1,
+            pgd_steps: 1,
+            pgd_restarts: 1,
+            pgd_step_size: None,
+            square_queries: 1,
+            random_samples: 1,
+            gate: GateKind::Certified,
+            threshold: crate::gate::Threshold::ZERO,
+            strict: false,
+        };
+        let id = RunIdentity {
+            model_file: "m".into(),
+            model_sha256: "0".repeat(64),
+            dataset: "d".into(),
+            dataset_sha256: "1".repeat(64),
+            split_len,
+            input_shape: [1, 1, 1],
+            classes: 2,
+            radius: crate::gate::Radius::levels(0),
+        };
+        let outcome = GateOutcome { samples: Vec::new(), levels: vec![LevelCounts::default()] };
+        CertifyReport::new(id, config, outcome, 0.0)
+    }
+
+    #[test]
+    fn huge_split_len_is_inconsistent_without_listing_the_indices() {
+        // A report claiming a split of 10^18 images made the consistency check build a
+        // vector of 10^18 / N expected indices (an out-of-memory abort) before comparing.
+        let r = shard_report(1_000_000_000_000_000_000, (0, 2));
+        let e = r.check_consistent().unwrap_err();
+        assert!(e.contains("should hold 500000000000000000 samples but holds 0"), "{e}");
+    }
+
+    #[test]
+    fn huge_shard_count_is_not_one_run_without_a_table_of_shards() {
+        // A report claiming shard 0 of usize::MAX: merging it must not allocate a flag per shard.
+        let r = shard_report(0, (0, usize::MAX));
+        let e = merge_reports(&[r]).unwrap_err().to_string();
+        assert!(e.contains(&format!("1/{}", usize::MAX)) && e.contains("more missing"), "{e}");
     }
 }

@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
                 // A ramp over the fill value, so that windows see varied pixels.
                 let px: Vec<u8> = (0..m.input_len()).map(|i| fill.wrapping_add((i * 37) as u8)).collect();
                 m.run(&px, &mut arena, &mut logits).expect("validated model must run");
-                assert_eq!(logits, iocane_runtime::kernels::reference::run_model(&m, &px), "kernels differ from the reference");
+                assert_eq!(
+                    logits,
+                    iocane_runtime::kernels::reference::run_model(&m, &px),
+                    "kernels differ from the reference"
+                );
             }
             let again = ModelRepr::from_model(&m).emit();
             let m2 = Model::parse(&again).expect("re-emitted model must parse");

@@ -190,6 +190,13 @@ pub fn parse_images(bytes: &[u8], file: &str) -> Result<IdxImages, DataError> {
     )?;
     debug_assert!(h.magic == IMAGES_MAGIC || h.magic == IMAGES_NHWC_MAGIC);
     let channels = h.dims.get(3).copied().unwrap_or(1);
+    let (rows, cols) = (h.dims[1], h.dims[2]);
+    // With zero images the payload check above does not bound the image size: check it here,
+    // so that `image_len()` cannot overflow and an empty image is not a dataset.
+    let image = rows.checked_mul(cols).and_then(|n| n.checked_mul(channels));
+    if image.is_none_or(|n| n == 0 || n as u64 > MAX_DECOMPRESSED_BYTES) {
+        return Err(DataError::ImageShape { file: file.to_string(), rows, cols, channels });
+    }
     let pixels = match raw {
         Cow::Owned(mut v) => {
             v.drain(..h.len);
@@ -197,7 +204,7 @@ pub fn parse_images(bytes: &[u8], file: &str) -> Result<IdxImages, DataError> {
         }
         Cow::Borrowed(b) => b[h.len..].to_vec(),
     };
-    Ok(IdxImages { count: h.dims[0], rows: h.dims[1], cols: h.dims[2], channels, pixels })
+    Ok(IdxImages { count: h.dims[0], rows, cols, channels, pixels })
 }
 
 /// Parses an IDX label file `u8 [n]` from `bytes` (raw or gzip). `file` names the source
@@ -353,6 +360,21 @@ mod tests {
         }
         // Exactly at the limit is fine.
         assert_eq!(decompress_with_limit(&gz, "ok", 1 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn zero_images_of_overflowing_size_are_an_image_shape_error() {
+        // Zero images make the payload empty whatever rows * cols * channels is.
+        let mut b = IMAGES_NHWC_MAGIC.to_be_bytes().to_vec();
+        for d in [0u32, u32::MAX, u32::MAX, u32::MAX] {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        let e = parse_images(&b, "huge").unwrap_err();
+        assert!(matches!(e, DataError::ImageShape { .. }), "{e:?}");
+        // An empty image is refused too; zero images of a sane shape are fine.
+        assert!(matches!(parse_images(&encode(IMAGES_MAGIC, &[2, 0, 5], &[]), "e"), Err(DataError::ImageShape { .. })));
+        let none = parse_images(&encode_images(0, 28, 28, 1, &[]), "n").unwrap();
+        assert_eq!((none.count, none.image_len()), (0, 784));
     }
 
     #[test]

@@ -187,12 +187,74 @@ pub enum DataError {
         /// How to get it, if known.
         hint: Option<String>,
     },
+    /// The largest label of an `idx:DIR` dataset leaves classes below it without a single
+    /// training sample (for example one stray label 200 in a 10-class file).
+    #[error("{file}: labels run up to {max}, which would make {} classes, but classes {} have no sample (a stray label?); samples per class: {counts}", usize::from(*max) + 1, ranges(empty))]
+    EmptyClasses {
+        /// The label file name.
+        file: String,
+        /// The largest label.
+        max: u8,
+        /// The classes below `max` without a sample.
+        empty: Vec<usize>,
+        /// Samples per class that occurs, `label:count` separated by spaces.
+        counts: String,
+    },
+    /// An IDX image file declares an empty image or one too large to index.
+    #[error("{file}: images of {rows}x{cols}x{channels} are not supported (every dimension must be >= 1 and an image at most {} bytes)", idx::MAX_DECOMPRESSED_BYTES)]
+    ImageShape {
+        /// The file name.
+        file: String,
+        /// Declared rows.
+        rows: usize,
+        /// Declared columns.
+        cols: usize,
+        /// Declared channels.
+        channels: usize,
+    },
     /// `--dataset` named no known dataset.
     #[error("unknown dataset `{name}`: valid datasets are {DATASET_NAMES}")]
     UnknownDataset {
         /// The name given.
         name: String,
     },
+}
+
+/// `[1, 2, 3, 7, 9, 10]` -> `1..=3, 7, 9..=10`.
+fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if j == i { v[i].to_string() } else { format!("{}..={}", v[i], v[j]) });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// The number of classes of an `idx:DIR` dataset from its training labels: the largest label
+/// plus one (at least 2, at most 256 since labels are bytes), provided every class below
+/// it has at least one sample. Otherwise a [`DataError::EmptyClasses`] listing the empty
+/// classes and the count of every class that occurs, so that one stray label cannot
+/// silently turn a 10-class dataset into a 201-class one. `file` names the labels in errors.
+pub fn classes_of_labels(labels: &[u8], file: &str) -> Result<usize, DataError> {
+    let mut counts = [0usize; 256];
+    for &l in labels {
+        counts[usize::from(l)] += 1;
+    }
+    let max = labels.iter().copied().max().unwrap_or(0);
+    let classes = usize::from(max) + 1;
+    let empty: Vec<usize> = (0..classes).filter(|&c| counts[c] == 0).collect();
+    // A file with only label 0 still makes a 2-class problem (class 1 is then empty).
+    if !empty.is_empty() && !labels.is_empty() {
+        let counts =
+            (0..classes).filter(|&c| counts[c] > 0).map(|c| format!("{c}:{}", counts[c])).collect::<Vec<_>>().join(" ");
+        return Err(DataError::EmptyClasses { file: file.to_string(), max, empty, counts });
+    }
+    Ok(classes.max(2))
 }
 
 /// An image-classification dataset held in memory: `len()` images of
@@ -226,6 +288,12 @@ impl Dataset {
     /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Number of classes; every label is below it. For `mnist-small` and `fashion-mnist` it
+    /// is the declared 10; for `idx:DIR` it comes from [`classes_of_labels`].
+    pub fn num_classes(&self) -> usize {
+        self.classes
     }
 
     /// Bytes per image: `height * width * channels`.
@@ -419,7 +487,9 @@ impl DatasetSpec {
 /// - `mnist-small`: 8,000 / 2,000 images 28x28x1, classes `"0"`..`"9"`.
 /// - `fashion-mnist`: 60,000 / 10,000 images 28x28x1, the ten Fashion-MNIST class names.
 ///   A missing folder or file is a [`DataError::Missing`] saying how to install it.
-/// - `idx:DIR`: classes = largest label + 1 (at least 2), named `"0"`..`"N-1"`.
+/// - `idx:DIR`: classes = largest training label + 1 (at least 2), named `"0"`..`"N-1"`;
+///   every class below it must have a training sample ([`classes_of_labels`]), and every test
+///   label must be below it.
 pub fn load(spec: &DatasetSpec) -> Result<Splits, DataError> {
     let tag = spec.to_string();
     match spec {
@@ -444,8 +514,7 @@ pub fn load(spec: &DatasetSpec) -> Result<Splits, DataError> {
         }
         DatasetSpec::Idx(dir) => {
             let parts = read_dir_parts(&tag, dir, None)?;
-            let max = parts.iter().flat_map(|p| p.3.iter().copied()).max().unwrap_or(0);
-            let classes = (usize::from(max) + 1).max(2);
+            let classes = classes_of_labels(&parts[0].3, &parts[0].2)?;
             assemble(&tag, parts, classes, digit_names(classes))
         }
     }
@@ -596,6 +665,57 @@ mod tests {
         );
         assert_eq!(DatasetSpec::MnistSmall.with_data_dir(d.clone()), DatasetSpec::MnistSmall);
         assert_eq!(DatasetSpec::Idx("x".into()).with_data_dir(d), DatasetSpec::Idx("x".into()));
+    }
+
+    #[test]
+    fn stray_label_200_is_not_a_201_class_dataset() {
+        let mut labels: Vec<u8> = (0..50).map(|i| i % 10).collect();
+        labels[17] = 200;
+        let e = classes_of_labels(&labels, "train-labels").unwrap_err();
+        match &e {
+            DataError::EmptyClasses { max: 200, empty, .. } => assert_eq!(empty.len(), 190),
+            other => panic!("{other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(msg.contains("10..=199") && msg.contains("200:1") && msg.contains("0:5"), "{msg}");
+        // Without the stray label: 10 classes.
+        labels[17] = 7;
+        assert_eq!(classes_of_labels(&labels, "l").unwrap(), 10);
+        // Bytes cap it at 256; a single class still makes a binary problem.
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(classes_of_labels(&all, "l").unwrap(), 256);
+        assert_eq!(classes_of_labels(&[0, 0], "l").unwrap(), 2);
+        assert_eq!(classes_of_labels(&[], "l").unwrap(), 2);
+    }
+
+    #[test]
+    fn idx_dir_with_stray_label_is_rejected_and_test_labels_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |train: &[u8], test: &[u8]| {
+            let px = [0u8; 4];
+            idx::write_images(
+                d.path().join(IDX_FILE_NAMES[0]),
+                &IdxImages { count: train.len(), rows: 2, cols: 2, channels: 1, pixels: px.repeat(train.len()) },
+                false,
+            )
+            .unwrap();
+            idx::write_labels(d.path().join(IDX_FILE_NAMES[1]), train, false).unwrap();
+            idx::write_images(
+                d.path().join(IDX_FILE_NAMES[2]),
+                &IdxImages { count: test.len(), rows: 2, cols: 2, channels: 1, pixels: px.repeat(test.len()) },
+                true,
+            )
+            .unwrap();
+            idx::write_labels(d.path().join(IDX_FILE_NAMES[3]), test, true).unwrap();
+        };
+        let spec = DatasetSpec::Idx(d.path().to_path_buf());
+        write(&[0, 1, 2, 1], &[2, 0]);
+        let s = load(&spec).unwrap();
+        assert_eq!((s.train.num_classes(), s.test.num_classes()), (3, 3));
+        write(&[0, 1, 200, 1], &[1, 0]);
+        assert!(matches!(load(&spec), Err(DataError::EmptyClasses { max: 200, .. })));
+        write(&[0, 1, 2, 1], &[3, 0]);
+        assert!(matches!(load(&spec), Err(DataError::LabelOutOfRange { label: 3, classes: 3, .. })));
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod tensor;
 pub use ibp::{linf_box, IbpLossGrads};
 pub use network::{chunk_size_for, Grads, LayerParams, LossGrads, Network, Params, Want};
 pub use optim::{LrSchedule, NamedBuffer, Optimizer, OptimizerConfig, OptimizerState};
-pub use spec::{ArchSpec, LayerSpec, PRESETS};
+pub use spec::{ArchSpec, LayerSpec, MAX_ACTIVATION, MAX_MACS, MAX_PARAMS, PRESETS};
 pub use tensor::Tensor;
 
 use thiserror::Error;

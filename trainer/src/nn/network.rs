@@ -326,9 +326,16 @@ impl Network {
     /// Logits `[n, 1, 1, classes]` of a batch `[n, h, w, c]`.
     ///
     /// # Panics
-    /// If the batch does not have the network's input shape (see [`Network::check_batch`]).
+    /// If the batch does not have the network's input shape (see [`Network::check_batch`]);
+    /// [`Network::try_forward`] returns that as an error instead.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.check_batch(x, None).unwrap_or_else(|e| panic!("Network::forward: {e}"));
+        self.try_forward(x).unwrap_or_else(|e| panic!("Network::forward: {e}"))
+    }
+
+    /// Logits `[n, 1, 1, classes]` of a batch `[n, h, w, c]`, or [`NnError::Shape`] if the
+    /// batch does not have the network's input shape (nothing is allocated then).
+    pub fn try_forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+        self.check_batch(x, None)?;
         let n = x.n();
         let k = self.spec.classes;
         let il = self.plan.in_len();
@@ -340,23 +347,31 @@ impl Network {
                 oc.copy_from_slice(logits);
             });
         });
-        out
+        Ok(out)
     }
 
     /// Outputs of every layer for a batch (`result[i]` is the output of layer `i`, the
     /// last one the logits). Allocates all activations; meant for calibration/inspection.
     ///
     /// # Panics
-    /// If the batch does not have the network's input shape.
+    /// If the batch does not have the network's input shape; [`Network::try_activations`]
+    /// returns that as an error instead.
     pub fn activations(&self, x: &Tensor) -> Vec<Tensor> {
-        self.check_batch(x, None).unwrap_or_else(|e| panic!("Network::activations: {e}"));
+        self.try_activations(x).unwrap_or_else(|e| panic!("Network::activations: {e}"))
+    }
+
+    /// Outputs of every layer for a batch, as [`Network::activations`], or
+    /// [`NnError::Shape`] if the batch does not have the network's input shape (checked
+    /// before anything is allocated).
+    pub fn try_activations(&self, x: &Tensor) -> Result<Vec<Tensor>, NnError> {
+        self.check_batch(x, None)?;
         let mut cur = x.clone();
         let mut out = Vec::with_capacity(self.spec.layers.len());
         for (i, l) in self.spec.layers.iter().enumerate() {
             cur = super::layers::forward(l, &self.params.layers[i], &cur).expect("validated");
             out.push(cur.clone());
         }
-        out
+        Ok(out)
     }
 
     /// Argmax class per sample (ties -> lowest index).
@@ -587,4 +602,25 @@ fn check_params(spec: &ArchSpec, shapes: &[[usize; 3]], params: &Params) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_image_shape_is_an_error_not_a_panic() {
+        // issue 10 item 4: `export --dataset` with another image shape reached a panic in
+        // `activations` (calibration); the checked entry points return an error instead.
+        let spec = ArchSpec::from_compact("conv2k3,relu,flatten,dense3", [6, 6, 1], 3).unwrap();
+        let net = Network::new(spec, 1).unwrap();
+        let right = Tensor::zeros([2, 6, 6, 1]);
+        assert_eq!(net.try_forward(&right).unwrap().shape, [2, 1, 1, 3]);
+        assert_eq!(net.try_activations(&right).unwrap().len(), 4);
+        let wrong = Tensor::zeros([2, 5, 5, 3]);
+        for e in [net.try_forward(&wrong).unwrap_err(), net.try_activations(&wrong).unwrap_err()] {
+            assert!(matches!(e, NnError::Shape(_)), "{e}");
+            assert!(e.to_string().contains("[n, 6, 6, 1]"), "{e}");
+        }
+    }
 }

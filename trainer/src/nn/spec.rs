@@ -69,8 +69,32 @@ pub enum LayerSpec {
     Flatten,
 }
 
+/// Upper bound on the number of parameters (weights + biases) of a whole architecture:
+/// 16,777,216 (`2^24`, 64 MiB of `f32`). Checked by [`ArchSpec::validate`] with checked
+/// arithmetic, layer by layer, before any parameter buffer is allocated; iocane's models for
+/// microcontrollers are several orders of magnitude smaller.
+pub const MAX_PARAMS: usize = 1 << 24;
+
+/// Upper bound on the number of values of one sample's activation `h * w * c`, at the input
+/// and after every layer: 16,777,216 (`2^24`). Checked by [`ArchSpec::validate`] with checked
+/// arithmetic before any activation buffer is allocated.
+pub const MAX_ACTIVATION: usize = 1 << 24;
+
+/// Upper bound on the multiply-accumulates per sample of a whole architecture: 2^30
+/// (about 1.07 G; `cnn-m` on 28x28x1 needs 1.38 M). It also bounds the im2col buffer of every
+/// convolution (at most `macs / filters` values per sample). Checked by
+/// [`ArchSpec::validate`] with checked arithmetic.
+pub const MAX_MACS: usize = 1 << 30;
+
+/// `floor((inp + pad - k) / s) + 1`, or `None` if the kernel is larger than the padded input
+/// (or the padded size overflows).
 fn conv_out(inp: usize, pad: usize, k: usize, s: usize) -> Option<usize> {
     iocane_runtime::geometry::output_len(inp, pad, k, s)
+}
+
+/// `h * w * c`, or `None` on overflow.
+fn volume([h, w, c]: [usize; 3]) -> Option<usize> {
+    h.checked_mul(w)?.checked_mul(c)
 }
 
 impl LayerSpec {
@@ -111,8 +135,8 @@ impl LayerSpec {
             if p[0] >= k[0] || p[2] >= k[0] || p[1] >= k[1] || p[3] >= k[1] {
                 return Err(format!("padding {:?} must be smaller than the kernel {}x{} on each side", p, k[0], k[1]));
             }
-            let oh = conv_out(h, p[0] + p[2], k[0], s[0]);
-            let ow = conv_out(w, p[1] + p[3], k[1], s[1]);
+            let oh = p[0].checked_add(p[2]).and_then(|pad| conv_out(h, pad, k[0], s[0]));
+            let ow = p[1].checked_add(p[3]).and_then(|pad| conv_out(w, pad, k[1], s[1]));
             let (oh, ow) = match (oh, ow) {
                 (Some(a), Some(b)) => (a, b),
                 _ => {
@@ -120,8 +144,8 @@ impl LayerSpec {
                         "kernel {}x{} is larger than the padded input {}x{}",
                         k[0],
                         k[1],
-                        h + p[0] + p[2],
-                        w + p[1] + p[3]
+                        h.saturating_add(p[0]).saturating_add(p[2]),
+                        w.saturating_add(p[1]).saturating_add(p[3])
                     ))
                 }
             };
@@ -146,20 +170,32 @@ impl LayerSpec {
                 }
                 Ok([1, 1, units])
             }
-            LayerSpec::Flatten => Ok([1, 1, h * w * c]),
+            LayerSpec::Flatten => match volume(input) {
+                Some(n) => Ok([1, 1, n]),
+                None => Err(format!("{h}x{w}x{c} values overflow")),
+            },
             _ => Ok(input),
         }
     }
 
     /// Lengths `(weights, bias)` of the layer's parameter buffers for input shape `input`
-    /// (`(0, 0)` for layers without parameters). The input shape must be valid.
+    /// (`(0, 0)` for layers without parameters). The input shape must be valid; a weight
+    /// count that overflows `usize` saturates at `usize::MAX` (see
+    /// [`LayerSpec::checked_param_lens`]).
     pub fn param_lens(&self, input: [usize; 3]) -> (usize, usize) {
-        let [h, w, c] = input;
+        self.checked_param_lens(input).unwrap_or((usize::MAX, usize::MAX))
+    }
+
+    /// Like [`LayerSpec::param_lens`], or `None` if a length overflows `usize`.
+    pub fn checked_param_lens(&self, input: [usize; 3]) -> Option<(usize, usize)> {
+        let c = input[2];
         match *self {
-            LayerSpec::Dense { units } => (units * h * w * c, units),
-            LayerSpec::Conv2d { filters, kernel, .. } => (filters * kernel[0] * kernel[1] * c, filters),
-            LayerSpec::DepthwiseConv2d { kernel, .. } => (kernel[0] * kernel[1] * c, c),
-            _ => (0, 0),
+            LayerSpec::Dense { units } => Some((volume(input)?.checked_mul(units)?, units)),
+            LayerSpec::Conv2d { filters, kernel, .. } => {
+                Some((volume([filters, kernel[0], kernel[1]])?.checked_mul(c)?, filters))
+            }
+            LayerSpec::DepthwiseConv2d { kernel, .. } => Some((volume([kernel[0], kernel[1], c])?, c)),
+            _ => Some((0, 0)),
         }
     }
 
@@ -399,7 +435,12 @@ pub const PRESETS: [&str; 4] = ["mlp", "cnn-s", "cnn-m", "dwcnn"];
 /// have positive input dims and `classes >= 1`; every layer applies to its input shape
 /// (kernel and stride >= 1, each padding side < kernel, kernel no larger than the padded
 /// input, filters/units >= 1); `Dense` only on a flat `1x1xN` tensor (after `flatten`);
-/// and the last layer is `Dense` with `units == classes`.
+/// and the last layer is `Dense` with `units == classes`. Sizes are bounded: at most
+/// [`MAX_ACTIVATION`] values per sample at the input and after every layer, and at most
+/// [`MAX_PARAMS`] parameters and [`MAX_MACS`] multiply-accumulates per sample in total, all
+/// computed with checked arithmetic, so an
+/// architecture from the command line, a checkpoint or an ONNX file cannot make the trainer
+/// allocate more than that.
 ///
 /// # Compact text form
 /// A comma-separated list of layers (case-insensitive, spaces around commas ignored),
@@ -511,14 +552,58 @@ impl ArchSpec {
         if self.layers.is_empty() {
             return Err(NnError::InvalidArch("no layers".into()));
         }
+        if volume(self.input).is_none_or(|n| n > MAX_ACTIVATION) {
+            return Err(NnError::InvalidArch(format!(
+                "input shape {:?} has more than {MAX_ACTIVATION} values (the limit per activation)",
+                self.input
+            )));
+        }
         let mut shapes = vec![self.input];
+        let mut params = 0usize;
+        let mut macs = 0usize;
         for (index, l) in self.layers.iter().enumerate() {
             let cur = *shapes.last().expect("non-empty");
-            let out = l.output_shape(cur).map_err(|msg| NnError::InvalidLayer {
+            let err = |msg: String| NnError::InvalidLayer {
                 index,
                 layer: l.to_string(),
                 msg: format!("{msg} (input {}x{}x{})", cur[0], cur[1], cur[2]),
-            })?;
+            };
+            let out = l.output_shape(cur).map_err(err)?;
+            if volume(out).is_none_or(|n| n > MAX_ACTIVATION) {
+                return Err(err(format!(
+                    "output {}x{}x{} has more than {MAX_ACTIVATION} values (the limit per activation)",
+                    out[0], out[1], out[2]
+                )));
+            }
+            let layer_macs = match *l {
+                LayerSpec::Dense { .. } => l.checked_param_lens(cur).map(|(w, _)| w),
+                LayerSpec::Conv2d { kernel, .. } => {
+                    volume(out).and_then(|n| volume([n, kernel[0], kernel[1]])?.checked_mul(cur[2]))
+                }
+                LayerSpec::DepthwiseConv2d { kernel, .. } => {
+                    volume(out).and_then(|n| volume([n, kernel[0], kernel[1]]))
+                }
+                _ => Some(0),
+            };
+            macs = match layer_macs.and_then(|n| n.checked_add(macs)) {
+                Some(total) if total <= MAX_MACS => total,
+                _ => {
+                    return Err(err(format!(
+                        "{} multiply-accumulates per sample, more than the limit of {MAX_MACS} for a whole network",
+                        layer_macs.map_or_else(|| "too many".to_string(), |n| n.to_string())
+                    )))
+                }
+            };
+            let layer_params = l.checked_param_lens(cur).and_then(|(w, b)| w.checked_add(b));
+            params = match layer_params.and_then(|n| n.checked_add(params)) {
+                Some(total) if total <= MAX_PARAMS => total,
+                _ => {
+                    return Err(err(format!(
+                        "{} parameters, more than the limit of {MAX_PARAMS} for a whole network",
+                        layer_params.map_or_else(|| "too many".to_string(), |n| n.to_string())
+                    )))
+                }
+            };
             shapes.push(out);
         }
         let last = self.layers.len() - 1;
@@ -651,6 +736,67 @@ mod tests {
         assert!(LayerSpec::parse("conv8k3k3").is_err());
         assert!(LayerSpec::parse("softmax").is_err());
         assert!(LayerSpec::parse("conv8k3p1_1").is_err());
+    }
+
+    #[test]
+    fn huge_dense_is_an_error_not_a_capacity_overflow() {
+        // issue 10 item 4: `train --arch flatten,dense99999999999999999,dense10`.
+        let e = ArchSpec::from_compact("flatten,dense99999999999999999,dense10", [28, 28, 1], 10).unwrap_err();
+        assert!(matches!(e, NnError::InvalidLayer { index: 1, .. }), "{e}");
+        assert!(e.to_string().contains("limit"), "{e}");
+        // Units whose weight count overflows usize are reported the same way.
+        let e =
+            ArchSpec::from_compact(&format!("flatten,dense{},dense10", usize::MAX / 2), [28, 28, 1], 10).unwrap_err();
+        assert!(matches!(e, NnError::InvalidLayer { index: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn conv_with_1e17_filters_is_an_error() {
+        let json = r#"{"input":[28,28,1],"classes":10,"layers":[{"op":"Conv2d","filters":100000000000000000,"kernel":[3,3]},{"op":"Flatten"},{"op":"Dense","units":10}]}"#;
+        let e = ArchSpec::from_json(json).unwrap_err();
+        assert!(matches!(e, NnError::InvalidLayer { index: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn parameter_limit_is_inclusive() {
+        // 1x1x1 input, one Dense of u units: 2u parameters and u activations.
+        let at = MAX_PARAMS / 2;
+        let ok = ArchSpec::from_compact(&format!("flatten,dense{at}"), [1, 1, 1], at).unwrap();
+        assert_eq!(ok.param_count(), MAX_PARAMS);
+        let over = at + 1;
+        assert!(ArchSpec::from_compact(&format!("flatten,dense{over}"), [1, 1, 1], over).is_err());
+    }
+
+    #[test]
+    fn oversized_inputs_and_activations_are_errors() {
+        let e = ArchSpec::from_compact("flatten,dense10", [1 << 32, 1 << 32, 2], 10).unwrap_err();
+        assert!(matches!(e, NnError::InvalidArch(_)), "{e}");
+        // A 1x1 conv with many filters: the output activation is over the limit.
+        let e = ArchSpec::from_compact(&format!("conv{}k1,flatten,dense2", MAX_ACTIVATION), [2, 2, 1], 2).unwrap_err();
+        assert!(matches!(e, NnError::InvalidLayer { index: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn mac_limit_bounds_big_convolutions() {
+        // 1024x1024 input, 33x33 kernel, 4 filters: few parameters but ~4.3 G MACs.
+        let e = ArchSpec::from_compact("conv4k33,maxpool992,flatten,dense2", [1024, 1024, 1], 2).unwrap_err();
+        assert!(e.to_string().contains("multiply-accumulates"), "{e}");
+        let ok = ArchSpec::from_compact("conv4k33,maxpool224,flatten,dense2", [256, 256, 1], 2).unwrap();
+        assert!(ok.mac_count() <= MAX_MACS);
+    }
+
+    #[test]
+    fn kernel_and_padding_near_usize_max_do_not_overflow() {
+        let k = usize::MAX;
+        let l = LayerSpec::Conv2d { filters: 1, kernel: [k, k], stride: [1, 1], padding: [k - 1; 4] };
+        let a = ArchSpec {
+            input: [4, 4, 1],
+            classes: 2,
+            layers: vec![l, LayerSpec::Flatten, LayerSpec::Dense { units: 2 }],
+        };
+        assert!(a.validate().is_err());
+        assert_eq!(LayerSpec::Dense { units: usize::MAX }.param_lens([2, 1, 1]), (usize::MAX, usize::MAX));
+        assert_eq!(LayerSpec::Dense { units: usize::MAX }.checked_param_lens([2, 1, 1]), None);
     }
 
     #[test]

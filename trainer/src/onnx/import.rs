@@ -15,7 +15,7 @@ use super::proto::{
 };
 use super::verify::verify;
 use super::{OnnxError, SUPPORTED_OPS};
-use crate::nn::{ArchSpec, LayerParams, LayerSpec, Network, Params};
+use crate::nn::{ArchSpec, LayerParams, LayerSpec, Network, Params, MAX_ACTIVATION};
 
 pub(super) mod ops;
 
@@ -487,14 +487,23 @@ pub(super) fn graph_input(graph: &pb::GraphProto, consts: &Consts) -> Result<Inp
         )));
     }
     let shape = t.shape.as_ref().ok_or_else(|| OnnxError::Graph(format!("input `{}` has no shape", input.name)))?;
-    let dims = shape
+    let dims: Vec<Option<usize>> = shape
         .dim
         .iter()
         .map(|d| match d.value {
-            Some(dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+            Some(dimension::Value::DimValue(v)) if v > 0 => Some(usize::try_from(v).unwrap_or(usize::MAX)),
             _ => None,
         })
         .collect();
+    // The image (every dim but the batch) is checked against the activation limit before any
+    // shape arithmetic, which could overflow on hostile dims.
+    let image = dims.iter().skip(1).flatten().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if image.is_none_or(|n| n > MAX_ACTIVATION) {
+        return Err(OnnxError::Graph(format!(
+            "input `{}` has dims {dims:?}: more than {MAX_ACTIVATION} values per image",
+            input.name
+        )));
+    }
     Ok(Input { name: input.name.clone(), dims })
 }
 
@@ -796,4 +805,38 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
         notes: m.notes,
         max_abs_diff,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::value_info;
+    use super::super::{export_onnx, import_onnx_with, ImportOptions};
+    use super::*;
+
+    /// A tiny exported model whose graph input is replaced by one with `dims`.
+    fn with_input_dims(dims: &[Option<usize>]) -> Vec<u8> {
+        let spec = ArchSpec::from_compact("flatten,dense2", [2, 2, 1], 2).unwrap();
+        let bytes = export_onnx(&Network::new(spec, 1).unwrap()).unwrap();
+        let mut m = pb::ModelProto::decode(&bytes[..]).unwrap();
+        m.graph.as_mut().unwrap().input[0] = value_info("input", dims);
+        m.encode_to_vec()
+    }
+
+    #[test]
+    fn huge_input_dims_are_an_error_not_an_overflow() {
+        let opts = ImportOptions { skip_verify: true, ..ImportOptions::default() };
+        let big = 1usize << 33;
+        for dims in [
+            vec![None, Some(big), Some(big), Some(big)],
+            vec![None, Some(i64::MAX as usize)],
+            vec![Some(1), Some(1 << 25), Some(1)],
+        ] {
+            match import_onnx_with(&with_input_dims(&dims), &opts) {
+                Err(OnnxError::Graph(msg)) => assert!(msg.contains("values per image"), "{msg}"),
+                other => panic!("{dims:?}: {other:?}"),
+            }
+        }
+        // The unmodified shape still imports.
+        assert!(import_onnx_with(&with_input_dims(&[None, Some(1), Some(2), Some(2)]), &opts).is_ok());
+    }
 }

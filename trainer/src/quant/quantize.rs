@@ -36,6 +36,9 @@ pub enum QuantError {
     /// No calibration images.
     #[error("calibration needs at least one image")]
     NoCalibration,
+    /// The calibration images do not fit the network (another image shape).
+    #[error("calibration images: {0}")]
+    Calibration(#[from] crate::nn::NnError),
     /// A scale or multiplier is out of the representable range.
     #[error("layer {index}: requantization multiplier {value} is not representable")]
     Multiplier {
@@ -114,7 +117,7 @@ impl Calibration {
         for start in (0..n).step_by(256) {
             let idx: Vec<usize> = (start..(start + 256).min(n)).collect();
             let (x, _) = batch(data, &idx);
-            for (i, t) in net.activations(&x).iter().enumerate() {
+            for (i, t) in net.try_activations(&x)?.iter().enumerate() {
                 for &v in &t.data {
                     cal.lo[i] = cal.lo[i].min(v);
                     cal.hi[i] = cal.hi[i].max(v);
@@ -329,4 +332,28 @@ pub fn fake_quant_weights(net: &Network, cal: &Calibration) -> Result<Network, Q
         }
     }
     Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ArchSpec;
+
+    #[test]
+    fn calibration_with_another_image_shape_is_an_error() {
+        // issue 10 item 4: `export --dataset` with another image shape panicked.
+        let net = Network::new(ArchSpec::from_compact("flatten,dense3", [4, 4, 1], 3).unwrap(), 1).unwrap();
+        let calib = Dataset {
+            name: "other".into(),
+            height: 3,
+            width: 3,
+            channels: 1,
+            classes: 3,
+            labels_text: vec!["a".into(), "b".into(), "c".into()],
+            images: vec![0; 18],
+            labels: vec![0, 1],
+        };
+        let e = quantize(&net, &calib, 0, Vec::new(), Vec::new()).unwrap_err();
+        assert!(matches!(e, QuantError::Calibration(_)), "{e}");
+    }
 }

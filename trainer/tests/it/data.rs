@@ -233,12 +233,14 @@ fn idx_classes_at_least_two() {
 }
 
 #[test]
-fn idx_classes_from_test_labels_too() {
+fn idx_test_label_beyond_the_training_classes_is_rejected() {
+    // issue 10 item 7: the classes come from the training labels; a test label 11 in a
+    // 3-class dataset is an error, not a 12-class dataset.
     let tmp = tempfile::tempdir().unwrap();
     write_dataset(tmp.path(), 3, 2, (2, 2, 1), 3, false);
     idx::write_labels(tmp.path().join(IDX_FILE_NAMES[3]), &[0, 11], false).unwrap();
-    let s = load(&DatasetSpec::Idx(tmp.path().into())).unwrap();
-    assert_eq!((s.train.classes, s.test.classes), (12, 12));
+    let e = load(&DatasetSpec::Idx(tmp.path().into())).unwrap_err();
+    assert!(matches!(e, DataError::LabelOutOfRange { label: 11, classes: 3, .. }), "{e:?}");
 }
 
 #[test]
