@@ -8,6 +8,26 @@ use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
 use iocane_trainer::train::{self, Method, Metrics, RunOptions, TrainConfig, DEFAULT_IBP_KAPPA, IBP_TRAIN_EPS_FACTOR};
 
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerArg {
+    /// Adam (decoupled weight decay).
+    Adam,
+    /// SGD with momentum (coupled weight decay).
+    Sgd,
+}
+
+/// `--schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// Cosine decay to 0 over the run.
+    Cosine,
+    /// Constant.
+    Constant,
+    /// x0.1 every third of the run.
+    Step,
+}
+
 /// Flags of `iocane train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -41,9 +61,9 @@ pub struct TrainArgs {
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Optimizer: adam or sgd.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f32,
@@ -53,9 +73,9 @@ pub struct TrainArgs {
     /// Weight decay (coupled for SGD, decoupled for Adam).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
-    /// LR schedule: cosine, constant, or step (x0.1 every third of the run).
-    #[arg(long, default_value = "cosine")]
-    pub schedule: String,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
     /// Natural epochs before adversarial training.
     #[arg(long, default_value_t = 1)]
     pub warmup_epochs: usize,
@@ -142,16 +162,18 @@ pub fn resolve_arch(arch: &str, input: [usize; 3], classes: usize) -> Result<Arc
 /// images (which sets the default IBP ramp).
 pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize, train_len: usize) -> Result<TrainConfig> {
     let arch = resolve_arch(&a.arch, input, classes)?;
-    let optimizer = match a.optimizer.as_str() {
-        "adam" => OptimizerConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay },
-        "sgd" => OptimizerConfig::Sgd { momentum: a.momentum, nesterov: false, weight_decay: a.weight_decay },
-        o => bail!("unknown optimizer `{o}`: expected adam or sgd"),
+    let optimizer = match a.optimizer {
+        OptimizerArg::Adam => {
+            OptimizerConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay }
+        }
+        OptimizerArg::Sgd => {
+            OptimizerConfig::Sgd { momentum: a.momentum, nesterov: false, weight_decay: a.weight_decay }
+        }
     };
-    let schedule = match a.schedule.as_str() {
-        "cosine" => LrSchedule::Cosine { lr: a.lr, min_lr: 0.0, epochs: a.epochs, warmup_epochs: 0.0 },
-        "constant" => LrSchedule::Constant { lr: a.lr },
-        "step" => LrSchedule::Step { lr: a.lr, gamma: 0.1, every: a.epochs.div_ceil(3).max(1) },
-        s => bail!("unknown schedule `{s}`: expected cosine, constant or step"),
+    let schedule = match a.schedule {
+        ScheduleArg::Cosine => LrSchedule::Cosine { lr: a.lr, min_lr: 0.0, epochs: a.epochs, warmup_epochs: 0.0 },
+        ScheduleArg::Constant => LrSchedule::Constant { lr: a.lr },
+        ScheduleArg::Step => LrSchedule::Step { lr: a.lr, gamma: 0.1, every: a.epochs.div_ceil(3).max(1) },
     };
     Ok(TrainConfig {
         dataset: a.dataset.clone(),

@@ -475,7 +475,9 @@ mod tests {
         set_meta(&mut header, "arch", arch);
         let e = load_err(&seal(header, &data));
         assert!(matches!(e, CheckpointError::Network { .. }), "{e}");
-        assert!(e.to_string().contains("limit"), "{e}");
+        // The cause is the error's source (printed once, by the caller's error chain).
+        let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+        assert!(cause.contains("limit"), "{e}: {cause}");
     }
 
     #[test]
