@@ -515,7 +515,7 @@ mod issue10 {
         assert_exit_code(&out, 0);
         assert!(stderr(&out).contains("rounded down"), "{}", stderr(&out));
         let r = CertifyReport::read(&tmp.path().join("r/report.json")).unwrap();
-        assert_eq!((r.eps_requested.as_str(), r.config.k, r.eps_exact), ("0.01", 2, false));
+        assert_eq!((r.run.radius.requested.as_str(), r.config.k, r.run.radius.exact), ("0.01", 2, false));
     }
 
     /// 7. Model and dataset must agree on the classes.
@@ -550,20 +550,21 @@ mod issue10 {
         assert!(!tmp.path().join("e/model.icn").exists());
     }
 
+    /// Runs `iocane ARGS`, sends it SIGINT (Ctrl-C) after 2.5 s, and waits for it.
+    fn interrupted(args: &[&str]) -> Output {
+        let child =
+            bin().args(args).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        child.wait_with_output().unwrap()
+    }
+
     /// 10. Ctrl-C: train and certify stop with 130 and say what is (not) saved.
     #[test]
     fn issue10_10_ctrl_c_exits_130() {
         let tmp = tempfile::tempdir().unwrap();
         let out_dir = tmp.path().join("t");
-        let child = bin()
-            .args(["train", "--epochs", "50", "--quiet", "--out", out_dir.to_str().unwrap()])
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2500));
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-        let out = child.wait_with_output().unwrap();
+        let out = interrupted(&["train", "--epochs", "50", "--quiet", "--out", out_dir.to_str().unwrap()]);
         assert_exit_code(&out, 130);
         let err = stderr(&out);
         assert!(err.contains("interrupted"), "{err}");
@@ -573,15 +574,8 @@ mod issue10 {
             assert!(out_dir.join("model.ckpt").exists(), "{err}");
         }
         let report = tmp.path().join("c");
-        let child = bin()
-            .args(["certify", &model(), "--samples", "0", "--quiet", "--report", report.to_str().unwrap()])
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2500));
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-        let out = child.wait_with_output().unwrap();
+        let out =
+            interrupted(&["certify", &model(), "--samples", "0", "--quiet", "--report", report.to_str().unwrap()]);
         assert_exit_code(&out, 130);
         assert!(!report.join("report.json").exists(), "an interrupted gate wrote a report");
     }

@@ -109,28 +109,13 @@ pub struct CertifyReport {
     pub format: String,
     /// Version of iocane that wrote the report.
     pub iocane_version: String,
-    /// Model file as given.
-    pub model_file: String,
-    /// SHA-256 of the model blob.
-    pub model_sha256: String,
-    /// Dataset name.
-    pub dataset: String,
-    /// SHA-256 of the evaluated split (see `Dataset::sha256_hex`).
-    pub dataset_sha256: String,
-    /// Images in the evaluated split (before `--samples` and sharding).
-    pub split_len: usize,
-    /// Image shape `[h, w, c]`.
-    pub input_shape: [usize; 3],
-    /// Classes of the model.
-    pub classes: usize,
+    /// What was certified: model, dataset, shape, classes, requested and applied radius.
+    #[serde(flatten)]
+    pub run: RunIdentity,
     /// Settings (radius, attacks, seed, shard, gate, threshold, strict).
     pub config: GateConfig,
-    /// The eps the user asked for, as written (`0.1`, `4/255`).
-    pub eps_requested: String,
-    /// eps = k/255 of the gate, as applied.
+    /// eps = k/255 of the gate, as applied (`run.radius` has the eps as requested).
     pub eps: f64,
-    /// Whether the requested eps is exactly `k/255` (else it was rounded down to `k`).
-    pub eps_exact: bool,
     /// Samples the gate counted (at the gate radius).
     pub gate_n: usize,
     /// Samples that met the gate's criterion (certified or surviving every attack).
@@ -174,16 +159,8 @@ impl CertifyReport {
         CertifyReport {
             format: REPORT_FORMAT.into(),
             iocane_version: env!("CARGO_PKG_VERSION").into(),
-            model_file: id.model_file,
-            model_sha256: id.model_sha256,
-            dataset: id.dataset,
-            dataset_sha256: id.dataset_sha256,
-            split_len: id.split_len,
-            input_shape: id.input_shape,
-            classes: id.classes,
-            eps_requested: id.radius.requested,
+            run: id,
             eps: config.k as f64 / 255.0,
-            eps_exact: id.radius.exact,
             config,
             gate_n: at.n,
             gate_count,
@@ -196,24 +173,6 @@ impl CertifyReport {
             warnings,
             seconds,
             outcome,
-        }
-    }
-
-    /// The run this report belongs to.
-    pub fn identity(&self) -> RunIdentity {
-        RunIdentity {
-            model_file: self.model_file.clone(),
-            model_sha256: self.model_sha256.clone(),
-            dataset: self.dataset.clone(),
-            dataset_sha256: self.dataset_sha256.clone(),
-            split_len: self.split_len,
-            input_shape: self.input_shape,
-            classes: self.classes,
-            radius: crate::gate::Radius {
-                requested: self.eps_requested.clone(),
-                k: self.config.k,
-                exact: self.eps_exact,
-            },
         }
     }
 
@@ -255,8 +214,8 @@ impl CertifyReport {
                 self.gate_count,
                 self.gate_n,
                 self.gate_required,
-                esc(&self.model_sha256),
-                esc(&self.dataset),
+                esc(&self.run.model_sha256),
+                esc(&self.run.dataset),
                 self.gate_count,
                 self.gate_n,
                 100.0 * self.gate_value,
@@ -295,13 +254,13 @@ impl CertifyReport {
     pub fn markdown(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "# iocane certify: {}\n", if self.passed { "PASSED" } else { "FAILED" });
-        let _ = writeln!(o, "- model: `{}` (sha256 `{}`)", self.model_file, self.model_sha256);
+        let _ = writeln!(o, "- model: `{}` (sha256 `{}`)", self.run.model_file, self.run.model_sha256);
         let _ = writeln!(
             o,
             "- dataset: {} ({} samples, sha256 `{}`)",
-            self.dataset,
+            self.run.dataset,
             self.outcome.samples.len(),
-            self.dataset_sha256
+            self.run.dataset_sha256
         );
         let _ = writeln!(
             o,
@@ -309,7 +268,11 @@ impl CertifyReport {
             self.config.k,
             self.eps,
             self.config.k,
-            if self.eps_exact { String::new() } else { format!("; requested {}, rounded down", self.eps_requested) }
+            if self.run.radius.exact {
+                String::new()
+            } else {
+                format!("; requested {}, rounded down", self.run.radius.requested)
+            }
         );
         let _ = writeln!(
             o,
@@ -405,7 +368,7 @@ impl CertifyReport {
             o,
             "<text x=\"{}\" y=\"24\" text-anchor=\"middle\">accuracy vs eps: {}</text>",
             w / 2.0,
-            self.dataset
+            self.run.dataset
         );
         type Series<'a> = (&'a str, &'a str, fn(&LevelSummary) -> f64);
         let series: [Series<'_>; 3] = [
@@ -451,7 +414,7 @@ impl CertifyReport {
         let pid = std::process::id();
         let tmp = dir.join(format!(".{COUNTEREXAMPLES}.tmp-{pid}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        let [h, w, c] = self.input_shape;
+        let [h, w, c] = self.run.input_shape;
         let mut any = false;
         for s in &self.outcome.samples {
             if let (Some(cx), Some(file)) = (&s.counterexample, &s.counterexample_file) {
@@ -515,7 +478,7 @@ impl CertifyReport {
         let bytes = std::fs::read(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
         let mut r = CertifyReport::from_json(&bytes).map_err(|msg| ReportError::Format { path: path.into(), msg })?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let len = r.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let len = r.run.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         for s in &mut r.outcome.samples {
             let Some(file) = &s.counterexample_file else { continue };
             if *file != crate::gate::counterexample_file(s.index) {
@@ -533,7 +496,7 @@ impl CertifyReport {
             if Some(cx.len()) != len {
                 return Err(ReportError::Format {
                     path: p,
-                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.input_shape),
+                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.run.input_shape),
                 });
             }
             s.counterexample = Some(cx);
@@ -551,22 +514,22 @@ impl CertifyReport {
         }
         // The shard's size first, in closed form: a hostile `split_len` must not make the
         // list of expected indices below allocate (or take) forever.
-        let total = if c.samples == 0 { self.split_len } else { c.samples.min(self.split_len) };
+        let total = if c.samples == 0 { self.run.split_len } else { c.samples.min(self.run.split_len) };
         let size = if total > i { (total - i - 1) / n + 1 } else { 0 };
         if size != self.outcome.samples.len() {
             return Err(format!(
                 "shard {i}/{n} of a split of {} ({total} samples) should hold {size} samples but holds {}",
-                self.split_len,
+                self.run.split_len,
                 self.outcome.samples.len()
             ));
         }
-        let want = crate::gate::shard_indices(self.split_len, c.samples, c.shard);
+        let want = crate::gate::shard_indices(self.run.split_len, c.samples, c.shard);
         let got: Vec<usize> = self.outcome.samples.iter().map(|s| s.index).collect();
         if got != want {
             return Err(format!(
                 "shard {i}/{n} should hold samples {} of the split of {} ({} samples) but holds {}",
                 describe_indices(&want),
-                self.split_len,
+                self.run.split_len,
                 want.len(),
                 describe_indices(&got)
             ));
@@ -595,8 +558,8 @@ impl CertifyReport {
             return Err(format!("the sample verdicts do not match the counts at k={}", c.k));
         }
         for s in &self.outcome.samples {
-            if s.label >= self.classes || s.predicted >= self.classes {
-                return Err(format!("sample {} has a class outside 0..{}", s.index, self.classes));
+            if s.label >= self.run.classes || s.predicted >= self.run.classes {
+                return Err(format!("sample {} has a class outside 0..{}", s.index, self.run.classes));
             }
             if (s.verdict == SampleVerdict::Falsified) != s.counterexample_file.is_some() {
                 return Err(format!("sample {}: a falsified verdict needs a counterexample, and only it", s.index));
@@ -636,16 +599,16 @@ pub enum MergeError {
 pub fn merge_reports(reports: &[CertifyReport]) -> Result<CertifyReport, MergeError> {
     let first = reports.first().ok_or(MergeError::Empty)?;
     for (index, r) in reports.iter().enumerate() {
-        r.check_consistent().map_err(|msg| MergeError::Inconsistent { index, file: r.model_file.clone(), msg })?;
+        r.check_consistent().map_err(|msg| MergeError::Inconsistent { index, file: r.run.model_file.clone(), msg })?;
     }
     let settings = |r: &CertifyReport| {
         let mut c = r.config.clone();
         c.shard = (0, 1);
         c
     };
-    let (id, cfg) = (first.identity(), settings(first));
+    let (id, cfg) = (first.run.clone(), settings(first));
     for r in &reports[1..] {
-        let other = r.identity();
+        let other = r.run.clone();
         let what = if other.model_sha256 != id.model_sha256 {
             Some("model")
         } else if (&other.dataset, &other.dataset_sha256, other.split_len)
@@ -839,17 +802,17 @@ mod tests {
         refused(&[parts[0].clone(), parts[0].clone(), parts[1].clone(), parts[2].clone()], "given twice");
         refused(&[parts[0].clone(), parts[1].clone(), report(&blob, &data, config((2, 3), 2))], "settings");
         let mut other_model = parts[2].clone();
-        other_model.model_sha256 = "ff".into();
+        other_model.run.model_sha256 = "ff".into();
         refused(&[parts[0].clone(), parts[1].clone(), other_model], "model");
         let mut other_threshold = parts[2].clone();
         other_threshold.config.threshold = "0.9".parse().unwrap();
         refused(&[parts[0].clone(), parts[1].clone(), other_threshold], "settings");
         let mut other_eps = parts[2].clone();
-        other_eps.eps_requested = "0.16".into();
-        other_eps.eps_exact = false;
+        other_eps.run.radius.requested = "0.16".into();
+        other_eps.run.radius.exact = false;
         refused(&[parts[0].clone(), parts[1].clone(), other_eps], "eps");
         let mut other_data = parts[2].clone();
-        other_data.dataset_sha256 = "aa".into();
+        other_data.run.dataset_sha256 = "aa".into();
         refused(&[parts[0].clone(), parts[1].clone(), other_data], "dataset");
         // A tampered shard: counts that do not match its verdicts, or a sample of another shard.
         let mut tampered = parts[2].clone();
@@ -908,7 +871,7 @@ mod tests {
         r.warnings = vec!["a protocol warning".into()];
         for strict in [false, true] {
             r.config.strict = strict;
-            let r = CertifyReport::new(r.identity(), r.config.clone(), r.outcome.clone(), 1.0);
+            let r = CertifyReport::new(r.run.clone(), r.config.clone(), r.outcome.clone(), 1.0);
             let mut r = r;
             r.warnings = vec!["a protocol warning".into()];
             r.passed = r.gate_met && !(strict && !r.warnings.is_empty());
@@ -925,14 +888,14 @@ mod tests {
     fn issue10_report_records_version_and_eps() {
         let (blob, data) = fixture();
         let mut r = report(&blob, &data, config((0, 1), 1));
-        r.eps_requested = "0.16".into();
-        r.eps_exact = false;
+        r.run.radius.requested = "0.16".into();
+        r.run.radius.exact = false;
         let json = serde_json::to_string(&r).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["iocane_version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(v["eps_requested"], "0.16");
+        assert_eq!(v["radius"]["requested"], "0.16");
         assert_eq!(v["config"]["k"], 40);
-        assert_eq!(v["eps_exact"], false);
+        assert_eq!(v["radius"]["exact"], false);
         let s = v["outcome"]["samples"].as_array().unwrap();
         assert!(s.iter().all(|s| s.get("counterexample").is_none()));
         assert!(s.iter().any(|s| s["counterexample_file"].is_string()));

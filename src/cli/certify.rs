@@ -265,10 +265,10 @@ fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    if !report.eps_exact {
+    if !report.run.radius.exact {
         eprintln!(
             "warning: eps {} was applied as {}/255 (rounded down to whole pixel levels)",
-            report.eps_requested, report.config.k
+            report.run.radius.requested, report.config.k
         );
     }
     println!(
