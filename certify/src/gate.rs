@@ -197,7 +197,7 @@ impl std::str::FromStr for Radius {
                 "eps `{text}` is less than one pixel level (1/255 = 0.0039): it would certify nothing; use 1/255 or more"
             ));
         }
-        Ok(Radius { requested: t.to_string(), k, exact: scaled % den as u128 == 0 })
+        Ok(Radius { requested: t.to_string(), k, exact: scaled.is_multiple_of(den as u128) })
     }
 }
 
@@ -651,7 +651,7 @@ mod tests {
                 assert!(need as u128 * den as u128 >= num as u128 * n as u128, "{text} n={n}");
                 assert!(need == 0 || (need as u128 - 1) * (den as u128) < num as u128 * n as u128, "{text} n={n}");
                 assert!(t.met(need, n) && (need == 0 || !t.met(need - 1, n)));
-                if (num * n as u64) % den == 0 {
+                if (num * n as u64).is_multiple_of(den) {
                     // The accuracy can equal the threshold exactly: it passes.
                     assert_eq!(need as u64 * den, num * n as u64);
                 }

@@ -155,7 +155,7 @@ impl CertifyReport {
         let gate_required = config.threshold.required(at.n);
         let gate_met = config.threshold.met(gate_count, at.n);
         let warnings = crate::gate::protocol_warnings(&outcome);
-        let passed = gate_met && !(config.strict && !warnings.is_empty());
+        let passed = gate_met && (!config.strict || warnings.is_empty());
         CertifyReport {
             format: REPORT_FORMAT.into(),
             iocane_version: env!("CARGO_PKG_VERSION").into(),
@@ -507,6 +507,12 @@ impl CertifyReport {
     /// Checks that the report's counts, verdicts and sample indices agree with each other and
     /// with its shard (what a merge relies on).
     pub fn check_consistent(&self) -> Result<(), String> {
+        if self.run.radius.k != self.config.k {
+            return Err(format!(
+                "the applied radius {} differs from the configured k = {}",
+                self.run.radius.k, self.config.k
+            ));
+        }
         let c = &self.config;
         let (i, n) = c.shard;
         if n == 0 || i >= n {
@@ -867,18 +873,19 @@ mod tests {
     #[test]
     fn issue10_junit_agrees_with_the_verdict() {
         let (blob, data) = fixture();
-        let mut r = report(&blob, &data, config((0, 1), 1));
-        r.warnings = vec!["a protocol warning".into()];
+        let base = report(&blob, &data, config((0, 1), 1));
         for strict in [false, true] {
-            r.config.strict = strict;
-            let r = CertifyReport::new(r.run.clone(), r.config.clone(), r.outcome.clone(), 1.0);
-            let mut r = r;
+            let mut cfg = base.config.clone();
+            cfg.strict = strict;
+            let mut r = CertifyReport::new(base.run.clone(), cfg, base.outcome.clone(), 1.0);
+            // A protocol warning, as `protocol_warnings` would raise it.
             r.warnings = vec!["a protocol warning".into()];
-            r.passed = r.gate_met && !(strict && !r.warnings.is_empty());
+            r.passed = r.gate_met && !strict;
             let xml = r.junit();
             let failures = usize::from(!r.gate_met) + usize::from(strict);
             assert!(xml.contains(&format!("failures=\"{failures}\"")), "{xml}");
             assert_eq!(xml.contains("<failure message=\"1 warning(s)"), strict, "{xml}");
+            assert_eq!(xml.contains("<system-out>1 warning(s)"), !strict, "{xml}");
         }
     }
 
