@@ -640,3 +640,30 @@ mod issue10 {
         assert!(err.contains("certify: 20 samples") && err.contains("20/20 samples"), "{err}");
     }
 }
+
+/// Regression tests of issue 20 (papercuts).
+mod issue20 {
+    use super::*;
+    use iocane_certify::report::CertifyReport;
+
+    /// 4. One convention for radii and step sizes everywhere: `k/255` or a decimal fraction.
+    #[test]
+    fn issue20_4_units_are_one_convention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().join("r");
+        let out = certify(
+            &["--eps", "2/255", "--gate", "empirical", "--step-size", "1/255", "--eps-sweep", "1/255,0.0157"],
+            &r,
+        );
+        assert_exit_code(&out, 0);
+        let rep = CertifyReport::read(&r.join("report.json")).unwrap();
+        assert_eq!(rep.config.sweep, vec![1, 4]);
+        assert!((rep.config.pgd_step_size.unwrap() - 1.0).abs() < 1e-4);
+        for bad in [["--step-size", "2"], ["--eps-sweep", "1/255,banana"]] {
+            let out = run(&["certify", &model(), bad[0], bad[1], "--report", "/nonexistent/never"]);
+            assert_exit_code(&out, 2);
+        }
+        let out = run(&["train", "--step-size", "3", "--out", "/nonexistent/never"]);
+        assert_exit_code(&out, 2);
+    }
+}

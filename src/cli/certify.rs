@@ -142,8 +142,9 @@ pub struct CertifyArgs {
     /// PGD restarts.
     #[arg(long, default_value_t = 2)]
     pub restarts: usize,
-    /// PGD step size in pixel levels (default max(1, k/4)).
-    #[arg(long)]
+    /// PGD step size, like --eps: levels (2/255) or a decimal (0.01) [default: max(1, k/4)
+    /// levels].
+    #[arg(long, value_parser = super::train::parse_eps)]
     pub step_size: Option<f32>,
     /// Square Attack query budget per sample.
     #[arg(long, default_value_t = 500)]
@@ -181,7 +182,7 @@ impl CertifyArgs {
             seed: self.seed,
             pgd_steps: self.steps,
             pgd_restarts: self.restarts,
-            pgd_step_size: self.step_size,
+            pgd_step_size: self.step_size.map(|f| f * 255.0),
             square_queries: self.square_queries,
             random_samples: self.random,
             gate: self.gate.into(),

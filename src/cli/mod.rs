@@ -99,6 +99,17 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            // Training stopped by Ctrl-C (in `train` or inside `demo`) is not an input error.
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<iocane_trainer::train::TrainError>(),
+                    Some(iocane_trainer::train::TrainError::Interrupted { .. })
+                )
+            });
+            if interrupted {
+                eprintln!("{e:#}");
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
@@ -114,16 +125,10 @@ fn run(cli: Cli) -> Result<u8> {
             print!("{text}");
             Ok(EXIT_OK)
         }
-        Command::Train(a) => match train::run(&a) {
-            Ok(_) => Ok(EXIT_OK),
-            Err(e) => match e.downcast_ref::<iocane_trainer::train::TrainError>() {
-                Some(t @ iocane_trainer::train::TrainError::Interrupted { .. }) => {
-                    eprintln!("{t}");
-                    Ok(EXIT_INTERRUPTED)
-                }
-                _ => Err(e),
-            },
-        },
+        Command::Train(a) => {
+            train::run(&a)?;
+            Ok(EXIT_OK)
+        }
         Command::Export(a) => {
             export::run(&a)?;
             Ok(EXIT_OK)

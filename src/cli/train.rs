@@ -52,8 +52,8 @@ pub struct TrainArgs {
     /// PGD steps during training.
     #[arg(long, default_value_t = 7)]
     pub steps: usize,
-    /// PGD step size (default 2.5 * eps / steps).
-    #[arg(long)]
+    /// PGD step size, like --eps: a decimal (0.01) or levels (2/255) [default: 2.5 * eps / steps].
+    #[arg(long, value_parser = parse_eps)]
     pub step_size: Option<f32>,
     /// Epochs.
     #[arg(long, default_value_t = 10)]
