@@ -403,13 +403,11 @@ pub(crate) fn backward_raw(
     }
 }
 
-/// Range `[k0, k1)` of kernel taps that land inside `[0, size)` for output position `o`.
-#[inline]
+/// Valid kernel taps `[k0, k1)` along one axis: the runtime's receptive-field walk
+/// ([`iocane_runtime::geometry::taps`]).
 fn valid_range(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
-    let start = o * stride; // position of tap 0 in padded coordinates
-    let k0 = pad.saturating_sub(start).min(k);
-    let k1 = (size + pad).saturating_sub(start).min(k);
-    (k0, k1.max(k0))
+    let (k0, k1, _) = iocane_runtime::geometry::taps(o, stride, pad, k, size);
+    (k0, k1)
 }
 
 fn fill_bias(y: &mut [f32], bias: &[f32]) {
@@ -650,14 +648,5 @@ mod tests {
             close(&g1.weights, &g2.weights, &format!("{what} dw"));
             close(&g1.bias, &g2.bias, &format!("{what} db"));
         }
-    }
-
-    #[test]
-    fn valid_range_clips_to_input() {
-        // 3-tap kernel, pad 1, input 4: output 0 sees taps 1..3, output 3 (stride 1) taps 0..2.
-        assert_eq!(valid_range(0, 1, 1, 3, 4), (1, 3));
-        assert_eq!(valid_range(1, 1, 1, 3, 4), (0, 3));
-        assert_eq!(valid_range(3, 1, 1, 3, 4), (0, 2));
-        assert_eq!(valid_range(0, 2, 0, 2, 1), (0, 1));
     }
 }
