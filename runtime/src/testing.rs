@@ -6,6 +6,7 @@ use std::string::ToString;
 use std::vec::Vec;
 
 use crate::emit::{LayerRepr, ModelRepr};
+use crate::kernels::ChannelParams;
 use crate::rng::SplitMix64;
 use crate::{quant, OpKind, Shape};
 
@@ -190,4 +191,27 @@ pub fn random_cnn_s(seed: u64) -> ModelRepr {
         ],
         seed,
     )
+}
+
+/// Per-output-channel requantization data held in vectors, for kernel tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelTable {
+    /// Biases.
+    pub bias: Vec<i32>,
+    /// Requantization multipliers.
+    pub m: Vec<i32>,
+    /// Requantization shifts.
+    pub s: Vec<i32>,
+}
+
+impl ChannelParams for ChannelTable {
+    fn bias(&self, c: usize) -> i32 {
+        self.bias[c]
+    }
+    fn multiplier(&self, c: usize) -> i32 {
+        self.m[c]
+    }
+    fn shift(&self, c: usize) -> i32 {
+        self.s[c]
+    }
 }

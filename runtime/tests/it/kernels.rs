@@ -3,28 +3,10 @@
 //! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
 //! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
 
-use iocane_runtime::kernels::{self, reference, ChannelParams, Output, Window};
-use iocane_runtime::testing::{random_model, SynthLayer};
+use iocane_runtime::kernels::{self, reference, Output, Window};
+use iocane_runtime::testing::{random_model, ChannelTable as Params, SynthLayer};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
-
-#[derive(Debug, Clone)]
-struct Params {
-    bias: Vec<i32>,
-    m: Vec<i32>,
-    s: Vec<i32>,
-}
-impl ChannelParams for Params {
-    fn bias(&self, c: usize) -> i32 {
-        self.bias[c]
-    }
-    fn multiplier(&self, c: usize) -> i32 {
-        self.m[c]
-    }
-    fn shift(&self, c: usize) -> i32 {
-        self.s[c]
-    }
-}
 
 fn bytes(n: usize) -> impl Strategy<Value = Vec<i8>> {
     prop::collection::vec(any::<i8>(), n)
