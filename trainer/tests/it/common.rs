@@ -2,9 +2,10 @@
 
 use std::fmt::Debug;
 
+use iocane_trainer::data::Splits;
 use iocane_trainer::nn::{ArchSpec, LrSchedule, Network, OptimizerConfig, Tensor};
 use iocane_trainer::rng::Rng;
-use iocane_trainer::train::{Method, TrainConfig};
+use iocane_trainer::train::{train, Method, RunOptions, TrainConfig};
 
 /// The base configuration of the training tests: `cnn-s` on `mnist-small`, Adam with a
 /// cosine schedule over `epochs`, eps 0.1; each test sets what it varies.
@@ -58,4 +59,12 @@ pub fn assert_same_on_1_2_3_threads<T: PartialEq + Debug + Send>(f: impl Fn() ->
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
+}
+
+/// Trains `cfg` on `s` into a fresh temporary directory, which holds the run's files
+/// (`model.ckpt`, `metrics.json`).
+pub fn train_into_tempdir(cfg: &TrainConfig, s: &Splits) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    train(cfg, &s.train, &s.test, dir.path(), &RunOptions::default()).unwrap();
+    dir
 }

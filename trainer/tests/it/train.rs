@@ -3,9 +3,9 @@
 
 use iocane_trainer::data::{load, DatasetSpec};
 use iocane_trainer::train::checkpoint;
-use iocane_trainer::train::{evaluate, train, Method, RunOptions};
+use iocane_trainer::train::{evaluate, train, Method, RunOptions, TrainConfig};
 
-use crate::common::train_config;
+use crate::common::{train_config, train_into_tempdir};
 
 #[test]
 fn pgd_training_beats_natural_training_under_pgd_and_loss_falls() {
@@ -33,10 +33,8 @@ fn pgd_training_beats_natural_training_under_pgd_and_loss_falls() {
 #[test]
 fn resume_is_bit_identical() {
     let s = load(&DatasetSpec::MnistSmall).unwrap();
-    let mut cfg = train_config(Method::Pgd, 3);
-    cfg.train_samples = 800;
-    let full = tempfile::tempdir().unwrap();
-    train(&cfg, &s.train, &s.test, full.path(), &RunOptions::default()).unwrap();
+    let cfg = TrainConfig { train_samples: 800, ..train_config(Method::Pgd, 3) };
+    let full = train_into_tempdir(&cfg, &s);
     // "Interrupt" after 2 epochs: a run configured identically, stopped by the flag after epoch 2.
     let part = tempfile::tempdir().unwrap();
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,10 +94,8 @@ fn resume_is_bit_identical() {
 #[test]
 fn corrupted_checkpoints_are_rejected() {
     let s = load(&DatasetSpec::MnistSmall).unwrap();
-    let mut cfg = train_config(Method::Natural, 1);
-    cfg.train_samples = 200;
-    let d = tempfile::tempdir().unwrap();
-    train(&cfg, &s.train, &s.test, d.path(), &RunOptions::default()).unwrap();
+    let cfg = TrainConfig { train_samples: 200, ..train_config(Method::Natural, 1) };
+    let d = train_into_tempdir(&cfg, &s);
     let bytes = std::fs::read(d.path().join("model.ckpt")).unwrap();
     for cut in [0, 7, 100, bytes.len() - 1] {
         assert!(checkpoint::from_bytes(&bytes[..cut]).is_err(), "truncation to {cut} accepted");
