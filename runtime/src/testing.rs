@@ -204,6 +204,18 @@ pub struct ChannelTable {
     pub s: Vec<i32>,
 }
 
+impl ChannelTable {
+    /// Random parameters for `n` channels, drawn in this order: biases in +-100,000, then any
+    /// positive multiplier, then any shift in [-31, 30].
+    pub fn random(rng: &mut SplitMix64, n: usize) -> ChannelTable {
+        ChannelTable {
+            bias: (0..n).map(|_| rng.range(-100_000, 100_000) as i32).collect(),
+            m: (0..n).map(|_| rng.range(1, i32::MAX as i64) as i32).collect(),
+            s: (0..n).map(|_| rng.range(-31, 30) as i32).collect(),
+        }
+    }
+}
+
 impl ChannelParams for ChannelTable {
     fn bias(&self, c: usize) -> i32 {
         self.bias[c]

@@ -56,11 +56,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..n).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..n * oc).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, oc);
         let clamp = if relu { (ozp, 127) } else { (-128, 127) };
         let acc = reference::dense_acc(&x, &w, &p.bias, zp);
         let mut act = vec![0u8; oc];
@@ -82,11 +78,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..oc * win.kernel.0 * win.kernel.1 * win.input.c).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, oc);
         let acc = reference::conv2d_acc(&win, &x, &w, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
@@ -110,11 +102,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let wts: Vec<i8> = (0..oc * k * k * ic).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, oc);
         let acc = reference::conv2d_acc(&win, &x, &wts, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
@@ -136,11 +124,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..win.kernel.0 * win.kernel.1 * c).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..c).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..c).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..c).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, c);
         let acc = reference::depthwise_acc(&win, &x, &w, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
