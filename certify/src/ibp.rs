@@ -12,7 +12,7 @@
 //! With `lo == hi` (k = 0) the bounds are exactly the runtime's logits.
 
 use iocane_runtime::format::{Layer, OpKind};
-use iocane_runtime::{quant, Model};
+use iocane_runtime::{quant, window, Model};
 use serde::Serialize;
 
 /// The L-infinity ball of `k` pixel levels around `pixels` (a perturbation of `k/255`),
@@ -394,26 +394,25 @@ impl<'m> Bounder<'m> {
                 }
             }
             OpKind::Conv2d => {
-                let (kh, kw) = layer.kernel();
-                let (sh, sw) = layer.stride();
-                let (pt, pl, _, _) = layer.padding();
+                let win = window(layer);
+                let (kh, kw) = win.kernel;
                 let ic = i.c;
                 let per_oc = kh * kw * ic;
                 for oy in 0..o.h {
                     for ox in 0..o.w {
                         // Gather the receptive field, zeros for padding taps.
                         for ky in 0..kh {
-                            let iy = (oy * sh + ky) as isize - pt as isize;
                             for kx in 0..kw {
-                                let ix = (ox * sw + kx) as isize - pl as isize;
                                 let dst = (ky * kw + kx) * ic;
-                                if iy < 0 || ix < 0 || iy >= i.h as isize || ix >= i.w as isize {
-                                    self.patch_lo[dst..dst + ic].fill(0);
-                                    self.patch_hi[dst..dst + ic].fill(0);
-                                } else {
-                                    let src = (iy as usize * i.w + ix as usize) * ic;
-                                    self.patch_lo[dst..dst + ic].copy_from_slice(&self.shifted_lo[src..src + ic]);
-                                    self.patch_hi[dst..dst + ic].copy_from_slice(&self.shifted_hi[src..src + ic]);
+                                match win.tap((oy, ox), (ky, kx)) {
+                                    None => {
+                                        self.patch_lo[dst..dst + ic].fill(0);
+                                        self.patch_hi[dst..dst + ic].fill(0);
+                                    }
+                                    Some(src) => {
+                                        self.patch_lo[dst..dst + ic].copy_from_slice(&self.shifted_lo[src..src + ic]);
+                                        self.patch_hi[dst..dst + ic].copy_from_slice(&self.shifted_hi[src..src + ic]);
+                                    }
                                 }
                             }
                         }
@@ -428,8 +427,7 @@ impl<'m> Bounder<'m> {
             }
             OpKind::DepthwiseConv2d => {
                 let (kh, kw) = layer.kernel();
-                let (sh, sw) = layer.stride();
-                let (pt, pl, _, _) = layer.padding();
+                let win = window(layer);
                 let cn = i.c;
                 for oy in 0..o.h {
                     for ox in 0..o.w {
@@ -437,16 +435,8 @@ impl<'m> Bounder<'m> {
                         self.next_lo.extend(self.params.iter().map(|p| p.0));
                         self.next_hi.extend(self.params.iter().map(|p| p.0));
                         for ky in 0..kh {
-                            let iy = (oy * sh + ky) as isize - pt as isize;
-                            if iy < 0 || iy >= i.h as isize {
-                                continue;
-                            }
                             for kx in 0..kw {
-                                let ix = (ox * sw + kx) as isize - pl as isize;
-                                if ix < 0 || ix >= i.w as isize {
-                                    continue;
-                                }
-                                let src = (iy as usize * i.w + ix as usize) * cn;
+                                let Some(src) = win.tap((oy, ox), (ky, kx)) else { continue };
                                 let wrow = &w[(ky * kw + kx) * cn..(ky * kw + kx + 1) * cn];
                                 let (xl, xh) = (&self.shifted_lo[src..src + cn], &self.shifted_hi[src..src + cn]);
                                 let (ol, oh) = (&mut self.next_lo[base..base + cn], &mut self.next_hi[base..base + cn]);
