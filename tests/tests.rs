@@ -352,3 +352,318 @@ mod snapshots {
         check("verdicts.txt", &verdicts.join("\n"));
     }
 }
+
+/// Regression tests of issue 10 ("the gate must never lie"), one per item.
+mod issue10 {
+    use super::*;
+    use iocane_certify::report::CertifyReport;
+
+    fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn gate_args(eps: &str) -> Vec<&str> {
+        vec!["--eps", eps, "--gate", "empirical"]
+    }
+
+    /// 1. An accuracy equal to the threshold passes; one sample more needed fails.
+    #[test]
+    fn issue10_1_threshold_equal_to_accuracy_passes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = certify(&[gate_args("2/255"), vec!["--threshold", "0"]].concat(), &tmp.path().join("a"));
+        assert_exit_code(&base, 0);
+        let r = CertifyReport::read(&tmp.path().join("a/report.json")).unwrap();
+        let (count, n) = (r.gate_count, r.gate_n);
+        assert!(count > 0 && count < n, "{count}/{n}");
+        let exact = format!("{count}/{n}");
+        let decimal = format!("{}", count as f64 / n as f64);
+        for t in [exact.as_str(), decimal.as_str()] {
+            let out = certify(&[gate_args("2/255"), vec!["--threshold", t]].concat(), &tmp.path().join("b"));
+            assert_exit_code(&out, 0);
+        }
+        let above = format!("{}/{n}", count + 1);
+        let out = certify(&[gate_args("2/255"), vec!["--threshold", &above]].concat(), &tmp.path().join("c"));
+        assert_exit_code(&out, 1);
+        let junit = std::fs::read_to_string(tmp.path().join("c/junit.xml")).unwrap();
+        assert!(junit.contains(&format!("{count} of {n} samples, {} needed", count + 1)), "{junit}");
+    }
+
+    /// 2. A gate over zero samples is an error, and writes nothing.
+    #[test]
+    fn issue10_2_zero_samples_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = run(&[
+            "certify",
+            &model(),
+            "--samples",
+            "5",
+            "--shard",
+            "7/8",
+            "--report",
+            tmp.path().join("r").to_str().unwrap(),
+        ]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("0 samples"), "{}", stderr(&out));
+        assert!(!tmp.path().join("r/report.json").exists());
+    }
+
+    /// 3. Merge refuses anything but one run's disjoint, complete cover, and writes nothing.
+    #[test]
+    fn issue10_3_merge_refuses_partial_duplicate_and_foreign_shards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = gate_args("2/255");
+        let dirs: Vec<String> = (0..2)
+            .map(|i| {
+                let d = tmp.path().join(format!("s{i}"));
+                let shard = format!("{i}/2");
+                assert_exit_code(&certify(&[args.clone(), vec!["--shard", &shard]].concat(), &d), 0);
+                d.to_str().unwrap().to_string()
+            })
+            .collect();
+        let other = tmp.path().join("other");
+        assert_exit_code(&certify(&[args.clone(), vec!["--shard", "1/2", "--seed", "9"]].concat(), &other), 0);
+        let merged = tmp.path().join("m");
+        let m = merged.to_str().unwrap();
+        for (ds, why) in [
+            (vec![dirs[0].as_str()], "missing"),
+            (vec![dirs[0].as_str(), dirs[0].as_str()], "twice"),
+            (vec![dirs[0].as_str(), other.to_str().unwrap()], "settings"),
+        ] {
+            let mut a = vec!["certify", "merge"];
+            a.extend(ds);
+            a.extend(["--report", m]);
+            let out = run(&a);
+            assert_exit_code(&out, 2);
+            assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
+            assert!(!merged.exists(), "a refused merge wrote {}", merged.display());
+        }
+        let out = run(&["certify", "merge", &dirs[1], &dirs[0], "--report", m, "--quiet"]);
+        assert_exit_code(&out, 0);
+        let r = CertifyReport::read(&merged.join("report.json")).unwrap();
+        assert_eq!(r.config.shard, (0, 1));
+    }
+
+    /// 4. Inputs that used to panic or abort are exit 2.
+    #[test]
+    fn issue10_4_huge_architectures_and_shape_mismatches_exit_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = run(&[
+            "train",
+            "--arch",
+            "flatten,dense99999999999999999,dense10",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            tmp.path().join("t").to_str().unwrap(),
+        ]);
+        assert_exit_code(&out, 2);
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        // A calibration dataset of another image shape (16x16 IDX files).
+        let idx = tmp.path().join("idx");
+        write_idx_dir(&idx, 16, 16, 20, 10);
+        let run_dir = exported().parent().unwrap().join("run");
+        let spec = format!("idx:{}", idx.display());
+        let out = run(&[
+            "export",
+            run_dir.to_str().unwrap(),
+            "--dataset",
+            &spec,
+            "--out",
+            tmp.path().join("e").to_str().unwrap(),
+        ]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("16x16x1"), "{}", stderr(&out));
+    }
+
+    /// Writes an IDX folder (train and t10k) of `n` `h x w` gray images with labels `i % classes`.
+    fn write_idx_dir(dir: &Path, h: usize, w: usize, n: usize, classes: usize) {
+        std::fs::create_dir_all(dir).unwrap();
+        for split in ["train", "t10k"] {
+            let mut img = vec![0, 0, 8, 3];
+            for d in [n, h, w] {
+                img.extend((d as u32).to_be_bytes());
+            }
+            img.extend((0..n * h * w).map(|i| (i * 7 % 256) as u8));
+            std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+            let mut lab = vec![0, 0, 8, 1];
+            lab.extend((n as u32).to_be_bytes());
+            lab.extend((0..n).map(|i| (i % classes) as u8));
+            std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+        }
+    }
+
+    /// 5. Thresholds that are not fractions in [0, 1] are usage errors.
+    #[test]
+    fn issue10_5_threshold_nan_and_out_of_range_are_usage_errors() {
+        for t in ["NaN", "1.5", "80", "inf", "-0.1"] {
+            let out = run(&["certify", &model(), "--threshold", t, "--report", "/nonexistent/never"]);
+            assert_exit_code(&out, 2);
+        }
+    }
+
+    /// 6. An eps below one level is an error; one that rounds down is recorded and warned about.
+    #[test]
+    fn issue10_6_eps_rounding_is_refused_or_recorded() {
+        for e in ["0.001", "0.0039"] {
+            let out = run(&["certify", &model(), "--eps", e, "--report", "/nonexistent/never"]);
+            assert_exit_code(&out, 2);
+            assert!(stderr(&out).contains("less than one pixel level"), "{}", stderr(&out));
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let out = certify(&["--eps", "0.01", "--gate", "empirical"], &tmp.path().join("r"));
+        assert_exit_code(&out, 0);
+        assert!(stderr(&out).contains("rounded down"), "{}", stderr(&out));
+        let r = CertifyReport::read(&tmp.path().join("r/report.json")).unwrap();
+        assert_eq!((r.run.radius.requested.as_str(), r.config.k, r.run.radius.exact), ("0.01", 2, false));
+    }
+
+    /// 7. Model and dataset must agree on the classes.
+    #[test]
+    fn issue10_7_class_count_mismatch_exits_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let two = tmp.path().join("two.icn");
+        let repr = iocane_runtime::emit::random_model(
+            iocane_runtime::Shape::new(28, 28, 1),
+            2,
+            &[iocane_runtime::emit::SynthLayer::Dense { units: 8, relu: true }],
+            1,
+        );
+        std::fs::write(&two, repr.emit()).unwrap();
+        let out = run(&["certify", two.to_str().unwrap(), "--report", tmp.path().join("r").to_str().unwrap()]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("10 classes"), "{}", stderr(&out));
+    }
+
+    /// 8. A checkpoint with a flipped bit does not export.
+    #[test]
+    fn issue10_8_corrupted_checkpoint_does_not_export() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = exported().parent().unwrap().join("run/model.ckpt");
+        let mut bytes = std::fs::read(src).unwrap();
+        let n = bytes.len();
+        bytes[n - 100] ^= 0x04;
+        let bad = tmp.path().join("model.ckpt");
+        std::fs::write(&bad, &bytes).unwrap();
+        let out = run(&["export", bad.to_str().unwrap(), "--out", tmp.path().join("e").to_str().unwrap()]);
+        assert_exit_code(&out, 2);
+        assert!(!tmp.path().join("e/model.icn").exists());
+    }
+
+    /// Runs `iocane ARGS`, sends it SIGINT (Ctrl-C) after 2.5 s, and waits for it.
+    fn interrupted(args: &[&str]) -> Output {
+        let child =
+            bin().args(args).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        child.wait_with_output().unwrap()
+    }
+
+    /// 10. Ctrl-C: train and certify stop with 130 and say what is (not) saved.
+    #[test]
+    fn issue10_10_ctrl_c_exits_130() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out_dir = tmp.path().join("t");
+        let out = interrupted(&["train", "--epochs", "50", "--quiet", "--out", out_dir.to_str().unwrap()]);
+        assert_exit_code(&out, 130);
+        let err = stderr(&out);
+        assert!(err.contains("interrupted"), "{err}");
+        if err.contains("no checkpoint was written") {
+            assert!(!out_dir.join("model.ckpt").exists());
+        } else {
+            assert!(out_dir.join("model.ckpt").exists(), "{err}");
+        }
+        let report = tmp.path().join("c");
+        let out =
+            interrupted(&["certify", &model(), "--samples", "0", "--quiet", "--report", report.to_str().unwrap()]);
+        assert_exit_code(&out, 130);
+        assert!(!report.join("report.json").exists(), "an interrupted gate wrote a report");
+    }
+
+    /// 11. Outputs are checked before work; runs are not overwritten or resumed by accident.
+    #[test]
+    fn issue10_11_outputs_checked_before_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let under = file.join("report");
+        let t0 = std::time::Instant::now();
+        let out = run(&["certify", &model(), "--samples", "0", "--report", under.to_str().unwrap()]);
+        assert_exit_code(&out, 2);
+        assert!(t0.elapsed().as_secs() < 60, "the whole run happened before the report was checked");
+        let err = stderr(&out);
+        assert_eq!(err.matches("Not a directory").count(), 1, "OS error not printed exactly once: {err}");
+
+        let run_dir = tmp.path().join("run");
+        let train = |extra: &[&str]| {
+            let mut a = vec!["train", "--arch", "mlp", "--epochs", "1", "--train-samples", "256"];
+            a.extend(["--eval-samples", "50", "--eval-steps", "2", "--quiet", "--out", run_dir.to_str().unwrap()]);
+            a.extend_from_slice(extra);
+            run(&a)
+        };
+        let out = train(&["--resume"]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("nothing to resume"), "{}", stderr(&out));
+        assert_exit_code(&train(&[]), 0);
+        let out = train(&[]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+        let out = train(&["--resume", "--seed", "5"]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("seed: checkpoint 1, flags 5"), "{}", stderr(&out));
+        assert_exit_code(&train(&["--force"]), 0);
+    }
+
+    /// 12. `export --calib 0` calibrates on, and records, every training image.
+    #[test]
+    fn issue10_12_calib_0_records_all_images() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = exported().parent().unwrap().join("run");
+        let e = tmp.path().join("e");
+        let out = run(&["export", run_dir.to_str().unwrap(), "--out", e.to_str().unwrap(), "--calib", "0"]);
+        assert_exit_code(&out, 0);
+        let out = run(&["inspect", e.join("model.icn").to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n = iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall).unwrap().train.len();
+        assert!(text.contains(&format!("{n} images of mnist-small/train")), "{text}");
+    }
+
+    /// Output: progress lines on stderr without a terminal.
+    #[test]
+    fn issue10_progress_without_a_tty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = model();
+        let r = tmp.path().join("r");
+        let out = run(&["certify", &m, "--samples", "20", "--steps", "3", "--report", r.to_str().unwrap()]);
+        assert!(out.status.code() == Some(0) || out.status.code() == Some(1));
+        let err = stderr(&out);
+        assert!(err.contains("certify: 20 samples") && err.contains("20/20 samples"), "{err}");
+    }
+}
+
+/// Regression tests of issue 20 (papercuts).
+mod issue20 {
+    use super::*;
+    use iocane_certify::report::CertifyReport;
+
+    /// 4. One convention for radii and step sizes everywhere: `k/255` or a decimal fraction.
+    #[test]
+    fn issue20_4_units_are_one_convention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().join("r");
+        let out = certify(
+            &["--eps", "2/255", "--gate", "empirical", "--step-size", "1/255", "--eps-sweep", "1/255,0.0157"],
+            &r,
+        );
+        assert_exit_code(&out, 0);
+        let rep = CertifyReport::read(&r.join("report.json")).unwrap();
+        assert_eq!(rep.config.sweep, vec![1, 4]);
+        assert!((rep.config.pgd_step_size.unwrap() - 1.0).abs() < 1e-4);
+        for bad in [["--step-size", "2"], ["--eps-sweep", "1/255,banana"]] {
+            let out = run(&["certify", &model(), bad[0], bad[1], "--report", "/nonexistent/never"]);
+            assert_exit_code(&out, 2);
+        }
+        let out = run(&["train", "--step-size", "3", "--out", "/nonexistent/never"]);
+        assert_exit_code(&out, 2);
+    }
+}

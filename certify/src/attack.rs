@@ -16,7 +16,7 @@ use crate::twin::{FloatTwin, Loss};
 use iocane_runtime::Model;
 use serde::Serialize;
 
-pub use iocane_runtime::emit::SplitMix64;
+pub use iocane_runtime::rng::SplitMix64;
 
 /// Uniform float in `[0, 1)`.
 fn unit(rng: &mut SplitMix64) -> f64 {
@@ -460,7 +460,7 @@ pub fn random_sampling(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iocane_runtime::emit::{random_model, SynthLayer};
+    use iocane_runtime::testing::{random_model, SynthLayer};
     use iocane_runtime::Shape;
 
     fn model_bytes(seed: u64) -> Vec<u8> {

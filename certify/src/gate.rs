@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use iocane_runtime::emit::SplitMix64;
+use iocane_runtime::rng::SplitMix64;
 use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 
@@ -197,7 +197,7 @@ impl std::str::FromStr for Radius {
                 "eps `{text}` is less than one pixel level (1/255 = 0.0039): it would certify nothing; use 1/255 or more"
             ));
         }
-        Ok(Radius { requested: t.to_string(), k, exact: scaled % den as u128 == 0 })
+        Ok(Radius { requested: t.to_string(), k, exact: scaled.is_multiple_of(den as u128) })
     }
 }
 
@@ -632,4 +632,79 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10.1: an accuracy equal to the threshold passes, one sample fewer fails, for
+    /// every n up to 1000 and the thresholds that bit through f32-against-f64 comparison.
+    #[test]
+    fn issue10_threshold_equal_to_accuracy_passes() {
+        for text in ["0.6", "0.8", "0.85", "0.99", "0.5", "1", "0", "0.333", "80%", "99.5%", "4/5"] {
+            let t: Threshold = text.parse().unwrap();
+            let (num, den) = t.fraction();
+            for n in 1..=1000usize {
+                let need = t.required(n);
+                // need is the least count with count * den >= num * n.
+                assert!(need as u128 * den as u128 >= num as u128 * n as u128, "{text} n={n}");
+                assert!(need == 0 || (need as u128 - 1) * (den as u128) < num as u128 * n as u128, "{text} n={n}");
+                assert!(t.met(need, n) && (need == 0 || !t.met(need - 1, n)));
+                if (num * n as u64).is_multiple_of(den) {
+                    // The accuracy can equal the threshold exactly: it passes.
+                    assert_eq!(need as u64 * den, num * n as u64);
+                }
+            }
+        }
+        assert_eq!("0.8".parse::<Threshold>().unwrap().required(500), 400);
+        assert_eq!("0.85".parse::<Threshold>().unwrap().required(20), 17);
+        assert_eq!("0.99".parse::<Threshold>().unwrap().required(100), 99);
+        assert_eq!("0.6".parse::<Threshold>().unwrap().required(5), 3);
+    }
+
+    /// Issue 10.2: zero samples never meet a threshold, not even zero.
+    #[test]
+    fn issue10_zero_samples_never_pass() {
+        assert!(!Threshold::ZERO.met(0, 0));
+        assert!(Threshold::ZERO.met(0, 1));
+    }
+
+    /// Issue 10.5: NaN, infinities and values outside [0, 1] are not thresholds.
+    #[test]
+    fn issue10_threshold_nan_and_out_of_range_rejected() {
+        for bad in ["NaN", "nan", "inf", "-inf", "1.5", "80", "-0.1", "101%", "", "0.8.1", "1/0", "5/4", "abc", "1e-3"]
+        {
+            assert!(bad.parse::<Threshold>().is_err(), "{bad:?} accepted");
+        }
+        let t: Threshold = "0.80".parse().unwrap();
+        assert_eq!(t.to_string(), "4/5");
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"4/5\"");
+        assert_eq!(serde_json::from_str::<Threshold>("\"4/5\"").unwrap(), t);
+    }
+
+    /// Issue 10.6: radii are whole pixel levels, computed exactly; one that rounds down to 0
+    /// levels is an error, one that rounds down otherwise is flagged.
+    #[test]
+    fn issue10_eps_rounding_is_exact_and_flagged() {
+        for bad in ["0.001", "0.0039", "1/256", "2/1000", "-0.1", "1.5", "NaN", "1/0"] {
+            assert!(bad.parse::<Radius>().is_err(), "{bad:?} accepted");
+        }
+        let r: Radius = "4/255".parse().unwrap();
+        assert_eq!((r.k, r.exact), (4, true));
+        let r: Radius = "0.1".parse().unwrap();
+        assert_eq!((r.k, r.exact, r.requested.as_str()), (25, false, "0.1"));
+        assert!(r.rounding_warning().unwrap().contains("k = 25"));
+        let r: Radius = "0.2".parse().unwrap();
+        assert_eq!((r.k, r.exact), (51, true));
+        assert_eq!("0".parse::<Radius>().unwrap().k, 0);
+        assert_eq!("1".parse::<Radius>().unwrap().k, 255);
+        // Every k/255 written as a decimal with enough digits rounds to k or k-1, never k+1.
+        for k in 1..=255u32 {
+            let exact: Radius = format!("{k}/255").parse().unwrap();
+            assert_eq!((exact.k as u32, exact.exact), (k, true));
+            let dec: Radius = format!("{:.6}", k as f64 / 255.0).parse().unwrap();
+            assert!(dec.k as u32 == k || dec.k as u32 + 1 == k, "k={k} -> {}", dec.k);
+        }
+    }
 }

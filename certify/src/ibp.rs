@@ -537,14 +537,12 @@ fn dot_bounds(a: &[i16], c: &[i16], w: &[u8]) -> (i32, i32) {
 fn channel_caps(l: &Layer<'_>) -> Vec<i64> {
     let oc = l.output_shape().c;
     let w = l.weight_bytes();
-    let fan_in = w.len() / oc.max(1);
+    let depthwise = l.op() == OpKind::DepthwiseConv2d;
     (0..oc)
         .map(|c| {
-            let abs: i64 = match l.op() {
-                OpKind::DepthwiseConv2d => w.iter().skip(c).step_by(oc).map(|&x| (x as i8 as i64).abs()).sum(),
-                _ => w[c * fan_in..(c + 1) * fan_in].iter().map(|&x| (x as i8 as i64).abs()).sum(),
-            };
-            (l.bias(c) as i64).abs() + 255 * abs
+            let abs: u64 =
+                quant::channel_taps(depthwise, w.len(), oc, c).map(|i| (w[i] as i8).unsigned_abs() as u64).sum();
+            quant::accumulator_bound(l.bias(c), abs) as i64
         })
         .collect()
 }
@@ -576,8 +574,9 @@ pub fn certify_sample(model: &Model<'_>, pixels: &[u8], label: usize, k: u8) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iocane_runtime::emit::{random_cnn_s, random_mlp, random_model, SplitMix64, SynthLayer};
     use iocane_runtime::kernels::reference;
+    use iocane_runtime::rng::SplitMix64;
+    use iocane_runtime::testing::{random_cnn_s, random_mlp, random_model, SynthLayer};
     use iocane_runtime::Shape;
 
     fn pixels(n: usize, rng: &mut SplitMix64) -> Vec<u8> {
@@ -603,10 +602,13 @@ mod tests {
             let mut seen = std::collections::HashSet::new();
             for _ in 0..6 {
                 let x = pixels(model.input_len(), &mut rng);
-                let predicted = reference::run_model(&model, &x)
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, &z)| if z > reference::run_model(&model, &x)[best] { i } else { best });
+                let predicted = reference::run_model(&model, &x).iter().enumerate().fold(0, |best, (i, &z)| {
+                    if z > reference::run_model(&model, &x)[best] {
+                        i
+                    } else {
+                        best
+                    }
+                });
                 for label in 0..model.num_classes() {
                     for k in [0u8, 1, 3, 8] {
                         let (verdict, bounds) = b.certify_sample(&x, label, k);

@@ -109,28 +109,13 @@ pub struct CertifyReport {
     pub format: String,
     /// Version of iocane that wrote the report.
     pub iocane_version: String,
-    /// Model file as given.
-    pub model_file: String,
-    /// SHA-256 of the model blob.
-    pub model_sha256: String,
-    /// Dataset name.
-    pub dataset: String,
-    /// SHA-256 of the evaluated split (see `Dataset::sha256_hex`).
-    pub dataset_sha256: String,
-    /// Images in the evaluated split (before `--samples` and sharding).
-    pub split_len: usize,
-    /// Image shape `[h, w, c]`.
-    pub input_shape: [usize; 3],
-    /// Classes of the model.
-    pub classes: usize,
+    /// What was certified: model, dataset, shape, classes, requested and applied radius.
+    #[serde(flatten)]
+    pub run: RunIdentity,
     /// Settings (radius, attacks, seed, shard, gate, threshold, strict).
     pub config: GateConfig,
-    /// The eps the user asked for, as written (`0.1`, `4/255`).
-    pub eps_requested: String,
-    /// eps = k/255 of the gate, as applied.
+    /// eps = k/255 of the gate, as applied (`run.radius` has the eps as requested).
     pub eps: f64,
-    /// Whether the requested eps is exactly `k/255` (else it was rounded down to `k`).
-    pub eps_exact: bool,
     /// Samples the gate counted (at the gate radius).
     pub gate_n: usize,
     /// Samples that met the gate's criterion (certified or surviving every attack).
@@ -170,20 +155,12 @@ impl CertifyReport {
         let gate_required = config.threshold.required(at.n);
         let gate_met = config.threshold.met(gate_count, at.n);
         let warnings = crate::gate::protocol_warnings(&outcome);
-        let passed = gate_met && !(config.strict && !warnings.is_empty());
+        let passed = gate_met && (!config.strict || warnings.is_empty());
         CertifyReport {
             format: REPORT_FORMAT.into(),
             iocane_version: env!("CARGO_PKG_VERSION").into(),
-            model_file: id.model_file,
-            model_sha256: id.model_sha256,
-            dataset: id.dataset,
-            dataset_sha256: id.dataset_sha256,
-            split_len: id.split_len,
-            input_shape: id.input_shape,
-            classes: id.classes,
-            eps_requested: id.radius.requested,
+            run: id,
             eps: config.k as f64 / 255.0,
-            eps_exact: id.radius.exact,
             config,
             gate_n: at.n,
             gate_count,
@@ -196,24 +173,6 @@ impl CertifyReport {
             warnings,
             seconds,
             outcome,
-        }
-    }
-
-    /// The run this report belongs to.
-    pub fn identity(&self) -> RunIdentity {
-        RunIdentity {
-            model_file: self.model_file.clone(),
-            model_sha256: self.model_sha256.clone(),
-            dataset: self.dataset.clone(),
-            dataset_sha256: self.dataset_sha256.clone(),
-            split_len: self.split_len,
-            input_shape: self.input_shape,
-            classes: self.classes,
-            radius: crate::gate::Radius {
-                requested: self.eps_requested.clone(),
-                k: self.config.k,
-                exact: self.eps_exact,
-            },
         }
     }
 
@@ -255,8 +214,8 @@ impl CertifyReport {
                 self.gate_count,
                 self.gate_n,
                 self.gate_required,
-                esc(&self.model_sha256),
-                esc(&self.dataset),
+                esc(&self.run.model_sha256),
+                esc(&self.run.dataset),
                 self.gate_count,
                 self.gate_n,
                 100.0 * self.gate_value,
@@ -295,13 +254,13 @@ impl CertifyReport {
     pub fn markdown(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "# iocane certify: {}\n", if self.passed { "PASSED" } else { "FAILED" });
-        let _ = writeln!(o, "- model: `{}` (sha256 `{}`)", self.model_file, self.model_sha256);
+        let _ = writeln!(o, "- model: `{}` (sha256 `{}`)", self.run.model_file, self.run.model_sha256);
         let _ = writeln!(
             o,
             "- dataset: {} ({} samples, sha256 `{}`)",
-            self.dataset,
+            self.run.dataset,
             self.outcome.samples.len(),
-            self.dataset_sha256
+            self.run.dataset_sha256
         );
         let _ = writeln!(
             o,
@@ -309,7 +268,11 @@ impl CertifyReport {
             self.config.k,
             self.eps,
             self.config.k,
-            if self.eps_exact { String::new() } else { format!("; requested {}, rounded down", self.eps_requested) }
+            if self.run.radius.exact {
+                String::new()
+            } else {
+                format!("; requested {}, rounded down", self.run.radius.requested)
+            }
         );
         let _ = writeln!(
             o,
@@ -405,7 +368,7 @@ impl CertifyReport {
             o,
             "<text x=\"{}\" y=\"24\" text-anchor=\"middle\">accuracy vs eps: {}</text>",
             w / 2.0,
-            self.dataset
+            self.run.dataset
         );
         type Series<'a> = (&'a str, &'a str, fn(&LevelSummary) -> f64);
         let series: [Series<'_>; 3] = [
@@ -451,7 +414,7 @@ impl CertifyReport {
         let pid = std::process::id();
         let tmp = dir.join(format!(".{COUNTEREXAMPLES}.tmp-{pid}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        let [h, w, c] = self.input_shape;
+        let [h, w, c] = self.run.input_shape;
         let mut any = false;
         for s in &self.outcome.samples {
             if let (Some(cx), Some(file)) = (&s.counterexample, &s.counterexample_file) {
@@ -515,7 +478,7 @@ impl CertifyReport {
         let bytes = std::fs::read(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
         let mut r = CertifyReport::from_json(&bytes).map_err(|msg| ReportError::Format { path: path.into(), msg })?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let len = r.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let len = r.run.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         for s in &mut r.outcome.samples {
             let Some(file) = &s.counterexample_file else { continue };
             if *file != crate::gate::counterexample_file(s.index) {
@@ -533,7 +496,7 @@ impl CertifyReport {
             if Some(cx.len()) != len {
                 return Err(ReportError::Format {
                     path: p,
-                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.input_shape),
+                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.run.input_shape),
                 });
             }
             s.counterexample = Some(cx);
@@ -544,6 +507,12 @@ impl CertifyReport {
     /// Checks that the report's counts, verdicts and sample indices agree with each other and
     /// with its shard (what a merge relies on).
     pub fn check_consistent(&self) -> Result<(), String> {
+        if self.run.radius.k != self.config.k {
+            return Err(format!(
+                "the applied radius {} differs from the configured k = {}",
+                self.run.radius.k, self.config.k
+            ));
+        }
         let c = &self.config;
         let (i, n) = c.shard;
         if n == 0 || i >= n {
@@ -551,22 +520,22 @@ impl CertifyReport {
         }
         // The shard's size first, in closed form: a hostile `split_len` must not make the
         // list of expected indices below allocate (or take) forever.
-        let total = if c.samples == 0 { self.split_len } else { c.samples.min(self.split_len) };
+        let total = if c.samples == 0 { self.run.split_len } else { c.samples.min(self.run.split_len) };
         let size = if total > i { (total - i - 1) / n + 1 } else { 0 };
         if size != self.outcome.samples.len() {
             return Err(format!(
                 "shard {i}/{n} of a split of {} ({total} samples) should hold {size} samples but holds {}",
-                self.split_len,
+                self.run.split_len,
                 self.outcome.samples.len()
             ));
         }
-        let want = crate::gate::shard_indices(self.split_len, c.samples, c.shard);
+        let want = crate::gate::shard_indices(self.run.split_len, c.samples, c.shard);
         let got: Vec<usize> = self.outcome.samples.iter().map(|s| s.index).collect();
         if got != want {
             return Err(format!(
                 "shard {i}/{n} should hold samples {} of the split of {} ({} samples) but holds {}",
                 describe_indices(&want),
-                self.split_len,
+                self.run.split_len,
                 want.len(),
                 describe_indices(&got)
             ));
@@ -595,8 +564,8 @@ impl CertifyReport {
             return Err(format!("the sample verdicts do not match the counts at k={}", c.k));
         }
         for s in &self.outcome.samples {
-            if s.label >= self.classes || s.predicted >= self.classes {
-                return Err(format!("sample {} has a class outside 0..{}", s.index, self.classes));
+            if s.label >= self.run.classes || s.predicted >= self.run.classes {
+                return Err(format!("sample {} has a class outside 0..{}", s.index, self.run.classes));
             }
             if (s.verdict == SampleVerdict::Falsified) != s.counterexample_file.is_some() {
                 return Err(format!("sample {}: a falsified verdict needs a counterexample, and only it", s.index));
@@ -636,16 +605,16 @@ pub enum MergeError {
 pub fn merge_reports(reports: &[CertifyReport]) -> Result<CertifyReport, MergeError> {
     let first = reports.first().ok_or(MergeError::Empty)?;
     for (index, r) in reports.iter().enumerate() {
-        r.check_consistent().map_err(|msg| MergeError::Inconsistent { index, file: r.model_file.clone(), msg })?;
+        r.check_consistent().map_err(|msg| MergeError::Inconsistent { index, file: r.run.model_file.clone(), msg })?;
     }
     let settings = |r: &CertifyReport| {
         let mut c = r.config.clone();
         c.shard = (0, 1);
         c
     };
-    let (id, cfg) = (first.identity(), settings(first));
+    let (id, cfg) = (first.run.clone(), settings(first));
     for r in &reports[1..] {
-        let other = r.identity();
+        let other = r.run.clone();
         let what = if other.model_sha256 != id.model_sha256 {
             Some("model")
         } else if (&other.dataset, &other.dataset_sha256, other.split_len)
@@ -751,6 +720,193 @@ pub fn png_bytes(px: &[u8], (h, w, c): (usize, usize, usize)) -> Result<Vec<u8>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gate::{self, GateConfig, Radius, Threshold};
+    use iocane_runtime::emit::{random_model, SynthLayer};
+    use iocane_runtime::rng::SplitMix64;
+    use iocane_runtime::{Model, Shape};
+    use iocane_trainer::data::Dataset;
+    use std::sync::atomic::AtomicBool;
+
+    /// A 3x5x2 (non-square, two-channel) dataset of noise, with a model that takes it.
+    fn fixture() -> (Vec<u8>, Dataset) {
+        let blob = random_model(Shape::new(3, 5, 2), 3, &[SynthLayer::Dense { units: 6, relu: true }], 9).emit();
+        let mut rng = SplitMix64(3);
+        let n = 24;
+        let images = (0..n * 30).map(|_| rng.range(0, 255) as u8).collect();
+        let model = Model::parse(&blob).unwrap();
+        let data0 = Dataset {
+            name: "noise/test".into(),
+            height: 3,
+            width: 5,
+            channels: 2,
+            classes: 3,
+            labels_text: vec!["a".into(), "b".into(), "c".into()],
+            images,
+            labels: vec![0; n],
+        };
+        // Label each image with the model's own class so that some samples are correct.
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; 3];
+        let labels = (0..n).map(|i| model.run(data0.image(i), &mut arena, &mut logits).unwrap() as u8).collect();
+        let data = Dataset { labels, ..data0 };
+        (blob, data)
+    }
+
+    fn config(shard: (usize, usize), seed: u64) -> GateConfig {
+        GateConfig {
+            k: 40,
+            sweep: vec![0, 8],
+            samples: 0,
+            shard,
+            seed,
+            pgd_steps: 3,
+            pgd_restarts: 1,
+            pgd_step_size: None,
+            square_queries: 20,
+            random_samples: 5,
+            gate: GateKind::Empirical,
+            threshold: "1/2".parse::<Threshold>().unwrap(),
+            strict: false,
+        }
+    }
+
+    fn report(blob: &[u8], data: &Dataset, cfg: GateConfig) -> CertifyReport {
+        let model = Model::parse(blob).unwrap();
+        let outcome = gate::run(&model, data, &cfg, &|_| {}, &AtomicBool::new(false)).unwrap();
+        let id = RunIdentity {
+            model_file: "m.icn".into(),
+            model_sha256: "00".into(),
+            dataset: data.name.clone(),
+            dataset_sha256: data.sha256_hex(),
+            split_len: data.len(),
+            input_shape: [3, 5, 2],
+            classes: 3,
+            radius: Radius::levels(cfg.k),
+        };
+        CertifyReport::new(id, cfg, outcome, 1.0)
+    }
+
+    /// Issue 10.3: a validated merge of a complete cover equals the unsharded run; an
+    /// incomplete cover, a repeated shard, or shards of another run are refused.
+    #[test]
+    fn issue10_merge_proves_one_runs_disjoint_complete_cover() {
+        let (blob, data) = fixture();
+        let whole = report(&blob, &data, config((0, 1), 1));
+        let parts: Vec<CertifyReport> = (0..3).map(|i| report(&blob, &data, config((i, 3), 1))).collect();
+        let merged = merge_reports(&parts).unwrap();
+        assert_eq!(merged.outcome.samples, whole.outcome.samples);
+        assert_eq!(merged.gate_count, whole.gate_count);
+        assert_eq!(merged.passed, whole.passed);
+        assert_eq!(merged.config, whole.config);
+        assert!(whole.outcome.samples.iter().any(|s| s.counterexample.is_some()), "fixture has no counterexample");
+
+        let refused = |rs: &[CertifyReport], needle: &str| {
+            let e = merge_reports(rs).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        };
+        refused(&parts[..1], "missing");
+        refused(&[parts[0].clone(), parts[0].clone(), parts[1].clone(), parts[2].clone()], "given twice");
+        refused(&[parts[0].clone(), parts[1].clone(), report(&blob, &data, config((2, 3), 2))], "settings");
+        let mut other_model = parts[2].clone();
+        other_model.run.model_sha256 = "ff".into();
+        refused(&[parts[0].clone(), parts[1].clone(), other_model], "model");
+        let mut other_threshold = parts[2].clone();
+        other_threshold.config.threshold = "0.9".parse().unwrap();
+        refused(&[parts[0].clone(), parts[1].clone(), other_threshold], "settings");
+        let mut other_eps = parts[2].clone();
+        other_eps.run.radius.requested = "0.16".into();
+        other_eps.run.radius.exact = false;
+        refused(&[parts[0].clone(), parts[1].clone(), other_eps], "eps");
+        let mut other_data = parts[2].clone();
+        other_data.run.dataset_sha256 = "aa".into();
+        refused(&[parts[0].clone(), parts[1].clone(), other_data], "dataset");
+        // A tampered shard: counts that do not match its verdicts, or a sample of another shard.
+        let mut tampered = parts[2].clone();
+        tampered.outcome.levels.iter_mut().for_each(|l| l.empirical = l.clean);
+        refused(&[parts[0].clone(), parts[1].clone(), tampered], "do not match");
+        let mut stolen = parts[2].clone();
+        stolen.outcome.samples[0].index = 0;
+        refused(&[parts[0].clone(), parts[1].clone(), stolen], "should hold");
+        refused(&[], "no shard reports");
+    }
+
+    /// Issue 10.9: counterexamples of any channel count become real PNGs, the report writes
+    /// and reads back (non-square, two channels), and a reused report directory keeps no
+    /// stale counterexample while files it does not own survive.
+    #[test]
+    fn issue10_two_channel_pngs_and_no_stale_counterexamples() {
+        let png = png_bytes(&[7u8; 30], (3, 5, 2)).unwrap();
+        assert!(png.len() > 30 && png.starts_with(b"\x89PNG"));
+        assert!(png_bytes(&[7u8; 29], (3, 5, 2)).is_err());
+        let (blob, data) = fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r");
+        let big = report(&blob, &data, config((0, 1), 1));
+        big.write(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        let cx = std::fs::read_dir(dir.join(COUNTEREXAMPLES)).unwrap().count();
+        assert!(cx >= 2, "fixture should have counterexamples");
+        let back = CertifyReport::read(&dir.join("report.json")).unwrap();
+        assert_eq!(back.outcome.samples, big.outcome.samples);
+        let mut small_cfg = config((0, 1), 1);
+        small_cfg.k = 0;
+        small_cfg.sweep = vec![];
+        let small = report(&blob, &data, small_cfg);
+        assert!(small.outcome.samples.iter().all(|s| s.counterexample.is_none()));
+        small.write(&dir).unwrap();
+        assert!(!dir.join(COUNTEREXAMPLES).exists(), "stale counterexamples survived");
+        assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // A report whose counterexample file was swapped for a wrong-sized one is refused.
+        big.write(&dir).unwrap();
+        let first = big.outcome.samples.iter().find_map(|s| s.counterexample_file.clone()).unwrap();
+        std::fs::write(dir.join(&first), b"short").unwrap();
+        assert!(CertifyReport::read(&dir.join("report.json")).is_err());
+    }
+
+    /// Issue 10, output: junit.xml fails exactly when the exit code does.
+    #[test]
+    fn issue10_junit_agrees_with_the_verdict() {
+        let (blob, data) = fixture();
+        let base = report(&blob, &data, config((0, 1), 1));
+        for strict in [false, true] {
+            let mut cfg = base.config.clone();
+            cfg.strict = strict;
+            let mut r = CertifyReport::new(base.run.clone(), cfg, base.outcome.clone(), 1.0);
+            // A protocol warning, as `protocol_warnings` would raise it.
+            r.warnings = vec!["a protocol warning".into()];
+            r.passed = r.gate_met && !strict;
+            let xml = r.junit();
+            let failures = usize::from(!r.gate_met) + usize::from(strict);
+            assert!(xml.contains(&format!("failures=\"{failures}\"")), "{xml}");
+            assert_eq!(xml.contains("<failure message=\"1 warning(s)"), strict, "{xml}");
+            assert_eq!(xml.contains("<system-out>1 warning(s)"), !strict, "{xml}");
+        }
+    }
+
+    /// Issue 10, output: report.json records the version and the requested and applied eps,
+    /// and holds no inline pixels.
+    #[test]
+    fn issue10_report_records_version_and_eps() {
+        let (blob, data) = fixture();
+        let mut r = report(&blob, &data, config((0, 1), 1));
+        r.run.radius.requested = "0.16".into();
+        r.run.radius.exact = false;
+        let json = serde_json::to_string(&r).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["iocane_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["radius"]["requested"], "0.16");
+        assert_eq!(v["config"]["k"], 40);
+        assert_eq!(v["radius"]["exact"], false);
+        let s = v["outcome"]["samples"].as_array().unwrap();
+        assert!(s.iter().all(|s| s.get("counterexample").is_none()));
+        assert!(s.iter().any(|s| s["counterexample_file"].is_string()));
+    }
 
     fn shard_report(split_len: usize, shard: (usize, usize)) -> CertifyReport {
         let config = GateConfig {

@@ -7,11 +7,17 @@
 //! The input is `x = p / 255`. Gradients pass through a clamp only strictly inside its range,
 //! through max pooling to the first maximal tap, and evenly through average pooling.
 //!
+//! The layers are the trainer's own ([`iocane_trainer::nn::layers`], the kernels training
+//! uses): the twin is the model's dequantized weights fed to them, plus the clamps and the
+//! loss, which are the twin's own.
+//!
 //! The twin is never trusted for a verdict: attacks use it to choose directions and then
 //! judge every candidate on the int8 model itself.
 
 use iocane_runtime::format::{Layer, OpKind};
 use iocane_runtime::{quant, Model};
+use iocane_trainer::nn::layers::{self, LayerParams};
+use iocane_trainer::nn::{LayerSpec, Tensor};
 
 /// Relative disagreement tolerated between a layer's requantization multiplier and the one
 /// its provenance scales imply (`s_in * s_w / s_out`).
@@ -115,211 +121,55 @@ impl Loss {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geometry {
-    ih: usize,
-    iw: usize,
-    ic: usize,
-    oh: usize,
-    ow: usize,
-    oc: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    pt: usize,
-    pl: usize,
-}
-
-impl Geometry {
-    fn of(layer: &Layer<'_>) -> Self {
-        let (i, o) = (layer.input_shape(), layer.output_shape());
-        let (kh, kw) = layer.kernel();
-        let (sh, sw) = layer.stride();
-        let (pt, pl, _, _) = layer.padding();
-        Geometry { ih: i.h, iw: i.w, ic: i.c, oh: o.h, ow: o.w, oc: o.c, kh, kw, sh, sw, pt, pl }
-    }
-    fn in_len(&self) -> usize {
-        self.ih * self.iw * self.ic
-    }
-    fn out_len(&self) -> usize {
-        self.oh * self.ow * self.oc
-    }
-    /// Input index of tap `(ky, kx)` for output `(oy, ox)`, or `None` for a padding tap.
-    #[inline]
-    fn tap(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
-        let iy = (oy * self.sh + ky).checked_sub(self.pt)?;
-        let ix = (ox * self.sw + kx).checked_sub(self.pl)?;
-        (iy < self.ih && ix < self.iw).then_some((iy * self.iw + ix) * self.ic)
-    }
-}
-
+/// One layer of the twin: the trainer's layer ([`LayerSpec`] and dequantized
+/// [`LayerParams`]) on a fixed input shape, and the clamp of a hidden weighted layer.
 #[derive(Clone, Debug)]
 struct TwinLayer {
-    op: OpKind,
-    geo: Geometry,
-    /// Real weights in the runtime's layout.
-    w: Vec<f32>,
-    /// Real biases, one per output channel.
-    b: Vec<f32>,
+    spec: LayerSpec,
+    params: LayerParams,
+    /// Input shape `[h, w, c]`.
+    input: [usize; 3],
     /// Real clamp range of a hidden weighted layer; `None` for pools, flatten and logits.
     clamp: Option<(f32, f32)>,
 }
 
 impl TwinLayer {
+    /// The trainer's spec of an int8 layer (same layouts, same geometry).
+    fn spec_of(layer: &Layer<'_>) -> LayerSpec {
+        let (kh, kw) = layer.kernel();
+        let (sh, sw) = layer.stride();
+        let (pt, pl, pb, pr) = layer.padding();
+        let (kernel, stride, padding) = ([kh, kw], [sh, sw], [pt, pl, pb, pr]);
+        match layer.op() {
+            OpKind::Dense => LayerSpec::Dense { units: layer.output_shape().c },
+            OpKind::Conv2d => LayerSpec::Conv2d { filters: layer.output_shape().c, kernel, stride, padding },
+            OpKind::DepthwiseConv2d => LayerSpec::DepthwiseConv2d { kernel, stride, padding },
+            OpKind::MaxPool2d => LayerSpec::MaxPool2d { kernel, stride },
+            OpKind::AvgPool2d => LayerSpec::AvgPool2d { kernel, stride },
+            OpKind::Flatten => LayerSpec::Flatten,
+        }
+    }
+
+    fn tensor(&self, x: &[f32]) -> Tensor {
+        let [h, w, c] = self.input;
+        Tensor { shape: [1, h, w, c], data: x.to_vec() }
+    }
+
     /// The layer's output before its clamp.
     fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let g = &self.geo;
-        let mut y = vec![0.0f32; g.out_len()];
-        match self.op {
-            OpKind::Flatten => y.copy_from_slice(x),
-            OpKind::Dense => {
-                for (o, row) in self.w.chunks_exact(g.ic).enumerate() {
-                    y[o] = self.b[o] + row.iter().zip(x).map(|(&w, &v)| w * v).sum::<f32>();
-                }
-            }
-            OpKind::Conv2d => {
-                let per_oc = g.kh * g.kw * g.ic;
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let base = (oy * g.ow + ox) * g.oc;
-                        y[base..base + g.oc].copy_from_slice(&self.b);
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
-                                let xs = &x[src..src + g.ic];
-                                for o in 0..g.oc {
-                                    let wi = o * per_oc + (ky * g.kw + kx) * g.ic;
-                                    let ws = &self.w[wi..wi + g.ic];
-                                    y[base + o] += ws.iter().zip(xs).map(|(&w, &v)| w * v).sum::<f32>();
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            OpKind::DepthwiseConv2d => {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let base = (oy * g.ow + ox) * g.oc;
-                        y[base..base + g.oc].copy_from_slice(&self.b);
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
-                                let wi = (ky * g.kw + kx) * g.ic;
-                                for c in 0..g.ic {
-                                    y[base + c] += self.w[wi + c] * x[src + c];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            OpKind::MaxPool2d | OpKind::AvgPool2d => {
-                let max = self.op == OpKind::MaxPool2d;
-                let n = (g.kh * g.kw) as f32;
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        for c in 0..g.oc {
-                            let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
-                            for ky in 0..g.kh {
-                                for kx in 0..g.kw {
-                                    let v = x[((oy * g.sh + ky) * g.iw + ox * g.sw + kx) * g.ic + c];
-                                    acc = if max { acc.max(v) } else { acc + v };
-                                }
-                            }
-                            y[(oy * g.ow + ox) * g.oc + c] = if max { acc } else { acc / n };
-                        }
-                    }
-                }
-            }
-        }
-        y
+        layers::forward(&self.spec, &self.params, &self.tensor(x))
+            .expect("the twin's layers match the validated model")
+            .data
     }
 
     /// d loss / d input given the layer input `x` and d loss / d (pre-clamp) output `gy`.
     fn backward(&self, x: &[f32], gy: &[f32]) -> Vec<f32> {
-        let g = &self.geo;
-        let mut gx = vec![0.0f32; g.in_len()];
-        match self.op {
-            OpKind::Flatten => gx.copy_from_slice(gy),
-            OpKind::Dense => {
-                for (row, &d) in self.w.chunks_exact(g.ic).zip(gy) {
-                    if d != 0.0 {
-                        for (gi, &w) in gx.iter_mut().zip(row) {
-                            *gi += w * d;
-                        }
-                    }
-                }
-            }
-            OpKind::Conv2d => {
-                let per_oc = g.kh * g.kw * g.ic;
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let base = (oy * g.ow + ox) * g.oc;
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
-                                for o in 0..g.oc {
-                                    let d = gy[base + o];
-                                    if d == 0.0 {
-                                        continue;
-                                    }
-                                    let wi = o * per_oc + (ky * g.kw + kx) * g.ic;
-                                    for (gi, &w) in gx[src..src + g.ic].iter_mut().zip(&self.w[wi..wi + g.ic]) {
-                                        *gi += w * d;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            OpKind::DepthwiseConv2d => {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let base = (oy * g.ow + ox) * g.oc;
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let Some(src) = g.tap(oy, ox, ky, kx) else { continue };
-                                let wi = (ky * g.kw + kx) * g.ic;
-                                for c in 0..g.ic {
-                                    gx[src + c] += self.w[wi + c] * gy[base + c];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            OpKind::MaxPool2d | OpKind::AvgPool2d => {
-                let max = self.op == OpKind::MaxPool2d;
-                let n = (g.kh * g.kw) as f32;
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        for c in 0..g.oc {
-                            let d = gy[(oy * g.ow + ox) * g.oc + c];
-                            let mut best: Option<(usize, f32)> = None;
-                            for ky in 0..g.kh {
-                                for kx in 0..g.kw {
-                                    let idx = ((oy * g.sh + ky) * g.iw + ox * g.sw + kx) * g.ic + c;
-                                    if max {
-                                        if best.is_none_or(|(_, v)| x[idx] > v) {
-                                            best = Some((idx, x[idx]));
-                                        }
-                                    } else {
-                                        gx[idx] += d / n;
-                                    }
-                                }
-                            }
-                            if let Some((idx, _)) = best {
-                                gx[idx] += d;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        gx
+        let x = self.tensor(x);
+        let out = self.spec.output_shape(self.input).expect("the twin's layers match the validated model");
+        let dy = Tensor { shape: [1, out[0], out[1], out[2]], data: gy.to_vec() };
+        layers::input_gradient(&self.spec, &self.params, &x, &dy)
+            .expect("the twin's layers match the validated model")
+            .data
     }
 }
 
@@ -410,24 +260,23 @@ impl FloatTwin {
         let mut s_in = quant_input_scale();
         let mut logit_scale = 1.0;
         for (layer, sc) in model.layers().zip(scales) {
-            let geo = Geometry::of(&layer);
+            let spec = TwinLayer::spec_of(&layer);
+            let i = layer.input_shape();
+            let input = [i.h, i.w, i.c];
             let Some(sc) = sc else {
-                layers.push(TwinLayer { op: layer.op(), geo, w: Vec::new(), b: Vec::new(), clamp: None });
+                layers.push(TwinLayer { spec, params: LayerParams::default(), input, clamp: None });
                 continue;
             };
-            let oc = geo.oc;
-            let w: Vec<f32> = layer
-                .weights()
-                .enumerate()
-                .map(|(i, w)| {
-                    let c = match layer.op() {
-                        OpKind::DepthwiseConv2d => i % oc,
-                        _ => i / (layer.weight_count() / oc),
-                    };
-                    w as f32 * sc.weight[c]
-                })
-                .collect();
-            let b = (0..oc).map(|c| (layer.bias(c) as f64 * s_in as f64 * sc.weight[c] as f64) as f32).collect();
+            let oc = layer.output_shape().c;
+            let depthwise = layer.op() == OpKind::DepthwiseConv2d;
+            let q: Vec<i8> = layer.weights().collect();
+            let mut weights = vec![0f32; q.len()];
+            for (c, &s_w) in sc.weight.iter().enumerate() {
+                for t in quant::channel_taps(depthwise, q.len(), oc, c) {
+                    weights[t] = q[t] as f32 * s_w;
+                }
+            }
+            let bias = (0..oc).map(|c| (layer.bias(c) as f64 * s_in as f64 * sc.weight[c] as f64) as f32).collect();
             let clamp = if layer.outputs_logits() {
                 logit_scale = sc.output;
                 None
@@ -436,7 +285,7 @@ impl FloatTwin {
                 let zp = layer.output_zero_point() as f32;
                 Some(((amin as f32 - zp) * sc.output, (amax as f32 - zp) * sc.output))
             };
-            layers.push(TwinLayer { op: layer.op(), geo, w, b, clamp });
+            layers.push(TwinLayer { spec, params: LayerParams { weights, bias }, input, clamp });
             s_in = sc.output;
         }
         FloatTwin { layers, input_len: model.input_len(), classes: model.num_classes(), logit_scale }
@@ -525,7 +374,9 @@ fn quant_input_scale() -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iocane_runtime::emit::{random_cnn_s, random_model, ModelRepr, SplitMix64, SynthLayer};
+    use iocane_runtime::emit::ModelRepr;
+    use iocane_runtime::rng::SplitMix64;
+    use iocane_runtime::testing::{random_cnn_s, random_model, SynthLayer};
     use iocane_runtime::Shape;
 
     /// A random model whose provenance scales are made consistent with its multipliers:

@@ -1,10 +1,10 @@
 //! Single-image int8 inference on the host: the 784-64-32-10 MLP and the small CNN.
 //!
-//! `cargo bench -p iocane-runtime --features std --bench inference`
+//! `cargo bench -p iocane-runtime --features testing --bench inference`
 //! MACs per ns = model MACs / (ns per inference); both are printed once per model.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use iocane_runtime::emit::{random_cnn_s, random_mlp};
+use iocane_runtime::testing::{random_cnn_s, random_mlp};
 use iocane_runtime::Model;
 use std::hint::black_box;
 

@@ -1,6 +1,6 @@
 //! Writes valid model blobs as a fuzz seed corpus:
-//! `cargo run -p iocane-runtime --features std --example fuzz_seeds -- fuzz/corpus/parse_run`.
-use iocane_runtime::emit::{random_cnn_s, random_model, SynthLayer};
+//! `cargo run -p iocane-runtime --features testing --example fuzz_seeds -- fuzz/corpus/parse_run`.
+use iocane_runtime::testing::{random_cnn_s, random_model, SynthLayer};
 use iocane_runtime::Shape;
 
 fn main() {

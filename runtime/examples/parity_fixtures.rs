@@ -1,13 +1,15 @@
 //! Writes the fixtures of the device/host parity test (`firmware/qemu-parity`, run by
 //! `.ci/qemu-parity`): model blobs, inputs, and the logits this host computes for them:
-//! `cargo run -p iocane-runtime --features std --example parity_fixtures -- OUT_DIR`.
+//! `cargo run -p iocane-runtime --features testing --example parity_fixtures -- OUT_DIR`.
 //!
 //! Everything is deterministic (fixed seeds). For model `i`, `OUT_DIR` gets `model{i}.icn`,
 //! `input{i}.bin` (16 images, pixels concatenated), `expected{i}.bin` (their logits,
 //! little-endian i32, concatenated) and `class{i}.bin` (the predicted classes, little-endian
 //! u16), plus `fixtures.rs`, which the firmware `include!`s. The firmware runs the same
 //! blobs with the portable kernels on a Cortex-M4 and must reproduce every logit bit for bit.
-use iocane_runtime::emit::{random_cnn_s, random_mlp, random_model, ModelRepr, SplitMix64, SynthLayer};
+use iocane_runtime::emit::ModelRepr;
+use iocane_runtime::rng::SplitMix64;
+use iocane_runtime::testing::{random_cnn_s, random_mlp, random_model, SynthLayer};
 use iocane_runtime::{Model, OpKind, Shape};
 use std::fmt::Write as _;
 use std::path::Path;

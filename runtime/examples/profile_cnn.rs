@@ -1,8 +1,9 @@
 //! Runs the small CNN (and each of its layers alone) many times and prints the mean time per
 //! image, for profilers and quick checks:
-//! `cargo run --release -p iocane-runtime --features std --example profile_cnn`
+//! `cargo run --release -p iocane-runtime --features testing --example profile_cnn`
 //! (`RUNS=N` sets the repetitions, `ONLY=prefix` runs only the models whose name starts so).
-use iocane_runtime::emit::{random_cnn_s, random_model, ModelRepr, SynthLayer};
+use iocane_runtime::emit::ModelRepr;
+use iocane_runtime::testing::{random_cnn_s, random_model, SynthLayer};
 use iocane_runtime::{Model, Shape};
 
 fn time(name: &str, repr: ModelRepr, runs: u32) {

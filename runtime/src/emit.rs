@@ -9,7 +9,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 
 use crate::format::{self, align4, field, layer_field, tag, Model, OpKind, Shape, HEADER_LEN, LAYER_RECORD_LEN};
-use crate::quant;
+use crate::{geometry, quant};
 
 /// One layer, owned. Fields mirror the layer record of `docs/format.md`.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,11 +77,7 @@ impl LayerRepr {
 
     /// A pooling layer (`MaxPool2d` or `AvgPool2d`) without padding.
     pub fn pool(op: OpKind, input: Shape, kernel: (usize, usize), stride: (usize, usize), zp: i8) -> Self {
-        let output = Shape::new(
-            (input.h.saturating_sub(kernel.0)) / stride.0.max(1) + 1,
-            (input.w.saturating_sub(kernel.1)) / stride.1.max(1) + 1,
-            input.c,
-        );
+        let output = Self::window_output(input, kernel, stride, (0, 0, 0, 0), input.c);
         LayerRepr { kernel, stride, ..Self::bare(op, input, output, zp) }
     }
 
@@ -93,11 +89,11 @@ impl LayerRepr {
         padding: (usize, usize, usize, usize),
         channels: usize,
     ) -> Shape {
-        let ph = input.h + padding.0 + padding.2;
-        let pw = input.w + padding.1 + padding.3;
+        // A kernel larger than the padded input gives 1 (a layer the validator rejects).
+        let len = |i, p, k, s: usize| geometry::output_len(i, p, k, s.max(1)).unwrap_or(1);
         Shape::new(
-            ph.saturating_sub(kernel.0) / stride.0.max(1) + 1,
-            pw.saturating_sub(kernel.1) / stride.1.max(1) + 1,
+            len(input.h, padding.0 + padding.2, kernel.0, stride.0),
+            len(input.w, padding.1 + padding.3, kernel.1, stride.1),
             channels,
         )
     }
@@ -320,204 +316,7 @@ impl ModelRepr {
     pub const INPUT_ZERO_POINT: i8 = quant::INPUT_ZERO_POINT;
 }
 
-/// A layer of a synthetic model for [`random_model`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SynthLayer {
-    /// Dense with `units` outputs, optional fused ReLU.
-    Dense {
-        /// Output units.
-        units: usize,
-        /// Fuse a ReLU.
-        relu: bool,
-    },
-    /// Conv2d with `filters` outputs, square kernel, stride and symmetric padding.
-    Conv {
-        /// Output channels.
-        filters: usize,
-        /// Kernel size.
-        k: usize,
-        /// Stride.
-        s: usize,
-        /// Padding on every side.
-        p: usize,
-        /// Fuse a ReLU.
-        relu: bool,
-    },
-    /// Depthwise conv, square kernel, stride, symmetric padding.
-    Depthwise {
-        /// Kernel size.
-        k: usize,
-        /// Stride.
-        s: usize,
-        /// Padding on every side.
-        p: usize,
-        /// Fuse a ReLU.
-        relu: bool,
-    },
-    /// Max pooling, square kernel and stride.
-    MaxPool {
-        /// Kernel size.
-        k: usize,
-        /// Stride.
-        s: usize,
-    },
-    /// Average pooling, square kernel and stride.
-    AvgPool {
-        /// Kernel size.
-        k: usize,
-        /// Stride.
-        s: usize,
-    },
-    /// Flatten.
-    Flatten,
-}
-
-/// SplitMix64: the tiny deterministic generator behind [`random_model`].
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform integer in `[lo, hi]`.
-    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next_u64() % ((hi - lo + 1) as u64)) as i64
-    }
-}
-
-/// Builds a valid model with random int8 weights, biases, zero points and requantization
-/// parameters scaled so activations use the int8 range. For tests, benches and fuzz seeds:
-/// the arithmetic is real, only the numbers are random. A final Dense to `classes` int32
-/// logits is appended; a Flatten is inserted before the first Dense if missing.
-pub fn random_model(input: Shape, classes: usize, layers: &[SynthLayer], seed: u64) -> ModelRepr {
-    let mut rng = SplitMix64(seed);
-    let mut shape = input;
-    let mut zp = quant::INPUT_ZERO_POINT;
-    let mut out = Vec::new();
-    let mut all: Vec<SynthLayer> = layers.to_vec();
-    all.push(SynthLayer::Dense { units: classes, relu: false });
-    let n = all.len();
-    for (i, l) in all.into_iter().enumerate() {
-        let last = i + 1 == n;
-        if matches!(l, SynthLayer::Dense { .. }) && (shape.h != 1 || shape.w != 1) {
-            out.push(LayerRepr::flatten(shape, zp));
-            shape = Shape::new(1, 1, shape.len());
-        }
-        let (op, kernel, stride, padding, oc, relu) = match l {
-            SynthLayer::Flatten => {
-                let f = LayerRepr::flatten(shape, zp);
-                shape = f.output;
-                out.push(f);
-                continue;
-            }
-            SynthLayer::MaxPool { k, s } | SynthLayer::AvgPool { k, s } => {
-                let op = if matches!(l, SynthLayer::MaxPool { .. }) { OpKind::MaxPool2d } else { OpKind::AvgPool2d };
-                let p = LayerRepr::pool(op, shape, (k, k), (s, s), zp);
-                shape = p.output;
-                out.push(p);
-                continue;
-            }
-            SynthLayer::Dense { units, relu } => (OpKind::Dense, (1, 1), (1, 1), (0, 0, 0, 0), units, relu),
-            SynthLayer::Conv { filters, k, s, p, relu } => {
-                (OpKind::Conv2d, (k, k), (s, s), (p, p, p, p), filters, relu)
-            }
-            SynthLayer::Depthwise { k, s, p, relu } => {
-                (OpKind::DepthwiseConv2d, (k, k), (s, s), (p, p, p, p), shape.c, relu)
-            }
-        };
-        let output = if op == OpKind::Dense {
-            Shape::new(1, 1, oc)
-        } else {
-            LayerRepr::window_output(shape, kernel, stride, padding, oc)
-        };
-        let fan_in = match op {
-            OpKind::Dense => shape.c,
-            OpKind::Conv2d => kernel.0 * kernel.1 * shape.c,
-            _ => kernel.0 * kernel.1,
-        };
-        let wn = match op {
-            OpKind::DepthwiseConv2d => kernel.0 * kernel.1 * oc,
-            _ => fan_in * oc,
-        };
-        let weights: Vec<i8> = (0..wn).map(|_| rng.range(-127, 127) as i8).collect();
-        let bias: Vec<i32> = (0..oc).map(|_| rng.range(-20_000, 20_000) as i32).collect();
-        // Typical |acc| ~ sqrt(fan_in) * 73 * 60; aim for outputs of about +-40.
-        let typical = (fan_in as f64).sqrt() * 73.0 * 60.0;
-        let mut multiplier = Vec::new();
-        let mut shift = Vec::new();
-        for _ in 0..oc {
-            let jitter = 0.5 + (rng.next_u64() % 1000) as f64 / 1000.0;
-            let (m, s) = quant::quantize_multiplier(40.0 / typical * jitter).unwrap_or((1 << 30, -20));
-            multiplier.push(m);
-            shift.push(s);
-        }
-        let ozp = if last { 0 } else { rng.range(-30, 30) as i8 };
-        let clamp = if last {
-            (0, 0)
-        } else if relu {
-            (ozp, 127)
-        } else {
-            (-128, 127)
-        };
-        out.push(LayerRepr {
-            op,
-            input: shape,
-            output,
-            kernel,
-            stride,
-            padding,
-            in_zero_point: zp,
-            out_zero_point: ozp,
-            clamp,
-            logits: last,
-            weights,
-            bias,
-            multiplier,
-            shift,
-            weight_scale: std::vec![0.01; oc],
-            out_scale: 0.05,
-        });
-        shape = output;
-        zp = ozp;
-    }
-    ModelRepr {
-        input,
-        classes,
-        labels: (0..classes).map(|c| std::format!("class {c}")).collect(),
-        metadata: std::vec![("source".to_string(), "random_model".to_string()), ("seed".to_string(), seed.to_string())],
-        layers: out,
-    }
-}
-
-/// The MNIST-sized MLP 784-64-32-10 of the benchmarks, with random weights.
-pub fn random_mlp(seed: u64) -> ModelRepr {
-    random_model(
-        Shape::new(28, 28, 1),
-        10,
-        &[
-            SynthLayer::Flatten,
-            SynthLayer::Dense { units: 64, relu: true },
-            SynthLayer::Dense { units: 32, relu: true },
-        ],
-        seed,
-    )
-}
-
-/// The small CNN of the benchmarks (conv 8@3x3 s2 p1, conv 16@3x3 s2 p1, dense 10), random weights.
-pub fn random_cnn_s(seed: u64) -> ModelRepr {
-    random_model(
-        Shape::new(28, 28, 1),
-        10,
-        &[
-            SynthLayer::Conv { filters: 8, k: 3, s: 2, p: 1, relu: true },
-            SynthLayer::Conv { filters: 16, k: 3, s: 2, p: 1, relu: true },
-        ],
-        seed,
-    )
-}
+/// The fixtures at their former path (they live in [`crate::testing`] now), for callers not yet
+/// moved; only with the `testing` feature.
+#[cfg(feature = "testing")]
+pub use crate::testing::{random_cnn_s, random_mlp, random_model, SynthLayer};

@@ -5,6 +5,7 @@
 //! the impossibility of int32 overflow, and the arena size — and then hands out infallible
 //! accessors. `docs/format.md` documents every byte.
 
+use crate::geometry::Window;
 use crate::quant;
 use core::fmt;
 
@@ -795,16 +796,15 @@ impl<'a> Model<'a> {
                     if pooling && pt + pl + pb + pr != 0 {
                         return Err(fault(LayerFault::Geometry));
                     }
-                    let ph = shape.h + pt + pb;
-                    let pw = shape.w + pl + pr; // u16 + 2 * u8: cannot overflow
-                    if ph < kh || pw < kw {
-                        return Err(fault(LayerFault::Geometry));
-                    }
                     let c = match op {
                         OpKind::Conv2d => layer.output_shape().c,
                         _ => shape.c,
                     };
-                    Shape::new((ph - kh) / sh + 1, (pw - kw) / sw + 1, c)
+                    // u16 + 2 * u8: the padded sizes cannot overflow.
+                    match Window::output_shape(shape, (kh, kw), (sh, sw), (pt, pl, pb, pr), c) {
+                        Some(s) => s,
+                        None => return Err(fault(LayerFault::Geometry)),
+                    }
                 }
             };
             let out = layer.output_shape();
@@ -873,20 +873,16 @@ impl<'a> Model<'a> {
             return Err(LayerFault::WeightRange);
         }
         // Per output channel: multiplier, shift, and an exact bound on |acc|.
-        let fan_in = wn / oc.max(1);
+        let depthwise = layer.op() == OpKind::DepthwiseConv2d;
         for c in 0..oc {
             let m = layer.multiplier(c);
             let s = layer.shift(c);
             if m <= 0 || !(quant::SHIFT_MIN..=quant::SHIFT_MAX).contains(&s) {
                 return Err(LayerFault::Requantization);
             }
-            let abs_w: u64 = match layer.op() {
-                OpKind::DepthwiseConv2d => w.iter().skip(c).step_by(oc).map(|&x| (x as i8).unsigned_abs() as u64).sum(),
-                _ => w[c * fan_in..(c + 1) * fan_in].iter().map(|&x| (x as i8).unsigned_abs() as u64).sum(),
-            };
-            // |x - zp| <= 255 for any int8 x and zero point.
-            let bound = layer.bias(c).unsigned_abs() as u64 + 255 * abs_w;
-            if bound > i32::MAX as u64 {
+            let abs_w: u64 =
+                quant::channel_taps(depthwise, w.len(), oc, c).map(|i| (w[i] as i8).unsigned_abs() as u64).sum();
+            if quant::accumulator_bound(layer.bias(c), abs_w) > i32::MAX as u64 {
                 return Err(LayerFault::AccumulatorOverflow);
             }
         }

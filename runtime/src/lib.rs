@@ -11,11 +11,15 @@
 //! - [`format`](mod@format): the blob layout and [`Model::parse`], which validates everything once
 //!   (magic, version, CRC-32, section table, every layer, every offset, overflow-freedom of
 //!   the int32 accumulators, and the exact arena size). `docs/format.md` documents each byte.
+//! - [`geometry`]: the output-size formula and the receptive-field walk of windowed ops.
 //! - [`kernels`]: Dense, Conv2d, DepthwiseConv2d, MaxPool2d, AvgPool2d on NHWC tensors,
 //!   with plain i64 reference versions (host only) that the tests compare them with.
 //! - [`Model::run`]: the layer loop over a ping-pong arena whose exact size is in the
 //!   header. After `parse` succeeds, `run` can only fail on the caller's buffer sizes.
 //! - `emit` (feature `std`): the host-side builder, the inverse of `parse`.
+//! - [`rng`]: SplitMix64, the tiny integer generator the host tools draw from.
+//! - `testing` (feature `testing`): synthetic models with random weights, for tests, benches
+//!   and fuzz seeds only.
 //!
 //! ```
 //! # #[cfg(feature = "std")] {
@@ -45,9 +49,13 @@
 #[cfg(feature = "std")]
 pub mod emit;
 pub mod format;
+pub mod geometry;
 pub mod kernels;
 mod model;
 pub mod quant;
+pub mod rng;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use format::{FormatError, Layer, LayerFault, Model, OpKind, Shape};
 pub use model::{window, Prediction, RunError};

@@ -187,6 +187,57 @@ pub fn quantize_weight(w: f32, scale: f32) -> i8 {
     v.clamp(WEIGHT_MIN as f64, WEIGHT_MAX as f64) as i8
 }
 
+/// Largest `|x - zero_point|` of an int8 activation `x`, whatever the zero point: 255.
+pub const MAX_INPUT_OFFSET: u64 = 255;
+
+/// The bound on one output channel's int32 accumulator: `|bias| + 255 Σ|w|`, where
+/// `abs_weight_sum` is `Σ|w|` over the channel's weights ([`channel_taps`]). The model
+/// validator accepts a layer only if this is at most `i32::MAX` for every channel, the
+/// quantizer clamps biases to keep it there ([`bias_limit`]), and the certifier's interval
+/// bounds rely on it.
+#[inline]
+pub const fn accumulator_bound(bias: i32, abs_weight_sum: u64) -> u64 {
+    bias.unsigned_abs() as u64 + MAX_INPUT_OFFSET * abs_weight_sum
+}
+
+/// The largest `|bias|` for which [`accumulator_bound`] stays within `i32::MAX`:
+/// `i32::MAX - 255 Σ|w|`, or 0 if the weights alone exceed it.
+#[inline]
+pub const fn bias_limit(abs_weight_sum: u64) -> u64 {
+    (i32::MAX as u64).saturating_sub(MAX_INPUT_OFFSET * abs_weight_sum)
+}
+
+/// Flat indices of output channel `c`'s weights in a weighted layer with `len` weights and
+/// `oc` output channels: the row `[c K, (c + 1) K)` for Dense and Conv2d (`[out][...]`,
+/// `K = len / oc`), the stride-`oc` column `c, c + oc, ...` for DepthwiseConv2d
+/// (`[kh][kw][c]`).
+pub fn channel_taps(depthwise: bool, len: usize, oc: usize, c: usize) -> core::iter::StepBy<core::ops::Range<usize>> {
+    let oc = oc.max(1);
+    if depthwise {
+        (c..len).step_by(oc)
+    } else {
+        let per = len / oc;
+        (c * per..(c + 1) * per).step_by(1)
+    }
+}
+
+/// The per-output-channel weight scale (host-side rule, shared by the quantizer and
+/// quantization-aware training): `max|w_c| / 127` (`max_abs` = `max|w_c|`), floored at
+/// `max(s_out, |b_c|) / (2^28 s_in)`.
+///
+/// The floor is for channels with (nearly) no weights — IBP training drives unneeded filters
+/// to ~0 — which would otherwise get a requantization multiplier `s_in s_w / s_out` below the
+/// runtime's range (`2^-32`) or an int32 bias `b_c / (s_in s_w)` that saturates; at the floor
+/// the multiplier is at least `2^-28` and the bias at most `2^28` in magnitude. Weights below
+/// half the floor quantize to 0, which moves the channel's output by at most
+/// `K (1 + |b_c| / s_out) 2^-21` output steps (`K` = fan-in). Ordinary channels are orders of
+/// magnitude above the floor and unaffected.
+pub fn weight_scale(max_abs: f32, s_in: f64, s_out: f64, bias: f32) -> f32 {
+    const TWO_28: f64 = (1u64 << 28) as f64;
+    let floor = (s_out.max(bias.abs() as f64) / (TWO_28 * s_in)) as f32;
+    (max_abs / 127.0).max(floor)
+}
+
 /// Rounds half away from zero without `std` (`f64::round` is not in `core`).
 pub fn round_half_away(v: f64) -> f64 {
     if !v.is_finite() {
@@ -210,6 +261,33 @@ pub fn round_half_away(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_taps_are_rows_or_columns() {
+        assert_eq!(channel_taps(false, 12, 3, 1).collect::<Vec<_>>(), [4, 5, 6, 7]);
+        assert_eq!(channel_taps(true, 12, 3, 1).collect::<Vec<_>>(), [1, 4, 7, 10]);
+    }
+
+    #[test]
+    fn accumulator_bound_and_bias_limit_agree() {
+        for abs in [0u64, 1, 1000, 8_421_504, 8_421_505, u32::MAX as u64] {
+            let limit = bias_limit(abs);
+            if limit > 0 {
+                assert!(accumulator_bound(limit as i32, abs) <= i32::MAX as u64);
+                assert!(accumulator_bound(-(limit as i32), abs) <= i32::MAX as u64);
+            }
+            assert!(limit == 0 || accumulator_bound(limit as i32, abs) == i32::MAX as u64);
+        }
+    }
+
+    #[test]
+    fn weight_scale_floors_dead_channels_only() {
+        let (s_in, s_out) = (0.02, 0.05);
+        assert_eq!(weight_scale(31.75, s_in, s_out, 0.3), 0.25);
+        let floor = weight_scale(0.0, s_in, s_out, 0.3);
+        assert_eq!(floor, (0.3f32 as f64 / (268_435_456.0 * 0.02)) as f32);
+        assert_eq!(weight_scale(1e-12, s_in, s_out, 0.0), (0.05 / (268_435_456.0 * 0.02)) as f32);
+    }
 
     /// The rule written out with i128 and exact rational comparison.
     fn rescale_exact(acc: i32, m: i32, shift: i32) -> i128 {

@@ -79,8 +79,16 @@ pub fn parse_shard(s: &str) -> Result<Shard, String> {
 
 /// Parses an eps sweep: comma-separated radii, each `k/255`, a decimal (`0.05`) or a bare
 /// integer number of levels (`4`); the legacy form `0,1,2,4,8/255` (levels, one `/255` at
-/// the end) is accepted too. Returns levels.
-pub fn parse_sweep(s: &str) -> Result<Vec<u8>, String> {
+/// the end) is accepted too.
+pub fn parse_sweep(s: &str) -> Result<Sweep, String> {
+    parse_levels(s).map(Sweep)
+}
+
+/// Radii of the accuracy curve, in levels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sweep(pub Vec<u8>);
+
+fn parse_levels(s: &str) -> Result<Vec<u8>, String> {
     let legacy = s.trim().strip_suffix("/255").filter(|rest| !rest.contains('/') && !rest.contains('.'));
     let body = legacy.unwrap_or(s);
     body.split(',')
@@ -88,7 +96,8 @@ pub fn parse_sweep(s: &str) -> Result<Vec<u8>, String> {
         .filter(|t| !t.is_empty())
         .map(|t| {
             if !t.contains('/') && !t.contains('.') {
-                t.parse::<u8>().map_err(|_| format!("bad level `{t}` in the eps sweep (0..=255, or k/255, or a decimal)"))
+                t.parse::<u8>()
+                    .map_err(|_| format!("bad level `{t}` in the eps sweep (0..=255, or k/255, or a decimal)"))
             } else {
                 t.parse::<Radius>().map(|r| r.k)
             }
@@ -133,8 +142,9 @@ pub struct CertifyArgs {
     /// PGD restarts.
     #[arg(long, default_value_t = 2)]
     pub restarts: usize,
-    /// PGD step size in pixel levels (default max(1, k/4)).
-    #[arg(long)]
+    /// PGD step size, like --eps: levels (2/255) or a decimal (0.01) [default: max(1, k/4)
+    /// levels].
+    #[arg(long, value_parser = super::train::parse_eps)]
     pub step_size: Option<f32>,
     /// Square Attack query budget per sample.
     #[arg(long, default_value_t = 500)]
@@ -145,7 +155,7 @@ pub struct CertifyArgs {
     /// Radii for the accuracy curve: k/255, decimals, or bare integers as levels
     /// (e.g. 0,1,2,4,8 or 1/255,2/255 or 0.01,0.02).
     #[arg(long, default_value = "0,1,2,4,8", value_parser = parse_sweep)]
-    pub eps_sweep: Vec<u8>,
+    pub eps_sweep: Sweep,
     /// Certify only shard I of N (sample i belongs to shard i % N), e.g. 0/4.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<Shard>,
@@ -166,13 +176,13 @@ impl CertifyArgs {
     pub fn config(&self) -> GateConfig {
         GateConfig {
             k: self.eps.k,
-            sweep: self.eps_sweep.clone(),
+            sweep: self.eps_sweep.0.clone(),
             samples: self.samples,
             shard: self.shard.map_or((0, 1), |Shard(i, n)| (i, n)),
             seed: self.seed,
             pgd_steps: self.steps,
             pgd_restarts: self.restarts,
-            pgd_step_size: self.step_size,
+            pgd_step_size: self.step_size.map(|f| f * 255.0),
             square_queries: self.square_queries,
             random_samples: self.random,
             gate: self.gate.into(),
@@ -256,10 +266,10 @@ fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    if !report.eps_exact {
+    if !report.run.radius.exact {
         eprintln!(
             "warning: eps {} was applied as {}/255 (rounded down to whole pixel levels)",
-            report.eps_requested, report.config.k
+            report.run.radius.requested, report.config.k
         );
     }
     println!(
@@ -281,7 +291,10 @@ fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
 fn merge(dirs: &[PathBuf], out: &Path, quiet: bool) -> Result<u8> {
     let reports: Vec<CertifyReport> = dirs
         .iter()
-        .map(|d| CertifyReport::read(&d.join("report.json")).with_context(|| format!("reading the shard report in {}", d.display())))
+        .map(|d| {
+            CertifyReport::read(&d.join("report.json"))
+                .with_context(|| format!("reading the shard report in {}", d.display()))
+        })
         .collect::<Result<_>>()?;
     let merged = report::merge_reports(&reports)?;
     report::check_writable(out).context("the merged report's directory is not writable")?;

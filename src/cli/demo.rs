@@ -7,11 +7,18 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::certify::{CertifyArgs, CertifyCmd};
+use super::certify::{Certified, CertifyArgs};
 use super::export::ExportArgs;
 use super::train::TrainArgs;
-use iocane_certify::gate::GateKind;
 use iocane_certify::report::CertifyReport;
+
+/// Parses a subcommand's flags from `argv` (`argv[0]` is its name) exactly as the CLI does,
+/// so each step of the demo is what a user would type, with the CLI's defaults.
+fn flags<T: clap::Args>(argv: &[&str]) -> Result<T> {
+    let cmd = T::augment_args(clap::Command::new("iocane"));
+    let m = cmd.try_get_matches_from(argv)?;
+    Ok(T::from_arg_matches(&m)?)
+}
 
 /// Flags of `iocane demo`.
 #[derive(Debug, Args)]
@@ -42,14 +49,8 @@ struct Leg {
 /// provable robustness), each exported to int8 and certified at 4/255 and 0.1.
 pub fn run(d: &DemoArgs) -> Result<u8> {
     let legs = [
-        ("PGD", "pgd", iocane_trainer::train::Method::Pgd, Some(2), "PGD-7 at eps 0.1 (2-epoch eps ramp)"),
-        (
-            "IBP",
-            "ibp",
-            iocane_trainer::train::Method::Ibp,
-            None,
-            "IBP certified training at eps 0.1 (per-step eps and kappa ramp)",
-        ),
+        ("PGD", "pgd", "pgd", Some("2"), "PGD-7 at eps 0.1 (2-epoch eps ramp)"),
+        ("IBP", "ibp", "ibp", None, "IBP certified training at eps 0.1 (per-step eps and kappa ramp)"),
     ];
     let mut done = Vec::new();
     for (i, (label, dir, method, ramp, what)) in legs.into_iter().enumerate() {
@@ -57,75 +58,50 @@ pub fn run(d: &DemoArgs) -> Result<u8> {
         let run_dir = leg_dir.join("train");
         let export_dir = leg_dir.join("export");
         println!("== {}/6 train: cnn-s, {what}, 1 natural warm-up epoch, mnist-small", 3 * i + 1);
-        let t = TrainArgs {
-            dataset: "mnist-small".into(),
-            data_dir: None,
-            arch: "cnn-s".into(),
-            method,
-            eps: 0.1,
-            steps: 7,
-            step_size: None,
-            epochs: d.epochs,
-            batch_size: 128,
-            optimizer: "adam".into(),
-            lr: 3e-3,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            schedule: "cosine".into(),
-            warmup_epochs: 1,
-            ramp_epochs: ramp,
-            ibp_kappa: iocane_trainer::train::DEFAULT_IBP_KAPPA,
-            ibp_train_eps: None,
-            seed: d.seed,
-            eval_samples: 500,
-            eval_steps: 20,
-            eval_restarts: 1,
-            train_samples: 0,
-            out: run_dir.clone(),
-            resume: false,
-            quiet: false,
-            qat: false,
-            init: None,
-        };
+        let epochs = d.epochs.to_string();
+        let seed = d.seed.to_string();
+        let run = run_dir.to_string_lossy();
+        let mut argv = vec!["train", "--arch", "cnn-s", "--method", method, "--eps", "0.1", "--epochs", &epochs];
+        argv.extend(["--lr", "3e-3", "--warmup-epochs", "1", "--seed", &seed, "--eval-samples", "500", "--force"]);
+        argv.extend(["--out", &run]);
+        if let Some(r) = ramp {
+            argv.extend(["--ramp-epochs", r]);
+        }
+        let t = flags::<TrainArgs>(&argv)?;
         let m = super::train::run(&t)?;
         println!("\n== {}/6 export: int8 post-training quantization", 3 * i + 2);
-        let export = super::export::run(&ExportArgs {
-            run: run_dir,
-            out: export_dir,
-            calib: 1000,
-            dataset: None,
-            data_dir: None,
-        })?;
+        let export =
+            super::export::run(&flags::<ExportArgs>(&["export", &run, "--out", &export_dir.to_string_lossy()])?)?;
         println!("\n== {}/6 certify the int8 model (attacks + interval bounds on the integer arithmetic)", 3 * i + 3);
+        let blob = std::fs::read(&export.blob)?;
+        let test = iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall)?.test;
         let mut reports = Vec::new();
-        for (name, eps) in [("4/255", 4.0 / 255.0), ("0.1", 0.1f32)] {
+        for name in ["4/255", "0.1"] {
             let report_dir = leg_dir.join(format!("certify-{}", name.replace('/', "_")));
-            let c = CertifyCmd {
-                sub: None,
-                args: CertifyArgs {
-                    model: Some(export.blob.clone()),
-                    dataset: "mnist-small".into(),
-                    data_dir: None,
-                    eps,
-                    threshold: 0.0,
-                    gate: GateKind::Empirical,
-                    samples: d.samples,
-                    seed: d.seed,
-                    steps: 40,
-                    restarts: 2,
-                    step_size: None,
-                    square_queries: 500,
-                    random: 100,
-                    eps_sweep: "0,1,2,4,8".into(),
-                    shard: None,
-                    strict: false,
-                    report: report_dir.clone(),
-                    quiet: true,
-                },
-            };
-            super::certify::run(&c)?;
-            let r = CertifyReport::read(&report_dir.join("report.json"))?;
-            reports.push((name, r, report_dir));
+            let samples = d.samples.to_string();
+            let a: CertifyArgs = flags(&[
+                "certify",
+                &export.blob.to_string_lossy(),
+                "--eps",
+                name,
+                "--gate",
+                "empirical",
+                "--samples",
+                &samples,
+                "--seed",
+                &seed,
+                "--quiet",
+                "--report",
+                &report_dir.to_string_lossy(),
+            ])?;
+            let interrupt = super::interrupt_flag("the demo");
+            match super::certify::certify_model(&blob, &export.blob.display().to_string(), &test, &a, &interrupt)? {
+                Certified::Done(r) => reports.push((name, *r, report_dir)),
+                Certified::Interrupted(msg) => {
+                    eprintln!("interrupted: {msg}");
+                    return Ok(super::EXIT_INTERRUPTED);
+                }
+            }
         }
         println!();
         done.push(Leg { label, final_eval: m.final_eval, export, reports });

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use iocane_trainer::train::checkpoint;
 use iocane_trainer::quant::export::{write_firmware_files, Exported};
 use iocane_trainer::quant::quantize;
+use iocane_trainer::train::checkpoint;
 use iocane_trainer::train::{Metrics, TrainConfig};
 
 /// Flags of `iocane export`.
@@ -17,7 +17,7 @@ pub struct ExportArgs {
     /// Output directory for model.icn, model.rs, model.h and model.onnx.
     #[arg(long)]
     pub out: PathBuf,
-    /// Calibration images (from the training split) for activation ranges.
+    /// Calibration images (from the training split) for activation ranges (0 = all).
     #[arg(long, default_value_t = 1000)]
     pub calib: usize,
     /// Calibration dataset (default: the one the run was trained on).
@@ -31,17 +31,32 @@ pub struct ExportArgs {
 /// Runs `iocane export`; returns what was written.
 pub fn run(a: &ExportArgs) -> Result<Exported> {
     let ckpt_path = if a.run.is_dir() { a.run.join("model.ckpt") } else { a.run.clone() };
-    let ck = checkpoint::load(&ckpt_path).with_context(|| format!("loading {}", ckpt_path.display()))?;
+    let ck = checkpoint::load(&ckpt_path).context("loading the checkpoint")?;
     let cfg: Option<TrainConfig> = serde_json::from_value(ck.train_config.clone()).ok();
     let dataset =
         a.dataset.clone().or_else(|| cfg.as_ref().map(|c| c.dataset.clone())).unwrap_or_else(|| "mnist-small".into());
     let splits = super::train::load_dataset(&dataset, a.data_dir.clone())?;
+    let t = &splits.train;
+    let spec = ck.network.spec();
+    if spec.input != [t.height, t.width, t.channels] || spec.classes != t.classes {
+        bail!(
+            "the network takes {:?} images with {} classes, calibration dataset {} has {}x{}x{} with {} classes",
+            spec.input,
+            spec.classes,
+            dataset,
+            t.height,
+            t.width,
+            t.channels,
+            t.classes
+        );
+    }
+    let calib = if a.calib == 0 { t.len() } else { a.calib.min(t.len()) };
     let mut meta = vec![
         ("source".to_string(), "iocane-trainer".to_string()),
         ("dataset".to_string(), dataset.clone()),
         ("arch".to_string(), ck.network.spec().to_compact()),
         ("epochs".to_string(), ck.epoch.to_string()),
-        ("calibration".to_string(), format!("{} images of {}/train", a.calib.min(splits.train.len()), dataset)),
+        ("calibration".to_string(), format!("{calib} images of {dataset}/train")),
         ("quantization".to_string(), "ptq per-channel int8".to_string()),
     ];
     if let Some(c) = &cfg {
@@ -56,7 +71,7 @@ pub fn run(a: &ExportArgs) -> Result<Exported> {
         }
     }
     let labels = splits.train.labels_text.clone();
-    let repr = quantize(&ck.network, &splits.train, a.calib, labels, meta).context("quantizing")?;
+    let repr = quantize(&ck.network, &splits.train, calib, labels, meta).context("quantizing")?;
     let blob = repr.emit();
     let ex = write_firmware_files(&a.out, &blob).context("writing firmware files")?;
     let onnx = iocane_trainer::onnx::export_onnx(&ck.network).context("exporting ONNX")?;

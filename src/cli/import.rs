@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iocane_trainer::train::checkpoint::{self, Checkpoint};
 use iocane_trainer::onnx::{import_onnx_with, ImportOptions};
+use iocane_trainer::train::checkpoint::{self, Checkpoint};
 
 /// Flags of `iocane import`.
 #[derive(Debug, Args)]

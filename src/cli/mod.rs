@@ -74,7 +74,7 @@ pub enum Command {
         /// The model blob.
         file: PathBuf,
     },
-    /// Train a classifier (natural, FGSM or PGD adversarial training) and save a float checkpoint.
+    /// Train a classifier (natural, FGSM / PGD adversarial or IBP certified training) and save a float checkpoint.
     Train(train::TrainArgs),
     /// Quantize a trained run to int8 and write model.icn, model.rs, model.h (and model.onnx).
     Export(export::ExportArgs),
@@ -82,7 +82,7 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Release gate: attacks and sound bounds on the exact int8 model; exit 0 pass, 1 fail, 2 error.
     Certify(certify::CertifyCmd),
-    /// End-to-end demo on the embedded data: train (PGD), export to int8, certify at 4/255 and 0.1.
+    /// End-to-end demo on the embedded data: train cnn-s with PGD and with IBP, export both to int8, certify at 4/255 and 0.1.
     Demo(demo::DemoArgs),
 }
 
@@ -99,6 +99,17 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            // Training stopped by Ctrl-C (in `train` or inside `demo`) is not an input error.
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<iocane_trainer::train::TrainError>(),
+                    Some(iocane_trainer::train::TrainError::Interrupted { .. })
+                )
+            });
+            if interrupted {
+                eprintln!("{e:#}");
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }

@@ -1,14 +1,32 @@
 //! `iocane train`: train a classifier naturally, adversarially or with IBP certified training.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
 use iocane_trainer::train::{self, Method, Metrics, RunOptions, TrainConfig, DEFAULT_IBP_KAPPA, IBP_TRAIN_EPS_FACTOR};
+
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerArg {
+    /// Adam (decoupled weight decay).
+    Adam,
+    /// SGD with momentum (coupled weight decay).
+    Sgd,
+}
+
+/// `--schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// Cosine decay to 0 over the run.
+    Cosine,
+    /// Constant.
+    Constant,
+    /// x0.1 every third of the run.
+    Step,
+}
 
 /// Flags of `iocane train`.
 #[derive(Debug, Args)]
@@ -34,8 +52,8 @@ pub struct TrainArgs {
     /// PGD steps during training.
     #[arg(long, default_value_t = 7)]
     pub steps: usize,
-    /// PGD step size (default 2.5 * eps / steps).
-    #[arg(long)]
+    /// PGD step size, like --eps: a decimal (0.01) or levels (2/255) [default: 2.5 * eps / steps].
+    #[arg(long, value_parser = parse_eps)]
     pub step_size: Option<f32>,
     /// Epochs.
     #[arg(long, default_value_t = 10)]
@@ -43,9 +61,9 @@ pub struct TrainArgs {
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Optimizer: adam or sgd.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f32,
@@ -55,9 +73,9 @@ pub struct TrainArgs {
     /// Weight decay (coupled for SGD, decoupled for Adam).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
-    /// LR schedule: cosine, constant, or step (x0.1 every third of the run).
-    #[arg(long, default_value = "cosine")]
-    pub schedule: String,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
     /// Natural epochs before adversarial training.
     #[arg(long, default_value_t = 1)]
     pub warmup_epochs: usize,
@@ -99,9 +117,14 @@ pub struct TrainArgs {
     /// Start from the weights of this checkpoint (a run dir or model.ckpt), e.g. to fine-tune.
     #[arg(long)]
     pub init: Option<PathBuf>,
-    /// Continue from OUT/model.ckpt, bit-identically.
+    /// Continue from OUT/model.ckpt, bit-identically (the flags must be the run's own; the
+    /// ones that differ are named).
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh even if OUT already holds a run (its model.ckpt and metrics.json are
+    /// removed first).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -139,16 +162,18 @@ pub fn resolve_arch(arch: &str, input: [usize; 3], classes: usize) -> Result<Arc
 /// images (which sets the default IBP ramp).
 pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize, train_len: usize) -> Result<TrainConfig> {
     let arch = resolve_arch(&a.arch, input, classes)?;
-    let optimizer = match a.optimizer.as_str() {
-        "adam" => OptimizerConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay },
-        "sgd" => OptimizerConfig::Sgd { momentum: a.momentum, nesterov: false, weight_decay: a.weight_decay },
-        o => bail!("unknown optimizer `{o}`: expected adam or sgd"),
+    let optimizer = match a.optimizer {
+        OptimizerArg::Adam => {
+            OptimizerConfig::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: a.weight_decay }
+        }
+        OptimizerArg::Sgd => {
+            OptimizerConfig::Sgd { momentum: a.momentum, nesterov: false, weight_decay: a.weight_decay }
+        }
     };
-    let schedule = match a.schedule.as_str() {
-        "cosine" => LrSchedule::Cosine { lr: a.lr, min_lr: 0.0, epochs: a.epochs, warmup_epochs: 0.0 },
-        "constant" => LrSchedule::Constant { lr: a.lr },
-        "step" => LrSchedule::Step { lr: a.lr, gamma: 0.1, every: a.epochs.div_ceil(3).max(1) },
-        s => bail!("unknown schedule `{s}`: expected cosine, constant or step"),
+    let schedule = match a.schedule {
+        ScheduleArg::Cosine => LrSchedule::Cosine { lr: a.lr, min_lr: 0.0, epochs: a.epochs, warmup_epochs: 0.0 },
+        ScheduleArg::Constant => LrSchedule::Constant { lr: a.lr },
+        ScheduleArg::Step => LrSchedule::Step { lr: a.lr, gamma: 0.1, every: a.epochs.div_ceil(3).max(1) },
     };
     Ok(TrainConfig {
         dataset: a.dataset.clone(),
@@ -208,17 +233,58 @@ pub fn load_dataset(name: &str, dir: Option<PathBuf>) -> Result<data::Splits> {
     data::load(&spec).with_context(|| format!("loading dataset {name}"))
 }
 
-/// Installs a Ctrl-C handler that sets the returned flag (the trainer stops after the batch).
-pub fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    let _ = ctrlc::set_handler(move || {
-        if f.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
+/// Checks `OUT` before any work: a fresh run refuses to overwrite an existing one without
+/// `--force` (and with it removes the old run's files, so a later `--resume` cannot mix two
+/// runs); `--resume` needs a checkpoint and the checkpoint's own configuration, naming every
+/// setting that differs.
+fn check_out_dir(a: &TrainArgs, cfg: &TrainConfig) -> Result<()> {
+    let ckpt = a.out.join("model.ckpt");
+    let metrics = a.out.join("metrics.json");
+    if a.resume {
+        if !ckpt.exists() {
+            bail!("--resume: {} does not exist (nothing to resume; drop --resume to start a new run)", ckpt.display());
         }
-        eprintln!("\ninterrupt: finishing the current batch (press Ctrl-C again to abort)");
-    });
-    flag
+        let ck = iocane_trainer::checkpoint::load(&ckpt).context("--resume: loading the checkpoint")?;
+        let want = serde_json::to_value(cfg)?;
+        let differ: Vec<String> = match (&ck.train_config, &want) {
+            (serde_json::Value::Object(old), serde_json::Value::Object(new)) => new
+                .iter()
+                .filter(|(k, v)| old.get(*k) != Some(*v))
+                .map(|(k, v)| {
+                    let old = old.get(k).map_or("(absent)".to_string(), |o| o.to_string());
+                    format!("{k}: checkpoint {old}, flags {v}")
+                })
+                .collect(),
+            _ => vec!["the checkpoint's configuration is unreadable".into()],
+        };
+        if !differ.is_empty() {
+            bail!(
+                "--resume with other settings than the run in {}; use the run's own flags:\n  {}",
+                a.out.display(),
+                differ.join("\n  ")
+            );
+        }
+    } else if ckpt.exists() || metrics.exists() {
+        if !a.force {
+            bail!(
+                "{} already holds a run (model.ckpt / metrics.json): pass --resume to continue it or --force to start afresh",
+                a.out.display()
+            );
+        }
+        for f in [&ckpt, &metrics] {
+            match std::fs::remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", f.display()))
+                }
+                _ => {}
+            }
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let probe = a.out.join(format!(".iocane-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe").with_context(|| format!("{} is not writable", a.out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Runs `iocane train`.
@@ -230,8 +296,7 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
         None => None,
         Some(p) => {
             let path = if p.is_dir() { p.join("model.ckpt") } else { p.clone() };
-            let ck = iocane_trainer::train::checkpoint::load(&path)
-                .with_context(|| format!("loading --init {}", path.display()))?;
+            let ck = iocane_trainer::train::checkpoint::load(&path).context("loading the --init checkpoint")?;
             cfg.arch = ck.network.spec().clone();
             Some(ck.network)
         }
@@ -276,7 +341,9 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             );
         }
     }
-    let opts = RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(interrupt_flag()), init };
+    check_out_dir(a, &cfg)?;
+    let opts =
+        RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(super::interrupt_flag("training")), init };
     let m = train::train(&cfg, t, &splits.test, &a.out, &opts)?;
     print_summary(&m, &a.out);
     Ok(m)

@@ -8,12 +8,14 @@
 //!   ([`train::checkpoint`], safetensors, atomic writes).
 //! - [`quant`]: post-training quantization to the runtime's int8 contract, QAT's fake-quant,
 //!   and the firmware files ([`quant::export`]).
-//! - [`onnx`]: ONNX import and export of float networks.
+//! - `onnx` (feature `onnx`, on by default): ONNX import and export of float networks,
+//!   cross-checked with tract-onnx. Without it the crate does not depend on tract.
 //! - [`rng`]: the deterministic random number generator every other module draws from.
 #![deny(missing_docs)]
 
 pub mod data;
 pub mod nn;
+#[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod quant;
 pub mod rng;

@@ -1,7 +1,7 @@
 //! A tiny deterministic random number generator.
 //!
-//! [`Rng`] is xoshiro256\*\* (Blackman & Vigna) seeded through SplitMix64. It has no
-//! dependencies and no platform-specific code paths:
+//! [`Rng`] is xoshiro256\*\* (Blackman & Vigna) seeded through the runtime's SplitMix64
+//! ([`iocane_runtime::rng`]). It has no other dependencies and no platform-specific code paths:
 //!
 //! - every method is a pure function of the 256-bit state, built only from integer
 //!   arithmetic and correctly rounded IEEE-754 operations (`+ - * /`, `sqrt`), plus a
@@ -17,17 +17,8 @@
 //! The state can be saved and restored with [`Rng::state`] / [`Rng::from_state`] (and the
 //! type is serde-serialisable) so a resumed run continues the exact same sequence.
 
+use iocane_runtime::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
-
-/// One SplitMix64 step: advances `state` and returns the next output.
-#[inline]
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Deterministic xoshiro256\*\* generator. See the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +30,8 @@ impl Rng {
     /// Creates a generator from a 64-bit seed (expanded to 256 bits with SplitMix64).
     /// Every seed, including 0, gives a valid, well-mixed state.
     pub fn new(seed: u64) -> Self {
-        let mut sm = seed;
-        let s = [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)];
+        let mut sm = SplitMix64(seed);
+        let s = [sm.next_u64(), sm.next_u64(), sm.next_u64(), sm.next_u64()];
         Self::from_state(s)
     }
 
@@ -152,11 +143,9 @@ impl Rng {
     /// same child.
     pub fn fork(&self, stream: u64) -> Rng {
         // Hash the parent state and the stream id through SplitMix64.
-        let mut h = stream ^ 0x6A09_E667_F3BC_C909;
-        let mut acc = splitmix64(&mut h);
+        let mut acc = SplitMix64(stream ^ 0x6A09_E667_F3BC_C909).next_u64();
         for &w in &self.s {
-            let mut x = acc ^ w;
-            acc = splitmix64(&mut x);
+            acc = SplitMix64(acc ^ w).next_u64();
         }
         Rng::new(acc)
     }

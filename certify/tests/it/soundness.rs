@@ -4,7 +4,8 @@
 
 use iocane_certify::attack::{Attacker, PgdConfig, SplitMix64, SquareConfig};
 use iocane_certify::ibp::{linf_ball, worst_margin, Bounder, LogitBounds, Verdict};
-use iocane_runtime::emit::{random_model, ModelRepr, SynthLayer};
+use iocane_runtime::emit::ModelRepr;
+use iocane_runtime::testing::{random_model, SynthLayer};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
 use proptest::test_runner::Config;

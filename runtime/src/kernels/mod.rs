@@ -12,8 +12,10 @@
 //! else runs [`portable`]. Both produce identical bytes; the tests check both against
 //! [`reference`](mod@reference).
 
-use crate::format::Shape;
 use crate::quant;
+
+/// The window geometry, at its path in this module.
+pub use crate::geometry::Window;
 
 #[cfg(any(test, feature = "std"))]
 pub mod reference;
@@ -40,40 +42,6 @@ impl ChannelParams for crate::format::Layer<'_> {
     #[inline]
     fn shift(&self, c: usize) -> i32 {
         crate::format::Layer::shift(self, c)
-    }
-}
-
-/// Spatial geometry of a windowed op (conv, depthwise, pooling).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    /// Input shape.
-    pub input: Shape,
-    /// Output shape.
-    pub output: Shape,
-    /// Kernel `(h, w)`.
-    pub kernel: (usize, usize),
-    /// Stride `(h, w)`.
-    pub stride: (usize, usize),
-    /// Zero padding `(top, left, bottom, right)`.
-    pub padding: (usize, usize, usize, usize),
-}
-
-impl Window {
-    /// Valid kernel rows `[k0, k1)` for output row `oy`, and the first input row (`oy*sh - pt`).
-    #[inline]
-    fn rows(&self, oy: usize) -> (usize, usize, isize) {
-        let start = (oy * self.stride.0) as isize - self.padding.0 as isize;
-        let k0 = if start < 0 { (-start) as usize } else { 0 };
-        let k1 = (self.input.h as isize - start).clamp(0, self.kernel.0 as isize) as usize;
-        (k0, k1.max(k0), start)
-    }
-    /// Valid kernel columns `[k0, k1)` for output column `ox`, and the first input column.
-    #[inline]
-    fn cols(&self, ox: usize) -> (usize, usize, isize) {
-        let start = (ox * self.stride.1) as isize - self.padding.1 as isize;
-        let k0 = if start < 0 { (-start) as usize } else { 0 };
-        let k1 = (self.input.w as isize - start).clamp(0, self.kernel.1 as isize) as usize;
-        (k0, k1.max(k0), start)
     }
 }
 

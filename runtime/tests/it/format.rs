@@ -1,7 +1,8 @@
 //! The blob format: emit/parse round trips, and rejection of every corruption without a panic.
 
-use iocane_runtime::emit::{random_cnn_s, random_mlp, random_model, ModelRepr, SynthLayer};
+use iocane_runtime::emit::ModelRepr;
 use iocane_runtime::format::{blob_crc, field, FormatError, HEADER_LEN};
+use iocane_runtime::testing::{random_cnn_s, random_mlp, random_model, SynthLayer};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
 

@@ -3,8 +3,8 @@
 //! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
 //! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
 
-use iocane_runtime::emit::{random_model, SynthLayer};
 use iocane_runtime::kernels::{self, reference, ChannelParams, Output, Window};
+use iocane_runtime::testing::{random_model, SynthLayer};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
 
@@ -71,7 +71,7 @@ proptest! {
         seed in any::<u64>(),
         zp in any::<i8>(), ozp in any::<i8>(), relu in any::<bool>(),
     ) {
-        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..n).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..n * oc).map(|_| r.range(-127, 127) as i8).collect();
         let p = Params {
@@ -97,7 +97,7 @@ proptest! {
         (win, oc) in geometry(),
         seed in any::<u64>(), zp in any::<i8>(), ozp in any::<i8>(),
     ) {
-        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..oc * win.kernel.0 * win.kernel.1 * win.input.c).map(|_| r.range(-127, 127) as i8).collect();
         let p = Params {
@@ -125,7 +125,7 @@ proptest! {
     ) {
         let input = Shape::new(h, w, ic);
         let win = Window { input, output: Shape::new(h - k + 3, w - k + 3, oc), kernel: (k, k), stride: (1, 1), padding: (1, 1, 1, 1) };
-        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let wts: Vec<i8> = (0..oc * k * k * ic).map(|_| r.range(-127, 127) as i8).collect();
         let p = Params {
@@ -151,7 +151,7 @@ proptest! {
     ) {
         let win = Window { output: Shape { c: win.input.c, ..win.output }, ..win };
         let c = win.input.c;
-        let mut r = iocane_runtime::emit::SplitMix64(seed);
+        let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..win.kernel.0 * win.kernel.1 * c).map(|_| r.range(-127, 127) as i8).collect();
         let p = Params {

@@ -66,7 +66,7 @@ const MNIST_SMALL: [(&str, &[u8]); 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -75,7 +75,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// The gzip stream is corrupt or truncated.
-    #[error("{file}: gzip error: {source}")]
+    #[error("{file}: gzip error")]
     Gzip {
         /// The file (or in-memory source) name.
         file: String,

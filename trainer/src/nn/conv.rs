@@ -165,6 +165,10 @@ pub(crate) fn forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f
     }
 }
 
+// Audited unsafe (the crate's only): an unchecked load in the innermost loop. Every index is
+// proved in bounds once, before the loop (see the SAFETY comment at the load), and
+// `debug_assert!`ed at the load in debug builds.
+#[allow(unsafe_code)]
 #[inline(always)]
 fn fwd_impl<const MR: usize, const FB: usize>(
     xp: &[f32],
@@ -191,6 +195,7 @@ fn fwd_impl<const MR: usize, const FB: usize>(
                 for j in 0..MR {
                     // SAFETY: `check_bounds` verified `base + off < xp.len()` for all
                     // pixel bases and tap offsets.
+                    debug_assert!(bases[j] + o < xp.len());
                     let xv = unsafe { *xp.get_unchecked(bases[j] + o) };
                     for q in 0..FB {
                         acc[j][q] = madd(xv, w[q], acc[j][q]);
@@ -274,6 +279,10 @@ pub(crate) fn backward(
     }
 }
 
+// Audited unsafe (the crate's only): an unchecked load in the innermost loop. Every index is
+// proved in bounds once, before the loop (see the SAFETY comment at the load), and
+// `debug_assert!`ed at the load in debug builds.
+#[allow(unsafe_code)]
 #[inline(always)]
 fn dw_impl<const KB: usize, const FB: usize>(
     xp: &[f32],
@@ -297,6 +306,7 @@ fn dw_impl<const KB: usize, const FB: usize>(
                 let dv: &[f32; FB] = dy[pi * f + fb..pi * f + fb + FB].try_into().expect("dy block");
                 for t in 0..KB {
                     // SAFETY: `check_bounds` verified `base + off < xp.len()`.
+                    debug_assert!(b + offs[t] < xp.len());
                     let xv = unsafe { *xp.get_unchecked(b + offs[t]) };
                     for q in 0..FB {
                         acc[t][q] = madd(xv, dv[q], acc[t][q]);
@@ -313,6 +323,10 @@ fn dw_impl<const KB: usize, const FB: usize>(
     }
 }
 
+// Audited unsafe (the crate's only): an unchecked load in the innermost loop. Every index is
+// proved in bounds once, before the loop (see the SAFETY comment at the load), and
+// `debug_assert!`ed at the load in debug builds.
+#[allow(unsafe_code)]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dx_impl<const MR: usize, const KV: usize>(
@@ -342,6 +356,7 @@ fn dx_impl<const MR: usize, const KV: usize>(
                 for j in 0..MR {
                     // SAFETY: rows[j] + o < (p0 + cnt) * f <= np * f == dy.len()
                     // (asserted by the caller).
+                    debug_assert!(rows[j] + o < dy.len());
                     let dv = unsafe { *dy.get_unchecked(rows[j] + o) };
                     for v in 0..KV {
                         acc[j][v] = madd(dv, w[v], acc[j][v]);

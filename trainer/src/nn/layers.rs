@@ -537,19 +537,8 @@ pub fn backward(
     dy: &Tensor,
     want_input: bool,
 ) -> Result<(Option<Tensor>, LayerParams), NnError> {
-    let g = check_layer(spec, params, x)?;
+    let (g, aux) = replay_forward(spec, params, x, dy)?;
     let n = x.n();
-    if dy.shape != [n, g.out[0], g.out[1], g.out[2]] || dy.data.len() != n * g.out_len() {
-        return Err(NnError::Shape(format!(
-            "{spec}: output gradient has shape {:?}, expected {:?}",
-            dy.shape,
-            [n, g.out[0], g.out[1], g.out[2]]
-        )));
-    }
-    // Recompute the forward pass for the saved state (im2col / argmax).
-    let mut aux = Aux::default();
-    let mut y = vec![0.0; n * g.out_len()];
-    forward_raw(&g, params, n, &x.data, &mut y, &mut aux);
     let (wl, bl) = spec.param_lens(g.inp);
     let mut grads = LayerParams::zeros(wl, bl);
     let mut dx = want_input.then(|| Tensor::zeros(x.shape));
@@ -566,6 +555,35 @@ pub fn backward(
         &mut scratch,
     );
     Ok((dx, grads))
+}
+
+/// Checks a backward call's shapes and recomputes the forward pass for the state backward
+/// needs (im2col / argmax).
+fn replay_forward(spec: &LayerSpec, params: &LayerParams, x: &Tensor, dy: &Tensor) -> Result<(Geom, Aux), NnError> {
+    let g = check_layer(spec, params, x)?;
+    let n = x.n();
+    if dy.shape != [n, g.out[0], g.out[1], g.out[2]] || dy.data.len() != n * g.out_len() {
+        return Err(NnError::Shape(format!(
+            "{spec}: output gradient has shape {:?}, expected {:?}",
+            dy.shape,
+            [n, g.out[0], g.out[1], g.out[2]]
+        )));
+    }
+    let mut aux = Aux::default();
+    let mut y = vec![0.0; n * g.out_len()];
+    forward_raw(&g, params, n, &x.data, &mut y, &mut aux);
+    Ok((g, aux))
+}
+
+/// The input gradient of one layer on a batch: given the forward input `x` and the gradient
+/// `dy` of some scalar loss with respect to the layer output, returns `d loss / d x` (what
+/// [`backward`] returns with `want_input`, without computing the parameter gradients).
+pub fn input_gradient(spec: &LayerSpec, params: &LayerParams, x: &Tensor, dy: &Tensor) -> Result<Tensor, NnError> {
+    let (g, aux) = replay_forward(spec, params, x, dy)?;
+    let n = x.n();
+    let mut dx = Tensor::zeros(x.shape);
+    backward_raw(&g, params, n, &x.data, &aux, &dy.data, None, Some(dx.data.as_mut_slice()), &mut Scratch::default());
+    Ok(dx)
 }
 
 #[cfg(test)]

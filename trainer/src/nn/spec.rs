@@ -89,7 +89,7 @@ pub const MAX_MACS: usize = 1 << 30;
 /// `floor((inp + pad - k) / s) + 1`, or `None` if the kernel is larger than the padded input
 /// (or the padded size overflows).
 fn conv_out(inp: usize, pad: usize, k: usize, s: usize) -> Option<usize> {
-    inp.checked_add(pad)?.checked_sub(k).map(|d| d / s + 1)
+    iocane_runtime::geometry::output_len(inp, pad, k, s)
 }
 
 /// `h * w * c`, or `None` on overflow.

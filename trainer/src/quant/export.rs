@@ -16,7 +16,7 @@ pub enum ExportError {
     #[error("the quantized model does not validate: {0}")]
     Invalid(#[from] iocane_runtime::FormatError),
     /// Writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -45,7 +45,7 @@ use crate::nn::{ArchSpec, LayerParams, NamedBuffer, Network, NnError, OptimizerC
 #[derive(Debug, Error)]
 pub enum CheckpointError {
     /// File system error.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -61,7 +61,7 @@ pub enum CheckpointError {
         msg: String,
     },
     /// The stored network is inconsistent.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Network {
         /// The file.
         path: PathBuf,
@@ -475,7 +475,9 @@ mod tests {
         set_meta(&mut header, "arch", arch);
         let e = load_err(&seal(header, &data));
         assert!(matches!(e, CheckpointError::Network { .. }), "{e}");
-        assert!(e.to_string().contains("limit"), "{e}");
+        // The cause is the error's source (printed once, by the caller's error chain).
+        let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+        assert!(cause.contains("limit"), "{e}: {cause}");
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub const DEFAULT_IBP_KAPPA: f32 = 0.5;
 /// (Gowal et al. train with a larger eps than they test).
 pub const IBP_TRAIN_EPS_FACTOR: f32 = 1.1;
 
+/// Training images (the first ones, in file order) whose activation ranges set QAT's scales,
+/// recomputed at the start of every epoch; the same rule as the export's calibration.
+pub const QAT_CALIBRATION_IMAGES: usize = 256;
+
 fn default_ibp_kappa() -> f32 {
     DEFAULT_IBP_KAPPA
 }
@@ -267,6 +271,34 @@ pub struct Metrics {
     pub wall_seconds: f32,
 }
 
+impl Metrics {
+    /// A copy without the wall-clock figures (each epoch's `samples_per_s` and `seconds`, and
+    /// `wall_seconds`): what the checkpoint stores, so that the same command gives the same
+    /// checkpoint bytes. The timings are in `metrics.json` only.
+    pub fn without_timings(&self) -> Metrics {
+        let mut m = self.clone();
+        for e in &mut m.epochs {
+            e.samples_per_s = 0.0;
+            e.seconds = 0.0;
+        }
+        m.wall_seconds = 0.0;
+        m
+    }
+
+    /// Takes the timings of the epochs `prev` (an earlier `metrics.json` of the same run) has,
+    /// and the total wall time as their sum: the inverse of [`Metrics::without_timings`] on
+    /// resume.
+    pub fn restore_timings(&mut self, prev: &Metrics) {
+        for e in &mut self.epochs {
+            if let Some(p) = prev.epochs.iter().find(|p| p.epoch == e.epoch) {
+                e.samples_per_s = p.samples_per_s;
+                e.seconds = p.seconds;
+            }
+        }
+        self.wall_seconds = self.epochs.iter().map(|e| e.seconds).sum();
+    }
+}
+
 /// Errors of a training run.
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -277,7 +309,7 @@ pub enum TrainError {
     #[error(transparent)]
     Network(#[from] NnError),
     /// I/O writing outputs.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -288,13 +320,24 @@ pub enum TrainError {
     #[error("invalid training configuration: {0}")]
     Config(String),
     /// Interrupted (Ctrl-C); the last completed epoch is saved.
-    #[error("interrupted after {completed} completed epoch(s); the checkpoint of the last completed epoch is in {dir}; continue with --resume")]
+    #[error("{}", interrupted_message(*completed, dir))]
     Interrupted {
         /// Completed epochs.
         completed: usize,
         /// Output directory.
         dir: PathBuf,
     },
+}
+
+fn interrupted_message(completed: usize, dir: &Path) -> String {
+    if completed == 0 {
+        format!("interrupted before the first epoch completed: no checkpoint was written in {}", dir.display())
+    } else {
+        format!(
+            "interrupted after {completed} completed epoch(s); the checkpoint of the last completed epoch is {}; continue with --resume",
+            dir.join("model.ckpt").display()
+        )
+    }
 }
 
 /// How to run (not part of the configuration: does not change results).
@@ -425,6 +468,10 @@ pub fn train(
         };
         if let Ok(m) = serde_json::from_value::<Metrics>(ck.metrics.clone()) {
             metrics = m;
+            // The checkpoint holds no timings; metrics.json has those of the epochs it saw.
+            if let Some(prev) = std::fs::read(&metrics_path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                metrics.restore_timings(&prev);
+            }
         }
         start_epoch = ck.epoch;
     }
@@ -441,13 +488,27 @@ pub fn train(
         let bar = progress_bar(opts.progress, steps_per_epoch as u64, epoch + 1, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut verified) = (0f64, 0usize, 0usize, 0usize);
         let lr0 = cfg.schedule.lr(epoch, 0, steps_per_epoch);
+        // QAT's activation ranges, from the weights at the start of the epoch.
+        let qat = match cfg.qat {
+            true => Some(
+                crate::quant::Calibration::new(&net, train, QAT_CALIBRATION_IMAGES)
+                    .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+            ),
+            false => None,
+        };
         for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
             if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
                 bar.abandon_with_message("interrupted");
                 return Err(TrainError::Interrupted { completed: epoch, dir: out_dir.into() });
             }
             let (x, labels) = batch(train, idx);
-            let qnet = if cfg.qat { Some(crate::quant::fake_quant_weights(&net)) } else { None };
+            let qnet = match &qat {
+                Some(cal) => Some(
+                    crate::quant::fake_quant_weights(&net, cal)
+                        .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+                ),
+                None => None,
+            };
             let grad_net = qnet.as_ref().unwrap_or(&net);
             let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
             let (loss, n_correct, grads, shown_eps) = match ibp {
@@ -511,10 +572,15 @@ pub fn train(
             samples_per_s: (seen as f64 / train_secs.max(1e-9)) as f32,
             seconds: t0.elapsed().as_secs_f32(),
         };
-        bar.finish_with_message(format!(
+        let summary = format!(
             "loss {:.4} clean {:.3} pgd {:.3} ibp-verified {:.3} ({:.0} samples/s)",
             em.train_loss, em.clean_acc, em.robust_acc, em.ibp_verified_acc, em.samples_per_s
-        ));
+        );
+        if opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // No bar is drawn without a terminal (CI logs): one line per epoch instead.
+            eprintln!("epoch {}/{}: train-eps {:.4} {summary} in {:.1}s", epoch + 1, cfg.epochs, eps, em.seconds);
+        }
+        bar.finish_with_message(summary);
         metrics.wall_seconds += em.seconds;
         metrics.epochs.push(em);
         let ck = Checkpoint {
@@ -522,14 +588,27 @@ pub fn train(
             optimizer: Some(opt.state()),
             epoch: epoch + 1,
             train_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
-            metrics: serde_json::to_value(&metrics).map_err(|e| TrainError::Config(e.to_string()))?,
+            metrics: serde_json::to_value(metrics.without_timings()).map_err(|e| TrainError::Config(e.to_string()))?,
         };
         checkpoint::save(&ckpt_path, &ck)?;
         write_json(&metrics_path, &metrics)?;
     }
     if metrics.final_eval.is_none() {
+        let interrupted = || opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        if interrupted() {
+            return Err(TrainError::Interrupted { completed: cfg.epochs, dir: out_dir.into() });
+        }
+        if opts.progress {
+            eprintln!("final evaluation on {} test samples (clean, FGSM, PGD, IBP)", test.len());
+        }
         let t0 = Instant::now();
-        metrics.final_eval = Some(final_eval(&net, test, cfg, 0));
+        let fe = final_eval(&net, test, cfg, 0);
+        // A Ctrl-C during the final evaluation stops the run without recording it: the
+        // checkpoint of every epoch is already saved; --resume runs the evaluation again.
+        if interrupted() {
+            return Err(TrainError::Interrupted { completed: cfg.epochs, dir: out_dir.into() });
+        }
+        metrics.final_eval = Some(fe);
         metrics.wall_seconds += t0.elapsed().as_secs_f32();
         write_json(&metrics_path, &metrics)?;
     }

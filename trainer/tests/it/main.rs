@@ -3,6 +3,7 @@
 mod data;
 mod ibp;
 mod nn;
+#[cfg(feature = "onnx")]
 mod onnx;
 mod quantize;
 mod train;

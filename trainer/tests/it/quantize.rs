@@ -1,23 +1,24 @@
-//! The trainer's integer simulation is bit-exact with iocane-runtime, for every preset, on
-//! real images and random inputs; quantization keeps a trained model's accuracy.
+//! The quantizer's models run bit-exact on the runtime's kernels and on its plain reference
+//! runner, for every preset, on real images and random inputs; quantization keeps a trained
+//! model's accuracy; QAT trains against the scales the export stores.
 
+use iocane_runtime::kernels::reference::run_model;
 use iocane_runtime::Model;
 use iocane_trainer::data::{load, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, Network, PRESETS};
-use iocane_trainer::quant::{quantize, IntSim};
+use iocane_trainer::quant::{fake_quant_weights, quantize, weight_scales, Calibration};
 
 #[test]
-fn int_simulation_is_bit_exact_with_the_runtime_for_every_preset() {
+fn quantized_presets_are_bit_exact_with_the_reference_runner() {
     let splits = load(&DatasetSpec::MnistSmall).unwrap();
     let test = splits.test.take(1000);
-    let mut rng = iocane_runtime::emit::SplitMix64(99);
+    let mut rng = iocane_runtime::rng::SplitMix64(99);
     for (k, name) in PRESETS.iter().enumerate() {
         let spec = ArchSpec::preset(name, [28, 28, 1], 10).unwrap();
         let net = Network::new(spec, 7 + k as u64).unwrap();
         let repr = quantize(&net, &splits.train, 200, vec![], vec![]).unwrap();
         let blob = repr.emit();
         let model = Model::parse(&blob).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let sim = IntSim::new(&repr);
         let mut arena = vec![0u8; model.arena_size()];
         let mut logits = vec![0i32; 10];
         let mut images: Vec<Vec<u8>> = (0..test.len()).map(|i| test.image(i).to_vec()).collect();
@@ -27,8 +28,8 @@ fn int_simulation_is_bit_exact_with_the_runtime_for_every_preset() {
         let mut distinct = std::collections::BTreeSet::new();
         for img in &images {
             model.run(img, &mut arena, &mut logits).unwrap();
-            let want = sim.logits(img);
-            assert_eq!(logits, want, "{name}: runtime and trainer simulation differ");
+            let want = run_model(&model, img);
+            assert_eq!(logits, want, "{name}: runtime kernels and reference runner differ");
             distinct.insert(logits.clone());
         }
         // The comparison is not vacuous: outputs vary with the input.
@@ -89,11 +90,11 @@ fn quantized_model_keeps_the_float_models_decisions() {
 
 #[test]
 fn fake_quant_weights_are_exactly_representable() {
-    use iocane_trainer::quant::fake_quant_weights;
     let splits = load(&DatasetSpec::MnistSmall).unwrap();
     for name in PRESETS {
         let net = Network::new(ArchSpec::preset(name, [28, 28, 1], 10).unwrap(), 5).unwrap();
-        let fq = fake_quant_weights(&net);
+        let cal = Calibration::new(&net, &splits.train, 100).unwrap();
+        let fq = fake_quant_weights(&net, &cal).unwrap();
         assert_ne!(fq.params(), net.params(), "{name}: fake quantization changed nothing");
         let a = quantize(&net, &splits.train, 100, vec![], vec![]).unwrap();
         let b = quantize(&fq, &splits.train, 100, vec![], vec![]).unwrap();
@@ -101,13 +102,42 @@ fn fake_quant_weights_are_exactly_representable() {
             assert_eq!(x.weights, y.weights, "{name}: int8 weights change under fake quantization");
         }
         // Idempotent.
-        assert_eq!(fake_quant_weights(&fq).params(), fq.params());
+        assert_eq!(fake_quant_weights(&fq, &cal).unwrap().params(), fq.params());
+    }
+}
+
+/// QAT and the export agree on every channel's weight scale, including the floored scales of
+/// near-dead channels (QAT used to train against `max|w| / 127` where the export floors it).
+#[test]
+fn qat_and_export_agree_on_every_channel_scale() {
+    let splits = load(&DatasetSpec::MnistSmall).unwrap();
+    let mut net = Network::new(ArchSpec::preset("cnn-s", [28, 28, 1], 10).unwrap(), 3).unwrap();
+    {
+        // A dead filter and a near-dead one: their scales are the floor.
+        let w = &mut net.params_mut().layers[0].weights;
+        let per = w.len() / 8;
+        w[..per].fill(0.0);
+        w[per..2 * per].iter_mut().for_each(|v| *v *= 1e-9);
+    }
+    let cal = Calibration::new(&net, &splits.train, 100).unwrap();
+    let qat = weight_scales(&net, &cal).unwrap();
+    let repr = quantize(&net, &splits.train, 100, vec![], vec![]).unwrap();
+    let exported: Vec<&Vec<f32>> = repr.layers.iter().filter(|l| l.op.has_weights()).map(|l| &l.weight_scale).collect();
+    let trained: Vec<&Vec<f32>> = qat.iter().flatten().collect();
+    assert_eq!(trained, exported);
+    assert!(trained[0][0] > 0.0 && trained[0][1] > 0.0, "floored scales are positive");
+    // The fake-quantized weights are the exported int8 weights times the exported scales.
+    let fq = fake_quant_weights(&net, &cal).unwrap();
+    let l0 = &repr.layers[0];
+    for (i, (&f, &q)) in fq.params().layers[0].weights.iter().zip(&l0.weights).enumerate() {
+        let c = i / (l0.weights.len() / l0.weight_scale.len());
+        assert_eq!(f, q as f32 * l0.weight_scale[c], "weight {i}");
     }
 }
 
 /// Channels with no or almost no weights (IBP training drives unneeded filters to ~0) still
 /// export: their multiplier and bias stay representable, the runtime matches the integer
-/// simulation, and the int8 logits track the float ones as closely as for the intact network.
+/// reference runner, and the int8 logits track the float ones as closely as for the intact network.
 #[test]
 fn dead_channels_quantize() {
     let splits = load(&DatasetSpec::MnistSmall).unwrap();
@@ -132,14 +162,13 @@ fn dead_channels_quantize() {
         let repr = quantize(net, &splits.train, 200, vec![], vec![]).unwrap_or_else(|e| panic!("{name}: {e}"));
         let blob = repr.emit();
         let model = Model::parse(&blob).unwrap();
-        let sim = IntSim::new(&repr);
         let scale = repr.layers.last().unwrap().out_scale as f64;
         let float = net.forward(&x);
         let (mut arena, mut logits) = (vec![0u8; model.arena_size()], vec![0i32; 10]);
         let (mut err, mut range) = (0f64, 0f64);
         for i in 0..test.len() {
             model.run(test.image(i), &mut arena, &mut logits).unwrap();
-            assert_eq!(logits, sim.logits(test.image(i)), "{name}: runtime and simulation differ");
+            assert_eq!(logits, run_model(&model, test.image(i)), "{name}: runtime and reference runner differ");
             for (j, &z) in logits.iter().enumerate() {
                 let f = float.data[i * 10 + j] as f64;
                 err = err.max((z as f64 * scale - f).abs());

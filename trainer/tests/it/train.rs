@@ -1,9 +1,9 @@
 //! Training on real data: the loss falls, PGD training beats natural training under PGD,
 //! and an interrupted-then-resumed run is bit-identical to an uninterrupted one.
 
-use iocane_trainer::train::checkpoint;
 use iocane_trainer::data::{load, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
+use iocane_trainer::train::checkpoint;
 use iocane_trainer::train::{evaluate, train, Method, RunOptions, TrainConfig};
 
 fn config(method: Method, epochs: usize) -> TrainConfig {
@@ -98,6 +98,15 @@ fn resume_is_bit_identical() {
     assert_eq!(b.epoch, 3);
     assert_eq!(a.network.params(), b.network.params(), "resumed weights differ");
     assert_eq!(a.optimizer, b.optimizer);
+    // The same command gives the same checkpoint bytes (no timings in it), resumed or not.
+    assert_eq!(
+        std::fs::read(full.path().join("model.ckpt")).unwrap(),
+        std::fs::read(part.path().join("model.ckpt")).unwrap(),
+        "checkpoint bytes differ"
+    );
+    let timed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(part.path().join("metrics.json")).unwrap()).unwrap();
+    assert!(timed["epochs"].as_array().unwrap().iter().all(|e| e["seconds"].as_f64().unwrap() > 0.0));
     // A different configuration refuses to resume.
     let mut other = cfg.clone();
     other.seed = 12;

@@ -2,7 +2,7 @@
 //! a real tiny IDX image/label pair (raw and gzip), checkpoints of tiny networks (with and
 //! without optimizer state), and ONNX exports of tiny networks covering every layer kind.
 //!
-//! `cargo run -p iocane-trainer --example fuzz_seeds -- fuzz/corpus`
+//! `cargo run -p iocane-trainer --example trainer_fuzz_seeds -- fuzz/corpus`
 use std::path::Path;
 
 use iocane_trainer::checkpoint::{self, Checkpoint};

@@ -2,7 +2,7 @@
 //! the two consistent `report.json` documents of a two-shard run, alone and joined by a NUL
 //! byte (the target splits its input at NUL bytes into the shards to merge).
 //!
-//! `cargo run -p iocane-certify --example fuzz_seeds -- fuzz/corpus/report_merge`
+//! `cargo run -p iocane-certify --example certify_fuzz_seeds -- fuzz/corpus/report_merge`
 use iocane_certify::gate::{
     counterexample_file, GateConfig, GateKind, GateOutcome, LevelCounts, Radius, SampleResult, SampleVerdict, Threshold,
 };

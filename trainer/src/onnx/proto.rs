@@ -1,0 +1,156 @@
+//! Small protobuf helpers: tensor and attribute builders for export (and `Constant`
+//! folding), tensor readers and node labels for import.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use tract_onnx::pb;
+use tract_onnx::pb::attribute_proto::AttributeType;
+use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+
+pub(super) fn f32_tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn i64_tensor(name: &str, dims: &[usize], data: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Int64 as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+}
+
+pub(super) fn attr_ints(name: &str, v: &[usize]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: String::new(),
+            value: Some(match d {
+                Some(v) => dimension::Value::DimValue(*v as i64),
+                None => dimension::Value::DimParam("N".into()),
+            }),
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+pub(super) type Consts<'a> = HashMap<String, Cow<'a, pb::TensorProto>>;
+
+/// A constant float tensor: `(dims, values)`.
+pub(super) type ConstF32 = (Vec<i64>, Vec<f32>);
+
+pub(super) fn numel(dims: &[i64]) -> Result<usize, String> {
+    dims.iter().try_fold(1usize, |acc, &d| {
+        usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)).ok_or_else(|| format!("has invalid dims {dims:?}"))
+    })
+}
+
+pub(super) fn check_inline(t: &pb::TensorProto) -> Result<(), String> {
+    if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
+        return Err("uses external data (not supported: embed the weights in the model)".into());
+    }
+    if t.segment.is_some() {
+        return Err("is segmented (not supported)".into());
+    }
+    Ok(())
+}
+
+pub(super) fn dtype_name(t: i32) -> String {
+    DataType::try_from(t).map(|d| d.as_str_name().to_string()).unwrap_or_else(|_| format!("#{t}"))
+}
+
+pub(super) fn raw_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {
+    if !raw.len().is_multiple_of(N) {
+        return Err(format!("has {} raw bytes, not a multiple of {N}", raw.len()));
+    }
+    Ok(raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())
+}
+
+pub(super) fn tensor_f32(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
+    check_inline(t)?;
+    let n = numel(&t.dims)?;
+    let raw = !t.raw_data.is_empty();
+    let v = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if raw => raw_chunks::<4, _>(&t.raw_data, f32::from_le_bytes)?,
+        Ok(DataType::Float) => t.float_data.clone(),
+        Ok(DataType::Double) if raw => raw_chunks::<8, _>(&t.raw_data, |b| f64::from_le_bytes(b) as f32)?,
+        Ok(DataType::Double) => t.double_data.iter().map(|&v| v as f32).collect(),
+        _ => return Err(format!("has element type {} (expected FLOAT)", dtype_name(t.data_type))),
+    };
+    if v.len() != n {
+        return Err(format!("holds {} values for dims {:?}", v.len(), t.dims));
+    }
+    Ok(v)
+}
+
+pub(super) fn tensor_i64(t: &pb::TensorProto) -> Result<Vec<i64>, String> {
+    check_inline(t)?;
+    let n = numel(&t.dims)?;
+    let raw = !t.raw_data.is_empty();
+    let v = match DataType::try_from(t.data_type) {
+        Ok(DataType::Int64) if raw => raw_chunks::<8, _>(&t.raw_data, i64::from_le_bytes)?,
+        Ok(DataType::Int64) => t.int64_data.clone(),
+        Ok(DataType::Int32) if raw => raw_chunks::<4, _>(&t.raw_data, |b| i32::from_le_bytes(b) as i64)?,
+        Ok(DataType::Int32) => t.int32_data.iter().map(|&v| v as i64).collect(),
+        _ => return Err(format!("has element type {} (expected INT64)", dtype_name(t.data_type))),
+    };
+    if v.len() != n {
+        return Err(format!("holds {} values for dims {:?}", v.len(), t.dims));
+    }
+    Ok(v)
+}
+
+pub(super) fn node_label(n: &pb::NodeProto, idx: usize) -> String {
+    if !n.name.is_empty() {
+        n.name.clone()
+    } else {
+        match n.output.first().filter(|o| !o.is_empty()) {
+            Some(o) => format!("#{idx} (output `{o}`)"),
+            None => format!("#{idx}"),
+        }
+    }
+}
+
+pub(super) fn op_label(n: &pb::NodeProto) -> String {
+    if n.domain.is_empty() || n.domain == "ai.onnx" {
+        n.op_type.clone()
+    } else {
+        format!("{}.{}", n.domain, n.op_type)
+    }
+}
+
+pub(super) fn is_default_domain(n: &pb::NodeProto) -> bool {
+    n.domain.is_empty() || n.domain == "ai.onnx"
+}
