@@ -373,7 +373,7 @@ mod issue10 {
         let base = certify(&[gate_args("2/255"), vec!["--threshold", "0"]].concat(), &tmp.path().join("a"));
         assert_exit_code(&base, 0);
         let r = CertifyReport::read(&tmp.path().join("a/report.json")).unwrap();
-        let (count, n) = (r.gate_count, r.gate_n);
+        let (count, n) = (r.gate.count, r.gate.n);
         assert!(count > 0 && count < n, "{count}/{n}");
         let exact = format!("{count}/{n}");
         let decimal = format!("{}", count as f64 / n as f64);
@@ -392,16 +392,8 @@ mod issue10 {
     #[test]
     fn issue10_2_zero_samples_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let out = run(&[
-            "certify",
-            &model(),
-            "--samples",
-            "5",
-            "--shard",
-            "7/8",
-            "--report",
-            tmp.path().join("r").to_str().unwrap(),
-        ]);
+        let r = tmp.path().join("r");
+        let out = run(&["certify", &model(), "--samples", "5", "--shard", "7/8", "--report", r.to_str().unwrap()]);
         assert_exit_code(&out, 2);
         assert!(stderr(&out).contains("0 samples"), "{}", stderr(&out));
         assert!(!tmp.path().join("r/report.json").exists());
@@ -447,16 +439,9 @@ mod issue10 {
     #[test]
     fn issue10_4_huge_architectures_and_shape_mismatches_exit_2() {
         let tmp = tempfile::tempdir().unwrap();
-        let out = run(&[
-            "train",
-            "--arch",
-            "flatten,dense99999999999999999,dense10",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--out",
-            tmp.path().join("t").to_str().unwrap(),
-        ]);
+        let t = tmp.path().join("t");
+        let huge = "flatten,dense99999999999999999,dense10";
+        let out = run(&["train", "--arch", huge, "--epochs", "1", "--quiet", "--out", t.to_str().unwrap()]);
         assert_exit_code(&out, 2);
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
         // A calibration dataset of another image shape (16x16 IDX files).

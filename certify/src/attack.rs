@@ -416,47 +416,6 @@ pub fn margin(logits: &[i32], label: usize) -> i64 {
         .unwrap_or(i64::MAX)
 }
 
-/// [`Attacker::fgsm`] on a fresh attacker.
-pub fn fgsm(model: &Model<'_>, pixels: &[u8], label: usize, k: u8) -> AttackResult {
-    Attacker::new(model).fgsm(pixels, label, k)
-}
-
-/// [`Attacker::pgd`] on a fresh attacker.
-pub fn pgd(
-    model: &Model<'_>,
-    pixels: &[u8],
-    label: usize,
-    k: u8,
-    cfg: &PgdConfig,
-    rng: &mut SplitMix64,
-) -> AttackResult {
-    Attacker::new(model).pgd(pixels, label, k, cfg, rng)
-}
-
-/// [`Attacker::square`] on a fresh attacker.
-pub fn square(
-    model: &Model<'_>,
-    pixels: &[u8],
-    label: usize,
-    k: u8,
-    cfg: &SquareConfig,
-    rng: &mut SplitMix64,
-) -> AttackResult {
-    Attacker::new(model).square(pixels, label, k, cfg, rng)
-}
-
-/// [`Attacker::random_sampling`] on a fresh attacker.
-pub fn random_sampling(
-    model: &Model<'_>,
-    pixels: &[u8],
-    label: usize,
-    k: u8,
-    n: usize,
-    rng: &mut SplitMix64,
-) -> AttackResult {
-    Attacker::new(model).random_sampling(pixels, label, k, n, rng)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //! With `lo == hi` (k = 0) the bounds are exactly the runtime's logits.
 
 use iocane_runtime::format::{Layer, OpKind};
-use iocane_runtime::{quant, Model};
+use iocane_runtime::{quant, window, Model};
 use serde::Serialize;
 
 /// The L-infinity ball of `k` pixel levels around `pixels` (a perturbation of `k/255`),
@@ -203,13 +203,7 @@ impl<'m> Bounder<'m> {
             Ok(c) => c,
             Err(e) => panic!("cannot run the model on the sample: {e}"),
         };
-        let (mut lo, mut hi) = (core::mem::take(&mut self.ball_lo), core::mem::take(&mut self.ball_hi));
-        lo.clear();
-        hi.clear();
-        lo.extend(pixels.iter().map(|&p| p.saturating_sub(k)));
-        hi.extend(pixels.iter().map(|&p| p.saturating_add(k)));
-        let bounds = self.logit_bounds(&lo, &hi);
-        (self.ball_lo, self.ball_hi) = (lo, hi);
+        let bounds = self.ball_bounds(pixels, k);
         let verdict = if class != label {
             Verdict::Misclassified
         } else if bounds.proves(label) || self.elision_proves(&bounds, label) {
@@ -218,6 +212,19 @@ impl<'m> Bounder<'m> {
             Verdict::Unknown
         };
         (verdict, bounds)
+    }
+
+    /// Logit bounds over the ball of `k` levels around `pixels` (clipped to [0, 255]), in the
+    /// reusable ball buffers.
+    fn ball_bounds(&mut self, pixels: &[u8], k: u8) -> LogitBounds {
+        let (mut lo, mut hi) = (core::mem::take(&mut self.ball_lo), core::mem::take(&mut self.ball_hi));
+        lo.clear();
+        hi.clear();
+        lo.extend(pixels.iter().map(|&p| p.saturating_sub(k)));
+        hi.extend(pixels.iter().map(|&p| p.saturating_add(k)));
+        let bounds = self.logit_bounds(&lo, &hi);
+        (self.ball_lo, self.ball_hi) = (lo, hi);
+        bounds
     }
 
     /// The verdict and worst-case margin of the ball of `k` levels around `pixels`, with the
@@ -231,13 +238,7 @@ impl<'m> Bounder<'m> {
     /// As [`Bounder::margin_lower_bounds`].
     pub fn bound_ball(&mut self, pixels: &[u8], label: usize, k: u8, predicted: usize) -> BallBound {
         assert!(label < self.model.num_classes(), "label {label} out of range");
-        let (mut lo, mut hi) = (core::mem::take(&mut self.ball_lo), core::mem::take(&mut self.ball_hi));
-        lo.clear();
-        hi.clear();
-        lo.extend(pixels.iter().map(|&p| p.saturating_sub(k)));
-        hi.extend(pixels.iter().map(|&p| p.saturating_add(k)));
-        let bounds = self.logit_bounds(&lo, &hi);
-        (self.ball_lo, self.ball_hi) = (lo, hi);
+        let bounds = self.ball_bounds(pixels, k);
         if predicted != label {
             return BallBound { verdict: Verdict::Misclassified, margin: bounds.margin(label) };
         }
@@ -393,26 +394,25 @@ impl<'m> Bounder<'m> {
                 }
             }
             OpKind::Conv2d => {
-                let (kh, kw) = layer.kernel();
-                let (sh, sw) = layer.stride();
-                let (pt, pl, _, _) = layer.padding();
+                let win = window(layer);
+                let (kh, kw) = win.kernel;
                 let ic = i.c;
                 let per_oc = kh * kw * ic;
                 for oy in 0..o.h {
                     for ox in 0..o.w {
                         // Gather the receptive field, zeros for padding taps.
                         for ky in 0..kh {
-                            let iy = (oy * sh + ky) as isize - pt as isize;
                             for kx in 0..kw {
-                                let ix = (ox * sw + kx) as isize - pl as isize;
                                 let dst = (ky * kw + kx) * ic;
-                                if iy < 0 || ix < 0 || iy >= i.h as isize || ix >= i.w as isize {
-                                    self.patch_lo[dst..dst + ic].fill(0);
-                                    self.patch_hi[dst..dst + ic].fill(0);
-                                } else {
-                                    let src = (iy as usize * i.w + ix as usize) * ic;
-                                    self.patch_lo[dst..dst + ic].copy_from_slice(&self.shifted_lo[src..src + ic]);
-                                    self.patch_hi[dst..dst + ic].copy_from_slice(&self.shifted_hi[src..src + ic]);
+                                match win.tap((oy, ox), (ky, kx)) {
+                                    None => {
+                                        self.patch_lo[dst..dst + ic].fill(0);
+                                        self.patch_hi[dst..dst + ic].fill(0);
+                                    }
+                                    Some(src) => {
+                                        self.patch_lo[dst..dst + ic].copy_from_slice(&self.shifted_lo[src..src + ic]);
+                                        self.patch_hi[dst..dst + ic].copy_from_slice(&self.shifted_hi[src..src + ic]);
+                                    }
                                 }
                             }
                         }
@@ -427,8 +427,7 @@ impl<'m> Bounder<'m> {
             }
             OpKind::DepthwiseConv2d => {
                 let (kh, kw) = layer.kernel();
-                let (sh, sw) = layer.stride();
-                let (pt, pl, _, _) = layer.padding();
+                let win = window(layer);
                 let cn = i.c;
                 for oy in 0..o.h {
                     for ox in 0..o.w {
@@ -436,16 +435,8 @@ impl<'m> Bounder<'m> {
                         self.next_lo.extend(self.params.iter().map(|p| p.0));
                         self.next_hi.extend(self.params.iter().map(|p| p.0));
                         for ky in 0..kh {
-                            let iy = (oy * sh + ky) as isize - pt as isize;
-                            if iy < 0 || iy >= i.h as isize {
-                                continue;
-                            }
                             for kx in 0..kw {
-                                let ix = (ox * sw + kx) as isize - pl as isize;
-                                if ix < 0 || ix >= i.w as isize {
-                                    continue;
-                                }
-                                let src = (iy as usize * i.w + ix as usize) * cn;
+                                let Some(src) = win.tap((oy, ox), (ky, kx)) else { continue };
                                 let wrow = &w[(ky * kw + kx) * cn..(ky * kw + kx + 1) * cn];
                                 let (xl, xh) = (&self.shifted_lo[src..src + cn], &self.shifted_hi[src..src + cn]);
                                 let (ol, oh) = (&mut self.next_lo[base..base + cn], &mut self.next_hi[base..base + cn]);
@@ -595,33 +586,25 @@ mod tests {
     #[test]
     fn bound_ball_agrees_with_the_two_pass_rule() {
         let mut rng = SplitMix64(5);
-        for repr in [random_mlp(3), random_cnn_s(4)] {
-            let blob = repr.emit();
+        for blob in [random_mlp(3).emit(), random_cnn_s(4).emit()] {
             let model = Model::parse(&blob).unwrap();
             let mut b = Bounder::new(&model);
             let mut seen = std::collections::HashSet::new();
             for _ in 0..6 {
                 let x = pixels(model.input_len(), &mut rng);
-                let predicted = reference::run_model(&model, &x).iter().enumerate().fold(0, |best, (i, &z)| {
-                    if z > reference::run_model(&model, &x)[best] {
-                        i
-                    } else {
-                        best
-                    }
-                });
-                for label in 0..model.num_classes() {
-                    for k in [0u8, 1, 3, 8] {
-                        let (verdict, bounds) = b.certify_sample(&x, label, k);
-                        let (lo, hi) = linf_ball(&x, k);
-                        let margin = if verdict == Verdict::Misclassified {
-                            bounds.margin(label)
-                        } else {
-                            worst_margin(&b.margin_lower_bounds(&lo, &hi, label), label)
-                        };
-                        let one = b.bound_ball(&x, label, k, predicted);
-                        assert_eq!((one.verdict, one.margin), (verdict, margin), "label {label} k {k}");
-                        seen.insert(verdict);
-                    }
+                let z = reference::run_model(&model, &x);
+                // The runtime's argmax: ties go to the lowest index.
+                let predicted = (0..z.len()).fold(0, |best, i| if z[i] > z[best] { i } else { best });
+                for (label, k) in (0..model.num_classes()).flat_map(|l| [0u8, 1, 3, 8].map(|k| (l, k))) {
+                    let (verdict, bounds) = b.certify_sample(&x, label, k);
+                    let (lo, hi) = linf_ball(&x, k);
+                    let margin = match verdict {
+                        Verdict::Misclassified => bounds.margin(label),
+                        _ => worst_margin(&b.margin_lower_bounds(&lo, &hi, label), label),
+                    };
+                    let one = b.bound_ball(&x, label, k, predicted);
+                    assert_eq!((one.verdict, one.margin), (verdict, margin), "label {label} k {k}");
+                    seen.insert(verdict);
                 }
             }
             assert!(seen.contains(&Verdict::Misclassified) && seen.len() >= 2, "{seen:?}");

@@ -102,6 +102,21 @@ pub struct RunIdentity {
     pub radius: crate::gate::Radius,
 }
 
+/// How the gate decided, in counts (the figures are for display only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    /// Samples the gate counted (at the gate radius).
+    pub n: usize,
+    /// Samples that met the gate's criterion (certified, or surviving every attack).
+    pub count: usize,
+    /// Samples needed to pass: `ceil(threshold * n)` (see `gate::Threshold`).
+    pub required: usize,
+    /// `count / n`.
+    pub value: f64,
+    /// Whether `count >= required` (and `n > 0`).
+    pub met: bool,
+}
+
 /// The whole report (`report.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CertifyReport {
@@ -116,17 +131,9 @@ pub struct CertifyReport {
     pub config: GateConfig,
     /// eps = k/255 of the gate, as applied (`run.radius` has the eps as requested).
     pub eps: f64,
-    /// Samples the gate counted (at the gate radius).
-    pub gate_n: usize,
-    /// Samples that met the gate's criterion (certified or surviving every attack).
-    pub gate_count: usize,
-    /// Samples needed to pass: `ceil(threshold * gate_n)` (see `gate::Threshold`).
-    pub gate_required: usize,
-    /// The figure held against the threshold, `gate_count / gate_n` (display only).
-    pub gate_value: f64,
-    /// Whether the gate's figure met the threshold.
-    pub gate_met: bool,
-    /// The verdict: `gate_met`, and with `config.strict` no protocol warning either.
+    /// The gate's counts and decision at the gate radius.
+    pub gate: GateDecision,
+    /// The verdict: `gate.met`, and with `config.strict` no protocol warning either.
     pub passed: bool,
     /// Accuracies at the gate radius.
     pub result: LevelSummary,
@@ -162,11 +169,13 @@ impl CertifyReport {
             run: id,
             eps: config.k as f64 / 255.0,
             config,
-            gate_n: at.n,
-            gate_count,
-            gate_required,
-            gate_value: at.acc(gate_count),
-            gate_met,
+            gate: GateDecision {
+                n: at.n,
+                count: gate_count,
+                required: gate_required,
+                value: at.acc(gate_count),
+                met: gate_met,
+            },
             passed,
             result,
             curve,
@@ -196,7 +205,7 @@ impl CertifyReport {
             self.threshold_text()
         );
         let protocol_fails = self.config.strict && !self.warnings.is_empty();
-        let failures = usize::from(!self.gate_met) + usize::from(protocol_fails);
+        let failures = usize::from(!self.gate.met) + usize::from(protocol_fails);
         let mut o = String::new();
         let _ = writeln!(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
         let _ = writeln!(
@@ -205,22 +214,22 @@ impl CertifyReport {
             self.seconds
         );
         let _ = write!(o, "  <testcase classname=\"iocane.gate\" name=\"{}\"", esc(&gate_name));
-        if self.gate_met {
+        if self.gate.met {
             let _ = writeln!(o, "/>");
         } else {
             let _ = writeln!(
                 o,
                 ">\n    <failure message=\"{} of {} samples, {} needed\">model {} on {}: {} of {} samples ({:.2}%), below the threshold {} ({} needed)</failure>\n  </testcase>",
-                self.gate_count,
-                self.gate_n,
-                self.gate_required,
+                self.gate.count,
+                self.gate.n,
+                self.gate.required,
                 esc(&self.run.model_sha256),
                 esc(&self.run.dataset),
-                self.gate_count,
-                self.gate_n,
-                100.0 * self.gate_value,
+                self.gate.count,
+                self.gate.n,
+                100.0 * self.gate.value,
                 self.threshold_text(),
-                self.gate_required
+                self.gate.required
             );
         }
         let _ = write!(o, "  <testcase classname=\"iocane.protocol\" name=\"evaluation protocol checks\"");
@@ -278,11 +287,11 @@ impl CertifyReport {
             o,
             "- gate: {:?} accuracy {:.2}% ({} of {}) vs threshold {} ({} needed){}",
             self.config.gate,
-            100.0 * self.gate_value,
-            self.gate_count,
-            self.gate_n,
+            100.0 * self.gate.value,
+            self.gate.count,
+            self.gate.n,
             self.threshold_text(),
-            self.gate_required,
+            self.gate.required,
             if self.config.strict { "; --strict: protocol warnings fail the gate" } else { "" }
         );
         let _ = writeln!(
@@ -795,7 +804,7 @@ mod tests {
         let parts: Vec<CertifyReport> = (0..3).map(|i| report(&blob, &data, config((i, 3), 1))).collect();
         let merged = merge_reports(&parts).unwrap();
         assert_eq!(merged.outcome.samples, whole.outcome.samples);
-        assert_eq!(merged.gate_count, whole.gate_count);
+        assert_eq!(merged.gate.count, whole.gate.count);
         assert_eq!(merged.passed, whole.passed);
         assert_eq!(merged.config, whole.config);
         assert!(whole.outcome.samples.iter().any(|s| s.counterexample.is_some()), "fixture has no counterexample");
@@ -880,9 +889,9 @@ mod tests {
             let mut r = CertifyReport::new(base.run.clone(), cfg, base.outcome.clone(), 1.0);
             // A protocol warning, as `protocol_warnings` would raise it.
             r.warnings = vec!["a protocol warning".into()];
-            r.passed = r.gate_met && !strict;
+            r.passed = r.gate.met && !strict;
             let xml = r.junit();
-            let failures = usize::from(!r.gate_met) + usize::from(strict);
+            let failures = usize::from(!r.gate.met) + usize::from(strict);
             assert!(xml.contains(&format!("failures=\"{failures}\"")), "{xml}");
             assert_eq!(xml.contains("<failure message=\"1 warning(s)"), strict, "{xml}");
             assert_eq!(xml.contains("<system-out>1 warning(s)"), !strict, "{xml}");

@@ -15,6 +15,26 @@ pub const fn output_len(input: usize, pad: usize, kernel: usize, stride: usize) 
     }
 }
 
+/// The receptive field along one axis: for output position `o` of a window with `kernel`
+/// taps, `stride` and leading padding `pad` over an axis of `size` inputs, the valid taps
+/// `[k0, k1)` (the others fall on padding; empty when `k1 == k0`) and the input position of
+/// tap 0, `o * stride - pad` (negative inside the leading padding).
+#[inline]
+pub const fn taps(o: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> (usize, usize, isize) {
+    let start = (o * stride) as isize - pad as isize;
+    let k0 = if start < 0 { (-start) as usize } else { 0 };
+    let k0 = if k0 < kernel { k0 } else { kernel };
+    let end = size as isize - start;
+    let k1 = if end <= 0 {
+        0
+    } else if (end as usize) < kernel {
+        end as usize
+    } else {
+        kernel
+    };
+    (k0, if k1 > k0 { k1 } else { k0 }, start)
+}
+
 /// Spatial geometry of a windowed op (conv, depthwise, pooling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -36,18 +56,12 @@ impl Window {
     /// padding).
     #[inline]
     pub fn rows(&self, oy: usize) -> (usize, usize, isize) {
-        let start = (oy * self.stride.0) as isize - self.padding.0 as isize;
-        let k0 = if start < 0 { (-start) as usize } else { 0 };
-        let k1 = (self.input.h as isize - start).clamp(0, self.kernel.0 as isize) as usize;
-        (k0, k1.max(k0), start)
+        taps(oy, self.stride.0, self.padding.0, self.kernel.0, self.input.h)
     }
     /// The receptive field's columns for output column `ox`, as [`Window::rows`] does rows.
     #[inline]
     pub fn cols(&self, ox: usize) -> (usize, usize, isize) {
-        let start = (ox * self.stride.1) as isize - self.padding.1 as isize;
-        let k0 = if start < 0 { (-start) as usize } else { 0 };
-        let k1 = (self.input.w as isize - start).clamp(0, self.kernel.1 as isize) as usize;
-        (k0, k1.max(k0), start)
+        taps(ox, self.stride.1, self.padding.1, self.kernel.1, self.input.w)
     }
 
     /// Input pixel (index of its first channel in an NHWC buffer) under tap `(ky, kx)` of
@@ -88,6 +102,16 @@ mod tests {
         assert_eq!(output_len(5, 0, 2, 2), Some(2));
         assert_eq!(output_len(2, 0, 3, 1), None);
         assert_eq!(output_len(4, 0, 2, 0), None);
+    }
+
+    #[test]
+    fn taps_clip_to_the_input() {
+        // 3-tap kernel, pad 1, input 4: output 0 sees taps 1..3, output 3 (stride 1) taps 0..2.
+        assert_eq!(taps(0, 1, 1, 3, 4), (1, 3, -1));
+        assert_eq!(taps(1, 1, 1, 3, 4), (0, 3, 0));
+        assert_eq!(taps(3, 1, 1, 3, 4), (0, 2, 2));
+        assert_eq!(taps(0, 2, 0, 2, 1), (0, 1, 0));
+        assert_eq!(taps(5, 1, 0, 2, 4), (0, 0, 5));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::string::ToString;
 use std::vec::Vec;
 
 use crate::emit::{LayerRepr, ModelRepr};
+use crate::kernels::ChannelParams;
 use crate::rng::SplitMix64;
 use crate::{quant, OpKind, Shape};
 
@@ -190,4 +191,39 @@ pub fn random_cnn_s(seed: u64) -> ModelRepr {
         ],
         seed,
     )
+}
+
+/// Per-output-channel requantization data held in vectors, for kernel tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelTable {
+    /// Biases.
+    pub bias: Vec<i32>,
+    /// Requantization multipliers.
+    pub m: Vec<i32>,
+    /// Requantization shifts.
+    pub s: Vec<i32>,
+}
+
+impl ChannelTable {
+    /// Random parameters for `n` channels, drawn in this order: biases in +-100,000, then any
+    /// positive multiplier, then any shift in [-31, 30].
+    pub fn random(rng: &mut SplitMix64, n: usize) -> ChannelTable {
+        ChannelTable {
+            bias: (0..n).map(|_| rng.range(-100_000, 100_000) as i32).collect(),
+            m: (0..n).map(|_| rng.range(1, i32::MAX as i64) as i32).collect(),
+            s: (0..n).map(|_| rng.range(-31, 30) as i32).collect(),
+        }
+    }
+}
+
+impl ChannelParams for ChannelTable {
+    fn bias(&self, c: usize) -> i32 {
+        self.bias[c]
+    }
+    fn multiplier(&self, c: usize) -> i32 {
+        self.m[c]
+    }
+    fn shift(&self, c: usize) -> i32 {
+        self.s[c]
+    }
 }

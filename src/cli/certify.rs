@@ -276,13 +276,13 @@ fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
         "\ngate {}: {:?} accuracy {:.2}% ({} of {} samples, {} needed) at eps {}/255, threshold {}{}; report in {}",
         if report.passed { "PASSED" } else { "FAILED" },
         report.config.gate,
-        100.0 * report.gate_value,
-        report.gate_count,
-        report.gate_n,
-        report.gate_required,
+        100.0 * report.gate.value,
+        report.gate.count,
+        report.gate.n,
+        report.gate.required,
         report.config.k,
         report.threshold_text(),
-        if report.gate_met && !report.passed { ", failed by --strict: protocol warnings" } else { "" },
+        if report.gate.met && !report.passed { ", failed by --strict: protocol warnings" } else { "" },
         dir.display()
     );
     Ok(if report.passed { EXIT_OK } else { EXIT_GATE_FAILED })

@@ -1,3 +1,5 @@
 //! The certifier's integration tests, one binary with a module per area.
 
-mod soundness;
+mod attacks;
+mod bounds;
+mod common;

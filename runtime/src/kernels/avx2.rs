@@ -693,26 +693,9 @@ mod tests {
     //! extreme weights, zero points and multipliers.
     use super::*;
     use crate::kernels::portable;
+    use crate::testing::ChannelTable as Params;
     use crate::Shape;
     use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    struct Params {
-        bias: Vec<i32>,
-        m: Vec<i32>,
-        s: Vec<i32>,
-    }
-    impl ChannelParams for Params {
-        fn bias(&self, c: usize) -> i32 {
-            self.bias[c]
-        }
-        fn multiplier(&self, c: usize) -> i32 {
-            self.m[c]
-        }
-        fn shift(&self, c: usize) -> i32 {
-            self.s[c]
-        }
-    }
 
     fn params(n: usize) -> impl Strategy<Value = Params> {
         (

@@ -24,7 +24,7 @@ pub fn dense_acc(input: &[i8], weights: &[i8], bias: &[i32], in_zp: i8) -> Vec<i
 
 /// Accumulators of a Conv2d layer (NHWC, weights `[oc][kh][kw][ic]`, zero padding).
 pub fn conv2d_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], in_zp: i8) -> Vec<i64> {
-    let (ih, iw, ic) = (win.input.h as i64, win.input.w as i64, win.input.c);
+    let ic = win.input.c;
     let (oh, ow, oc) = (win.output.h, win.output.w, win.output.c);
     let (kh, kw) = win.kernel;
     let mut out = Vec::with_capacity(oh * ow * oc);
@@ -34,13 +34,10 @@ pub fn conv2d_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], in_z
                 let mut acc = bias[o] as i64;
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let iy = (oy * win.stride.0 + ky) as i64 - win.padding.0 as i64;
-                        let ix = (ox * win.stride.1 + kx) as i64 - win.padding.1 as i64;
-                        if iy < 0 || ix < 0 || iy >= ih || ix >= iw {
-                            continue; // zero padding: the real value 0 is the zero point
-                        }
+                        // Zero padding: the real value 0 is the zero point, so padding taps add nothing.
+                        let Some(src) = win.tap((oy, ox), (ky, kx)) else { continue };
                         for c in 0..ic {
-                            let x = input[((iy * iw + ix) as usize) * ic + c] as i64;
+                            let x = input[src + c] as i64;
                             let w = weights[((o * kh + ky) * kw + kx) * ic + c] as i64;
                             acc += w * (x - in_zp as i64);
                         }
@@ -55,7 +52,7 @@ pub fn conv2d_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], in_z
 
 /// Accumulators of a DepthwiseConv2d layer (weights `[kh][kw][c]`).
 pub fn depthwise_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], in_zp: i8) -> Vec<i64> {
-    let (ih, iw, cn) = (win.input.h as i64, win.input.w as i64, win.input.c);
+    let cn = win.input.c;
     let (kh, kw) = win.kernel;
     let mut out = Vec::new();
     for oy in 0..win.output.h {
@@ -64,12 +61,8 @@ pub fn depthwise_acc(win: &Window, input: &[i8], weights: &[i8], bias: &[i32], i
                 let mut acc = bias[c] as i64;
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let iy = (oy * win.stride.0 + ky) as i64 - win.padding.0 as i64;
-                        let ix = (ox * win.stride.1 + kx) as i64 - win.padding.1 as i64;
-                        if iy < 0 || ix < 0 || iy >= ih || ix >= iw {
-                            continue;
-                        }
-                        let x = input[((iy * iw + ix) as usize) * cn + c] as i64;
+                        let Some(src) = win.tap((oy, ox), (ky, kx)) else { continue };
+                        let x = input[src + c] as i64;
                         acc += weights[(ky * kw + kx) * cn + c] as i64 * (x - in_zp as i64);
                     }
                 }

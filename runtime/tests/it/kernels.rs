@@ -3,28 +3,10 @@
 //! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
 //! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
 
-use iocane_runtime::kernels::{self, reference, ChannelParams, Output, Window};
-use iocane_runtime::testing::{random_model, SynthLayer};
+use iocane_runtime::kernels::{self, reference, Output, Window};
+use iocane_runtime::testing::{random_model, ChannelTable as Params, SynthLayer};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
-
-#[derive(Debug, Clone)]
-struct Params {
-    bias: Vec<i32>,
-    m: Vec<i32>,
-    s: Vec<i32>,
-}
-impl ChannelParams for Params {
-    fn bias(&self, c: usize) -> i32 {
-        self.bias[c]
-    }
-    fn multiplier(&self, c: usize) -> i32 {
-        self.m[c]
-    }
-    fn shift(&self, c: usize) -> i32 {
-        self.s[c]
-    }
-}
 
 fn bytes(n: usize) -> impl Strategy<Value = Vec<i8>> {
     prop::collection::vec(any::<i8>(), n)
@@ -74,11 +56,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..n).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..n * oc).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, oc);
         let clamp = if relu { (ozp, 127) } else { (-128, 127) };
         let acc = reference::dense_acc(&x, &w, &p.bias, zp);
         let mut act = vec![0u8; oc];
@@ -100,11 +78,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..oc * win.kernel.0 * win.kernel.1 * win.input.c).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, oc);
         let acc = reference::conv2d_acc(&win, &x, &w, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
@@ -128,11 +102,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let wts: Vec<i8> = (0..oc * k * k * ic).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..oc).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..oc).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..oc).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, oc);
         let acc = reference::conv2d_acc(&win, &x, &wts, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
@@ -154,11 +124,7 @@ proptest! {
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
         let w: Vec<i8> = (0..win.kernel.0 * win.kernel.1 * c).map(|_| r.range(-127, 127) as i8).collect();
-        let p = Params {
-            bias: (0..c).map(|_| r.range(-100_000, 100_000) as i32).collect(),
-            m: (0..c).map(|_| r.range(1, i32::MAX as i64) as i32).collect(),
-            s: (0..c).map(|_| r.range(-31, 30) as i32).collect(),
-        };
+        let p = Params::random(&mut r, c);
         let acc = reference::depthwise_acc(&win, &x, &w, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];

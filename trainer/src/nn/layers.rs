@@ -115,7 +115,7 @@ pub(crate) struct Scratch {
 /// `aux` is filled with what backward needs.
 pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
     let [h, w, c] = g.inp;
-    let [oh, ow, oc] = g.out;
+    let [oh, ow, _] = g.out;
     debug_assert_eq!(x.len(), n * g.in_len());
     debug_assert_eq!(y.len(), n * g.out_len());
     match g.spec {
@@ -167,69 +167,43 @@ pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mu
                 }
             }
         }
-        LayerSpec::MaxPool2d { kernel, stride } => {
+        LayerSpec::MaxPool2d { .. } => {
             aux.idx.resize(n * g.out_len(), 0);
-            for i in 0..n {
-                let base = i * h * w * c;
-                let obase = i * oh * ow * oc;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let o0 = obase + (oy * ow + ox) * c;
-                        let out = &mut y[o0..o0 + c];
-                        let idx = &mut aux.idx[o0..o0 + c];
-                        let mut first = true;
-                        for ky in 0..kernel[0] {
-                            let iy = oy * stride[0] + ky;
-                            for kx in 0..kernel[1] {
-                                let ix = ox * stride[1] + kx;
-                                let i0 = base + (iy * w + ix) * c;
-                                let xi = &x[i0..i0 + c];
-                                if first {
-                                    out.copy_from_slice(xi);
-                                    for (ch, v) in idx.iter_mut().enumerate() {
-                                        *v = (i0 + ch) as u32;
-                                    }
-                                    first = false;
-                                } else {
-                                    for ch in 0..c {
-                                        if xi[ch] > out[ch] {
-                                            out[ch] = xi[ch];
-                                            idx[ch] = (i0 + ch) as u32;
-                                        }
-                                    }
-                                }
+            for_each_pool_window(g, n, |o0, taps| {
+                let out = &mut y[o0..o0 + c];
+                let idx = &mut aux.idx[o0..o0 + c];
+                for (t, &i0) in taps.iter().enumerate() {
+                    let xi = &x[i0..i0 + c];
+                    if t == 0 {
+                        out.copy_from_slice(xi);
+                        for (ch, v) in idx.iter_mut().enumerate() {
+                            *v = (i0 + ch) as u32;
+                        }
+                    } else {
+                        for ch in 0..c {
+                            if xi[ch] > out[ch] {
+                                out[ch] = xi[ch];
+                                idx[ch] = (i0 + ch) as u32;
                             }
                         }
                     }
                 }
-            }
+            });
         }
-        LayerSpec::AvgPool2d { kernel, stride } => {
+        LayerSpec::AvgPool2d { kernel, .. } => {
             let scale = 1.0 / (kernel[0] * kernel[1]) as f32;
-            for i in 0..n {
-                let base = i * h * w * c;
-                let obase = i * oh * ow * oc;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let o0 = obase + (oy * ow + ox) * c;
-                        let out = &mut y[o0..o0 + c];
-                        out.fill(0.0);
-                        for ky in 0..kernel[0] {
-                            let iy = oy * stride[0] + ky;
-                            for kx in 0..kernel[1] {
-                                let ix = ox * stride[1] + kx;
-                                let i0 = base + (iy * w + ix) * c;
-                                for (o, &v) in out.iter_mut().zip(&x[i0..i0 + c]) {
-                                    *o += v;
-                                }
-                            }
-                        }
-                        for o in out.iter_mut() {
-                            *o *= scale;
-                        }
+            for_each_pool_window(g, n, |o0, taps| {
+                let out = &mut y[o0..o0 + c];
+                out.fill(0.0);
+                for &i0 in taps {
+                    for (o, &v) in out.iter_mut().zip(&x[i0..i0 + c]) {
+                        *o += v;
                     }
                 }
-            }
+                for o in out.iter_mut() {
+                    *o *= scale;
+                }
+            });
         }
         LayerSpec::Relu => {
             for (o, &v) in y.iter_mut().zip(x) {
@@ -355,30 +329,18 @@ pub(crate) fn backward_raw(
                 }
             }
         }
-        LayerSpec::AvgPool2d { kernel, stride } => {
+        LayerSpec::AvgPool2d { kernel, .. } => {
             if let Some(dx) = dx {
                 dx.fill(0.0);
                 let scale = 1.0 / (kernel[0] * kernel[1]) as f32;
-                for i in 0..n {
-                    let base = i * h * w * c;
-                    let obase = i * oh * ow * c;
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let o0 = obase + (oy * ow + ox) * c;
-                            let d = &dy[o0..o0 + c];
-                            for ky in 0..kernel[0] {
-                                let iy = oy * stride[0] + ky;
-                                for kx in 0..kernel[1] {
-                                    let ix = ox * stride[1] + kx;
-                                    let i0 = base + (iy * w + ix) * c;
-                                    for (o, &v) in dx[i0..i0 + c].iter_mut().zip(d) {
-                                        *o += v * scale;
-                                    }
-                                }
-                            }
+                for_each_pool_window(g, n, |o0, taps| {
+                    let d = &dy[o0..o0 + c];
+                    for &i0 in taps {
+                        for (o, &v) in dx[i0..i0 + c].iter_mut().zip(d) {
+                            *o += v * scale;
                         }
                     }
-                }
+                });
             }
         }
         LayerSpec::Relu => {
@@ -403,13 +365,11 @@ pub(crate) fn backward_raw(
     }
 }
 
-/// Range `[k0, k1)` of kernel taps that land inside `[0, size)` for output position `o`.
-#[inline]
+/// Valid kernel taps `[k0, k1)` along one axis: the runtime's receptive-field walk
+/// ([`iocane_runtime::geometry::taps`]).
 fn valid_range(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
-    let start = o * stride; // position of tap 0 in padded coordinates
-    let k0 = pad.saturating_sub(start).min(k);
-    let k1 = (size + pad).saturating_sub(start).min(k);
-    (k0, k1.max(k0))
+    let (k0, k1, _) = iocane_runtime::geometry::taps(o, stride, pad, k, size);
+    (k0, k1)
 }
 
 fn fill_bias(y: &mut [f32], bias: &[f32]) {
@@ -428,74 +388,90 @@ fn col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
-/// im2col for NHWC: row `(i, oy, ox)`, column `(ky, kx, ci)` (matching OHWI weights).
-fn im2col(g: &Geom, n: usize, x: &[f32], cols: &mut [f32]) {
-    let LayerSpec::Conv2d { kernel, stride, padding, .. } = g.spec else { unreachable!() };
+/// The windows of a pooling layer (no padding) on `n` samples: for every output pixel, in
+/// order, calls `f(o0, taps)` with the offset of its `c` outputs and the offsets of the `c`
+/// values of each of its `kh * kw` input pixels, in kernel order.
+fn for_each_pool_window(g: &Geom, n: usize, mut f: impl FnMut(usize, &[usize])) {
+    let (LayerSpec::MaxPool2d { kernel, stride } | LayerSpec::AvgPool2d { kernel, stride }) = g.spec else {
+        unreachable!()
+    };
     let [h, w, c] = g.inp;
     let [oh, ow, _] = g.out;
-    let [kh, kw] = kernel;
-    let row_len = kh * kw * c;
-    let mut r = 0;
+    let mut taps = Vec::with_capacity(kernel[0] * kernel[1]);
     for i in 0..n {
-        let xs = &x[i * h * w * c..(i + 1) * h * w * c];
         for oy in 0..oh {
-            let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kh, h);
             for ox in 0..ow {
-                let (kx0, kx1) = valid_range(ox, stride[1], padding[1], kw, w);
-                let row = &mut cols[r * row_len..(r + 1) * row_len];
-                r += 1;
-                if ky0 > 0 || ky1 < kh || kx0 > 0 || kx1 < kw {
-                    row.fill(0.0);
+                taps.clear();
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        taps.push(((i * h + oy * stride[0] + ky) * w + ox * stride[1] + kx) * c);
+                    }
                 }
-                if kx1 <= kx0 {
-                    continue;
-                }
-                let ix0 = ox * stride[1] + kx0 - padding[1];
-                let span = (kx1 - kx0) * c;
-                for ky in ky0..ky1 {
-                    let iy = oy * stride[0] + ky - padding[0];
-                    let src = (iy * w + ix0) * c;
-                    let dst = (ky * kw + kx0) * c;
-                    row[dst..dst + span].copy_from_slice(&xs[src..src + span]);
-                }
+                f(((i * oh + oy) * ow + ox) * c, &taps);
             }
         }
     }
 }
 
-/// Adjoint of [`im2col`]: scatter-adds `cols` into `dx` (which is overwritten).
-fn col2im(g: &Geom, n: usize, cols: &[f32], dx: &mut [f32]) {
+/// The im2col correspondence of a Conv2d on `n` samples: for every row `r` (sample `i`,
+/// output pixel `(oy, ox)`, in that order) calls `f(r, whole, runs, span)`, where `whole` says
+/// whether every tap is inside the image and `runs` holds, per kernel row inside the image,
+/// the offset of its first in-image tap in the batch (`x`) and in the row, each run `span`
+/// values long.
+fn for_each_patch(g: &Geom, n: usize, mut f: impl FnMut(usize, bool, &[(usize, usize)], usize)) {
     let LayerSpec::Conv2d { kernel, stride, padding, .. } = g.spec else { unreachable!() };
     let [h, w, c] = g.inp;
     let [oh, ow, _] = g.out;
     let [kh, kw] = kernel;
-    let row_len = kh * kw * c;
-    dx.fill(0.0);
+    let mut runs = Vec::with_capacity(kh);
     let mut r = 0;
     for i in 0..n {
-        let dxs = &mut dx[i * h * w * c..(i + 1) * h * w * c];
         for oy in 0..oh {
             let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kh, h);
             for ox in 0..ow {
                 let (kx0, kx1) = valid_range(ox, stride[1], padding[1], kw, w);
-                let row = &cols[r * row_len..(r + 1) * row_len];
-                r += 1;
-                if kx1 <= kx0 {
-                    continue;
-                }
-                let ix0 = ox * stride[1] + kx0 - padding[1];
-                let span = (kx1 - kx0) * c;
-                for ky in ky0..ky1 {
-                    let iy = oy * stride[0] + ky - padding[0];
-                    let dst = (iy * w + ix0) * c;
-                    let src = (ky * kw + kx0) * c;
-                    for (o, &v) in dxs[dst..dst + span].iter_mut().zip(&row[src..src + span]) {
-                        *o += v;
+                let whole = ky0 == 0 && ky1 == kh && kx0 == 0 && kx1 == kw;
+                runs.clear();
+                if kx1 > kx0 {
+                    let ix0 = ox * stride[1] + kx0 - padding[1];
+                    for ky in ky0..ky1 {
+                        let iy = oy * stride[0] + ky - padding[0];
+                        runs.push((((i * h + iy) * w + ix0) * c, (ky * kw + kx0) * c));
                     }
                 }
+                f(r, whole, &runs, (kx1.max(kx0) - kx0) * c);
+                r += 1;
             }
         }
     }
+}
+
+/// im2col for NHWC: row `(i, oy, ox)`, column `(ky, kx, ci)` (matching OHWI weights).
+fn im2col(g: &Geom, n: usize, x: &[f32], cols: &mut [f32]) {
+    let row_len = g.spec.fan_in(g.inp);
+    for_each_patch(g, n, |r, whole, runs, span| {
+        let row = &mut cols[r * row_len..(r + 1) * row_len];
+        if !whole {
+            row.fill(0.0);
+        }
+        for &(src, dst) in runs {
+            row[dst..dst + span].copy_from_slice(&x[src..src + span]);
+        }
+    });
+}
+
+/// Adjoint of [`im2col`]: scatter-adds `cols` into `dx` (which is overwritten).
+fn col2im(g: &Geom, n: usize, cols: &[f32], dx: &mut [f32]) {
+    let row_len = g.spec.fan_in(g.inp);
+    dx.fill(0.0);
+    for_each_patch(g, n, |r, _, runs, span| {
+        let row = &cols[r * row_len..(r + 1) * row_len];
+        for &(dst, src) in runs {
+            for (o, &v) in dx[dst..dst + span].iter_mut().zip(&row[src..src + span]) {
+                *o += v;
+            }
+        }
+    });
 }
 
 fn check_layer(spec: &LayerSpec, p: &LayerParams, x: &Tensor) -> Result<Geom, NnError> {
@@ -650,14 +626,5 @@ mod tests {
             close(&g1.weights, &g2.weights, &format!("{what} dw"));
             close(&g1.bias, &g2.bias, &format!("{what} db"));
         }
-    }
-
-    #[test]
-    fn valid_range_clips_to_input() {
-        // 3-tap kernel, pad 1, input 4: output 0 sees taps 1..3, output 3 (stride 1) taps 0..2.
-        assert_eq!(valid_range(0, 1, 1, 3, 4), (1, 3));
-        assert_eq!(valid_range(1, 1, 1, 3, 4), (0, 3));
-        assert_eq!(valid_range(3, 1, 1, 3, 4), (0, 2));
-        assert_eq!(valid_range(0, 2, 0, 2, 1), (0, 1));
     }
 }

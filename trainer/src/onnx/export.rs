@@ -60,7 +60,7 @@ fn next_is_dense(layers: &[LayerSpec], i: usize) -> bool {
 /// pixels `byte / 255` as for [`Network::forward`]) and produces `"logits"`, `[N, classes]`.
 /// Weights are stored as raw little-endian initializers named `<layer>_<index>.weight` /
 /// `.bias`; the model's `doc_string` and the metadata entry `iocane.arch` record the
-/// architecture. See the [module docs](self) for the op mapping. Running the file (e.g. with
+/// architecture. See the [module docs](super) for the op mapping. Running the file (e.g. with
 /// tract-onnx or onnxruntime) on the NCHW form of an image gives the same logits as
 /// [`Network::forward`] up to float rounding.
 pub fn export_onnx(net: &Network) -> Result<Vec<u8>, OnnxError> {

@@ -22,7 +22,7 @@ pub(super) mod ops;
 /// Memory layout of an ONNX model's image input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputLayout {
-    /// `[N, C, H, W]` (PyTorch; what [`export_onnx`] writes).
+    /// `[N, C, H, W]` (PyTorch; what [`export_onnx`](super::export_onnx) writes).
     Nchw,
     /// `[N, H, W, C]` (Keras / TensorFlow).
     Nhwc,
@@ -43,7 +43,7 @@ impl InputLayout {
         }
     }
 
-    /// Converts one NHWC image (`[h, w, c]`, as in [`Tensor`]) into this layout.
+    /// Converts one NHWC image (`[h, w, c]`, as in [`Tensor`](crate::nn::Tensor)) into this layout.
     pub fn convert(self, image: &[f32], [h, w, c]: [usize; 3]) -> Vec<f32> {
         match self {
             InputLayout::Nchw => {
@@ -126,7 +126,7 @@ pub struct Imported {
 }
 
 /// Imports a float ONNX classifier as a [`Network`] (with default [`ImportOptions`], i.e.
-/// with the tract-onnx cross-check). See the [module docs](self) for what is supported.
+/// with the tract-onnx cross-check). See the [module docs](super) for what is supported.
 pub fn import_onnx(bytes: &[u8]) -> Result<Network, OnnxError> {
     import_onnx_with(bytes, &ImportOptions::default()).map(|i| i.network)
 }
@@ -673,9 +673,9 @@ fn square_guess(d: usize) -> [usize; 3] {
 /// was folded or dropped, and the tract-onnx cross-check result.
 ///
 /// The protobuf is decoded with `tract_onnx::pb::ModelProto` and the node chain mapped to
-/// layers (see the [module docs](self)); unless `opts.skip_verify`, the same bytes are then
+/// layers (see the [module docs](super)); unless `opts.skip_verify`, the same bytes are then
 /// loaded, optimised and run by tract-onnx on three probe images, and the network's outputs
-/// (after [`Imported::output`]) must match within [`VERIFY_TOLERANCE`] relative to the
+/// (after [`Imported::output`]) must match within [`VERIFY_TOLERANCE`](super::VERIFY_TOLERANCE) relative to the
 /// output scale, else [`OnnxError::Mismatch`]. A file tract-onnx cannot load is an
 /// [`OnnxError::Tract`].
 pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, OnnxError> {

@@ -1,11 +1,11 @@
 //! ONNX interchange for float networks.
 //!
-//! - [`export_onnx`] writes a standard ONNX model (opset 13) of a [`Network`] as PyTorch would
+//! - [`export_onnx`] writes a standard ONNX model (opset 13) of a [`Network`](crate::nn::Network) as PyTorch would
 //!   export it: input `"input"` of shape `[N, C, H, W]` (NCHW, float32, `N` symbolic), output
 //!   `"logits"` of shape `[N, classes]`.
 //! - [`import_onnx`] / [`import_onnx_with`] read a float classifier written by a common
 //!   exporter (PyTorch `torch.onnx.export`, Keras through tf2onnx, skl2onnx MLPs) back into a
-//!   [`Network`], and check the result against tract-onnx running the same file.
+//!   [`Network`](crate::nn::Network), and check the result against tract-onnx running the same file.
 //! - [`tract_forward`] runs an ONNX file through tract-onnx on an NHWC batch.
 //!
 //! # Export mapping

@@ -98,38 +98,49 @@ pub(super) fn raw_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T
     Ok(raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())
 }
 
-pub(super) fn tensor_f32(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
+/// The values of an inline tensor: `decode(data type, raw)` reads them (`None` for a data
+/// type it does not read, reported as not `expected`), then their count is checked against
+/// the dims.
+fn tensor_values<T>(
+    t: &pb::TensorProto,
+    expected: &str,
+    decode: impl FnOnce(DataType, bool) -> Option<Result<Vec<T>, String>>,
+) -> Result<Vec<T>, String> {
     check_inline(t)?;
     let n = numel(&t.dims)?;
     let raw = !t.raw_data.is_empty();
-    let v = match DataType::try_from(t.data_type) {
-        Ok(DataType::Float) if raw => raw_chunks::<4, _>(&t.raw_data, f32::from_le_bytes)?,
-        Ok(DataType::Float) => t.float_data.clone(),
-        Ok(DataType::Double) if raw => raw_chunks::<8, _>(&t.raw_data, |b| f64::from_le_bytes(b) as f32)?,
-        Ok(DataType::Double) => t.double_data.iter().map(|&v| v as f32).collect(),
-        _ => return Err(format!("has element type {} (expected FLOAT)", dtype_name(t.data_type))),
-    };
+    let v = DataType::try_from(t.data_type)
+        .ok()
+        .and_then(|d| decode(d, raw))
+        .ok_or_else(|| format!("has element type {} (expected {expected})", dtype_name(t.data_type)))??;
     if v.len() != n {
         return Err(format!("holds {} values for dims {:?}", v.len(), t.dims));
     }
     Ok(v)
 }
 
+pub(super) fn tensor_f32(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
+    tensor_values(t, "FLOAT", |d, raw| {
+        Some(match d {
+            DataType::Float if raw => raw_chunks::<4, _>(&t.raw_data, f32::from_le_bytes),
+            DataType::Float => Ok(t.float_data.clone()),
+            DataType::Double if raw => raw_chunks::<8, _>(&t.raw_data, |b| f64::from_le_bytes(b) as f32),
+            DataType::Double => Ok(t.double_data.iter().map(|&v| v as f32).collect()),
+            _ => return None,
+        })
+    })
+}
+
 pub(super) fn tensor_i64(t: &pb::TensorProto) -> Result<Vec<i64>, String> {
-    check_inline(t)?;
-    let n = numel(&t.dims)?;
-    let raw = !t.raw_data.is_empty();
-    let v = match DataType::try_from(t.data_type) {
-        Ok(DataType::Int64) if raw => raw_chunks::<8, _>(&t.raw_data, i64::from_le_bytes)?,
-        Ok(DataType::Int64) => t.int64_data.clone(),
-        Ok(DataType::Int32) if raw => raw_chunks::<4, _>(&t.raw_data, |b| i32::from_le_bytes(b) as i64)?,
-        Ok(DataType::Int32) => t.int32_data.iter().map(|&v| v as i64).collect(),
-        _ => return Err(format!("has element type {} (expected INT64)", dtype_name(t.data_type))),
-    };
-    if v.len() != n {
-        return Err(format!("holds {} values for dims {:?}", v.len(), t.dims));
-    }
-    Ok(v)
+    tensor_values(t, "INT64", |d, raw| {
+        Some(match d {
+            DataType::Int64 if raw => raw_chunks::<8, _>(&t.raw_data, i64::from_le_bytes),
+            DataType::Int64 => Ok(t.int64_data.clone()),
+            DataType::Int32 if raw => raw_chunks::<4, _>(&t.raw_data, |b| i32::from_le_bytes(b) as i64),
+            DataType::Int32 => Ok(t.int32_data.iter().map(|&v| v as i64).collect()),
+            _ => return None,
+        })
+    })
 }
 
 pub(super) fn node_label(n: &pb::NodeProto, idx: usize) -> String {

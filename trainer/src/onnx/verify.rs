@@ -95,7 +95,7 @@ pub(super) fn verify(
 }
 
 /// Runs an ONNX file through tract-onnx (optimised plan) on an NHWC batch `x`, converting
-/// each image to `layout` (e.g. [`InputLayout::Nchw`] for [`export_onnx`] files) and
+/// each image to `layout` (e.g. [`InputLayout::Nchw`] for [`export_onnx`](super::export_onnx) files) and
 /// running one image at a time (or the file's fixed batch size, repeating the image).
 /// Returns the file's first output per image as `[n, 1, 1, k]`.
 pub fn tract_forward(bytes: &[u8], layout: InputLayout, x: &Tensor) -> Result<Tensor, OnnxError> {

@@ -9,6 +9,8 @@ use iocane_trainer::nn::{linf_box, ArchSpec, Network, Optimizer, OptimizerConfig
 use iocane_trainer::rng::Rng;
 use iocane_trainer::train::{self, Method, RunOptions, TrainConfig};
 
+use crate::common::{assert_same_on_1_2_3_threads, thread_test_case, train_config};
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 
@@ -385,67 +387,29 @@ fn params_bits(p: &Params) -> Vec<u32> {
 /// A few Adam steps of IBP training give bit-identical parameters with 1, 2 and 3 threads.
 #[test]
 fn ibp_training_is_bit_identical_across_thread_counts() {
-    let spec = ArchSpec::from_compact(
-        "conv8k3s2p1,relu,maxpool2,dw3p1,relu6,conv16k3p1,relu,conv6k3p1,relu,conv8k1,avgpool2s1,flatten,dense16,relu,dense10",
-        [16, 16, 1],
-        10,
-    )
-    .unwrap();
-    let net0 = Network::new(spec, 7).unwrap();
-    let mut rng = Rng::new(8);
-    let n = 3 * net0.chunk_size() + 5;
-    let x = Tensor::new([n, 16, 16, 1], (0..n * 256).map(|_| rng.uniform_f32()).collect()).unwrap();
-    let labels: Vec<usize> = (0..n).map(|_| rng.below(10)).collect();
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
-            let mut net = net0.clone();
-            let mut opt = Optimizer::new(OptimizerConfig::adam(), net.params());
-            let mut trace = Vec::new();
-            for step in 0..3 {
-                let r = net.ibp_loss_and_grads(&x, &labels, 0.02 * (step + 1) as f32, 0.5, true);
-                trace.push((r.loss.to_bits(), r.robust_loss.to_bits(), r.correct, r.verified));
-                opt.step(net.params_mut(), r.param_grads.as_ref().unwrap(), 1e-2);
-            }
-            let (lo, hi) = linf_box(&x, 0.05);
-            let (blo, bhi) = net.interval_bounds(&lo, &hi).unwrap();
-            let m = net.margin_lower_bounds(&lo, &hi, &labels).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            (params_bits(net.params()), trace, bits(&blo.data), bits(&bhi.data), bits(&m))
-        })
-    };
-    let one = run(1);
-    assert_eq!(one, run(2));
-    assert_eq!(one, run(3));
+    let (net0, x, labels) = thread_test_case(3, 5);
+    assert_same_on_1_2_3_threads(|| {
+        let mut net = net0.clone();
+        let mut opt = Optimizer::new(OptimizerConfig::adam(), net.params());
+        let mut trace = Vec::new();
+        for step in 0..3 {
+            let r = net.ibp_loss_and_grads(&x, &labels, 0.02 * (step + 1) as f32, 0.5, true);
+            trace.push((r.loss.to_bits(), r.robust_loss.to_bits(), r.correct, r.verified));
+            opt.step(net.params_mut(), r.param_grads.as_ref().unwrap(), 1e-2);
+        }
+        let (lo, hi) = linf_box(&x, 0.05);
+        let (blo, bhi) = net.interval_bounds(&lo, &hi).unwrap();
+        let m = net.margin_lower_bounds(&lo, &hi, &labels).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        (params_bits(net.params()), trace, bits(&blo.data), bits(&bhi.data), bits(&m))
+    });
 }
 
 // ---------------------------------------------------------------------------------------
 // Learning on real data
 
 fn config(method: Method) -> TrainConfig {
-    let epochs = 10;
-    TrainConfig {
-        dataset: "mnist-small".into(),
-        arch: ArchSpec::preset("cnn-s", [28, 28, 1], 10).unwrap(),
-        method,
-        eps: 0.1,
-        steps: 1,
-        step_size: None,
-        epochs,
-        batch_size: 64,
-        optimizer: OptimizerConfig::adam(),
-        schedule: iocane_trainer::nn::LrSchedule::Cosine { lr: 3e-3, min_lr: 0.0, epochs, warmup_epochs: 0.0 },
-        warmup_epochs: 1,
-        ramp_epochs: 5,
-        seed: 5,
-        eval_samples: 200,
-        eval_steps: 10,
-        eval_restarts: 1,
-        train_samples: 2000,
-        qat: false,
-        ibp_kappa: 0.5,
-        ibp_train_eps: None,
-    }
+    TrainConfig { steps: 1, ramp_epochs: 5, seed: 5, train_samples: 2000, ..train_config(method, 10) }
 }
 
 /// IBP training of cnn-s on 2,000 mnist-small images makes a model that IBP verifies at

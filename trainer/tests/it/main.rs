@@ -1,5 +1,6 @@
 //! The trainer's integration tests, one binary with a module per area.
 
+mod common;
 mod data;
 mod ibp;
 mod nn;

@@ -10,6 +10,8 @@ use iocane_trainer::nn::{
 use iocane_trainer::rng::Rng;
 use proptest::prelude::*;
 
+use crate::common::{assert_same_on_1_2_3_threads, thread_test_case};
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 
@@ -627,38 +629,20 @@ fn projection_and_grid_helpers() {
 
 #[test]
 fn results_are_bit_identical_across_thread_counts() {
-    // Covers the direct conv / depthwise kernels (multiples of 8 channels), the im2col
-    // path (6 filters), a pointwise conv, pools, activations and dense layers.
-    let spec = ArchSpec::from_compact(
-        "conv8k3s2p1,relu,maxpool2,dw3p1,relu6,conv16k3p1,relu,conv6k3p1,relu,conv8k1,avgpool2s1,flatten,dense16,relu,dense10",
-        [16, 16, 1],
-        10,
-    )
-    .unwrap();
-    let net = Network::new(spec, 7).unwrap();
-    let mut rng = Rng::new(8);
-    let n = 5 * net.chunk_size() + 7;
-    let x = Tensor::new([n, 16, 16, 1], (0..n * 256).map(|_| rng.uniform_f32()).collect()).unwrap();
-    let labels: Vec<usize> = (0..n).map(|_| rng.below(10)).collect();
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
-            let r = net.loss_and_grads(&x, &labels, Want::BOTH);
-            let adv = Attack::pgd(0.1, 3).perturb(&net, &x, &labels, &mut Rng::new(1));
-            let logits = net.forward(&x);
-            (
-                r.loss.to_bits(),
-                bits(&r.sample_losses),
-                params_bits(&r.param_grads.unwrap()),
-                bits(&r.input_grad.unwrap().data),
-                bits(&adv.data),
-                bits(&logits.data),
-            )
-        })
-    };
-    let one = run(1);
-    assert_eq!(one, run(2));
-    assert_eq!(one, run(3));
+    let (net, x, labels) = thread_test_case(5, 7);
+    assert_same_on_1_2_3_threads(|| {
+        let r = net.loss_and_grads(&x, &labels, Want::BOTH);
+        let adv = Attack::pgd(0.1, 3).perturb(&net, &x, &labels, &mut Rng::new(1));
+        let logits = net.forward(&x);
+        (
+            r.loss.to_bits(),
+            bits(&r.sample_losses),
+            params_bits(&r.param_grads.unwrap()),
+            bits(&r.input_grad.unwrap().data),
+            bits(&adv.data),
+            bits(&logits.data),
+        )
+    });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,41 +2,17 @@
 //! and an interrupted-then-resumed run is bit-identical to an uninterrupted one.
 
 use iocane_trainer::data::{load, DatasetSpec};
-use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
 use iocane_trainer::train::checkpoint;
 use iocane_trainer::train::{evaluate, train, Method, RunOptions, TrainConfig};
 
-fn config(method: Method, epochs: usize) -> TrainConfig {
-    TrainConfig {
-        dataset: "mnist-small".into(),
-        arch: ArchSpec::preset("cnn-s", [28, 28, 1], 10).unwrap(),
-        method,
-        eps: 0.1,
-        steps: 5,
-        step_size: None,
-        epochs,
-        batch_size: 64,
-        optimizer: OptimizerConfig::adam(),
-        schedule: LrSchedule::Cosine { lr: 3e-3, min_lr: 0.0, epochs, warmup_epochs: 0.0 },
-        warmup_epochs: 1,
-        ramp_epochs: 1,
-        seed: 11,
-        eval_samples: 200,
-        eval_steps: 10,
-        eval_restarts: 1,
-        train_samples: 2500,
-        qat: false,
-        ibp_kappa: 0.5,
-        ibp_train_eps: None,
-    }
-}
+use crate::common::{train_config, train_into_tempdir};
 
 #[test]
 fn pgd_training_beats_natural_training_under_pgd_and_loss_falls() {
     let s = load(&DatasetSpec::MnistSmall).unwrap();
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let nat = train(&config(Method::Natural, 4), &s.train, &s.test, a.path(), &RunOptions::default()).unwrap();
-    let pgd = train(&config(Method::Pgd, 4), &s.train, &s.test, b.path(), &RunOptions::default()).unwrap();
+    let nat = train(&train_config(Method::Natural, 4), &s.train, &s.test, a.path(), &RunOptions::default()).unwrap();
+    let pgd = train(&train_config(Method::Pgd, 4), &s.train, &s.test, b.path(), &RunOptions::default()).unwrap();
     assert!(nat.epochs.last().unwrap().train_loss < nat.epochs[0].train_loss, "natural loss did not fall");
     let (nf, pf) = (nat.final_eval.unwrap(), pgd.final_eval.unwrap());
     assert!(nf.clean_acc > 0.85, "natural clean {}", nf.clean_acc);
@@ -57,10 +33,8 @@ fn pgd_training_beats_natural_training_under_pgd_and_loss_falls() {
 #[test]
 fn resume_is_bit_identical() {
     let s = load(&DatasetSpec::MnistSmall).unwrap();
-    let mut cfg = config(Method::Pgd, 3);
-    cfg.train_samples = 800;
-    let full = tempfile::tempdir().unwrap();
-    train(&cfg, &s.train, &s.test, full.path(), &RunOptions::default()).unwrap();
+    let cfg = TrainConfig { train_samples: 800, ..train_config(Method::Pgd, 3) };
+    let full = train_into_tempdir(&cfg, &s);
     // "Interrupt" after 2 epochs: a run configured identically, stopped by the flag after epoch 2.
     let part = tempfile::tempdir().unwrap();
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -120,10 +94,8 @@ fn resume_is_bit_identical() {
 #[test]
 fn corrupted_checkpoints_are_rejected() {
     let s = load(&DatasetSpec::MnistSmall).unwrap();
-    let mut cfg = config(Method::Natural, 1);
-    cfg.train_samples = 200;
-    let d = tempfile::tempdir().unwrap();
-    train(&cfg, &s.train, &s.test, d.path(), &RunOptions::default()).unwrap();
+    let cfg = TrainConfig { train_samples: 200, ..train_config(Method::Natural, 1) };
+    let d = train_into_tempdir(&cfg, &s);
     let bytes = std::fs::read(d.path().join("model.ckpt")).unwrap();
     for cut in [0, 7, 100, bytes.len() - 1] {
         assert!(checkpoint::from_bytes(&bytes[..cut]).is_err(), "truncation to {cut} accepted");

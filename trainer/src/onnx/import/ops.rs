@@ -64,12 +64,18 @@ fn relu(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
 
 fn global_pool(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
     let [h, w, _] = m.nchw(n)?;
-    let (kernel, stride) = ([h, w], [h, w]);
-    let l = if n.op() == "GlobalMaxPool" {
-        LayerSpec::MaxPool2d { kernel, stride }
-    } else {
-        LayerSpec::AvgPool2d { kernel, stride }
-    };
+    push_pool(m, n, n.op() == "GlobalMaxPool", [h, w], [h, w])
+}
+
+/// Appends a max (`max`) or average pooling layer.
+fn push_pool(
+    m: &mut Mapper<'_>,
+    n: &Node<'_>,
+    max: bool,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> Result<(), OnnxError> {
+    let l = if max { LayerSpec::MaxPool2d { kernel, stride } } else { LayerSpec::AvgPool2d { kernel, stride } };
     m.push(n, l, LayerParams::default())
 }
 
@@ -245,12 +251,7 @@ fn pool(m: &mut Mapper<'_>, n: &Node<'_>, _data: usize) -> Result<(), OnnxError>
     {
         return Err(n.err("ceil_mode = 1 changes the output size here (only floor rounding is supported)"));
     }
-    let l = if n.op() == "MaxPool" {
-        LayerSpec::MaxPool2d { kernel, stride }
-    } else {
-        LayerSpec::AvgPool2d { kernel, stride }
-    };
-    m.push(n, l, LayerParams::default())
+    push_pool(m, n, n.op() == "MaxPool", kernel, stride)
 }
 
 fn batchnorm(m: &mut Mapper<'_>, n: &Node<'_>, _data: usize) -> Result<(), OnnxError> {

@@ -1,0 +1,135 @@
+//! Helpers shared by the certifier's integration tests: random valid models with random
+//! clamp ranges, pixels, proptest strategies, and checks against the runtime.
+
+use iocane_certify::attack::SplitMix64;
+use iocane_certify::ibp::LogitBounds;
+use iocane_runtime::emit::ModelRepr;
+use iocane_runtime::testing::{random_model, SynthLayer};
+use iocane_runtime::{Model, Shape};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+/// One requested layer: (kind, a, b, c, d, relu); infeasible requests are skipped.
+pub type Op = (u8, u8, u8, u8, u8, bool);
+
+/// Turns a list of requests into a valid `SynthLayer` stack for `input`, tracking shapes the
+/// way `random_model` does (it inserts a Flatten before a Dense on a spatial tensor).
+pub fn plan(input: Shape, ops: &[Op]) -> Vec<SynthLayer> {
+    let mut s = input;
+    let mut out = Vec::new();
+    for &(kind, a, b, c, d, relu) in ops {
+        let k = 1 + (b % 3) as usize;
+        let st = 1 + (c % 2) as usize;
+        let p = (d as usize) % k; // padding must be smaller than the kernel
+        match kind % 6 {
+            0 => {
+                let units = 1 + (a % 6) as usize;
+                out.push(SynthLayer::Dense { units, relu });
+                s = Shape::new(1, 1, units);
+            }
+            1 | 2 => {
+                if s.h + 2 * p < k || s.w + 2 * p < k {
+                    continue;
+                }
+                let (oh, ow) = ((s.h + 2 * p - k) / st + 1, (s.w + 2 * p - k) / st + 1);
+                if kind % 6 == 1 {
+                    let filters = 1 + (a % 4) as usize;
+                    out.push(SynthLayer::Conv { filters, k, s: st, p, relu });
+                    s = Shape::new(oh, ow, filters);
+                } else {
+                    out.push(SynthLayer::Depthwise { k, s: st, p, relu });
+                    s = Shape::new(oh, ow, s.c);
+                }
+            }
+            3 | 4 => {
+                if s.h < k || s.w < k {
+                    continue;
+                }
+                out.push(if kind % 6 == 3 {
+                    SynthLayer::MaxPool { k, s: st }
+                } else {
+                    SynthLayer::AvgPool { k, s: st }
+                });
+                s = Shape::new((s.h - k) / st + 1, (s.w - k) / st + 1, s.c);
+            }
+            _ => {
+                out.push(SynthLayer::Flatten);
+                s = Shape::new(1, 1, s.len());
+            }
+        }
+    }
+    out
+}
+
+/// A random valid model; some hidden layers get random clamp ranges (ReLU6-like caps,
+/// narrow windows) on top of random_model's ReLU / none.
+pub fn build(input: Shape, classes: usize, ops: &[Op], seed: u64) -> ModelRepr {
+    let mut repr = random_model(input, classes, &plan(input, ops), seed);
+    let mut rng = SplitMix64(seed ^ 0xC1A3_F00D);
+    let n = repr.layers.len();
+    // Per-class shifts of the logits layer differ by a few bits, sometimes by tens of bits
+    // (both arithmetic paths of the elided margins).
+    if rng.next_u64() & 1 == 1 {
+        for s in &mut repr.layers[n - 1].shift {
+            let d = if rng.next_u64().is_multiple_of(4) { rng.range(-40, -20) } else { rng.range(-2, 0) };
+            *s = (*s + d as i32).max(iocane_runtime::quant::SHIFT_MIN);
+        }
+    }
+    for l in repr.layers.iter_mut().take(n - 1).filter(|l| l.op.has_weights()) {
+        if rng.next_u64().is_multiple_of(3) {
+            // Keep at least 24 levels so layers stay alive; ReLU-style floors half the time.
+            let a = if rng.next_u64() & 1 == 1 { l.out_zero_point as i64 } else { rng.range(-128, 100) };
+            let b = rng.range(a + 24, 127);
+            l.clamp = (a as i8, b as i8);
+        }
+    }
+    repr
+}
+
+pub fn pixels(n: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    // Mix of extremes and mid-range values so saturation at 0 / 255 is exercised.
+    (0..n)
+        .map(|_| match rng.next_u64() % 8 {
+            0 => 0,
+            1 => 255,
+            2 => rng.range(0, 4) as u8,
+            3 => rng.range(251, 255) as u8,
+            _ => rng.range(0, 255) as u8,
+        })
+        .collect()
+}
+
+pub fn op_strategy() -> impl Strategy<Value = Op> {
+    (0u8..6, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<bool>())
+}
+
+pub fn arch_strategy() -> impl Strategy<Value = (Shape, usize, Vec<Op>, u64)> {
+    (2usize..=6, 2usize..=6, 1usize..=3, 2usize..=5, prop::collection::vec(op_strategy(), 0..5), any::<u64>())
+        .prop_map(|(h, w, c, classes, ops, seed)| (Shape::new(h, w, c), classes, ops, seed))
+}
+
+pub fn config(cases: u32) -> Config {
+    Config { cases, failure_persistence: None, ..Config::default() }
+}
+
+/// The runtime's logits and class for `x`.
+pub fn run(model: &Model<'_>, x: &[u8]) -> (usize, Vec<i32>) {
+    let mut arena = vec![0u8; model.arena_size()];
+    let mut z = vec![0i32; model.num_classes()];
+    let c = model.run(x, &mut arena, &mut z).unwrap();
+    (c, z)
+}
+
+pub fn check_contains(b: &LogitBounds, z: &[i32], what: &str) -> Result<(), TestCaseError> {
+    prop_assert!(b.contains(z), "{what}: logits {z:?} outside [{:?}, {:?}]", b.lo, b.hi);
+    Ok(())
+}
+
+/// `z[label] - z[j] >= margins[j]` for every class.
+pub fn check_margins(margins: &[i64], z: &[i32], label: usize) -> Result<(), TestCaseError> {
+    for (j, &m) in margins.iter().enumerate() {
+        let d = z[label] as i64 - z[j] as i64;
+        prop_assert!(d >= m, "z[{label}] - z[{j}] = {d} below its bound {m} (logits {z:?})");
+    }
+    Ok(())
+}
