@@ -26,8 +26,9 @@ pub const EXIT_ERROR: u8 = 2;
 /// Exit code: interrupted by Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Installs a Ctrl-C handler that sets the returned flag: the first Ctrl-C asks `what` to
-/// stop at the next safe point, a second one exits at once with [`EXIT_INTERRUPTED`].
+/// Installs (once per process) a Ctrl-C handler that sets the returned flag: the first Ctrl-C
+/// asks `what` to stop at the next safe point, a second one exits at once with
+/// [`EXIT_INTERRUPTED`]. The flag is never cleared: a Ctrl-C stops the whole command.
 pub fn interrupt_flag(what: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, OnceLock};
@@ -48,7 +49,6 @@ pub fn interrupt_flag(what: &'static str) -> std::sync::Arc<std::sync::atomic::A
         });
         flag
     });
-    flag.store(false, Ordering::SeqCst);
     flag.clone()
 }
 
@@ -117,6 +117,12 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
 }
 
 fn run(cli: Cli) -> Result<u8> {
+    // The long commands (which check the flag at safe points and exit 130) install the
+    // handler before any work, so a Ctrl-C while their data loads is not lost; the short ones
+    // keep the default (Ctrl-C ends the process at once).
+    if matches!(cli.command, Command::Train(_) | Command::Certify(_) | Command::Demo(_)) {
+        let _ = interrupt_flag("the command");
+    }
     match cli.command {
         Command::Inspect { file } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
