@@ -266,12 +266,6 @@ fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    if !report.run.radius.exact {
-        eprintln!(
-            "warning: eps {} was applied as {}/255 (rounded down to whole pixel levels)",
-            report.run.radius.requested, report.config.k
-        );
-    }
     println!(
         "\ngate {}: {:?} accuracy {:.2}% ({} of {} samples, {} needed) at eps {}/255, threshold {}{}; report in {}",
         if report.passed { "PASSED" } else { "FAILED" },

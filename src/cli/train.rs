@@ -280,10 +280,7 @@ fn check_out_dir(a: &TrainArgs, cfg: &TrainConfig) -> Result<()> {
             }
         }
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let probe = a.out.join(format!(".iocane-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").with_context(|| format!("{} is not writable", a.out.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    iocane_certify::report::check_writable(&a.out).context("--out is not writable")?;
     Ok(())
 }
 
