@@ -3,7 +3,7 @@
 use prost::Message;
 use tract_onnx::pb;
 
-use super::proto::{attr_int, attr_ints, f32_tensor, i64_tensor, value_info};
+use super::build::{attr_int, attr_ints, f32_tensor, i64_tensor, node, value_info};
 use super::{OnnxError, EXPORT_IR_VERSION, EXPORT_OPSET};
 use crate::nn::{LayerSpec, Network};
 
@@ -26,21 +26,16 @@ impl Emitter {
         let out = format!("{name}_out");
         let mut input = vec![std::mem::replace(&mut self.cur, out.clone())];
         input.extend(extra);
-        self.nodes.push(pb::NodeProto {
-            input,
-            output: vec![out],
-            name,
-            op_type: op.into(),
-            attribute,
-            ..Default::default()
-        });
+        let input: Vec<&str> = input.iter().map(String::as_str).collect();
+        self.nodes.push(node(op, &name, &input, &[&out], attribute));
     }
 }
 
 fn window_attrs(kernel: [usize; 2], stride: [usize; 2], padding: Option<[usize; 4]>) -> Vec<pb::AttributeProto> {
-    let mut a = vec![attr_ints("kernel_shape", &kernel), attr_ints("strides", &stride)];
+    let ints = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    let mut a = vec![attr_ints("kernel_shape", &ints(&kernel)), attr_ints("strides", &ints(&stride))];
     if let Some(p) = padding {
-        a.push(attr_ints("pads", &p));
+        a.push(attr_ints("pads", &ints(&p)));
         a.push(attr_ints("dilations", &[1, 1]));
     }
     a
@@ -194,8 +189,8 @@ fn export_model(net: &Network) -> pb::ModelProto {
         node: e.nodes,
         name: "iocane".into(),
         initializer: e.inits,
-        input: vec![value_info("input", &[None, Some(ic), Some(ih), Some(iw)])],
-        output: vec![value_info("logits", &[None, Some(spec.classes)])],
+        input: vec![value_info("input", &[None, Some(ic), Some(ih), Some(iw)], "N")],
+        output: vec![value_info("logits", &[None, Some(spec.classes)], "N")],
         doc_string: String::new(),
         ..Default::default()
     };

@@ -9,10 +9,8 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::dimension;
 
-use super::proto::{
-    dtype_name, f32_tensor, i64_tensor, is_default_domain, node_label, op_label, tensor_f32, tensor_i64, ConstF32,
-    Consts,
-};
+use super::build::{f32_tensor, i64_tensor};
+use super::proto::{dtype_name, is_default_domain, node_label, op_label, tensor_f32, tensor_i64, ConstF32, Consts};
 use super::verify::verify;
 use super::{OnnxError, SUPPORTED_OPS};
 use crate::nn::{ArchSpec, LayerParams, LayerSpec, Network, Params, MAX_ACTIVATION};
@@ -809,7 +807,7 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::value_info;
+    use super::super::build::value_info;
     use super::super::{export_onnx, import_onnx_with, ImportOptions};
     use super::*;
 
@@ -818,7 +816,7 @@ mod tests {
         let spec = ArchSpec::from_compact("flatten,dense2", [2, 2, 1], 2).unwrap();
         let bytes = export_onnx(&Network::new(spec, 1).unwrap()).unwrap();
         let mut m = pb::ModelProto::decode(&bytes[..]).unwrap();
-        m.graph.as_mut().unwrap().input[0] = value_info("input", dims);
+        m.graph.as_mut().unwrap().input[0] = value_info("input", dims, "N");
         m.encode_to_vec()
     }
 

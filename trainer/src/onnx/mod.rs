@@ -58,7 +58,9 @@
 
 //!
 //! # Layout
-//! - `proto`: small protobuf builders and readers shared by both directions;
+//! - [`build`]: protobuf builders (tensors, attributes, value infos, nodes), public so that
+//!   tests and tools can write files the way other exporters do;
+//! - `proto`: protobuf readers for import;
 //! - `export`: [`export_onnx`];
 //! - `import`: the graph walk and the chain mapper; `import/ops.rs` holds the op table;
 //! - `verify`: the tract-onnx cross-check and [`tract_forward`].
@@ -67,6 +69,7 @@ use thiserror::Error;
 
 use crate::nn::NnError;
 
+pub mod build;
 mod export;
 mod import;
 mod proto;

@@ -1,70 +1,11 @@
-//! Small protobuf helpers: tensor and attribute builders for export (and `Constant`
-//! folding), tensor readers and node labels for import.
+//! Small protobuf readers for import: tensor values, data types and node labels (the
+//! builders are in [`super::build`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use tract_onnx::pb;
-use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
-use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
-
-pub(super) fn f32_tensor(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Float as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-pub(super) fn i64_tensor(name: &str, dims: &[usize], data: &[i64]) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Int64 as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-pub(super) fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
-}
-
-pub(super) fn attr_ints(name: &str, v: &[usize]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.iter().map(|&x| x as i64).collect(),
-        ..Default::default()
-    }
-}
-
-pub(super) fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            denotation: String::new(),
-            value: Some(match d {
-                Some(v) => dimension::Value::DimValue(*v as i64),
-                None => dimension::Value::DimParam("N".into()),
-            }),
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
-}
 
 pub(super) type Consts<'a> = HashMap<String, Cow<'a, pb::TensorProto>>;
 

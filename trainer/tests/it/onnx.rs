@@ -5,6 +5,9 @@
 
 use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, Network, Tensor, Want, PRESETS};
+use iocane_trainer::onnx::build::{
+    self, attr_float as af, attr_int as ai, attr_ints as ais, attr_string as astr, attr_tensor, f32_tensor,
+};
 use iocane_trainer::onnx::{
     export_onnx, import_onnx, import_onnx_with, tract_forward, ImportOptions, InputLayout, OnnxError, OutputTransform,
 };
@@ -12,9 +15,7 @@ use iocane_trainer::rng::Rng;
 use iocane_trainer::train::batch;
 use std::sync::OnceLock;
 use tract_onnx::pb;
-use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
 
 const TOL: f32 = 1e-5;
 
@@ -93,18 +94,6 @@ fn images(shape: [usize; 3], n: usize, seed: u64) -> Tensor {
     Tensor::new([n, h, w, c], data).unwrap()
 }
 
-fn nchw(img: &[f32], [h, w, c]: [usize; 3]) -> Vec<f32> {
-    let mut out = vec![0.0; img.len()];
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                out[(ch * h + y) * w + x] = img[(y * w + x) * c + ch];
-            }
-        }
-    }
-    out
-}
-
 /// `max |a - b|`, asserting it is within `TOL * max(1, max |b|)`.
 fn assert_close(what: &str, ours: &[f32], tract: &[f32]) -> f32 {
     assert_eq!(ours.len(), tract.len(), "{what}: output lengths");
@@ -137,7 +126,7 @@ fn check_against_tract(what: &str, bytes: &[u8], net: &Network, layout: InputLay
     let mut worst = 0.0f32;
     for i in 0..x.n() {
         let img = match layout {
-            InputLayout::Nchw => nchw(x.sample(i), shape),
+            InputLayout::Nchw => InputLayout::Nchw.convert(x.sample(i), shape),
             _ => x.sample(i).to_vec(),
         };
         let t = tr::run(&plan, &in_shape, &img);
@@ -159,57 +148,14 @@ struct G {
     rng: Rng,
 }
 
-fn ai(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
-}
-fn ais(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
-}
-fn af(name: &str, v: f32) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
-}
-fn astr(name: &str, v: &str) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::String as i32,
-        s: v.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-fn ftensor(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: DataType::Float as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
+/// Graph inputs and outputs as PyTorch writes them: a negative dim is the symbolic batch.
 fn vinfo(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension {
-            denotation: String::new(),
-            value: Some(if d < 0 {
-                dimension::Value::DimParam("batch_size".into())
-            } else {
-                dimension::Value::DimValue(d)
-            }),
-        })
-        .collect();
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto { dim }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
+    let dims: Vec<Option<usize>> = dims.iter().map(|&d| usize::try_from(d).ok()).collect();
+    build::value_info(name, &dims, "batch_size")
+}
+
+fn udims(dims: &[i64]) -> Vec<usize> {
+    dims.iter().map(|&d| usize::try_from(d).expect("fixed dim")).collect()
 }
 
 impl G {
@@ -227,7 +173,7 @@ impl G {
 
     fn init(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> String {
         assert_eq!(data.len() as i64, dims.iter().product::<i64>(), "{name}");
-        self.inits.push(ftensor(name, dims, &data));
+        self.inits.push(f32_tensor(name, &udims(dims), &data));
         name.to_string()
     }
 
@@ -263,31 +209,18 @@ impl G {
             float_data: vec![v],
             ..Default::default()
         };
-        let a = pb::AttributeProto {
-            name: "value".into(),
-            r#type: AttributeType::Tensor as i32,
-            t: Some(t),
-            ..Default::default()
-        };
-        self.nodes.push(pb::NodeProto {
-            output: vec![out.into()],
-            name: format!("/Constant_{out}"),
-            op_type: "Constant".into(),
-            attribute: vec![a],
-            ..Default::default()
-        });
+        self.nodes.push(build::node(
+            "Constant",
+            &format!("/Constant_{out}"),
+            &[],
+            &[out],
+            vec![attr_tensor("value", t)],
+        ));
         out.to_string()
     }
 
     fn node(&mut self, op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<pb::AttributeProto>) {
-        self.nodes.push(pb::NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outputs.iter().map(|s| s.to_string()).collect(),
-            name: name.into(),
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        });
+        self.nodes.push(build::node(op, name, inputs, outputs, attrs));
     }
 
     fn bytes(&mut self, output: &str, dims: &[i64]) -> Vec<u8> {
@@ -392,7 +325,7 @@ fn export_matches_tract_for_every_preset() {
             let plan = tr::plan_bytes(&bytes, &shape);
             let mut worst = 0.0f32;
             for i in 0..x.n() {
-                let t = tr::run(&plan, &shape, &nchw(x.sample(i), [28, 28, 1]));
+                let t = tr::run(&plan, &shape, &InputLayout::Nchw.convert(x.sample(i), [28, 28, 1]));
                 worst = worst.max(assert_close(&format!("{preset} seed {seed} image {i}"), ours.sample(i), &t));
             }
             eprintln!("export {preset} seed {seed}: max |forward - tract| = {worst:e} ({} bytes)", bytes.len());
@@ -403,7 +336,7 @@ fn export_matches_tract_for_every_preset() {
             std::fs::write(&path, &bytes).unwrap();
             let plan = tr::plan_path(&path, &shape);
             for i in 0..2 {
-                let t = tr::run(&plan, &shape, &nchw(x.sample(i), [28, 28, 1]));
+                let t = tr::run(&plan, &shape, &InputLayout::Nchw.convert(x.sample(i), [28, 28, 1]));
                 assert_close(&format!("{preset} via path image {i}"), ours.sample(i), &t);
             }
         }
@@ -426,7 +359,7 @@ fn export_has_dynamic_batch_and_standard_names() {
     assert_eq!(ops, ["Conv", "Relu", "Conv", "Relu", "Flatten", "Gemm"]);
     // A batch of 3 through the symbolic N.
     let x = mnist(3);
-    let data: Vec<f32> = (0..3).flat_map(|i| nchw(x.sample(i), [28, 28, 1])).collect();
+    let data: Vec<f32> = (0..3).flat_map(|i| InputLayout::Nchw.convert(x.sample(i), [28, 28, 1])).collect();
     let t = tr::run_dynamic(&bytes, &[3, 1, 28, 28], &data);
     assert_close("batch of 3", &net.forward(&x).data, &t);
 }
@@ -668,24 +601,8 @@ fn import_keras_tf2onnx_cnn() {
 #[test]
 fn import_keras_and_sklearn_mlps() {
     let mut g = G::new(13, "tf2onnx", "flatten_input", &[-1, 28, 28]);
-    let shape = pb::TensorProto {
-        dims: vec![2],
-        data_type: DataType::Int64 as i32,
-        raw_data: [-1i64, 784].iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    };
-    g.nodes.push(pb::NodeProto {
-        output: vec!["shape".into()],
-        name: "const_shape".into(),
-        op_type: "Constant".into(),
-        attribute: vec![pb::AttributeProto {
-            name: "value".into(),
-            r#type: AttributeType::Tensor as i32,
-            t: Some(shape),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    let shape = build::i64_tensor("", &[2], &[-1, 784]);
+    g.nodes.push(build::node("Constant", "const_shape", &[], &["shape"], vec![attr_tensor("value", shape)]));
     g.node("Reshape", "sequential/flatten/Reshape", &["flatten_input", "shape"], &["f"], vec![]);
     let w = g.weights("W1", &[784, 32], 784);
     g.node("MatMul", "sequential/dense/MatMul", &["f", &w], &["m"], vec![]);
