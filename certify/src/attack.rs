@@ -435,6 +435,10 @@ mod tests {
         .emit()
     }
 
+    fn random_image(model: &Model, rng: &mut SplitMix64) -> Vec<u8> {
+        (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect()
+    }
+
     fn in_ball(x: &[u8], p: &[u8], k: u8) -> bool {
         x.len() == p.len() && x.iter().zip(p).all(|(&a, &b)| a.abs_diff(b) <= k)
     }
@@ -459,18 +463,16 @@ mod tests {
             let blob = model_bytes(seed);
             let model = Model::parse(&blob).unwrap();
             let mut att = Attacker::new(&model);
-            let mut arena = vec![0u8; model.arena_size()];
-            let mut z = vec![0i32; 4];
             for _ in 0..5 {
-                let p: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
-                let label = model.run(&p, &mut arena, &mut z).unwrap();
+                let p = random_image(&model, &mut rng);
+                let label = att.classify(&p);
                 let k = 12;
                 tried += 1;
                 for (a, r) in all(&mut att, &p, label, k, seed).iter().enumerate() {
                     if let Some(x) = &r.counterexample {
                         found[a] += 1;
                         assert!(in_ball(x, &p, k));
-                        assert_ne!(model.run(x, &mut arena, &mut z).unwrap(), label);
+                        assert_ne!(Attacker::new(&model).classify(x), label);
                     }
                 }
             }
@@ -487,11 +489,9 @@ mod tests {
         let blob = model_bytes(3);
         let model = Model::parse(&blob).unwrap();
         let mut att = Attacker::new(&model);
-        let mut arena = vec![0u8; model.arena_size()];
-        let mut z = vec![0i32; 4];
         for s in 0..20 {
-            let p: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
-            let label = model.run(&p, &mut arena, &mut z).unwrap();
+            let p = random_image(&model, &mut rng);
+            let label = att.classify(&p);
             for r in all(&mut att, &p, label, 0, s) {
                 assert!(r.counterexample.is_none());
                 assert_eq!(r.queries, 1);
@@ -508,11 +508,9 @@ mod tests {
         let mut rng = SplitMix64(4);
         let blob = model_bytes(5);
         let model = Model::parse(&blob).unwrap();
-        let mut arena = vec![0u8; model.arena_size()];
-        let mut z = vec![0i32; 4];
         for s in 0..5 {
-            let p: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
-            let label = model.run(&p, &mut arena, &mut z).unwrap();
+            let p = random_image(&model, &mut rng);
+            let label = Attacker::new(&model).classify(&p);
             let a = all(&mut Attacker::new(&model), &p, label, 6, s);
             let b = all(&mut Attacker::new(&model), &p, label, 6, s);
             assert_eq!(a, b);

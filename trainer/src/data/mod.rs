@@ -692,21 +692,13 @@ mod tests {
     fn idx_dir_with_stray_label_is_rejected_and_test_labels_checked() {
         let d = tempfile::tempdir().unwrap();
         let write = |train: &[u8], test: &[u8]| {
-            let px = [0u8; 4];
-            idx::write_images(
-                d.path().join(IDX_FILE_NAMES[0]),
-                &IdxImages { count: train.len(), rows: 2, cols: 2, channels: 1, pixels: px.repeat(train.len()) },
-                false,
-            )
-            .unwrap();
-            idx::write_labels(d.path().join(IDX_FILE_NAMES[1]), train, false).unwrap();
-            idx::write_images(
-                d.path().join(IDX_FILE_NAMES[2]),
-                &IdxImages { count: test.len(), rows: 2, cols: 2, channels: 1, pixels: px.repeat(test.len()) },
-                true,
-            )
-            .unwrap();
-            idx::write_labels(d.path().join(IDX_FILE_NAMES[3]), test, true).unwrap();
+            // (images file, labels file, labels, gzip) for the train and the test split.
+            for (names, labels, gz) in [(&IDX_FILE_NAMES[0..2], train, false), (&IDX_FILE_NAMES[2..4], test, true)] {
+                let images =
+                    IdxImages { count: labels.len(), rows: 2, cols: 2, channels: 1, pixels: vec![0; 4 * labels.len()] };
+                idx::write_images(d.path().join(names[0]), &images, gz).unwrap();
+                idx::write_labels(d.path().join(names[1]), labels, gz).unwrap();
+            }
         };
         let spec = DatasetSpec::Idx(d.path().to_path_buf());
         write(&[0, 1, 2, 1], &[2, 0]);

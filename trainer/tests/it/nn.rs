@@ -718,33 +718,25 @@ fn spec_json_and_compact_round_trip() {
 
 #[test]
 fn bad_specs_are_rejected_with_useful_errors() {
-    let err = |text: &str, input: [usize; 3], classes: usize| {
-        ArchSpec::from_compact(text, input, classes).unwrap_err().to_string()
-    };
-    let e = err("conv8k3,relu,dense10", [28, 28, 1], 10);
-    assert!(e.contains("flatten"), "{e}");
-    let e = err("flatten,dense5", [28, 28, 1], 10);
-    assert!(e.contains("5 units") && e.contains("10 classes"), "{e}");
-    let e = err("flatten,dense10,relu", [28, 28, 1], 10);
-    assert!(e.contains("last layer"), "{e}");
-    let e = err("conv8k9,flatten,dense10", [4, 4, 1], 10);
-    assert!(e.contains("larger than the padded input"), "{e}");
-    let e = err("conv8k3p3,flatten,dense10", [8, 8, 1], 10);
-    assert!(e.contains("padding"), "{e}");
-    let e = err("conv8k3s0,flatten,dense10", [8, 8, 1], 10);
-    assert!(e.contains("stride"), "{e}");
-    let e = err("conv0k3,flatten,dense10", [8, 8, 1], 10);
-    assert!(e.contains("filters"), "{e}");
-    let e = err("maxpool0,flatten,dense10", [8, 8, 1], 10);
-    assert!(e.contains("kernel"), "{e}");
-    let e = err("conv8k3,softmax,dense10", [8, 8, 1], 10);
-    assert!(e.contains("layer 1") && e.contains("softmax"), "{e}");
-    let e = err("", [8, 8, 1], 10);
-    assert!(e.contains("no layers"), "{e}");
-    let e = err("flatten,dense10", [0, 8, 1], 10);
-    assert!(e.contains("input"), "{e}");
-    let e = err("flatten,dense0", [8, 8, 1], 0);
-    assert!(e.contains("classes"), "{e}");
+    // (compact spec, input, classes, words the error must contain)
+    let cases: &[(&str, [usize; 3], usize, &[&str])] = &[
+        ("conv8k3,relu,dense10", [28, 28, 1], 10, &["flatten"]),
+        ("flatten,dense5", [28, 28, 1], 10, &["5 units", "10 classes"]),
+        ("flatten,dense10,relu", [28, 28, 1], 10, &["last layer"]),
+        ("conv8k9,flatten,dense10", [4, 4, 1], 10, &["larger than the padded input"]),
+        ("conv8k3p3,flatten,dense10", [8, 8, 1], 10, &["padding"]),
+        ("conv8k3s0,flatten,dense10", [8, 8, 1], 10, &["stride"]),
+        ("conv0k3,flatten,dense10", [8, 8, 1], 10, &["filters"]),
+        ("maxpool0,flatten,dense10", [8, 8, 1], 10, &["kernel"]),
+        ("conv8k3,softmax,dense10", [8, 8, 1], 10, &["layer 1", "softmax"]),
+        ("", [8, 8, 1], 10, &["no layers"]),
+        ("flatten,dense10", [0, 8, 1], 10, &["input"]),
+        ("flatten,dense0", [8, 8, 1], 0, &["classes"]),
+    ];
+    for &(text, input, classes, words) in cases {
+        let e = ArchSpec::from_compact(text, input, classes).unwrap_err().to_string();
+        assert!(words.iter().all(|w| e.contains(w)), "{text:?}: {e}");
+    }
     assert!(ArchSpec::from_json(r#"{"input":[8,8,1],"classes":2,"layers":[{"op":"Softmax"}]}"#).is_err());
     assert!(ArchSpec::from_json(r#"{"input":[8,8,1],"classes":2,"layers":[{"op":"Dense","units":2,"bias":false}]}"#)
         .is_err());
