@@ -66,28 +66,25 @@ fn check_layer_grads(spec: LayerSpec, n: usize, inp: [usize; 3], seed: u64) {
 
     let h = 0.1f32; // every op is (piecewise) linear and inputs avoid kinks by > h
     let loss = |x: &Tensor, p: &LayerParams| dot64(&layers::forward(&spec, p, x).unwrap().data, &r.data);
+    // Central difference of the loss in one coordinate, chosen by `at` on a copy of (x, params).
+    let central = |at: &dyn for<'a> Fn(&'a mut Tensor, &'a mut LayerParams) -> &'a mut f32| {
+        let shifted = |d: f32| {
+            let (mut x, mut p) = (x.clone(), params.clone());
+            *at(&mut x, &mut p) += d;
+            loss(&x, &p)
+        };
+        (shifted(h) - shifted(-h)) / (2.0 * h as f64)
+    };
     for i in 0..x.data.len() {
-        let mut xp = x.clone();
-        xp.data[i] += h;
-        let mut xm = x.clone();
-        xm.data[i] -= h;
-        let num = (loss(&xp, &params) - loss(&xm, &params)) / (2.0 * h as f64);
+        let num = central(&|x, _| &mut x.data[i]);
         assert_close(&format!("{spec} dx[{i}]"), dx.data[i] as f64, num, 1e-4);
     }
     for i in 0..wl {
-        let mut pp = params.clone();
-        pp.weights[i] += h;
-        let mut pm = params.clone();
-        pm.weights[i] -= h;
-        let num = (loss(&x, &pp) - loss(&x, &pm)) / (2.0 * h as f64);
+        let num = central(&|_, p| &mut p.weights[i]);
         assert_close(&format!("{spec} dw[{i}]"), dp.weights[i] as f64, num, 1e-4);
     }
     for i in 0..bl {
-        let mut pp = params.clone();
-        pp.bias[i] += h;
-        let mut pm = params.clone();
-        pm.bias[i] -= h;
-        let num = (loss(&x, &pp) - loss(&x, &pm)) / (2.0 * h as f64);
+        let num = central(&|_, p| &mut p.bias[i]);
         assert_close(&format!("{spec} db[{i}]"), dp.bias[i] as f64, num, 1e-4);
     }
 }
