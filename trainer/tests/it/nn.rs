@@ -186,6 +186,21 @@ fn blobs(n: usize, size: usize, classes: usize, rng: &mut Rng) -> (Tensor, Vec<u
     (Tensor::new([n, size, size, 1], data).unwrap(), labels)
 }
 
+/// `n` blobs of `size x size` in `classes` classes (seed `data_seed`) and a fresh network
+/// `compact` (seed `init_seed`) for them.
+fn blob_problem(
+    data_seed: u64,
+    n: usize,
+    size: usize,
+    classes: usize,
+    compact: &str,
+    init_seed: u64,
+) -> (Tensor, Vec<usize>, Network) {
+    let (x, labels) = blobs(n, size, classes, &mut Rng::new(data_seed));
+    let spec = ArchSpec::from_compact(compact, [size, size, 1], classes).unwrap();
+    (x, labels, Network::new(spec, init_seed).unwrap())
+}
+
 fn train(net: &mut Network, x: &Tensor, labels: &[usize], steps: usize, lr: f32) -> Vec<f32> {
     let mut opt =
         Optimizer::new(OptimizerConfig::Sgd { momentum: 0.9, nesterov: false, weight_decay: 0.0 }, net.params());
@@ -492,10 +507,7 @@ fn softmax_is_stable_for_huge_logits() {
 
 #[test]
 fn sgd_decreases_loss_on_separable_problem() {
-    let mut rng = Rng::new(3);
-    let (x, labels) = blobs(96, 12, 4, &mut rng);
-    let spec = ArchSpec::from_compact("conv4k3s2p1,relu,conv8k3s2p1,relu,flatten,dense4", [12, 12, 1], 4).unwrap();
-    let mut net = Network::new(spec, 1).unwrap();
+    let (x, labels, mut net) = blob_problem(3, 96, 12, 4, "conv4k3s2p1,relu,conv8k3s2p1,relu,flatten,dense4", 1);
     let losses = train(&mut net, &x, &labels, 50, 0.05);
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(last < 0.5 * first, "loss {first} -> {last}");
@@ -523,10 +535,7 @@ fn adam_decreases_loss_on_mlp() {
 // Attacks
 
 fn trained_tiny() -> (Network, Tensor, Vec<usize>) {
-    let mut rng = Rng::new(11);
-    let (x, labels) = blobs(64, 12, 4, &mut rng);
-    let spec = ArchSpec::from_compact("conv4k3s2p1,relu,conv8k3s2p1,relu,flatten,dense4", [12, 12, 1], 4).unwrap();
-    let mut net = Network::new(spec, 5).unwrap();
+    let (x, labels, mut net) = blob_problem(11, 64, 12, 4, "conv4k3s2p1,relu,conv8k3s2p1,relu,flatten,dense4", 5);
     train(&mut net, &x, &labels, 150, 0.05);
     (net, x, labels)
 }
@@ -771,10 +780,7 @@ fn he_init_has_expected_scale() {
 // Optimizers and schedules
 
 fn resume_is_bit_identical(config: OptimizerConfig) {
-    let mut rng = Rng::new(6);
-    let (x, labels) = blobs(40, 9, 3, &mut rng);
-    let spec = ArchSpec::from_compact("conv3k3s2p1,relu,flatten,dense3", [9, 9, 1], 3).unwrap();
-    let mut net = Network::new(spec, 1).unwrap();
+    let (x, labels, mut net) = blob_problem(6, 40, 9, 3, "conv3k3s2p1,relu,flatten,dense3", 1);
     let mut opt = Optimizer::new(config, net.params());
     let step = |net: &mut Network, opt: &mut Optimizer, k: usize| {
         for i in 0..k {
