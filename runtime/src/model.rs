@@ -166,12 +166,11 @@ pub fn window(layer: &Layer<'_>) -> Window {
 }
 
 fn run_layer(layer: &Layer<'_>, input: &[u8], out: Output<'_>) {
-    let w = layer.weight_bytes();
-    let zp = layer.input_zero_point();
+    let w = kernels::Weights::new(layer.weight_bytes(), layer.input_zero_point(), layer);
     match layer.op() {
-        OpKind::Dense => kernels::dense(input, w, zp, layer, out),
-        OpKind::Conv2d => kernels::conv2d(&window(layer), input, w, zp, layer, out),
-        OpKind::DepthwiseConv2d => kernels::depthwise_conv2d(&window(layer), input, w, zp, layer, out),
+        OpKind::Dense => kernels::dense(input, &w, out),
+        OpKind::Conv2d => kernels::conv2d(&window(layer), input, &w, out),
+        OpKind::DepthwiseConv2d => kernels::depthwise_conv2d(&window(layer), input, &w, out),
         OpKind::MaxPool2d | OpKind::AvgPool2d | OpKind::Flatten => {}
     }
 }

@@ -28,7 +28,7 @@
 //!   check that keeps it in bounds.
 #![allow(unsafe_code)]
 
-use super::{ChannelParams, Output, Window, CONV_PATCH_MAX};
+use super::{ChannelParams, Output, Weights, Window, CONV_PATCH_MAX};
 use core::arch::x86_64::*;
 
 /// Largest number of i16 weights [`conv2d`] converts onto the stack at a time (8 KiB).
@@ -232,13 +232,14 @@ fn row<T>(block: &[T], len: usize, r: usize, count: usize) -> &[T] {
 }
 
 /// AVX2 [`super::dense`]. Same contract and results as the portable kernel.
-pub(super) fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, out: &mut Output<'_>) {
+pub(super) fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
     // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
-    unsafe { dense_avx2(input, weights, in_zp, params, out) }
+    unsafe { dense_avx2(input, layer, out) }
 }
 
 #[target_feature(enable = "avx2")]
-fn dense_avx2<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, out: &mut Output<'_>) {
+fn dense_avx2<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let n = input.len();
     if n == 0 {
         return;
@@ -358,9 +359,7 @@ fn gather_whole(win: &Window, input: &[u8], zpv: __m256i, iy0: isize, ix0: isize
 pub(super) fn conv2d<P: ChannelParams>(
     win: &Window,
     input: &[u8],
-    weights: &[u8],
-    in_zp: i8,
-    params: &P,
+    layer: &Weights<'_, P>,
     out: &mut Output<'_>,
 ) -> bool {
     let per_oc = per_channel(win);
@@ -372,11 +371,11 @@ pub(super) fn conv2d<P: ChannelParams>(
     let padded =
         (win.input.h + win.padding.0 + win.padding.2) * (win.input.w + win.padding.1 + win.padding.3) * win.input.c;
     let direct = if padded + IMG_SLACK <= 1024 {
-        unsafe { conv2d_direct::<1024, 512, P>(win, input, weights, in_zp, params, out) }
+        unsafe { conv2d_direct::<1024, 512, P>(win, input, layer, out) }
     } else if padded + IMG_SLACK <= 4096 {
-        unsafe { conv2d_direct::<4096, 2048, P>(win, input, weights, in_zp, params, out) }
+        unsafe { conv2d_direct::<4096, 2048, P>(win, input, layer, out) }
     } else if padded + IMG_SLACK <= 8192 {
-        unsafe { conv2d_direct::<8192, WEIGHT_SCRATCH, P>(win, input, weights, in_zp, params, out) }
+        unsafe { conv2d_direct::<8192, WEIGHT_SCRATCH, P>(win, input, layer, out) }
     } else {
         false
     };
@@ -386,7 +385,7 @@ pub(super) fn conv2d<P: ChannelParams>(
     if per_oc > CONV_PATCH_MAX {
         return false;
     }
-    unsafe { conv2d_patches(win, input, weights, in_zp, params, out) };
+    unsafe { conv2d_patches(win, input, layer, out) };
     true
 }
 
@@ -395,14 +394,8 @@ pub(super) fn conv2d<P: ChannelParams>(
 /// and eight output channels at a time take `vpmaddwd` dot products with it, reduced by
 /// [`hsum8`].
 #[target_feature(enable = "avx2")]
-fn conv2d_patches<P: ChannelParams>(
-    win: &Window,
-    input: &[u8],
-    weights: &[u8],
-    in_zp: i8,
-    params: &P,
-    out: &mut Output<'_>,
-) {
+fn conv2d_patches<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let (ic, oc) = (win.input.c, win.output.c);
     let (kh, kw) = win.kernel;
     let per_oc = kh * kw * ic;
@@ -523,11 +516,10 @@ const IMG_SLACK: usize = 2;
 fn conv2d_direct<const N: usize, const W: usize, P: ChannelParams>(
     win: &Window,
     input: &[u8],
-    weights: &[u8],
-    in_zp: i8,
-    params: &P,
+    layer: &Weights<'_, P>,
     out: &mut Output<'_>,
 ) -> bool {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let (ic, oc) = (win.input.c, win.output.c);
     let (kh, kw) = win.kernel;
     let (sh, sw) = win.stride;
@@ -753,18 +745,18 @@ mod tests {
         #[test]
         fn conv_paths_match_portable((win, x, w, zp, p, act) in case()) {
             let n = win.output.len();
-            let want = outputs(n, act, |o| portable::conv2d(&win, &x, &w, zp, &p, o));
+            let want = outputs(n, act, |o| portable::conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
             let direct = outputs(n, act, |o| {
                 // SAFETY: the tests run on the AVX2 build this module requires.
-                assert!(unsafe { conv2d_direct::<8192, WEIGHT_SCRATCH, Params>(&win, &x, &w, zp, &p, o) });
+                assert!(unsafe { conv2d_direct::<8192, WEIGHT_SCRATCH, Params>(&win, &x, &Weights::new(&w, zp, &p), o) });
             });
             prop_assert_eq!(&direct, &want, "direct");
             let patches = outputs(n, act, |o| {
                 // SAFETY: as above.
-                unsafe { conv2d_patches(&win, &x, &w, zp, &p, o) }
+                unsafe { conv2d_patches(&win, &x, &Weights::new(&w, zp, &p), o) }
             });
             prop_assert_eq!(&patches, &want, "patches");
-            let dispatched = outputs(n, act, |o| assert!(conv2d(&win, &x, &w, zp, &p, o)));
+            let dispatched = outputs(n, act, |o| assert!(conv2d(&win, &x, &Weights::new(&w, zp, &p), o)));
             prop_assert_eq!(&dispatched, &want, "dispatch");
         }
 
@@ -780,8 +772,8 @@ mod tests {
             act in (any::<i8>(), any::<i8>(), any::<i8>()).prop_map(|(z, a, b)| (z, a.min(b), a.max(b))),
         ) {
             let o = w.len() / n;
-            let want = outputs(o, act, |out| portable::dense(&x, &w, zp, &p, out));
-            let got = outputs(o, act, |out| dense(&x, &w, zp, &p, out));
+            let want = outputs(o, act, |out| portable::dense(&x, &Weights::new(&w, zp, &p), out));
+            let got = outputs(o, act, |out| dense(&x, &Weights::new(&w, zp, &p), out));
             prop_assert_eq!(got, want);
         }
     }
@@ -848,11 +840,16 @@ mod tests {
         let p = Params { bias: (0..12).map(|c| c * 1000 - 6000).collect(), m: vec![1 << 30; 12], s: vec![-9; 12] };
         // SAFETY: the tests run on the AVX2 build this module requires.
         assert!(!unsafe {
-            conv2d_direct::<8192, WEIGHT_SCRATCH, Params>(&win, &x, &w, -3, &p, &mut Output::Logits(&mut [0; 1]))
+            conv2d_direct::<8192, WEIGHT_SCRATCH, Params>(
+                &win,
+                &x,
+                &Weights::new(&w, -3, &p),
+                &mut Output::Logits(&mut [0; 1]),
+            )
         });
         let n = win.output.len();
-        let want = outputs(n, (-3, -128, 127), |o| portable::conv2d(&win, &x, &w, -3, &p, o));
-        let got = outputs(n, (-3, -128, 127), |o| assert!(conv2d(&win, &x, &w, -3, &p, o)));
+        let want = outputs(n, (-3, -128, 127), |o| portable::conv2d(&win, &x, &Weights::new(&w, -3, &p), o));
+        let got = outputs(n, (-3, -128, 127), |o| assert!(conv2d(&win, &x, &Weights::new(&w, -3, &p), o)));
         assert_eq!(got, want);
     }
 }

@@ -117,6 +117,26 @@ impl Output<'_> {
     }
 }
 
+/// A weighted layer as the kernels take it: its int8 weight bytes, the zero point of the
+/// input they multiply (`x - zp`, so a padded tap contributes nothing), and its per-channel
+/// bias and requantization parameters.
+#[derive(Debug)]
+pub struct Weights<'a, P> {
+    /// Weight bytes (`i8` as `u8`) in the layer's layout.
+    pub bytes: &'a [u8],
+    /// Zero point of the layer's input.
+    pub input_zero_point: i8,
+    /// Per-channel bias, multiplier and shift.
+    pub params: &'a P,
+}
+
+impl<'a, P> Weights<'a, P> {
+    /// Bundles a layer's weights, input zero point and channel parameters.
+    pub fn new(bytes: &'a [u8], input_zero_point: i8, params: &'a P) -> Self {
+        Weights { bytes, input_zero_point, params }
+    }
+}
+
 /// Output channels whose parameters [`conv2d`] keeps on the stack at a time.
 const CHANNEL_BLOCK: usize = 32;
 
@@ -132,43 +152,30 @@ pub mod portable;
 ///
 /// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`portable::dense`] elsewhere;
 /// both give identical results.
-pub fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, mut out: Output<'_>) {
+pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
-        avx2::dense(input, weights, in_zp, params, &mut out);
+        avx2::dense(input, layer, &mut out);
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    portable::dense(input, weights, in_zp, params, &mut out);
+    portable::dense(input, layer, &mut out);
 }
 
 /// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
 ///
 /// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled (for `kh * kw * in_c <=`
 /// [`CONV_PATCH_MAX`]), [`portable::conv2d`] otherwise; both give identical results.
-pub fn conv2d<P: ChannelParams>(
-    win: &Window,
-    input: &[u8],
-    weights: &[u8],
-    in_zp: i8,
-    params: &P,
-    mut out: Output<'_>,
-) {
+pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if avx2::conv2d(win, input, weights, in_zp, params, &mut out) {
+    if avx2::conv2d(win, input, layer, &mut out) {
         return;
     }
-    portable::conv2d(win, input, weights, in_zp, params, &mut out);
+    portable::conv2d(win, input, layer, &mut out);
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
-pub fn depthwise_conv2d<P: ChannelParams>(
-    win: &Window,
-    input: &[u8],
-    weights: &[u8],
-    in_zp: i8,
-    params: &P,
-    mut out: Output<'_>,
-) {
+pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let c_n = win.input.c;
     let kw = win.kernel.1;
     let zp = in_zp as i32;

@@ -2,7 +2,7 @@
 //! every target without a dedicated SIMD path runs (Cortex-M and RISC-V included); the
 //! dispatching functions in [`super`] pick it unless a faster path applies.
 
-use super::{ChannelParams, Output, Window, CHANNEL_BLOCK, CONV_PATCH_MAX};
+use super::{ChannelParams, Output, Weights, Window, CHANNEL_BLOCK, CONV_PATCH_MAX};
 
 /// `Σ w[i] * (x[i] - zp)` over two equally long byte slices (int8 values).
 ///
@@ -56,7 +56,8 @@ fn dot_patch(p: &[i16], w: &[u8]) -> i32 {
 }
 
 /// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
-pub fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: &P, out: &mut Output<'_>) {
+pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let n = input.len();
     if n == 0 {
         return;
@@ -68,14 +69,8 @@ pub fn dense<P: ChannelParams>(input: &[u8], weights: &[u8], in_zp: i8, params: 
 }
 
 /// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
-pub fn conv2d<P: ChannelParams>(
-    win: &Window,
-    input: &[u8],
-    weights: &[u8],
-    in_zp: i8,
-    params: &P,
-    out: &mut Output<'_>,
-) {
+pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let (ic, oc) = (win.input.c, win.output.c);
     let (kh, kw) = win.kernel;
     let per_oc = kh * kw * ic;

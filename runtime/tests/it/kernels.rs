@@ -3,7 +3,7 @@
 //! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
 //! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
 
-use iocane_runtime::kernels::{self, reference, Output, Window};
+use iocane_runtime::kernels::{self, reference, Output, Weights, Window};
 use iocane_runtime::testing::{random_model, ChannelTable as Params, SynthLayer};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
@@ -61,12 +61,12 @@ proptest! {
         let acc = reference::dense_acc(&x, &w, &p.bias, zp);
         let mut act = vec![0u8; oc];
         let mut logits = vec![0i32; oc];
-        kernels::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
-        kernels::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        kernels::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
+        kernels::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
         // The portable kernel (what Cortex-M and RISC-V run) on the same case.
-        kernels::portable::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
-        kernels::portable::dense(&as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Logits(&mut logits));
+        kernels::portable::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
+        kernels::portable::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
     }
 
@@ -82,11 +82,11 @@ proptest! {
         let acc = reference::conv2d_acc(&win, &x, &w, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
-        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
-        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        kernels::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
+        kernels::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
-        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
-        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Logits(&mut logits));
+        kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
+        kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
     }
 
@@ -106,11 +106,11 @@ proptest! {
         let acc = reference::conv2d_acc(&win, &x, &wts, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
-        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
-        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, Output::Logits(&mut logits));
+        kernels::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
+        kernels::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
-        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
-        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&wts), zp, &p, &mut Output::Logits(&mut logits));
+        kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
+        kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
     }
 
@@ -128,8 +128,8 @@ proptest! {
         let acc = reference::depthwise_acc(&win, &x, &w, &p.bias, zp);
         let mut act = vec![0u8; win.output.len()];
         let mut logits = vec![0i32; win.output.len()];
-        kernels::depthwise_conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Act { buf: &mut act, zero_point: ozp, min: -128, max: 127 });
-        kernels::depthwise_conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut logits));
+        kernels::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Act { buf: &mut act, zero_point: ozp, min: -128, max: 127 });
+        kernels::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut logits));
         check_weighted(&acc, &p, c, ozp, (-128, 127), &act, &logits);
     }
 
@@ -180,7 +180,7 @@ fn dense_saturates_at_extremes() {
     let x = vec![127u8 as i8 as u8; 4];
     let w = [127i8 as u8; 8];
     let mut act = [0u8; 2];
-    kernels::dense(&x, &w, -128, &p, Output::Act { buf: &mut act, zero_point: 0, min: -128, max: 127 });
+    kernels::dense(&x, &Weights::new(&w, -128, &p), Output::Act { buf: &mut act, zero_point: 0, min: -128, max: 127 });
     assert_eq!(act, [127, 0]);
 }
 
