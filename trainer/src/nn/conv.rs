@@ -18,7 +18,7 @@
 //! contracts it), so results do not depend on `target-cpu` build flags either (fusing would
 //! gain only ~5% here).
 
-use super::layers::{Aux, Geom, LayerParams};
+use super::layers::{Aux, Geom, LayerParams, Saved, Scratch};
 use super::LayerSpec;
 
 /// `a * b + c`, unfused (see the module docs).
@@ -213,19 +213,15 @@ fn fwd_impl<const MR: usize, const FB: usize>(
 
 /// Backward pass after [`forward`] (which left the padded input and offsets in `aux`).
 /// Overwrites `grads` and `dx` when given. `scratch_a` / `scratch_b` are reusable buffers.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
-    g: &Geom,
-    p: &LayerParams,
-    n: usize,
-    x: &[f32],
-    aux: &Aux,
+    st: Saved<'_>,
     dy: &[f32],
     grads: Option<&mut LayerParams>,
     dx: Option<&mut [f32]>,
-    scratch_a: &mut Vec<f32>,
-    scratch_b: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
+    let Saved { g, p, n, x, aux } = st;
+    let (scratch_a, scratch_b) = (&mut scratch.a, &mut scratch.b);
     let d = Dims::new(g);
     let (f, k) = (d.f, d.k);
     let np = aux.pix.len();
@@ -422,18 +418,14 @@ pub(crate) fn depthwise_forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], 
 }
 
 /// Depthwise backward after [`depthwise_forward`]; overwrites `grads` and `dx` when given.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise_backward(
-    g: &Geom,
-    p: &LayerParams,
-    n: usize,
-    x: &[f32],
-    aux: &Aux,
+    st: Saved<'_>,
     dy: &[f32],
     grads: Option<&mut LayerParams>,
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
 ) {
+    let Saved { g, p, n, x, aux } = st;
     const TB: usize = 4;
     let d = Dims::new(g);
     let c = d.c;

@@ -111,6 +111,17 @@ pub(crate) struct Scratch {
     pub b: Vec<f32>,
 }
 
+/// What a layer's backward pass needs from its forward pass: the geometry, the parameters,
+/// the batch size, the layer input and the saved state.
+#[derive(Clone, Copy)]
+pub(crate) struct Saved<'a> {
+    pub g: &'a Geom,
+    pub p: &'a LayerParams,
+    pub n: usize,
+    pub x: &'a [f32],
+    pub aux: &'a Aux,
+}
+
 /// Forward of `n` samples: `x` has `n * in_len` values, `y` receives `n * out_len`.
 /// `aux` is filled with what backward needs.
 pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
@@ -249,7 +260,7 @@ pub(crate) fn backward_raw(
             }
         }
         LayerSpec::Conv2d { .. } if use_direct(g) => {
-            conv::backward(g, p, n, x, aux, dy, grads, dx, &mut scratch.a, &mut scratch.b);
+            conv::backward(Saved { g, p, n, x, aux }, dy, grads, dx, scratch);
         }
         LayerSpec::Conv2d { filters, kernel, .. } => {
             let m = n * oh * ow;
@@ -272,7 +283,7 @@ pub(crate) fn backward_raw(
             }
         }
         LayerSpec::DepthwiseConv2d { .. } if use_direct(g) => {
-            conv::depthwise_backward(g, p, n, x, aux, dy, grads, dx, &mut scratch.a);
+            conv::depthwise_backward(Saved { g, p, n, x, aux }, dy, grads, dx, &mut scratch.a);
         }
         LayerSpec::DepthwiseConv2d { kernel, stride, padding } => {
             let mut grads = grads;
