@@ -18,7 +18,7 @@
 //! contracts it), so results do not depend on `target-cpu` build flags either (fusing would
 //! gain only ~5% here).
 
-use super::layers::{Aux, Geom, LayerParams, Saved, Scratch};
+use super::layers::{Aux, Geom, GradsOut, LayerParams, Saved, Scratch};
 use super::LayerSpec;
 
 /// `a * b + c`, unfused (see the module docs).
@@ -212,15 +212,9 @@ fn fwd_impl<const MR: usize, const FB: usize>(
 }
 
 /// Backward pass after [`forward`] (which left the padded input and offsets in `aux`).
-/// Overwrites `grads` and `dx` when given. `scratch_a` / `scratch_b` are reusable buffers.
-pub(crate) fn backward(
-    st: Saved<'_>,
-    dy: &[f32],
-    grads: Option<&mut LayerParams>,
-    dx: Option<&mut [f32]>,
-    scratch: &mut Scratch,
-) {
-    let Saved { g, p, n, x, aux } = st;
+/// Overwrites the wanted gradients in `out`; `scratch` holds reusable buffers.
+pub(crate) fn backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, scratch: &mut Scratch) {
+    let (Saved { g, p, n, x, aux }, GradsOut { params: grads, input: dx }) = (st, out);
     let (scratch_a, scratch_b) = (&mut scratch.a, &mut scratch.b);
     let d = Dims::new(g);
     let (f, k) = (d.f, d.k);
@@ -417,15 +411,10 @@ pub(crate) fn depthwise_forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], 
     }
 }
 
-/// Depthwise backward after [`depthwise_forward`]; overwrites `grads` and `dx` when given.
-pub(crate) fn depthwise_backward(
-    st: Saved<'_>,
-    dy: &[f32],
-    grads: Option<&mut LayerParams>,
-    dx: Option<&mut [f32]>,
-    scratch: &mut Vec<f32>,
-) {
-    let Saved { g, p, n, x, aux } = st;
+/// Depthwise backward after [`depthwise_forward`]; overwrites the wanted gradients in `out`.
+pub(crate) fn depthwise_backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, scratch: &mut Scratch) {
+    let (Saved { g, p, n, x, aux }, GradsOut { params: grads, input: dx }) = (st, out);
+    let scratch = &mut scratch.a;
     const TB: usize = 4;
     let d = Dims::new(g);
     let c = d.c;

@@ -122,6 +122,13 @@ pub(crate) struct Saved<'a> {
     pub aux: &'a Aux,
 }
 
+/// Where a backward pass writes: the parameter gradients and the input gradient, each when
+/// wanted (overwritten, not accumulated).
+pub(crate) struct GradsOut<'a> {
+    pub params: Option<&'a mut LayerParams>,
+    pub input: Option<&'a mut [f32]>,
+}
+
 /// Forward of `n` samples: `x` has `n * in_len` values, `y` receives `n * out_len`.
 /// `aux` is filled with what backward needs.
 pub(crate) fn forward_raw(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
@@ -260,7 +267,7 @@ pub(crate) fn backward_raw(
             }
         }
         LayerSpec::Conv2d { .. } if use_direct(g) => {
-            conv::backward(Saved { g, p, n, x, aux }, dy, grads, dx, scratch);
+            conv::backward(Saved { g, p, n, x, aux }, dy, GradsOut { params: grads, input: dx }, scratch);
         }
         LayerSpec::Conv2d { filters, kernel, .. } => {
             let m = n * oh * ow;
@@ -283,7 +290,7 @@ pub(crate) fn backward_raw(
             }
         }
         LayerSpec::DepthwiseConv2d { .. } if use_direct(g) => {
-            conv::depthwise_backward(Saved { g, p, n, x, aux }, dy, grads, dx, &mut scratch.a);
+            conv::depthwise_backward(Saved { g, p, n, x, aux }, dy, GradsOut { params: grads, input: dx }, scratch);
         }
         LayerSpec::DepthwiseConv2d { kernel, stride, padding } => {
             let mut grads = grads;

@@ -39,49 +39,59 @@ pub(super) fn raw_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T
     Ok(raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())
 }
 
-/// The values of an inline tensor: `decode(data type, raw)` reads them (`None` for a data
-/// type it does not read, reported as not `expected`), then their count is checked against
-/// the dims.
-fn tensor_values<T>(
-    t: &pb::TensorProto,
-    expected: &str,
-    decode: impl FnOnce(DataType, bool) -> Option<Result<Vec<T>, String>>,
-) -> Result<Vec<T>, String> {
+/// The values of an inline numeric tensor as read: float element types widened to f64 (exact
+/// for FLOAT), integer ones to i64.
+enum Values {
+    Float(Vec<f64>),
+    Int(Vec<i64>),
+}
+
+/// Reads an inline tensor of element type FLOAT, DOUBLE, INT32 or INT64 (from `raw_data` when
+/// it is set, else from the typed field), then checks the value count against the dims. Other
+/// element types are reported as not `expected`.
+fn tensor_values(t: &pb::TensorProto, expected: &str) -> Result<Values, String> {
     check_inline(t)?;
     let n = numel(&t.dims)?;
-    let raw = !t.raw_data.is_empty();
-    let v = DataType::try_from(t.data_type)
-        .ok()
-        .and_then(|d| decode(d, raw))
-        .ok_or_else(|| format!("has element type {} (expected {expected})", dtype_name(t.data_type)))??;
-    if v.len() != n {
-        return Err(format!("holds {} values for dims {:?}", v.len(), t.dims));
+    let (raw, r) = (!t.raw_data.is_empty(), &t.raw_data);
+    let v = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if raw => Values::Float(raw_chunks::<4, _>(r, |b| f32::from_le_bytes(b) as f64)?),
+        Ok(DataType::Float) => Values::Float(t.float_data.iter().map(|&v| v as f64).collect()),
+        Ok(DataType::Double) if raw => Values::Float(raw_chunks::<8, _>(r, f64::from_le_bytes)?),
+        Ok(DataType::Double) => Values::Float(t.double_data.clone()),
+        Ok(DataType::Int64) if raw => Values::Int(raw_chunks::<8, _>(r, i64::from_le_bytes)?),
+        Ok(DataType::Int64) => Values::Int(t.int64_data.clone()),
+        Ok(DataType::Int32) if raw => Values::Int(raw_chunks::<4, _>(r, |b| i32::from_le_bytes(b) as i64)?),
+        Ok(DataType::Int32) => Values::Int(t.int32_data.iter().map(|&v| v as i64).collect()),
+        _ => return Err(wrong_type(t, expected)),
+    };
+    let len = match &v {
+        Values::Float(v) => v.len(),
+        Values::Int(v) => v.len(),
+    };
+    if len != n {
+        return Err(format!("holds {len} values for dims {:?}", t.dims));
     }
     Ok(v)
 }
 
-pub(super) fn tensor_f32(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
-    tensor_values(t, "FLOAT", |d, raw| {
-        Some(match d {
-            DataType::Float if raw => raw_chunks::<4, _>(&t.raw_data, f32::from_le_bytes),
-            DataType::Float => Ok(t.float_data.clone()),
-            DataType::Double if raw => raw_chunks::<8, _>(&t.raw_data, |b| f64::from_le_bytes(b) as f32),
-            DataType::Double => Ok(t.double_data.iter().map(|&v| v as f32).collect()),
-            _ => return None,
-        })
-    })
+fn wrong_type(t: &pb::TensorProto, expected: &str) -> String {
+    format!("has element type {} (expected {expected})", dtype_name(t.data_type))
 }
 
+/// The values of a FLOAT or DOUBLE tensor, as f32.
+pub(super) fn tensor_f32(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
+    match tensor_values(t, "FLOAT")? {
+        Values::Float(v) => Ok(v.into_iter().map(|v| v as f32).collect()),
+        Values::Int(_) => Err(wrong_type(t, "FLOAT")),
+    }
+}
+
+/// The values of an INT64 or INT32 tensor, as i64.
 pub(super) fn tensor_i64(t: &pb::TensorProto) -> Result<Vec<i64>, String> {
-    tensor_values(t, "INT64", |d, raw| {
-        Some(match d {
-            DataType::Int64 if raw => raw_chunks::<8, _>(&t.raw_data, i64::from_le_bytes),
-            DataType::Int64 => Ok(t.int64_data.clone()),
-            DataType::Int32 if raw => raw_chunks::<4, _>(&t.raw_data, |b| i32::from_le_bytes(b) as i64),
-            DataType::Int32 => Ok(t.int32_data.iter().map(|&v| v as i64).collect()),
-            _ => return None,
-        })
-    })
+    match tensor_values(t, "INT64")? {
+        Values::Int(v) => Ok(v),
+        Values::Float(_) => Err(wrong_type(t, "INT64")),
+    }
 }
 
 pub(super) fn node_label(n: &pb::NodeProto, idx: usize) -> String {
