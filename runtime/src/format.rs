@@ -270,7 +270,8 @@ pub enum FormatError {
     },
     /// Bad input shape or class count in the header.
     BadHeader,
-    /// The section table is malformed (bounds, alignment, duplicates, overlap, missing section).
+    /// The section table is malformed (empty section, bounds, alignment, duplicates, overlap,
+    /// missing section).
     BadSection {
         /// Index of the offending section entry (or the section count when one is missing).
         index: u16,
@@ -673,8 +674,10 @@ impl<'a> Model<'a> {
             let len = rd_u32(blob, e + 8) as usize;
             let bad = FormatError::BadSection { index: i as u16 };
             let end = off.checked_add(len).ok_or(bad)?;
-            // Aligned, in bounds, after the header and the table, no overlap with another section.
-            if !off.is_multiple_of(4) || end > total || off < table_end {
+            // Non-empty, aligned, in bounds, after the header and the table, no overlap with
+            // another section. Every range is non-empty, so the half-open overlap test below is
+            // exact (an empty range would need a special case: see docs/format.md §4).
+            if len == 0 || !off.is_multiple_of(4) || end > total || off < table_end {
                 return Err(bad);
             }
             for r in ranges.iter().take(i) {
