@@ -307,3 +307,38 @@ fn spec_gap_6_dense_geometry_is_checked_before_its_input_shape() {
     r.layers[0].in_zero_point = 0;
     assert_eq!(fault(&r), LayerFault::ZeroPoint);
 }
+
+/// The numbers of format.md, recomputed: the CRC check value (§3.1), the two arena examples
+/// (§10) and the walkthrough of `seed0` (§13).
+#[test]
+fn spec_format_md_examples_are_computed_by_the_code() {
+    assert_eq!(iocane_runtime::format::crc32(b"123456789"), 0xCBF4_3926);
+    // §10
+    assert_eq!(Model::parse(&random_mlp(1).emit()).unwrap().arena_size(), 848);
+    assert_eq!(Model::parse(&random_cnn_s(1).emit()).unwrap().arena_size(), 2352);
+    // §13: seed0 of the fuzz_seeds example.
+    let blob = random_model(Shape::new(5, 5, 2), 3, &[SynthLayer::Dense { units: 4, relu: true }], 0).emit();
+    assert_eq!(blob.len(), 680);
+    let m = Model::parse(&blob).unwrap();
+    assert_eq!(u32::from_le_bytes(blob[12..16].try_into().unwrap()), 0xfb85_768d);
+    assert_eq!((m.arena_size(), m.layer_count(), m.num_classes()), (54, 3, 3));
+    assert_eq!(
+        sections(&blob),
+        [(*b"LAYR", 0x70, 192), (*b"DATA", 0x130, 324), (*b"LABL", 0x274, 23), (*b"META", 0x28c, 27)]
+    );
+    let (l0, l1, l2) = (m.layer(0).unwrap(), m.layer(1).unwrap(), m.layer(2).unwrap());
+    assert_eq!((l0.op(), l0.output_shape()), (OpKind::Flatten, Shape::new(1, 1, 50)));
+    assert_eq!((l1.input_zero_point(), l1.output_zero_point(), l1.clamp()), (-128, -16, (-16, 127)));
+    assert_eq!(l1.weights().take(4).collect::<Vec<_>>(), [123, 38, -33, -108]);
+    assert_eq!((0..4).map(|c| l1.bias(c)).collect::<Vec<_>>(), [17340, -16998, 108, -13711]);
+    assert_eq!((0..4).map(|c| l1.multiplier(c)).collect::<Vec<_>>(), [1716828863, 1628786358, 1665707408, 1251055607]);
+    assert_eq!((0..4).map(|c| l1.shift(c)).collect::<Vec<_>>(), [-9; 4]);
+    assert_eq!((l1.weight_scale_bits(0), l1.output_scale_bits()), (0.01f32.to_bits(), 0.05f32.to_bits()));
+    assert_eq!(l2.weights().collect::<Vec<_>>(), [-5, -42, -123, -48, 120, -92, 40, -10, 12, 49, -49, 88]);
+    assert_eq!((0..3).map(|c| l2.bias(c)).collect::<Vec<_>>(), [520, 4509, -4676]);
+    assert_eq!((0..3).map(|c| l2.multiplier(c)).collect::<Vec<_>>(), [1504925162, 1656798343, 1114573431]);
+    assert_eq!((0..3).map(|c| l2.shift(c)).collect::<Vec<_>>(), [-7, -8, -7]);
+    assert_eq!((m.label(2), m.metadata()), (Some("class 2"), "source=random_model\nseed=0\n"));
+    let real = iocane_runtime::quant::multiplier_to_real(1716828863, -9);
+    assert!((real - 0.0015614).abs() < 5e-8, "{real}");
+}

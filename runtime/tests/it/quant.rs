@@ -132,3 +132,45 @@ fn spec_gap_5_bias_ties_round_half_away_from_zero() {
     let q = (1.5f32 / 128.0) as f64 / (S_IN * (1.0f32 / 128.0) as f64);
     assert_eq!(q, 382.5);
 }
+
+/// Every other number of quantization.md, recomputed: the §5.1 multiplier table, the §5.2
+/// rounding table, the §5.3 and §6 examples, the ReLU6 range, argmax ties, the §7 averages
+/// and the §4 fan-in limit.
+#[test]
+fn spec_quantization_md_examples_are_computed_by_the_code() {
+    // §5.1
+    for (real, want) in [
+        (0.5, (1073741824, 0)),
+        (1.0, (1073741824, 1)),
+        (0.75, (1610612736, 0)),
+        (1.0 / 255.0, (1077952576, -7)),
+        (0.0123, (1690499128, -6)),
+    ] {
+        assert_eq!(quant::quantize_multiplier(real), Some(want), "M = {real}");
+    }
+    // §5.2
+    let half = 1 << 30;
+    for (acc, shift, want) in
+        [(3, 0, 2), (-3, 0, -1), (5, 0, 3), (-5, 0, -2), (4, 0, 2), (101, -3, 6), (3, -2, 0), (-2, -1, 0)]
+    {
+        assert_eq!(quant::rescale(acc, half, shift), want, "rescale({acc}, 2^30, {shift})");
+    }
+    // §5.3
+    assert_eq!(quant::requantize(101, half, -3, 5, -128, 127), 11);
+    assert_eq!(quant::requantize(1000, half, 0, -10, -10, 127), 127);
+    assert_eq!(quant::requantize(-1000, half, -3, -10, -10, 127), -10);
+    let relu6_max = (-100.0 + quant::round_half_away(6.0 / 0.05)).min(127.0);
+    assert_eq!(relu6_max, 20.0);
+    // §6
+    assert_eq!(quant::requantize_logit(123456, half, -3), 7716);
+    assert_eq!(quant::argmax(&[5, 9, 9, 1]), 1);
+    // §7
+    for (sum, count, want) in [(3, 2, 2), (-3, 2, -1), (-2, 4, 0), (-3, 4, -1)] {
+        assert_eq!(quant::average(sum, count), want, "average({sum}, {count})");
+    }
+    // §4: all weights ±127 and no bias fit up to a fan-in of 66,311.
+    assert!(quant::accumulator_bound(0, 127 * 66_311) <= i32::MAX as u64);
+    assert!(quant::accumulator_bound(0, 127 * 66_312) > i32::MAX as u64);
+    // §10: TFLite's double rounding differs; iocane's single rounding gives 0, 0 and -1.
+    assert_eq!((quant::rescale(3, half, -2), quant::rescale(-2, half, -1), quant::average(-3, 2)), (0, 0, -1));
+}
