@@ -76,13 +76,13 @@ pub mod layer_field {
     pub const STRIDE_H: usize = 4;
     /// `u8` horizontal stride.
     pub const STRIDE_W: usize = 5;
-    /// `u8` zero rows added above.
+    /// `u8` padding rows above (they hold the input zero point, docs/format.md §5.1).
     pub const PAD_TOP: usize = 6;
-    /// `u8` zero columns added on the left.
+    /// `u8` padding columns on the left.
     pub const PAD_LEFT: usize = 7;
-    /// `u8` zero rows added below.
+    /// `u8` padding rows below.
     pub const PAD_BOTTOM: usize = 8;
-    /// `u8` zero columns added on the right.
+    /// `u8` padding columns on the right.
     pub const PAD_RIGHT: usize = 9;
     /// `i8` zero point of the input tensor.
     pub const IN_ZP: usize = 10;
@@ -137,7 +137,7 @@ pub mod tag {
 pub enum OpKind {
     /// Fully connected: `y[o] = b[o] + Σ w[o][i] (x[i] - zp)`.
     Dense,
-    /// 2-D convolution, weights `[out_c][kh][kw][in_c]`, zero padding.
+    /// 2-D convolution, weights `[out_c][kh][kw][in_c]`, padding taps hold the input zero point.
     Conv2d,
     /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`.
     DepthwiseConv2d,
