@@ -190,7 +190,8 @@ fn two_logits(w: [i8; 2], b: [i32; 2], m: [i32; 2], shift: [i32; 2]) -> Vec<u8> 
         weight_scale: vec![1.0; 2],
         out_scale: 1.0,
     };
-    let repr = ModelRepr { input: Shape::new(1, 1, 1), classes: 2, labels: vec![], metadata: vec![], layers: vec![layer] };
+    let repr =
+        ModelRepr { input: Shape::new(1, 1, 1), classes: 2, labels: vec![], metadata: vec![], layers: vec![layer] };
     repr.emit()
 }
 
