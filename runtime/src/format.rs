@@ -76,13 +76,13 @@ pub mod layer_field {
     pub const STRIDE_H: usize = 4;
     /// `u8` horizontal stride.
     pub const STRIDE_W: usize = 5;
-    /// `u8` zero rows added above.
+    /// `u8` padding rows above (they hold the input zero point, docs/format.md §5.1).
     pub const PAD_TOP: usize = 6;
-    /// `u8` zero columns added on the left.
+    /// `u8` padding columns on the left.
     pub const PAD_LEFT: usize = 7;
-    /// `u8` zero rows added below.
+    /// `u8` padding rows below.
     pub const PAD_BOTTOM: usize = 8;
-    /// `u8` zero columns added on the right.
+    /// `u8` padding columns on the right.
     pub const PAD_RIGHT: usize = 9;
     /// `i8` zero point of the input tensor.
     pub const IN_ZP: usize = 10;
@@ -137,7 +137,7 @@ pub mod tag {
 pub enum OpKind {
     /// Fully connected: `y[o] = b[o] + Σ w[o][i] (x[i] - zp)`.
     Dense,
-    /// 2-D convolution, weights `[out_c][kh][kw][in_c]`, zero padding.
+    /// 2-D convolution, weights `[out_c][kh][kw][in_c]`, padding taps hold the input zero point.
     Conv2d,
     /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`.
     DepthwiseConv2d,
@@ -270,7 +270,8 @@ pub enum FormatError {
     },
     /// Bad input shape or class count in the header.
     BadHeader,
-    /// The section table is malformed (bounds, alignment, duplicates, overlap, missing section).
+    /// The section table is malformed (empty section, bounds, alignment, duplicates, overlap,
+    /// missing section).
     BadSection {
         /// Index of the offending section entry (or the section count when one is missing).
         index: u16,
@@ -673,8 +674,10 @@ impl<'a> Model<'a> {
             let len = rd_u32(blob, e + 8) as usize;
             let bad = FormatError::BadSection { index: i as u16 };
             let end = off.checked_add(len).ok_or(bad)?;
-            // Aligned, in bounds, after the header and the table, no overlap with another section.
-            if !off.is_multiple_of(4) || end > total || off < table_end {
+            // Non-empty, aligned, in bounds, after the header and the table, no overlap with
+            // another section. Every range is non-empty, so the half-open overlap test below is
+            // exact (an empty range would need a special case: see docs/format.md §4).
+            if len == 0 || !off.is_multiple_of(4) || end > total || off < table_end {
                 return Err(bad);
             }
             for r in ranges.iter().take(i) {

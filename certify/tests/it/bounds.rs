@@ -1,10 +1,16 @@
 //! Soundness of the interval bounds: they contain every logit the int8 runtime can produce
 //! inside the ball, are exact at k = 0, and the elided last layer stays sound.
 
+use std::sync::atomic::AtomicBool;
+
 use iocane_certify::attack::SplitMix64;
+use iocane_certify::gate::{self, GateConfig, GateKind, Radius, Threshold};
 use iocane_certify::ibp::{linf_ball, worst_margin, Bounder, Verdict};
+use iocane_certify::report::{CertifyReport, RunIdentity};
+use iocane_runtime::emit::{LayerRepr, ModelRepr};
 use iocane_runtime::testing::random_model;
-use iocane_runtime::{Model, Shape};
+use iocane_runtime::{Model, OpKind, Shape};
+use iocane_trainer::data::Dataset;
 use proptest::prelude::*;
 
 use crate::common::*;
@@ -160,4 +166,125 @@ fn elided_margins_certify_more_and_stay_sound() {
     }
     eprintln!("elided margins tighter in {tighter} samples, decisive in {only_elided}");
     assert!(only_elided >= 8, "elision decided only {only_elided} samples");
+}
+
+/// A model with no hidden layer: one pixel, a Dense `1×1×1 → 2` logits layer with the given
+/// per-class weight, bias, multiplier and shift (so the final layer's input box is the
+/// pixel box itself, `x − z_in = p`).
+fn two_logits(w: [i8; 2], b: [i32; 2], m: [i32; 2], shift: [i32; 2]) -> Vec<u8> {
+    let layer = LayerRepr {
+        op: OpKind::Dense,
+        input: Shape::new(1, 1, 1),
+        output: Shape::new(1, 1, 2),
+        kernel: (1, 1),
+        stride: (1, 1),
+        padding: (0, 0, 0, 0),
+        in_zero_point: -128,
+        out_zero_point: 0,
+        clamp: (0, 0),
+        logits: true,
+        weights: w.to_vec(),
+        bias: b.to_vec(),
+        multiplier: m.to_vec(),
+        shift: shift.to_vec(),
+        weight_scale: vec![1.0; 2],
+        out_scale: 1.0,
+    };
+    let repr =
+        ModelRepr { input: Shape::new(1, 1, 1), classes: 2, labels: vec![], metadata: vec![], layers: vec![layer] };
+    repr.emit()
+}
+
+/// Issue 18 gap 1: the worked example of quantization.md §8. Weights (10, 10), biases
+/// (5, 0), both multipliers 1/2, pixel 102 with k = 2: the logits are `5p + 3` and `5p` for
+/// `p ∈ [100, 104]`, so the per-logit rule fails (503 − 520 = −17) while the elided difference
+/// `(5 + 10p)/2 − 10p/2 = 2.5` gives the margin `floor(2.5) = 2`: certified, and report.json
+/// records `bound_margin: 2` for the sample.
+#[test]
+fn spec_gap_1_elided_difference_certifies_the_worked_example() {
+    let blob = two_logits([10, 10], [5, 0], [1 << 30; 2], [0; 2]);
+    let model = Model::parse(&blob).unwrap();
+    let mut bounder = Bounder::new(&model);
+    let (lo, hi) = linf_ball(&[102], 2);
+    let b = bounder.logit_bounds(&lo, &hi);
+    assert_eq!((b.lo.as_slice(), b.hi.as_slice()), (&[503, 500][..], &[523, 520][..]));
+    assert!(!b.proves(0));
+    assert_eq!(b.margin(0), Some(-17));
+    assert_eq!(bounder.margin_lower_bounds(&lo, &hi, 0), [0, 2]);
+    // The true smallest difference is 3: the bound is sound, and one below it.
+    assert!((100..=104u8).all(|p| {
+        let z = run(&model, &[p]).1;
+        z[0] - z[1] == 3
+    }));
+    let ball = bounder.bound_ball(&[102], 0, 2, 0);
+    assert_eq!((ball.verdict, ball.margin), (Verdict::Certified, Some(2)));
+    // A misclassified sample's margin is the per-logit one, minus 1 for the lower class 0.
+    let ball = bounder.bound_ball(&[102], 1, 2, 0);
+    assert_eq!((ball.verdict, ball.margin), (Verdict::Misclassified, Some(500 - 523 - 1)));
+
+    // The same sample through the gate, and the field in report.json.
+    let data = Dataset {
+        name: "spec/test".into(),
+        height: 1,
+        width: 1,
+        channels: 1,
+        classes: 2,
+        labels_text: vec!["a".into(), "b".into()],
+        images: vec![102],
+        labels: vec![0],
+    };
+    let cfg = GateConfig {
+        k: 2,
+        sweep: vec![],
+        samples: 0,
+        shard: (0, 1),
+        seed: 1,
+        pgd_steps: 1,
+        pgd_restarts: 1,
+        pgd_step_size: None,
+        square_queries: 1,
+        random_samples: 1,
+        gate: GateKind::Certified,
+        threshold: "1/1".parse::<Threshold>().unwrap(),
+        strict: false,
+    };
+    let outcome = gate::run(&model, &data, &cfg, &|_| {}, &AtomicBool::new(false)).unwrap();
+    let id = RunIdentity {
+        model_file: "m.icn".into(),
+        model_sha256: "00".into(),
+        dataset: data.name.clone(),
+        dataset_sha256: data.sha256_hex(),
+        split_len: 1,
+        input_shape: [1, 1, 1],
+        classes: 2,
+        radius: Radius::levels(2),
+    };
+    let report = CertifyReport::new(id, cfg, outcome, 1.0);
+    assert!(report.passed);
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    let sample = &json["outcome"]["samples"][0];
+    assert_eq!((&sample["verdict"], &sample["bound_margin"]), (&"certified".into(), &2.into()), "{sample}");
+}
+
+/// Issue 18 gap 1: the saturation guard. Weights (2, 2), biases (0, 1), both multipliers
+/// 2^29 (m = 2^30, shift 30); pixel 1 with k = 1, label 1. The elided difference is
+/// `2^29 (acc_1 − acc_0) = 2^29 ≥ 1` everywhere, but at p = 2 both logits saturate to
+/// `i32::MAX`, the tie goes to class 0, and the sample is not robust. Because the logit
+/// bounds reach `i32::MAX`, the certifier falls back to the per-logit margin and does not
+/// certify.
+#[test]
+fn spec_gap_1_saturation_guard_keeps_certificates_sound() {
+    let blob = two_logits([2, 2], [0, 1], [1 << 30; 2], [30; 2]);
+    let model = Model::parse(&blob).unwrap();
+    assert_eq!(run(&model, &[1]), (1, vec![1 << 30, 1_610_612_736]));
+    assert_eq!(run(&model, &[2]), (0, vec![i32::MAX, i32::MAX]));
+    let mut bounder = Bounder::new(&model);
+    let (lo, hi) = linf_ball(&[1], 1);
+    let b = bounder.logit_bounds(&lo, &hi);
+    assert_eq!(b.hi, [i32::MAX, i32::MAX]);
+    let plain = b.lo[1] as i64 - b.hi[0] as i64;
+    assert_eq!(bounder.margin_lower_bounds(&lo, &hi, 1), [plain, 0]);
+    let ball = bounder.bound_ball(&[1], 1, 1, 1);
+    assert_eq!((ball.verdict, ball.margin), (Verdict::Unknown, Some(plain - 1)));
+    assert_eq!(plain - 1, (1i64 << 29) - (1i64 << 31));
 }

@@ -212,3 +212,97 @@ fn arena_is_exact_and_too_small_is_an_error() {
     assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
     assert!(model.classify::<4>(&pixels, &mut arena).is_err());
 }
+
+/// `x`, an int8 tensor of shape `s`, with `(top, left, bottom, right)` rows and columns of
+/// `fill` around it.
+fn bordered(x: &[i8], s: Shape, (pt, pl, pb, pr): (usize, usize, usize, usize), fill: i8) -> (Vec<i8>, Shape) {
+    let o = Shape::new(s.h + pt + pb, s.w + pl + pr, s.c);
+    let mut out = vec![fill; o.len()];
+    for y in 0..s.h {
+        for xx in 0..s.w {
+            let (src, dst) = ((y * s.w + xx) * s.c, ((y + pt) * o.w + xx + pl) * o.c);
+            out[dst..dst + s.c].copy_from_slice(&x[src..src + s.c]);
+        }
+    }
+    (out, o)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Issue 18 gap 3 (format.md §5.1): a padded tap is the input zero point. For every zero
+    /// point, a padded Conv2d / DepthwiseConv2d equals the unpadded one on the input bordered
+    /// with `in_zp`: in the reference accumulators, the dispatching kernels and the portable
+    /// ones.
+    #[test]
+    fn spec_gap_3_padding_taps_are_the_input_zero_point((win, oc) in geometry(), seed in any::<u64>(), zp in any::<i8>()) {
+        let mut r = iocane_runtime::rng::SplitMix64(seed);
+        let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
+        let (xp, sp) = bordered(&x, win.input, win.padding, zp);
+        let flat = Window { input: sp, padding: (0, 0, 0, 0), ..win };
+        let (kh, kw) = win.kernel;
+        // Conv2d.
+        let w: Vec<i8> = (0..oc * kh * kw * win.input.c).map(|_| r.range(-127, 127) as i8).collect();
+        let p = Params::random(&mut r, oc);
+        let padded = reference::conv2d_acc(&win, &x, &w, &p.bias, zp);
+        prop_assert_eq!(&padded, &reference::conv2d_acc(&flat, &xp, &w, &p.bias, zp));
+        let (mut a, mut b) = (vec![0i32; win.output.len()], vec![0i32; win.output.len()]);
+        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut a));
+        kernels::conv2d(&flat, &as_bytes(&xp), &as_bytes(&w), zp, &p, Output::Logits(&mut b));
+        prop_assert_eq!(&a, &b);
+        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Logits(&mut b));
+        prop_assert_eq!(&a, &b);
+        // DepthwiseConv2d (one output channel per input channel).
+        let c = win.input.c;
+        let (dwin, dflat) = (Window { output: Shape { c, ..win.output }, ..win }, Window { output: Shape { c, ..win.output }, ..flat });
+        let w: Vec<i8> = (0..kh * kw * c).map(|_| r.range(-127, 127) as i8).collect();
+        let p = Params::random(&mut r, c);
+        prop_assert_eq!(
+            reference::depthwise_acc(&dwin, &x, &w, &p.bias, zp),
+            reference::depthwise_acc(&dflat, &xp, &w, &p.bias, zp)
+        );
+        let (mut a, mut b) = (vec![0i32; dwin.output.len()], vec![0i32; dwin.output.len()]);
+        kernels::depthwise_conv2d(&dwin, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut a));
+        kernels::depthwise_conv2d(&dflat, &as_bytes(&xp), &as_bytes(&w), zp, &p, Output::Logits(&mut b));
+        prop_assert_eq!(a, b);
+    }
+}
+
+/// Issue 18 gap 3, on whole models: layer 0's padding is the pixel zero point −128, i.e. the
+/// pixel value 0, not the int8 value 0 (pixel 128). A padded first layer gives the logits of
+/// the same layer unpadded on the image bordered with pixel 0, and not those of the image
+/// bordered with pixel 128.
+#[test]
+fn spec_gap_3_first_layer_padding_is_pixel_zero() {
+    let input = Shape::new(5, 5, 2);
+    let mut rng = iocane_runtime::rng::SplitMix64(18);
+    for (seed, first) in [
+        SynthLayer::Conv { filters: 3, k: 3, s: 1, p: 1, relu: true },
+        SynthLayer::Depthwise { k: 3, s: 2, p: 1, relu: false },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let padded = random_model(input, 3, &[first], seed as u64);
+        let mut flat = padded.clone();
+        let wide = Shape::new(7, 7, 2);
+        (flat.input, flat.layers[0].input, flat.layers[0].padding) = (wide, wide, (0, 0, 0, 0));
+        let (a, b) = (padded.emit(), flat.emit());
+        let (a, b) = (Model::parse(&a).unwrap(), Model::parse(&b).unwrap());
+        let mut differs = false;
+        for _ in 0..20 {
+            let px: Vec<u8> = (0..input.len()).map(|_| rng.range(0, 255) as u8).collect();
+            let as_i8: Vec<i8> = px.iter().map(|&p| p as i8).collect();
+            let border = |p: u8| -> Vec<u8> {
+                bordered(&as_i8, input, (1, 1, 1, 1), p as i8).0.iter().map(|&v| v as u8).collect()
+            };
+            let want = reference::run_model(&a, &px);
+            assert_eq!(reference::run_model(&b, &border(0)), want);
+            let (mut arena, mut logits) = (vec![0u8; b.arena_size()], vec![0i32; 3]);
+            b.run(&border(0), &mut arena, &mut logits).unwrap();
+            assert_eq!(logits, want);
+            differs |= reference::run_model(&b, &border(128)) != want;
+        }
+        assert!(differs, "layer {first:?}: bordering with pixel 128 never changed the logits");
+    }
+}

@@ -185,3 +185,51 @@ fn dead_channels_quantize() {
         worst[0]
     );
 }
+
+/// A one-layer network `1×1×3 → dense3` holding three hand-set channels: the neuron of
+/// quantization.md §5.4 (weights (0.5, −0.25, 0.04), bias 0.1), and two channels with
+/// `s_w = 2^-7` whose biases `±1.5/128` make the bias quotient exactly `±382.5`.
+fn spec_network() -> (Network, iocane_trainer::data::Dataset) {
+    let mut net = Network::new(ArchSpec::from_compact("dense3", [1, 1, 3], 3).unwrap(), 1).unwrap();
+    let p = &mut net.params_mut().layers[0];
+    p.weights.copy_from_slice(&[0.5, -0.25, 0.04, 127.0 / 128.0, 0.0, 0.0, -127.0 / 128.0, 0.0, 0.0]);
+    p.bias.copy_from_slice(&[0.1, 1.5 / 128.0, -1.5 / 128.0]);
+    let data = iocane_trainer::data::Dataset {
+        name: "spec".into(),
+        height: 1,
+        width: 1,
+        channels: 3,
+        classes: 3,
+        labels_text: vec!["a".into(), "b".into(), "c".into()],
+        images: vec![0, 128, 255, 10, 20, 30, 255, 0, 0],
+        labels: vec![0, 1, 2],
+    };
+    (net, data)
+}
+
+/// Issue 18 gaps 4 and 5: the exporter follows quantization.md §3 and §5.4 step by step in
+/// the stated precision: `s_w = max|w| / 127` in f32, weights and bias quotients in f64 rounded
+/// half away from zero (the §5.4 neuron gives (127, −64, 10) and 6477; the exact ties ±382.5
+/// give ±383), `M = (s_in · s_w) / s_out` in f64 with `s_in = 1/255`, encoded by
+/// `quantize_multiplier`.
+#[test]
+fn spec_gap_4_and_5_exporter_follows_the_documented_precision() {
+    use iocane_runtime::quant;
+    let (net, data) = spec_network();
+    let cal = Calibration::new(&net, &data, 0).unwrap();
+    let repr = iocane_trainer::quant::quantize_with(&net, &cal, vec![], vec![]).unwrap();
+    Model::parse(&repr.emit()).unwrap();
+    let l = &repr.layers[0];
+    assert_eq!(l.weight_scale, [0.5f32 / 127.0, 1.0 / 128.0, 1.0 / 128.0]);
+    assert_eq!(l.weights, [127, -64, 10, 127, 0, 0, -127, 0, 0]);
+    assert_eq!(l.bias, [6477, 383, -383]);
+    // The logit scale is max|z| / 32767 over the calibration images, in f64 from the f32 logits.
+    let (x, _) = iocane_trainer::train::batch(&data, &[0, 1, 2]);
+    let max_abs = net.forward(&x).data.iter().fold(0f32, |m, z| m.max(z.abs())).max(1e-6);
+    let s_out = max_abs as f64 / 32767.0;
+    assert_eq!(l.out_scale, s_out as f32);
+    for c in 0..3 {
+        let want = quant::quantize_multiplier(1.0 / 255.0 * l.weight_scale[c] as f64 / s_out).unwrap();
+        assert_eq!((l.multiplier[c], l.shift[c]), want, "channel {c}");
+    }
+}
