@@ -247,10 +247,10 @@ proptest! {
         let padded = reference::conv2d_acc(&win, &x, &w, &p.bias, zp);
         prop_assert_eq!(&padded, &reference::conv2d_acc(&flat, &xp, &w, &p.bias, zp));
         let (mut a, mut b) = (vec![0i32; win.output.len()], vec![0i32; win.output.len()]);
-        kernels::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut a));
-        kernels::conv2d(&flat, &as_bytes(&xp), &as_bytes(&w), zp, &p, Output::Logits(&mut b));
+        kernels::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut a));
+        kernels::conv2d(&flat, &as_bytes(&xp), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut b));
         prop_assert_eq!(&a, &b);
-        kernels::portable::conv2d(&win, &as_bytes(&x), &as_bytes(&w), zp, &p, &mut Output::Logits(&mut b));
+        kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut b));
         prop_assert_eq!(&a, &b);
         // DepthwiseConv2d (one output channel per input channel).
         let c = win.input.c;
@@ -262,8 +262,8 @@ proptest! {
             reference::depthwise_acc(&dflat, &xp, &w, &p.bias, zp)
         );
         let (mut a, mut b) = (vec![0i32; dwin.output.len()], vec![0i32; dwin.output.len()]);
-        kernels::depthwise_conv2d(&dwin, &as_bytes(&x), &as_bytes(&w), zp, &p, Output::Logits(&mut a));
-        kernels::depthwise_conv2d(&dflat, &as_bytes(&xp), &as_bytes(&w), zp, &p, Output::Logits(&mut b));
+        kernels::depthwise_conv2d(&dwin, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut a));
+        kernels::depthwise_conv2d(&dflat, &as_bytes(&xp), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut b));
         prop_assert_eq!(a, b);
     }
 }
