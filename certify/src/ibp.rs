@@ -369,6 +369,46 @@ impl<'m> Bounder<'m> {
     /// Dense, Conv2d or DepthwiseConv2d: `self.lo/hi` -> `self.next_lo/next_hi`, either
     /// int8 activations or (for the final layer) int32 logits.
     fn weighted(&mut self, layer: &Layer<'_>) {
+        self.accumulate(layer);
+        self.requantize_next(layer);
+    }
+
+    /// Sets the bounds of the next layer's input (int8 values as i32), for stepping layer by
+    /// layer with [`Bounder::accumulate`], [`Bounder::requantize_next`], [`Bounder::pool_next`]
+    /// and [`Bounder::advance`].
+    pub(crate) fn set_bounds(&mut self, lo: &[i32], hi: &[i32]) {
+        self.lo.clear();
+        self.hi.clear();
+        self.lo.extend_from_slice(lo);
+        self.hi.extend_from_slice(hi);
+    }
+
+    /// The bounds of the current tensor.
+    pub(crate) fn bounds(&self) -> (&[i32], &[i32]) {
+        (&self.lo, &self.hi)
+    }
+
+    /// The bounds the last step wrote (accumulators after [`Bounder::accumulate`], int8
+    /// activations or logits after [`Bounder::requantize_next`], pooled values after
+    /// [`Bounder::pool_next`]); writable, so that a tighter sound bound can replace them.
+    pub(crate) fn next_bounds_mut(&mut self) -> (&mut [i32], &mut [i32]) {
+        (&mut self.next_lo, &mut self.next_hi)
+    }
+
+    /// Makes the next tensor the current one.
+    pub(crate) fn advance(&mut self) {
+        core::mem::swap(&mut self.lo, &mut self.next_lo);
+        core::mem::swap(&mut self.hi, &mut self.next_hi);
+    }
+
+    /// Max or average pooling of the current bounds into the next ones.
+    pub(crate) fn pool_next(&mut self, layer: &Layer<'_>) {
+        self.pool(layer);
+    }
+
+    /// The accumulator bounds of a weighted layer (into the next bounds), before
+    /// requantization: `bias + Σ w (x - zp)` over the current input bounds, exact per neuron.
+    pub(crate) fn accumulate(&mut self, layer: &Layer<'_>) {
         let zp = layer.input_zero_point() as i32;
         self.shifted_lo.clear();
         self.shifted_hi.clear();
@@ -454,6 +494,15 @@ impl<'m> Bounder<'m> {
             OpKind::MaxPool2d | OpKind::AvgPool2d | OpKind::Flatten => unreachable!("not a weighted layer"),
         }
         debug_assert_eq!(self.next_lo.len(), o.len());
+    }
+
+    /// Requantizes accumulator bounds (the next bounds, from [`Bounder::accumulate`]) in
+    /// place with the runtime's monotone functions: int8 activations, or int32 logits for
+    /// the final layer.
+    pub(crate) fn requantize_next(&mut self, layer: &Layer<'_>) {
+        let oc = layer.output_shape().c;
+        self.params.clear();
+        self.params.extend((0..oc).map(|c| (layer.bias(c), layer.multiplier(c), layer.shift(c))));
         // Requantize both ends with the runtime's monotone functions.
         if layer.outputs_logits() {
             for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {

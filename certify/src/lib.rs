@@ -6,6 +6,8 @@
 //! - [`ibp`]: sound interval bound propagation through the integer arithmetic of
 //!   `iocane_runtime::quant`, and per-sample certification against an L-infinity ball of `k`
 //!   pixel levels (`k/255`).
+//! - [`crown`]: linear-relaxation (CROWN / DeepPoly) bounds through the same integer
+//!   arithmetic, back-substituted to the input pixels; never looser than [`ibp`].
 //! - [`twin`]: the dequantized float twin of an int8 model, used only as a source of
 //!   straight-through gradients for the attacks.
 //! - [`attack`]: FGSM, PGD, the Square Attack and random sampling, all searching valid u8
@@ -15,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod attack;
+pub mod crown;
 pub mod gate;
 pub mod ibp;
 pub mod report;

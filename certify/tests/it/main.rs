@@ -3,3 +3,4 @@
 mod attacks;
 mod bounds;
 mod common;
+mod crown;

@@ -1,0 +1,667 @@
+//! Linear-relaxation bounds (CROWN / DeepPoly back-substitution) on the exact integer model.
+//!
+//! [`ibp`](crate::ibp) bounds every tensor by a box. This module keeps, for every int8
+//! activation, two *linear* bounds in its layer's int32 accumulator, and substitutes them
+//! backwards through the layers down to the input pixels, so that correlations between
+//! neurons survive (the same pixel raising one neuron and lowering another no longer counts
+//! twice). The semantics are the runtime's, to the integer:
+//!
+//! - a weighted layer's accumulator `acc = b + Σ w (x - zp)` (padding taps contribute
+//!   nothing) is exactly linear in its int8 input;
+//! - requantization `y = clamp(floor(acc·s + 1/2) + zp_out, min, max)` with `s = m / 2^(31 -
+//!   shift)` satisfies `g⁻(acc) <= y <= g⁺(acc)` for the clamped lines
+//!   `g±(acc) = clamp(acc·s + zp_out ± 1/2, min, max)` and `y = f(acc)` exactly at the ends of
+//!   the accumulator's interval; a line `λ acc + μ` is made an upper (lower) bound of `y` on
+//!   that interval by taking `μ` as the maximum (minimum) of `y - λ acc` over the candidate
+//!   points where that piecewise-linear difference can be extreme;
+//! - max pooling is bounded below by the window input with the largest lower bound and above
+//!   by the largest upper bound (or exactly by the dominating input); average pooling is
+//!   `sum / count` within `±1/2`;
+//! - the logit difference `z_y - z_j` is at least `floor(D)` of a lower bound `D` on
+//!   `s_y acc_y - s_j acc_j` when neither logit saturates (the rule of
+//!   `docs/quantization.md` §8.1, here with `D` from back-substitution).
+//!
+//! Accumulator bounds of hidden layers are refined the same way (each neuron's accumulator
+//! back-substituted to the input, rounded inward to integers, intersected with IBP), so every
+//! relaxation is at least as tight as IBP's. At every layer boundary the partial bound is also
+//! concretised over that layer's box, and the best of all is kept: the result is never looser
+//! than [`Bounder::bound_ball`](crate::ibp::Bounder::bound_ball).
+//!
+//! All coefficients are `f64`. Float error is accounted for, not ignored: every step adds to
+//! a running slack `σ` a rigorous bound on the rounding error it made (the standard bound
+//! `|fl(Σ a_i) - Σ a_i| <= γ_n Σ |a_i|`, `γ_n = n u / (1 - n u)`, used with a factor two to
+//! spare), intercepts are rounded outward, and a bound is `floor(value - σ)`. The full
+//! argument is `docs/verify.md`.
+
+use iocane_runtime::format::{Layer, OpKind};
+use iocane_runtime::geometry::Window;
+use iocane_runtime::{quant, window, Model};
+
+use crate::ibp::{worst_margin, Bounder};
+
+/// Largest |int8 value| any activation or shifted input can have.
+const ACT_MAX: f64 = 128.0;
+
+/// Absolute rounding slack added to every intercept (far above the error of the few float
+/// operations that compute one; see `docs/verify.md`).
+const ICPT_EPS: f64 = 1.0 / (1u64 << 40) as f64;
+
+/// `2 γ_n`: twice the classic bound on the relative error of a float sum of `n` terms.
+fn gamma(n: usize) -> f64 {
+    let nu = (n as f64 + 4.0) * (f64::EPSILON / 2.0);
+    2.0 * nu / (1.0 - nu)
+}
+
+/// The two linear bounds of one neuron's output in its accumulator:
+/// `lo_slope·acc + lo_icpt <= y <= up_slope·acc + up_icpt` on the neuron's accumulator interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Relaxation {
+    /// Slope of the lower line.
+    pub lo_slope: f64,
+    /// Intercept of the lower line.
+    pub lo_icpt: f64,
+    /// Slope of the upper line.
+    pub up_slope: f64,
+    /// Intercept of the upper line.
+    pub up_icpt: f64,
+}
+
+/// Linear bounds of `y = clamp(floor(acc·s + 1/2) + zp, min, max)` (the runtime's
+/// `quant::requantize`) for integer `acc` in `[lo, hi]`.
+///
+/// The slopes are heuristics (any slope is sound); the intercepts are the extreme values of
+/// `y - slope·acc`: exact at `lo` and `hi` (where `y` is computed by the runtime's function),
+/// and in between bounded through `g±(acc) = clamp(acc·s + zp ± 1/2, min, max)`, whose
+/// difference with a line is extreme at the interval's ends or at its two kinks. Rounded
+/// outward by [`ICPT_EPS`]-relative slack.
+pub fn relax_requantize(lo: i32, hi: i32, m: i32, shift: i32, zp: i8, amin: i8, amax: i8) -> Relaxation {
+    debug_assert!(lo <= hi);
+    let f = |acc: i32| quant::requantize(acc, m, shift, zp, amin, amax) as f64;
+    let (fl, fu) = (f(lo), f(hi));
+    if fl == fu {
+        return Relaxation { lo_slope: 0.0, lo_icpt: fl, up_slope: 0.0, up_icpt: fl };
+    }
+    // s = m / 2^(31 - shift), exact in f64 (m < 2^31, a power-of-two scale).
+    let s = m as f64 * (-((31 - shift) as f64)).exp2();
+    let (zp, amin, amax) = (zp as f64, amin as f64, amax as f64);
+    let (l, h) = (lo as f64, hi as f64);
+    let (tl, th) = (l * s + zp, h * s + zp);
+    let chord = (fu - fl) / (h - l);
+    let clamped_lo = tl - 0.5 < amin;
+    let clamped_hi = th + 0.5 > amax;
+    let (lo_slope, up_slope) = match (clamped_lo, clamped_hi) {
+        (false, false) => (s, s),
+        // Convex (a ReLU at the bottom): chord above; below, 0 or s, whichever loses less area.
+        (true, false) => (if th - amin > amin - tl { s } else { 0.0 }, chord),
+        // Concave (saturation at the top): chord below; above, s or 0.
+        (false, true) => (chord, if amax - tl > th - amax { s } else { 0.0 }),
+        (true, true) => (chord, chord),
+    };
+    let g = |a: f64, off: f64| (a * s + zp + off).clamp(amin, amax);
+    // Candidates (acc, value of y or of its bounding line there).
+    let interior = hi - lo >= 2;
+    let (i0, i1) = (l + 1.0, h - 1.0);
+    let inside = |a: f64| interior && a > i0 && a < i1;
+    let slack = |a: f64, slope: f64| ICPT_EPS * (1.0 + (a * s).abs() + (a * slope).abs() + ACT_MAX);
+    let mut up = (fl - up_slope * l + slack(l, up_slope)).max(fu - up_slope * h + slack(h, up_slope));
+    let mut down = (fl - lo_slope * l - slack(l, lo_slope)).min(fu - lo_slope * h - slack(h, lo_slope));
+    if interior {
+        let kinks_up = [(amin - zp - 0.5) / s, (amax - zp - 0.5) / s];
+        for a in [i0, i1].into_iter().chain(kinks_up.into_iter().filter(|&a| inside(a))) {
+            up = up.max(g(a, 0.5) - up_slope * a + slack(a, up_slope));
+        }
+        let kinks_down = [(amin - zp + 0.5) / s, (amax - zp + 0.5) / s];
+        for a in [i0, i1].into_iter().chain(kinks_down.into_iter().filter(|&a| inside(a))) {
+            down = down.min(g(a, -0.5) - lo_slope * a - slack(a, lo_slope));
+        }
+    }
+    Relaxation { lo_slope, lo_icpt: down, up_slope, up_icpt: up }
+}
+
+/// A lower bound `c·t + d - sigma` of some objective over a tensor `t`, in reusable buffers.
+#[derive(Clone, Debug, Default)]
+struct Row {
+    c: Vec<f64>,
+    d: f64,
+    sigma: f64,
+}
+
+/// Per-sample state of one layer: its input bounds, and for weighted layers the accumulator
+/// bounds and relaxations.
+#[derive(Clone, Debug, Default)]
+struct LayerState {
+    in_lo: Vec<i32>,
+    in_hi: Vec<i32>,
+    acc_lo: Vec<i32>,
+    acc_hi: Vec<i32>,
+    relax: Vec<Relaxation>,
+}
+
+/// Static facts of a weighted layer used by the back-substitution.
+#[derive(Clone, Debug, Default)]
+struct WeightFacts {
+    /// `Σ|w|` of each output channel.
+    abs_sum: Vec<f64>,
+    /// Terms of the largest float sum one back step forms (for `γ`).
+    terms: usize,
+}
+
+/// How much [`Crown`] refines hidden accumulators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrownConfig {
+    /// Back-substitute each hidden accumulator to tighten it (at most this many neurons per
+    /// layer; layers with more keep their IBP accumulator bounds). `0` disables refinement.
+    pub refine_max_neurons: usize,
+}
+
+impl Default for CrownConfig {
+    fn default() -> Self {
+        CrownConfig { refine_max_neurons: 4096 }
+    }
+}
+
+/// Linear-relaxation bounder for one model, with reusable buffers.
+#[derive(Clone, Debug)]
+pub struct Crown<'m> {
+    model: Model<'m>,
+    layers: Vec<Layer<'m>>,
+    facts: Vec<WeightFacts>,
+    ibp: Bounder<'m>,
+    state: Vec<LayerState>,
+    cfg: CrownConfig,
+    rows: [Row; 2],
+    acc_row: Vec<f64>,
+}
+
+impl<'m> Crown<'m> {
+    /// A bounder for `model` with the default [`CrownConfig`].
+    pub fn new(model: &Model<'m>) -> Self {
+        Self::with_config(model, CrownConfig::default())
+    }
+
+    /// A bounder for `model`.
+    pub fn with_config(model: &Model<'m>, cfg: CrownConfig) -> Self {
+        let layers: Vec<Layer<'m>> = model.layers().collect();
+        let facts = layers.iter().map(weight_facts).collect();
+        Crown {
+            model: *model,
+            state: vec![LayerState::default(); layers.len() + 1],
+            layers,
+            facts,
+            ibp: Bounder::new(model),
+            cfg,
+            rows: [Row::default(), Row::default()],
+            acc_row: Vec::new(),
+        }
+    }
+
+    /// Lower bounds on the logit differences `z[label] - z[j]` over every image of the box
+    /// `lo <= pixels <= hi`, one per class (the entry of `label` is 0), each at least as
+    /// tight as [`Bounder::margin_lower_bounds`]. The label wins on the whole box iff every
+    /// entry is `>= 1` for `j < label` and `>= 0` for `j > label`, i.e. iff
+    /// [`worst_margin`] of them is `>= 0`.
+    ///
+    /// # Panics
+    /// As [`Bounder::logit_bounds`], or if `label` is out of range.
+    pub fn margin_lower_bounds(&mut self, lo: &[u8], hi: &[u8], label: usize) -> Vec<i64> {
+        assert!(label < self.model.num_classes(), "label {label} out of range");
+        let ibp_margins = self.ibp.margin_lower_bounds(lo, hi, label);
+        let logits = self.ibp.logit_bounds(lo, hi);
+        self.forward(lo, hi);
+        let last = self.layers.len() - 1;
+        let unsaturated = |c: usize| logits.lo[c] > i32::MIN && logits.hi[c] < i32::MAX;
+        (0..ibp_margins.len())
+            .map(|j| {
+                if j == label || !(unsaturated(label) && unsaturated(j)) {
+                    return ibp_margins[j];
+                }
+                let d = self.difference_lower_bound(last, label, j);
+                // z_y - z_j > D - 1 for the integer difference: z_y - z_j >= floor(D).
+                ibp_margins[j].max(floor_i64(d))
+            })
+            .collect()
+    }
+
+    /// The worst-case margin over the ball of `k` levels around `pixels` ([`worst_margin`]
+    /// of [`Crown::margin_lower_bounds`]): the ball is certified iff it is `>= 0`.
+    ///
+    /// # Panics
+    /// As [`Crown::margin_lower_bounds`].
+    pub fn ball_margin(&mut self, pixels: &[u8], label: usize, k: u8) -> Option<i64> {
+        let (lo, hi) = crate::ibp::linf_ball(pixels, k);
+        worst_margin(&self.margin_lower_bounds(&lo, &hi, label), label)
+    }
+
+    /// Interval pass with refinement: fills every layer's input bounds, and for weighted
+    /// hidden layers the (refined) accumulator bounds and relaxations.
+    fn forward(&mut self, lo: &[u8], hi: &[u8]) {
+        let to_int = |v: &[u8]| v.iter().map(|&p| quant::pixel_to_input(p) as i32).collect::<Vec<_>>();
+        let (ilo, ihi) = (to_int(lo), to_int(hi));
+        self.ibp.set_bounds(&ilo, &ihi);
+        let first_weighted = self.layers.iter().position(|l| l.op().has_weights()).unwrap_or(0);
+        for idx in 0..self.layers.len() {
+            let layer = self.layers[idx];
+            {
+                let (l, h) = self.ibp.bounds();
+                let st = &mut self.state[idx];
+                st.in_lo.clear();
+                st.in_lo.extend_from_slice(l);
+                st.in_hi.clear();
+                st.in_hi.extend_from_slice(h);
+            }
+            match layer.op() {
+                OpKind::Flatten => continue,
+                OpKind::MaxPool2d | OpKind::AvgPool2d => self.ibp.pool_next(&layer),
+                OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    self.ibp.accumulate(&layer);
+                    if layer.outputs_logits() {
+                        return;
+                    }
+                    let (al, ah) = self.ibp.next_bounds_mut();
+                    let mut acc_lo = al.to_vec();
+                    let mut acc_hi = ah.to_vec();
+                    if idx > first_weighted && acc_lo.len() <= self.cfg.refine_max_neurons {
+                        self.refine(idx, &mut acc_lo, &mut acc_hi);
+                        let (al, ah) = self.ibp.next_bounds_mut();
+                        al.copy_from_slice(&acc_lo);
+                        ah.copy_from_slice(&acc_hi);
+                    }
+                    let oc = layer.output_shape().c;
+                    let (zp, (amin, amax)) = (layer.output_zero_point(), layer.clamp());
+                    let relax = (0..acc_lo.len())
+                        .map(|i| {
+                            let c = i % oc;
+                            relax_requantize(acc_lo[i], acc_hi[i], layer.multiplier(c), layer.shift(c), zp, amin, amax)
+                        })
+                        .collect();
+                    let st = &mut self.state[idx];
+                    (st.acc_lo, st.acc_hi, st.relax) = (acc_lo, acc_hi, relax);
+                    self.ibp.requantize_next(&layer);
+                }
+            }
+            self.ibp.advance();
+        }
+    }
+
+    /// Tightens the accumulator bounds of weighted layer `idx` by back-substituting each
+    /// neuron's accumulator (both signs) to the input; integer bounds, rounded inward.
+    fn refine(&mut self, idx: usize, acc_lo: &mut [i32], acc_hi: &mut [i32]) {
+        let n = acc_lo.len();
+        let mut e = std::mem::take(&mut self.acc_row);
+        for i in 0..n {
+            if acc_lo[i] == acc_hi[i] {
+                continue;
+            }
+            for sign in [1.0f64, -1.0] {
+                e.clear();
+                e.resize(n, 0.0);
+                e[i] = sign;
+                let b = self.back_substitute(idx, &e, 0.0, 0.0);
+                if !b.is_finite() {
+                    continue;
+                }
+                if sign > 0.0 {
+                    // acc >= b (an integer): acc >= ceil(b).
+                    let v = b.ceil();
+                    if v > acc_lo[i] as f64 {
+                        acc_lo[i] = (v as i64).min(acc_hi[i] as i64) as i32;
+                    }
+                } else {
+                    // -acc >= b: acc <= floor(-b).
+                    let v = (-b).floor();
+                    if v < acc_hi[i] as f64 {
+                        acc_hi[i] = (v as i64).max(acc_lo[i] as i64) as i32;
+                    }
+                }
+            }
+        }
+        self.acc_row = e;
+    }
+
+    /// A lower bound on `s_y acc_y - s_j acc_j` of the logits layer `last`.
+    fn difference_lower_bound(&mut self, last: usize, y: usize, j: usize) -> f64 {
+        let layer = self.layers[last];
+        let n = layer.output_shape().c;
+        let sc = |c: usize| layer.multiplier(c) as f64 * (-((31 - layer.shift(c)) as f64)).exp2();
+        let mut e = std::mem::take(&mut self.acc_row);
+        e.clear();
+        e.resize(n, 0.0);
+        e[y] = sc(y);
+        e[j] = -sc(j);
+        let b = self.back_substitute(last, &e, 0.0, 0.0);
+        self.acc_row = e;
+        b
+    }
+
+    /// The best lower bound of `e·acc + d - sigma` (`acc` the accumulators of weighted layer
+    /// `top`) over the box, substituting back to the input and concretising at every layer
+    /// boundary on the way.
+    fn back_substitute(&mut self, top: usize, e: &[f64], d: f64, sigma: f64) -> f64 {
+        let [mut cur, mut nxt] = std::mem::take(&mut self.rows);
+        self.affine(top, e, d, sigma, &mut cur);
+        let mut best = self.concretize(top, &cur);
+        let mut idx = top;
+        while idx > 0 {
+            idx -= 1;
+            let layer = self.layers[idx];
+            match layer.op() {
+                OpKind::Flatten => continue,
+                OpKind::MaxPool2d => self.max_pool_back(idx, &cur, &mut nxt),
+                OpKind::AvgPool2d => self.avg_pool_back(idx, &cur, &mut nxt),
+                OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    let mut acc = std::mem::take(&mut self.acc_row);
+                    let (d, sigma) = self.relax_back(idx, &cur, &mut acc);
+                    self.affine(idx, &acc, d, sigma, &mut nxt);
+                    self.acc_row = acc;
+                }
+            }
+            std::mem::swap(&mut cur, &mut nxt);
+            best = best.max(self.concretize(idx, &cur));
+        }
+        self.rows = [cur, nxt];
+        best
+    }
+
+    /// `min` of the row over layer `idx`'s input box, minus all slack.
+    fn concretize(&self, idx: usize, row: &Row) -> f64 {
+        let st = &self.state[idx];
+        let mut v = row.d;
+        let mut abs = row.d.abs();
+        for ((&c, &l), &h) in row.c.iter().zip(&st.in_lo).zip(&st.in_hi) {
+            if c == 0.0 {
+                continue;
+            }
+            let t = c * if c >= 0.0 { l } else { h } as f64;
+            v += t;
+            abs += t.abs();
+        }
+        v - row.sigma - gamma(row.c.len() + 1) * abs
+    }
+
+    /// Through the requantization of weighted layer `idx`: `row` over its outputs becomes
+    /// `acc` over its accumulators; returns the new constant and slack.
+    fn relax_back(&self, idx: usize, row: &Row, acc: &mut Vec<f64>) -> (f64, f64) {
+        let st = &self.state[idx];
+        acc.clear();
+        acc.resize(row.c.len(), 0.0);
+        let (mut d, mut abs_const, mut abs_acc) = (row.d, row.d.abs(), 0.0);
+        for (i, &c) in row.c.iter().enumerate() {
+            if c == 0.0 {
+                continue;
+            }
+            let r = &st.relax[i];
+            let (slope, icpt) = if c >= 0.0 { (r.lo_slope, r.lo_icpt) } else { (r.up_slope, r.up_icpt) };
+            let ei = c * slope;
+            acc[i] = ei;
+            let t = c * icpt;
+            d += t;
+            abs_const += t.abs();
+            abs_acc += ei.abs() * (st.acc_lo[i].unsigned_abs().max(st.acc_hi[i].unsigned_abs())) as f64;
+        }
+        // fl(c·slope) is within 2u of c·slope; its product with |acc| <= A is the first term.
+        let sigma = row.sigma + f64::EPSILON * abs_acc + gamma(row.c.len() + 1) * abs_const;
+        (d, sigma)
+    }
+
+    /// Through the affine part of weighted layer `idx`: `e` over its accumulators becomes
+    /// `out` over its input.
+    fn affine(&self, idx: usize, e: &[f64], d: f64, sigma: f64, out: &mut Row) {
+        let layer = self.layers[idx];
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        let w = layer.weight_bytes();
+        let zp = layer.input_zero_point() as f64;
+        out.c.clear();
+        out.c.resize(i.len(), 0.0);
+        let mut d = d;
+        let mut abs = d.abs();
+        let mut abs_w = 0.0;
+        let oc = o.c;
+        match layer.op() {
+            OpKind::Dense => {
+                let n = i.len();
+                for (c, &ec) in e.iter().enumerate() {
+                    if ec == 0.0 {
+                        continue;
+                    }
+                    let row = &w[c * n..(c + 1) * n];
+                    let mut wsum = 0i64;
+                    for (k, &wb) in row.iter().enumerate() {
+                        let wv = wb as i8;
+                        if wv != 0 {
+                            out.c[k] += ec * wv as f64;
+                            wsum += wv as i64;
+                        }
+                    }
+                    let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
+                    d += t;
+                    abs += t.abs();
+                    abs_w += ec.abs() * self.facts[idx].abs_sum[c];
+                }
+            }
+            OpKind::Conv2d => {
+                let win = window(&layer);
+                let (kh, kw) = win.kernel;
+                let ic = i.c;
+                let per_oc = kh * kw * ic;
+                for (p, chunk) in e.chunks_exact(oc).enumerate() {
+                    let (oy, ox) = (p / o.w, p % o.w);
+                    for (c, &ec) in chunk.iter().enumerate() {
+                        if ec == 0.0 {
+                            continue;
+                        }
+                        let wrow = &w[c * per_oc..(c + 1) * per_oc];
+                        let mut wsum = 0i64;
+                        for_taps(&win, oy, ox, |tap, src| {
+                            for q in 0..ic {
+                                let wv = wrow[tap * ic + q] as i8;
+                                out.c[src + q] += ec * wv as f64;
+                                wsum += wv as i64;
+                            }
+                        });
+                        let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
+                        d += t;
+                        abs += t.abs();
+                        abs_w += ec.abs() * self.facts[idx].abs_sum[c];
+                    }
+                }
+            }
+            OpKind::DepthwiseConv2d => {
+                let win = window(&layer);
+                let cn = i.c;
+                for (p, chunk) in e.chunks_exact(oc).enumerate() {
+                    let (oy, ox) = (p / o.w, p % o.w);
+                    for (c, &ec) in chunk.iter().enumerate() {
+                        if ec == 0.0 {
+                            continue;
+                        }
+                        let mut wsum = 0i64;
+                        for_taps(&win, oy, ox, |tap, src| {
+                            let wv = w[tap * cn + c] as i8;
+                            out.c[src + c] += ec * wv as f64;
+                            wsum += wv as i64;
+                        });
+                        let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
+                        d += t;
+                        abs += t.abs();
+                        abs_w += ec.abs() * self.facts[idx].abs_sum[c];
+                    }
+                }
+            }
+            OpKind::MaxPool2d | OpKind::AvgPool2d | OpKind::Flatten => unreachable!("not a weighted layer"),
+        }
+        // Each new coefficient is a float sum of terms e_i w_ik, so its error is at most
+        // γ Σ_i |e_i w_ik|; times |x_k| <= 128 and summed over k: γ 128 Σ_i |e_i| Σ|w_i.|.
+        // The constant adds |b| + |zp| Σ|w| <= |b| + 128 Σ|w| per term.
+        let g = gamma(self.facts[idx].terms);
+        out.d = d;
+        out.sigma = sigma + g * (ACT_MAX * abs_w + abs + ACT_MAX * abs_w);
+    }
+
+    /// Through max pooling `idx`: each output is at least the window input with the largest
+    /// lower bound, and at most the largest upper bound (exactly the dominating input when one
+    /// input's lower bound is at least every other's upper bound).
+    fn max_pool_back(&self, idx: usize, row: &Row, out: &mut Row) {
+        let layer = self.layers[idx];
+        let st = &self.state[idx];
+        let win = window(&layer);
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        out.c.clear();
+        out.c.resize(i.len(), 0.0);
+        let (mut d, mut abs) = (row.d, row.d.abs());
+        let mut abs_c = 0.0;
+        for (p, chunk) in row.c.chunks_exact(o.c).enumerate() {
+            let (oy, ox) = (p / o.w, p % o.w);
+            for (c, &rc) in chunk.iter().enumerate() {
+                if rc == 0.0 {
+                    continue;
+                }
+                // Best lower bound (first on ties) and the largest upper bound of the others.
+                let (mut best, mut best_lo) = (usize::MAX, i32::MIN);
+                for_taps(&win, oy, ox, |_, src| {
+                    if st.in_lo[src + c] > best_lo || best == usize::MAX {
+                        (best, best_lo) = (src + c, st.in_lo[src + c]);
+                    }
+                });
+                let (mut others_hi, mut max_hi) = (i32::MIN, i32::MIN);
+                for_taps(&win, oy, ox, |_, src| {
+                    max_hi = max_hi.max(st.in_hi[src + c]);
+                    if src + c != best {
+                        others_hi = others_hi.max(st.in_hi[src + c]);
+                    }
+                });
+                if rc >= 0.0 || best_lo >= others_hi {
+                    out.c[best] += rc;
+                    abs_c += rc.abs();
+                } else {
+                    let t = rc * max_hi as f64;
+                    d += t;
+                    abs += t.abs();
+                }
+            }
+        }
+        out.d = d;
+        out.sigma = row.sigma + gamma(row.c.len() + 1) * (ACT_MAX * abs_c + abs);
+    }
+
+    /// Through average pooling `idx`: `sum/count - 1/2 <= y <= sum/count + 1/2` (the runtime
+    /// rounds `sum/count` half up and never saturates: the mean of int8 values is in range).
+    fn avg_pool_back(&self, idx: usize, row: &Row, out: &mut Row) {
+        let layer = self.layers[idx];
+        let win = window(&layer);
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        let count = win.kernel.0 * win.kernel.1;
+        let inv = 1.0 / count as f64;
+        // Using fl(1/count) for 1/count moves each y by at most count * 128 * u/count.
+        let half = 0.5 + ICPT_EPS;
+        out.c.clear();
+        out.c.resize(i.len(), 0.0);
+        let (mut d, mut abs) = (row.d, row.d.abs());
+        let mut abs_c = 0.0;
+        for (p, chunk) in row.c.chunks_exact(o.c).enumerate() {
+            let (oy, ox) = (p / o.w, p % o.w);
+            for (c, &rc) in chunk.iter().enumerate() {
+                if rc == 0.0 {
+                    continue;
+                }
+                let v = rc * inv;
+                for_taps(&win, oy, ox, |_, src| out.c[src + c] += v);
+                abs_c += rc.abs();
+                let t = -rc.abs() * half;
+                d += t;
+                abs += t.abs();
+            }
+        }
+        out.d = d;
+        out.sigma = row.sigma + gamma(row.c.len() * count + 1) * (ACT_MAX * abs_c + abs);
+    }
+}
+
+/// Calls `f(tap, src)` for every valid tap of output position `(oy, ox)`: `tap` is
+/// `ky * kw + kx`, `src` the input index of channel 0 ([`Window::tap`]).
+fn for_taps(win: &Window, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+    let (kh, kw) = win.kernel;
+    for ky in 0..kh {
+        for kx in 0..kw {
+            if let Some(src) = win.tap((oy, ox), (ky, kx)) {
+                f(ky * kw + kx, src);
+            }
+        }
+    }
+}
+
+fn weight_facts(layer: &Layer<'_>) -> WeightFacts {
+    if !layer.op().has_weights() {
+        return WeightFacts::default();
+    }
+    let (i, o) = (layer.input_shape(), layer.output_shape());
+    let w = layer.weight_bytes();
+    let oc = o.c;
+    let depthwise = layer.op() == OpKind::DepthwiseConv2d;
+    let abs_sum = (0..oc)
+        .map(|c| quant::channel_taps(depthwise, w.len(), oc, c).map(|k| (w[k] as i8).unsigned_abs() as f64).sum())
+        .collect();
+    let per_neuron = if layer.op() == OpKind::Dense { i.len() } else { w.len() / oc.max(1) };
+    // The longest float sum one back step forms: a coefficient gathers at most one term per
+    // (output neuron, tap); the constant one per output neuron and tap.
+    WeightFacts { abs_sum, terms: o.len() * per_neuron.max(1) + i.len() + 1 }
+}
+
+fn floor_i64(v: f64) -> i64 {
+    if v.is_nan() {
+        i64::MIN
+    } else {
+        v.floor().clamp(i64::MIN as f64, i64::MAX as f64) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iocane_runtime::testing::{random_model, SynthLayer};
+    use iocane_runtime::Shape;
+
+    /// The pooling back steps against every image of small balls: for `c = ±1` on one pooled
+    /// value `y` (computed by the runtime's `quant::average` or `max`), `c·y >= c'·x + d - σ`.
+    #[test]
+    fn pool_back_steps_hold_on_every_image() {
+        let mut rng = iocane_runtime::rng::SplitMix64(9);
+        for (avg, seed) in [(true, 1u64), (false, 2), (true, 3), (false, 4)] {
+            let pool = if avg { SynthLayer::AvgPool { k: 2, s: 2 } } else { SynthLayer::MaxPool { k: 2, s: 2 } };
+            let blob = random_model(Shape::new(2, 2, 1), 2, &[pool], seed).emit();
+            let model = Model::parse(&blob).unwrap();
+            let mut crown = Crown::new(&model);
+            for _ in 0..30 {
+                let p: Vec<u8> = (0..4).map(|_| rng.range(0, 255) as u8).collect();
+                let k = 1 + (rng.next_u64() % 3) as u8;
+                let (lo, hi) = crate::ibp::linf_ball(&p, k);
+                crown.forward(&lo, &hi);
+                for c in [1.0, -1.0] {
+                    let row = Row { c: vec![c], d: 0.0, sigma: 0.0 };
+                    let mut out = Row::default();
+                    if avg {
+                        crown.avg_pool_back(0, &row, &mut out);
+                    } else {
+                        crown.max_pool_back(0, &row, &mut out);
+                    }
+                    let mut x = lo.clone();
+                    loop {
+                        let v: Vec<i32> = x.iter().map(|&q| quant::pixel_to_input(q) as i32).collect();
+                        let y = if avg { quant::average(v.iter().sum(), 4) as i32 } else { *v.iter().max().unwrap() };
+                        let bound: f64 =
+                            out.c.iter().zip(&v).map(|(a, &b)| a * b as f64).sum::<f64>() + out.d - out.sigma;
+                        assert!(c * y as f64 >= bound, "avg {avg}: c {c}, y {y} below {bound} at {x:?}");
+                        let mut i = 0;
+                        while i < 4 && x[i] == hi[i] {
+                            x[i] = lo[i];
+                            i += 1;
+                        }
+                        if i == 4 {
+                            break;
+                        }
+                        x[i] += 1;
+                    }
+                }
+            }
+        }
+    }
+}
