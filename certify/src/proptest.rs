@@ -241,11 +241,7 @@ pub fn dataset_images(dataset: &Dataset, n: usize) -> impl Strategy<Value = Labe
 }
 
 /// A strategy of (an image of the first `n` of `dataset`, a point of its ball of `k` levels).
-pub fn perturbed_images(
-    dataset: &Dataset,
-    n: usize,
-    k: u8,
-) -> impl Strategy<Value = (LabeledImage, Vec<u8>)> + Clone {
+pub fn perturbed_images(dataset: &Dataset, n: usize, k: u8) -> impl Strategy<Value = (LabeledImage, Vec<u8>)> + Clone {
     dataset_images(dataset, n).prop_flat_map(move |s| {
         let ball = linf_ball(&s.pixels, k);
         (::proptest::strategy::Just(s), ball)
@@ -368,13 +364,9 @@ pub fn assert_robust(model: &Model<'_>, image: &[u8], label: usize, k: u8) {
 #[macro_export]
 macro_rules! prop_robust {
     ($model:expr, $image:expr, $label:expr, $k:expr) => {
-        if let ::core::result::Result::Err(e) = $crate::proptest::check_robust(
-            $model,
-            $image,
-            $label,
-            $k,
-            &$crate::proptest::default_config(),
-        ) {
+        if let ::core::result::Result::Err(e) =
+            $crate::proptest::check_robust($model, $image, $label, $k, &$crate::proptest::default_config())
+        {
             return ::core::result::Result::Err($crate::proptest::__proptest::test_runner::TestCaseError::fail(
                 format!("{e:?}"),
             ));
