@@ -77,6 +77,9 @@ impl LevelSummary {
     }
 }
 
+/// Largest `report.json` [`CertifyReport::read`] reads (bytes), checked before reading.
+pub const MAX_REPORT_BYTES: u64 = 256 << 20;
+
 /// The report format this version writes and reads.
 pub const REPORT_FORMAT: &str = "iocane-certify-report-v2";
 
@@ -484,7 +487,18 @@ impl CertifyReport {
     /// Reads a report written by [`CertifyReport::write`], with its counterexamples (each
     /// must be the file the report names for it and hold exactly one image).
     pub fn read(path: &Path) -> Result<CertifyReport, ReportError> {
-        let bytes = std::fs::read(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| ReportError::Io { path, source }
+        };
+        let size = std::fs::metadata(path).map_err(io(path))?.len();
+        if size > MAX_REPORT_BYTES {
+            return Err(ReportError::Format {
+                path: path.into(),
+                msg: format!("{size} bytes, more than the {MAX_REPORT_BYTES} a report may have"),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io(path))?;
         let mut r = CertifyReport::from_json(&bytes).map_err(|msg| ReportError::Format { path: path.into(), msg })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let len = r.run.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -501,12 +515,17 @@ impl CertifyReport {
                 });
             }
             let p = dir.join(file);
-            let cx = std::fs::read(&p).map_err(|source| ReportError::Io { path: p.clone(), source })?;
-            if Some(cx.len()) != len {
+            // The size first: a huge file is refused before it is read.
+            let size = std::fs::metadata(&p).map_err(io(&p))?.len();
+            if usize::try_from(size).ok() != len {
                 return Err(ReportError::Format {
                     path: p,
-                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.run.input_shape),
+                    msg: format!("{size} bytes, expected one {:?} image", r.run.input_shape),
                 });
+            }
+            let cx = std::fs::read(&p).map_err(io(&p))?;
+            if Some(cx.len()) != len {
+                return Err(ReportError::Format { path: p, msg: "changed while being read".into() });
             }
             s.counterexample = Some(cx);
         }
