@@ -803,3 +803,69 @@ mod issue14 {
         assert_exit_code(&run(&["replay", d]), 2);
     }
 }
+
+/// Issue 14: the CI recipe of docs/ci.md (its shard and merge scripts, verbatim in the doc)
+/// run on 3 shards gives the report of the unsharded run.
+mod issue14_ci {
+    use super::*;
+    use iocane_certify::report::CertifyReport;
+
+    fn script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ci").join(name)
+    }
+
+    #[test]
+    fn issue14_ci_recipe_shards_merge_into_the_unsharded_report() {
+        let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ci.md")).unwrap();
+        for name in ["certify-shard.sh", "certify-merge.sh", "certify.slurm"] {
+            let text = std::fs::read_to_string(script(name)).unwrap();
+            assert!(doc.contains(&text), "docs/ci.md does not show scripts/ci/{name} as it is");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let m = model();
+        let flags = ["--eps", "4/255", "--gate", "empirical", "--threshold", "0.9", "--samples", "45", "--steps", "5"];
+        let flags = [&flags[..], &["--square-queries", "50", "--random", "10", "--seed", "3"]].concat();
+        let cert = tmp.path().join("cert");
+        let sh = |name: &str, args: &[&str]| {
+            Command::new("bash")
+                .arg(script(name))
+                .args(args)
+                .env("IOCANE", env!("CARGO_BIN_EXE_iocane"))
+                .output()
+                .unwrap()
+        };
+        for i in 0..3 {
+            let i = i.to_string();
+            let mut args = vec![m.as_str(), &i, "3", cert.to_str().unwrap()];
+            args.extend_from_slice(&flags);
+            // A shard's own gate fails at threshold 0.9 (exit 1); the script treats it as done.
+            assert_exit_code(&sh("certify-shard.sh", &args), 0);
+            assert!(cert.join(format!("shard-{i}/report.json")).exists());
+        }
+        let merged = sh("certify-merge.sh", &[cert.to_str().unwrap()]);
+        let whole_dir = tmp.path().join("whole");
+        let mut args = vec!["certify", m.as_str(), "--quiet", "--report", whole_dir.to_str().unwrap()];
+        args.extend_from_slice(&flags);
+        let whole = run(&args);
+        assert_eq!(merged.status.code(), whole.status.code(), "merge and unsharded run disagree on the gate");
+        let (a, b) = (
+            CertifyReport::read(&whole_dir.join("report.json")).unwrap(),
+            CertifyReport::read(&cert.join("merged/report.json")).unwrap(),
+        );
+        assert_eq!(a.outcome.samples, b.outcome.samples);
+        assert_eq!(a.gate, b.gate);
+        assert_eq!((a.passed, &a.config), (b.passed, &b.config));
+        for f in ["summary.md", "curve.svg"] {
+            let (x, y) =
+                (std::fs::read(whole_dir.join(f)).unwrap(), std::fs::read(cert.join("merged").join(f)).unwrap());
+            assert!(x == y, "{f} of the merge differs from the unsharded run's");
+        }
+        // A missing shard: the merge exits 2 and writes nothing.
+        std::fs::remove_dir_all(cert.join("shard-1")).unwrap();
+        std::fs::remove_dir_all(cert.join("merged")).unwrap();
+        let out = sh("certify-merge.sh", &[cert.to_str().unwrap()]);
+        assert_exit_code(&out, 2);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("1/3"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!cert.join("merged").exists());
+    }
+}
