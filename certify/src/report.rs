@@ -329,6 +329,16 @@ impl CertifyReport {
             self.count(SampleVerdict::Unknown),
             self.count(SampleVerdict::Misclassified)
         );
+        let shown = crate::gallery::gallery_samples(&self.outcome.samples).len();
+        if shown > 0 {
+            let broken = self.outcome.samples.iter().filter(|s| s.counterexample.is_some()).count();
+            let _ = writeln!(
+                o,
+                "\nCounterexamples: [{GALLERY}]({GALLERY}) shows {shown} of {broken} (clean, adversarial, difference x{}; \
+                 captioned with the true class, the int8 model's class of the adversarial image and the attack).",
+                crate::gallery::gain(self.config.k)
+            );
+        }
         if self.warnings.is_empty() {
             let _ = writeln!(o, "\nProtocol checks: none raised.");
         } else {
@@ -408,7 +418,8 @@ impl CertifyReport {
         o
     }
 
-    /// Writes report.json, junit.xml, summary.md, curve.svg and `counterexamples/` into `dir`.
+    /// Writes report.json, junit.xml, summary.md, curve.svg, gallery.png (when a sample has a
+    /// counterexample) and `counterexamples/` into `dir`.
     ///
     /// The directory's other files are left alone, but everything the report owns is
     /// replaced: the counterexamples are written to a temporary folder first and swapped in,
@@ -440,8 +451,16 @@ impl CertifyReport {
                 let png = png_bytes(cx, (h, w, c)).map_err(|msg| ReportError::Format { path: bin.clone(), msg })?;
                 let png_path = bin.with_extension("png");
                 std::fs::write(&png_path, png).map_err(io(&png_path))?;
+                if let Some(clean) = &s.clean {
+                    let name = Path::new(&crate::gate::clean_file(s.index)).file_name().map(PathBuf::from);
+                    let p = tmp.join(name.unwrap_or_default());
+                    std::fs::write(&p, clean).map_err(io(&p))?;
+                }
             }
         }
+        let gallery = crate::gallery::gallery_png(&self.outcome.samples, (h, w, c), self.config.k)
+            .transpose()
+            .map_err(|msg| ReportError::Format { path: dir.join(GALLERY), msg })?;
         let report_path = dir.join("report.json");
         match std::fs::remove_file(&report_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&report_path)(e)),
@@ -464,6 +483,13 @@ impl CertifyReport {
         put("junit.xml", self.junit().as_bytes())?;
         put("summary.md", self.markdown().as_bytes())?;
         put("curve.svg", self.svg().as_bytes())?;
+        match gallery {
+            Some(png) => put(GALLERY, &png)?,
+            None => match std::fs::remove_file(dir.join(GALLERY)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir.join(GALLERY))(e)),
+                _ => {}
+            },
+        }
         put("report.json", json.as_bytes())
     }
 
@@ -528,6 +554,21 @@ impl CertifyReport {
                 return Err(ReportError::Format { path: p, msg: "changed while being read".into() });
             }
             s.counterexample = Some(cx);
+            // The clean image (for the gallery) is optional: reports of earlier versions lack it.
+            let p = dir.join(crate::gate::clean_file(s.index));
+            match std::fs::metadata(&p) {
+                Ok(m) if usize::try_from(m.len()).ok() == len => {
+                    let clean = std::fs::read(&p).map_err(io(&p))?;
+                    s.clean = (Some(clean.len()) == len).then_some(clean);
+                }
+                Ok(m) => {
+                    return Err(ReportError::Format {
+                        path: p,
+                        msg: format!("{} bytes, expected one {:?} image", m.len(), r.run.input_shape),
+                    })
+                }
+                Err(_) => {}
+            }
         }
         Ok(r)
     }
@@ -698,6 +739,9 @@ fn describe_indices(v: &[usize]) -> String {
         format!("[{} ... {}] ({} in all)", head.join(", "), v[v.len() - 1], v.len())
     }
 }
+
+/// The counterexample gallery of a report folder (see [`crate::gallery`]).
+pub const GALLERY: &str = "gallery.png";
 
 /// The folder of a report's counterexamples.
 pub const COUNTEREXAMPLES: &str = "counterexamples";
