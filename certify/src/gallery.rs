@@ -162,9 +162,9 @@ pub fn gallery_png(samples: &[SampleResult], shape: (usize, usize, usize), k: u8
         return None;
     }
     let len = shape.0.checked_mul(shape.1).and_then(|n| n.checked_mul(shape.2));
-    if shown.iter().any(|s| Some(s.clean.as_ref().map_or(0, Vec::len)) != len
-        || Some(s.counterexample.as_ref().map_or(0, Vec::len)) != len)
-    {
+    if shown.iter().any(|s| {
+        Some(s.clean.as_ref().map_or(0, Vec::len)) != len || Some(s.counterexample.as_ref().map_or(0, Vec::len)) != len
+    }) {
         return Some(Err(format!("a gallery image is not one {shape:?} image")));
     }
     let (tw, th, _) = to_rgb(shown[0].clean.as_deref().unwrap_or_default(), shape);
@@ -174,7 +174,9 @@ pub fn gallery_png(samples: &[SampleResult], shape: (usize, usize, usize), k: u8
     let (gap, text) = (12, 2);
     let caption_h = 7 * text + 8;
     let header_h = 7 * text + 14;
-    let width = (3 * fw + 4 * gap).max(gap + 28 * 6 * text);
+    // Columns wide enough for their titles ("ADVERSARIAL" is the longest).
+    let col = fw.max(11 * 6 * text);
+    let width = (3 * col + 4 * gap).max(gap + 28 * 6 * text);
     let row_h = caption_h + fh + gap;
     let height = header_h + shown.len() * row_h;
     if width.checked_mul(height).is_none_or(|n| n > 64 << 20) {
@@ -184,7 +186,7 @@ pub fn gallery_png(samples: &[SampleResult], shape: (usize, usize, usize), k: u8
     let g = gain(k);
     let titles = ["CLEAN", "ADVERSARIAL", &format!("DIFF X{g}")];
     for (i, t) in titles.iter().enumerate() {
-        cv.text(gap + i * (fw + gap), 6, t, text, [60; 3]);
+        cv.text(gap + i * (col + gap), 6, t, text, [60; 3]);
     }
     for (r, s) in shown.iter().enumerate() {
         let y = header_h + r * row_h;
@@ -201,7 +203,7 @@ pub fn gallery_png(samples: &[SampleResult], shape: (usize, usize, usize), k: u8
             .collect();
         for (i, img) in [clean, adv, &diff].iter().enumerate() {
             let (_, _, rgb) = to_rgb(img, shape);
-            cv.tile(gap + i * (fw + gap), y + caption_h, (tw, th), &rgb, scale);
+            cv.tile(gap + i * (col + gap), y + caption_h, (tw, th), &rgb, scale);
         }
     }
     Some(crate::report::png_bytes(&cv.px, (cv.h, cv.w, 3)))
@@ -242,7 +244,13 @@ mod tests {
         for (i, a) in glyphs.iter().enumerate() {
             assert!(a.iter().all(|&r| r < 0x20), "{:?} wider than 5 columns", chars.as_bytes()[i] as char);
             for (j, b) in glyphs.iter().enumerate().skip(i + 1) {
-                assert_ne!(a, b, "{:?} and {:?} look the same", chars.as_bytes()[i] as char, chars.as_bytes()[j] as char);
+                assert_ne!(
+                    a,
+                    b,
+                    "{:?} and {:?} look the same",
+                    chars.as_bytes()[i] as char,
+                    chars.as_bytes()[j] as char
+                );
             }
         }
         assert_eq!(glyph('a'), glyph('A'));
@@ -261,15 +269,19 @@ mod tests {
         let at = |x: usize, y: usize| &px[(y * w as usize + x) * 3..(y * w as usize + x) * 3 + 3];
         // Tiles of 4x4 pixels scaled by 8 (the largest scale); the difference is 128 +- 4 * 31.
         let (scale, gap, top) = (8usize, 12usize, (7 * 2 + 14) + (7 * 2 + 8));
-        let diff_x = gap + 2 * (4 * scale + gap);
+        let col = 11 * 6 * 2; // the title "ADVERSARIAL" is wider than the tiles
+        let diff_x = gap + 2 * (col + gap);
         assert_eq!(at(gap + 1, top + 1), [100; 3], "clean tile");
-        assert_eq!(at(gap + 4 * scale + gap + 1, top + 1), [104; 3], "adversarial tile");
+        assert_eq!(at(gap + col + gap + 1, top + 1), [104; 3], "adversarial tile");
         assert_eq!(at(diff_x + 1, top + 1), [128 + 4 * 31; 3], "amplified difference, +4");
         assert_eq!(at(diff_x + 4 * scale - 2, top + 4 * scale - 2), [128 - 4 * 31; 3], "amplified difference, -4");
         assert_eq!(at(diff_x + 2 * scale, top + 2 * scale), [128; 3], "unchanged pixels are mid grey");
         // The caption row holds dark text pixels, the area right of it stays white.
         let caption_y = 7 * 2 + 14;
-        let dark = (caption_y..caption_y + 14).flat_map(|y| (0..w as usize).map(move |x| (x, y))).filter(|&(x, y)| at(x, y) == [0; 3]).count();
+        let dark = (caption_y..caption_y + 14)
+            .flat_map(|y| (0..w as usize).map(move |x| (x, y)))
+            .filter(|&(x, y)| at(x, y) == [0; 3])
+            .count();
         assert!(dark > 100, "{dark} caption pixels");
         assert!(h as usize >= top + 4 * scale);
         // Nothing to show: no gallery; more than the cap: the first GALLERY_CAP samples.
