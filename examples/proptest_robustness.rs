@@ -8,11 +8,9 @@
 //! Without `IOCANE_MODEL=path/to/model.icn` the tests train a small MLP for a few seconds.
 use std::sync::OnceLock;
 
-use iocane::certify::proptest::{check_robust, dataset_images, default_config, perturbed_images};
+use iocane::certify::proptest::{check_robust, default_config};
 use iocane::runtime::Model;
 use iocane::trainer::data::{self, Dataset};
-use proptest::prelude::*;
-use proptest::strategy::ValueTree;
 
 /// The model under test: `IOCANE_MODEL`, else a small MLP trained here (deterministic).
 fn model_blob() -> &'static [u8] {
@@ -44,37 +42,7 @@ fn train_small_mlp() -> Vec<u8> {
     quant::quantize(&net, &splits.train, 300, splits.train.labels_text.clone(), vec![]).expect("quantize").emit()
 }
 
-/// Every correctly classified image among the first 20 keeps its class on every sampled
-/// point of its ball of one pixel level (1/255). A failure names the dataset index and
-/// a shrunk perturbation.
-#[test]
-fn correct_images_stay_correct_one_level_away() {
-    let model = Model::parse(model_blob()).unwrap();
-    proptest!(ProptestConfig { cases: 20, failure_persistence: None, ..ProptestConfig::default() },
-        |(s in dataset_images(test_set(), 20))| {
-        prop_assume!(iocane::certify::proptest::classify(&model, &s.pixels) == s.label);
-        iocane::certify::prop_robust!(&model, &s.pixels, s.label, 1);
-    });
-}
-
-/// The same model is not robust at 64/255 (a quarter of the pixel range): the property
-/// test finds a counterexample and shrinks it to a few changed pixels.
-#[test]
-fn a_large_ball_is_broken_and_the_counterexample_shrinks() {
-    let model = Model::parse(model_blob()).unwrap();
-    let found = (0..20).find_map(|i| {
-        let (img, label) = (test_set().image(i), test_set().label(i));
-        check_robust(&model, img, label, 64, &default_config()).err()
-    });
-    let e = found.expect("a naturally trained MLP should not be robust at 64/255");
-    assert_ne!(e.class, e.label);
-    assert!(e.distance <= 64 && e.changed < 784 / 2, "not shrunk: {e}");
-    // Points of the ball drawn directly, composed with a dataset image.
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (s, x) = perturbed_images(test_set(), 20, 3).new_tree(&mut runner).unwrap().current();
-    assert!(x.iter().zip(&s.pixels).all(|(&a, &b)| a.abs_diff(b) <= 3));
-}
-
+/// `cargo run --example proptest_robustness -- [MODEL.icn] [K]`: the first 20 test images at `K` levels.
 fn main() {
     let mut args = std::env::args().skip(1);
     let blob = match args.next() {
@@ -95,4 +63,43 @@ fn main() {
         }
     }
     println!("{broken} of 20 images broken at {k}/255");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iocane::certify::proptest::{dataset_images, perturbed_images};
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    /// Every correctly classified image among the first 20 keeps its class on every sampled
+    /// point of its ball of one pixel level (1/255). A failure names the dataset index and
+    /// a shrunk perturbation.
+    #[test]
+    fn correct_images_stay_correct_one_level_away() {
+        let model = Model::parse(model_blob()).unwrap();
+        proptest!(ProptestConfig { cases: 20, failure_persistence: None, ..ProptestConfig::default() },
+            |(s in dataset_images(test_set(), 20))| {
+            prop_assume!(iocane::certify::proptest::classify(&model, &s.pixels) == s.label);
+            iocane::certify::prop_robust!(&model, &s.pixels, s.label, 1);
+        });
+    }
+
+    /// The same model is not robust at 64/255 (a quarter of the pixel range): the property
+    /// test finds a counterexample and shrinks it to a few changed pixels.
+    #[test]
+    fn a_large_ball_is_broken_and_the_counterexample_shrinks() {
+        let model = Model::parse(model_blob()).unwrap();
+        let found = (0..20).find_map(|i| {
+            let (img, label) = (test_set().image(i), test_set().label(i));
+            check_robust(&model, img, label, 64, &default_config()).err()
+        });
+        let e = found.expect("a naturally trained MLP should not be robust at 64/255");
+        assert_ne!(e.class, e.label);
+        assert!(e.distance <= 64 && e.changed < 784 / 2, "not shrunk: {e}");
+        // Points of the ball drawn directly, composed with a dataset image.
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (s, x) = perturbed_images(test_set(), 20, 3).new_tree(&mut runner).unwrap().current();
+        assert!(x.iter().zip(&s.pixels).all(|(&a, &b)| a.abs_diff(b) <= 3));
+    }
 }

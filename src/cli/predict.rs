@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(decode_pgm(p2, S).unwrap(), vec![0, 255, 17, 34, 51, 68]);
         for (bad, needle) in [
             (&b"P5\n3 2\n65535\n"[..], "8-bit"),
-            (b"P5\n4 2\n255\n12345678", "4x2"),
+            (b"P5\n4 2\n255\n12345678", "is 2x4x1 (HxWxC); the model takes 2x3x1"),
             (b"P5\n3 2\n255\n123", "bytes"),
             (b"P2 3 2 9\n1 2 3 4 5", "5 values"),
             (b"P2 3 2 9\n1 2 3 4 5 10", "bad P2"),
