@@ -50,17 +50,7 @@ fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     };
     let t0 = std::time::Instant::now();
     let outcome = gate::run(&model, test, &gate_cfg, &|_| {}, &AtomicBool::new(false))?;
-    let s = model.input_shape();
-    let id = RunIdentity {
-        model_file: exported.blob.display().to_string(),
-        model_sha256: exported.sha256.clone(),
-        dataset: test.name.clone(),
-        dataset_sha256: test.sha256_hex(),
-        split_len: test.len(),
-        input_shape: [s.h, s.w, s.c],
-        classes: model.num_classes(),
-        radius,
-    };
+    let id = RunIdentity::new(&exported.blob.display().to_string(), &blob, &model, test, radius);
     let report = CertifyReport::new(id, gate_cfg, outcome, t0.elapsed().as_secs_f64());
     report.write(&out.join("certify"))?;
     print!("{}", report.markdown());

@@ -105,6 +105,30 @@ pub struct RunIdentity {
     pub radius: crate::gate::Radius,
 }
 
+impl RunIdentity {
+    /// The identity of a run of `model` (parsed from `blob`, found at `model_file`) on
+    /// `test` at `radius`: hashes of the blob and of the split, shapes and classes.
+    pub fn new(
+        model_file: &str,
+        blob: &[u8],
+        model: &iocane_runtime::Model<'_>,
+        test: &iocane_trainer::data::Dataset,
+        radius: crate::gate::Radius,
+    ) -> RunIdentity {
+        let s = model.input_shape();
+        RunIdentity {
+            model_file: model_file.to_string(),
+            model_sha256: iocane_trainer::quant::export::sha256_hex(blob),
+            dataset: test.name.clone(),
+            dataset_sha256: test.sha256_hex(),
+            split_len: test.len(),
+            input_shape: [s.h, s.w, s.c],
+            classes: model.num_classes(),
+            radius,
+        }
+    }
+}
+
 /// How the gate decided, in counts (the figures are for display only).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GateDecision {

@@ -209,6 +209,23 @@ mod tests {
 
     const S: Shape = Shape::new(2, 3, 1);
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Any bytes: an error or an image of the model's size, never a panic.
+        #[test]
+        fn decoders_never_panic(mut bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), kind in 0u8..3) {
+            match kind {
+                0 => bytes.splice(0..0, b"\x89PNG\r\n\x1a\n".iter().copied()).for_each(drop),
+                1 => bytes.splice(0..0, b"P5 3 2 ".iter().copied()).for_each(drop),
+                _ => bytes.splice(0..0, b"P2\n".iter().copied()).for_each(drop),
+            }
+            for px in [decode_png(&bytes, S), decode_pgm(&bytes, S)].into_iter().flatten() {
+                proptest::prop_assert_eq!(px.len(), S.len());
+            }
+        }
+    }
+
     #[test]
     fn pgm_binary_text_and_comments() {
         let mut p5 = b"P5\n# made by hand\n3 2\n255\n".to_vec();
