@@ -652,3 +652,220 @@ mod issue20 {
         assert_exit_code(&out, 2);
     }
 }
+
+/// Issue 14: the small commands users expect (`predict`, `replay`).
+mod issue14 {
+    use super::*;
+    use iocane_certify::report::CertifyReport;
+
+    fn test_set() -> iocane_trainer::data::Dataset {
+        iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall).unwrap().test
+    }
+
+    fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    #[test]
+    fn issue14_predict_reads_png_pgm_and_raw_and_agrees_with_the_runtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        let test = test_set();
+        let bytes = std::fs::read(model()).unwrap();
+        let m = iocane_runtime::Model::parse(&bytes).unwrap();
+        let mut arena = vec![0u8; m.arena_size()];
+        let mut files = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..3 {
+            let px = test.image(i);
+            let png = tmp.path().join(format!("{i}.png"));
+            std::fs::write(&png, iocane_certify::report::png_bytes(px, (28, 28, 1)).unwrap()).unwrap();
+            let mut pgm = b"P5\n# mnist-small test image\n28 28\n255\n".to_vec();
+            pgm.extend_from_slice(px);
+            let pgm_path = tmp.path().join(format!("{i}.pgm"));
+            std::fs::write(&pgm_path, pgm).unwrap();
+            let raw = tmp.path().join(format!("{i}.bin"));
+            std::fs::write(&raw, px).unwrap();
+            let mut z = vec![0i32; 10];
+            let class = m.run(px, &mut arena, &mut z).unwrap();
+            for f in [png, pgm_path, raw] {
+                files.push(f.to_str().unwrap().to_string());
+                want.push((class, z.clone()));
+            }
+        }
+        let mut args = vec!["predict", m_path()];
+        args.extend(files.iter().map(String::as_str));
+        args.push("--json");
+        let out = run(&args);
+        assert_exit_code(&out, 0);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let got = v.as_array().unwrap();
+        assert_eq!(got.len(), files.len());
+        for ((g, f), (class, z)) in got.iter().zip(&files).zip(&want) {
+            assert_eq!(g["file"], f.as_str());
+            assert_eq!(g["class"], *class);
+            assert_eq!(g["label"], class.to_string());
+            let logits: Vec<i32> = serde_json::from_value(g["logits"].clone()).unwrap();
+            assert_eq!(&logits, z);
+        }
+        // Text output: one line per image with class, label and logits.
+        let out = run(&["predict", m_path(), &files[0]]);
+        assert_exit_code(&out, 0);
+        let text = stdout(&out);
+        assert!(text.starts_with(&format!("{}: class {} ({}), logits [", files[0], want[0].0, want[0].0)), "{text}");
+    }
+
+    fn m_path() -> &'static str {
+        static P: OnceLock<String> = OnceLock::new();
+        P.get_or_init(model)
+    }
+
+    #[test]
+    fn issue14_predict_refuses_wrong_shapes_and_junk_with_exit_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p.to_str().unwrap().to_string()
+        };
+        let small_png = write("small.png", &iocane_certify::report::png_bytes(&[0u8; 100], (10, 10, 1)).unwrap());
+        let rgb_png = write("rgb.png", &iocane_certify::report::png_bytes(&[0u8; 784 * 3], (28, 28, 3)).unwrap());
+        let short_raw = write("short.bin", &[0u8; 100]);
+        let bad_pgm = write("bad.pgm", b"P5\n28 28\n65535\n");
+        let junk_png = write("junk.png", b"\x89PNG\r\n\x1a\n0123456789");
+        for (file, needle) in [
+            (small_png.as_str(), "is 10x10x1 (HxWxC); the model takes 28x28x1"),
+            (rgb_png.as_str(), "is 28x28x3"),
+            (short_raw.as_str(), "raw image of 100 bytes; the model takes 784 u8 pixels"),
+            (bad_pgm.as_str(), "only 8-bit PGMs"),
+            (junk_png.as_str(), "not a readable PNG"),
+            ("/nonexistent/x.png", "reading /nonexistent/x.png"),
+        ] {
+            let out = run(&["predict", m_path(), file]);
+            assert_exit_code(&out, 2);
+            assert!(stderr(&out).contains(needle), "{file}: {:?} lacks {needle:?}", stderr(&out));
+            assert!(stdout(&out).is_empty(), "printed before every image was checked");
+        }
+        let out = run(&["predict", &short_raw, &short_raw]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("not a valid iocane model"), "{}", stderr(&out));
+        assert_exit_code(&run(&["predict", m_path()]), 2);
+    }
+
+    #[test]
+    fn issue14_replay_checks_every_counterexample() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r");
+        assert_exit_code(&certify(&["--eps", "0.1", "--gate", "empirical"], &dir), 0);
+        let d = dir.to_str().unwrap();
+        let out = run(&["replay", d]);
+        assert_exit_code(&out, 0);
+        let r = CertifyReport::read(&dir.join("report.json")).unwrap();
+        let broken: Vec<_> = r.outcome.samples.iter().filter(|s| s.counterexample.is_some()).collect();
+        assert!(broken.len() >= 2, "eps 0.1 should break samples of a weakly trained model");
+        let misclassified = r.count(iocane_certify::gate::SampleVerdict::Misclassified);
+        let n = r.count(iocane_certify::gate::SampleVerdict::Falsified) + misclassified;
+        let summary = format!("{n} of {n} broken sample(s) replayed on the int8 model at eps 25/255 ({} counterexample file(s), {misclassified} misclassified", n - misclassified);
+        assert!(stdout(&out).contains(&summary), "{}", stdout(&out));
+        let falsified = broken
+            .iter()
+            .find(|s| s.verdict == iocane_certify::gate::SampleVerdict::Falsified)
+            .expect("a falsified one");
+        let test = test_set();
+        let file = dir.join(falsified.counterexample_file.as_ref().unwrap());
+        let saved = std::fs::read(&file).unwrap();
+        // The clean image in place of the counterexample: inside the ball, but classified correctly.
+        std::fs::write(&file, test.image(falsified.index)).unwrap();
+        let out = run(&["replay", d, "--quiet"]);
+        assert_exit_code(&out, 1);
+        assert!(stdout(&out).contains("NOT REPLAYED: the int8 model classifies it correctly"), "{}", stdout(&out));
+        // A pixel moved beyond the radius.
+        let mut far = saved.clone();
+        let clean = test.image(falsified.index)[0];
+        far[0] = if clean < 128 { 255 } else { 0 };
+        std::fs::write(&file, &far).unwrap();
+        let out = run(&["replay", d, "--quiet"]);
+        assert_exit_code(&out, 1);
+        assert!(stdout(&out).contains("NOT REPLAYED: outside the ball"), "{}", stdout(&out));
+        std::fs::write(&file, &saved).unwrap();
+        assert_exit_code(&run(&["replay", d, "--quiet"]), 0);
+        // Another model, a missing report, a truncated counterexample: input errors.
+        let other = tmp.path().join("other.icn");
+        std::fs::write(&other, iocane_runtime::emit::random_cnn_s(5).emit()).unwrap();
+        let out = run(&["replay", d, "--model", other.to_str().unwrap()]);
+        assert_exit_code(&out, 2);
+        assert!(stderr(&out).contains("the report was made with a model of sha256"), "{}", stderr(&out));
+        assert_exit_code(&run(&["replay", tmp.path().join("none").to_str().unwrap()]), 2);
+        std::fs::write(&file, &saved[..10]).unwrap();
+        assert_exit_code(&run(&["replay", d]), 2);
+    }
+}
+
+/// Issue 14: the CI recipe of docs/ci.md (its shard and merge scripts, verbatim in the doc)
+/// run on 3 shards gives the report of the unsharded run.
+mod issue14_ci {
+    use super::*;
+    use iocane_certify::report::CertifyReport;
+
+    fn script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ci").join(name)
+    }
+
+    #[test]
+    fn issue14_ci_recipe_shards_merge_into_the_unsharded_report() {
+        let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ci.md")).unwrap();
+        for name in ["certify-shard.sh", "certify-merge.sh", "certify.slurm"] {
+            let text = std::fs::read_to_string(script(name)).unwrap();
+            assert!(doc.contains(&text), "docs/ci.md does not show scripts/ci/{name} as it is");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let m = model();
+        let flags = ["--eps", "4/255", "--gate", "empirical", "--threshold", "0.9", "--samples", "45", "--steps", "5"];
+        let flags = [&flags[..], &["--square-queries", "50", "--random", "10", "--seed", "3"]].concat();
+        let cert = tmp.path().join("cert");
+        let sh = |name: &str, args: &[&str]| {
+            Command::new("bash")
+                .arg(script(name))
+                .args(args)
+                .env("IOCANE", env!("CARGO_BIN_EXE_iocane"))
+                .output()
+                .unwrap()
+        };
+        for i in 0..3 {
+            let i = i.to_string();
+            let mut args = vec![m.as_str(), &i, "3", cert.to_str().unwrap()];
+            args.extend_from_slice(&flags);
+            // A shard's own gate fails at threshold 0.9 (exit 1); the script treats it as done.
+            assert_exit_code(&sh("certify-shard.sh", &args), 0);
+            assert!(cert.join(format!("shard-{i}/report.json")).exists());
+        }
+        let merged = sh("certify-merge.sh", &[cert.to_str().unwrap()]);
+        let whole_dir = tmp.path().join("whole");
+        let mut args = vec!["certify", m.as_str(), "--quiet", "--report", whole_dir.to_str().unwrap()];
+        args.extend_from_slice(&flags);
+        let whole = run(&args);
+        assert_eq!(merged.status.code(), whole.status.code(), "merge and unsharded run disagree on the gate");
+        let (a, b) = (
+            CertifyReport::read(&whole_dir.join("report.json")).unwrap(),
+            CertifyReport::read(&cert.join("merged/report.json")).unwrap(),
+        );
+        assert_eq!(a.outcome.samples, b.outcome.samples);
+        assert_eq!(a.gate, b.gate);
+        assert_eq!((a.passed, &a.config), (b.passed, &b.config));
+        for f in ["summary.md", "curve.svg"] {
+            let (x, y) =
+                (std::fs::read(whole_dir.join(f)).unwrap(), std::fs::read(cert.join("merged").join(f)).unwrap());
+            assert!(x == y, "{f} of the merge differs from the unsharded run's");
+        }
+        // A missing shard: the merge exits 2 and writes nothing.
+        std::fs::remove_dir_all(cert.join("shard-1")).unwrap();
+        std::fs::remove_dir_all(cert.join("merged")).unwrap();
+        let out = sh("certify-merge.sh", &[cert.to_str().unwrap()]);
+        assert_exit_code(&out, 2);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("1/3"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!cert.join("merged").exists());
+    }
+}

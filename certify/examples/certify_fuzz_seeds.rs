@@ -39,6 +39,8 @@ fn shard(index: usize) -> CertifyReport {
                 broken_by: if falsified { vec!["pgd".into()] } else { Vec::new() },
                 counterexample: None,
                 counterexample_file: falsified.then(|| counterexample_file(index + 2 * j)),
+                adversarial_class: falsified.then_some(j + 1),
+                clean: None,
                 bound_margin: Some(3 - 4 * j as i64),
             }
         })

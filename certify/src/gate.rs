@@ -287,6 +287,13 @@ pub struct SampleResult {
     /// (`counterexamples/sample_<index>.bin`, raw NHWC u8 pixels; a `.png` beside it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counterexample_file: Option<String>,
+    /// The runtime's class of the counterexample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial_class: Option<usize>,
+    /// The clean image of a sample with a counterexample (for the gallery); stored as
+    /// [`clean_file`] beside the counterexample and read back by `CertifyReport::read`.
+    #[serde(skip)]
+    pub clean: Option<Vec<u8>>,
     /// Worst-case certified margin from the bounds (>= 0 means certified).
     pub bound_margin: Option<i64>,
 }
@@ -437,6 +444,8 @@ fn one_sample(
         broken_by: vec![],
         counterexample: None,
         counterexample_file: None,
+        adversarial_class: None,
+        clean: None,
         bound_margin: None,
     };
     let t0 = Instant::now();
@@ -492,9 +501,11 @@ fn one_sample(
             }
         }
     }
-    if res.counterexample.is_some() {
+    if let Some(cx) = &res.counterexample {
         res.verdict = SampleVerdict::Falsified;
         res.counterexample_file = Some(counterexample_file(index));
+        res.adversarial_class = Some(att.classify(cx));
+        res.clean = Some(px.to_vec());
     } else {
         res.verdict = SampleVerdict::Unknown;
         counts.empirical += 1;
@@ -505,6 +516,12 @@ fn one_sample(
 /// Where a sample's counterexample is stored, relative to the report directory.
 pub fn counterexample_file(index: usize) -> String {
     format!("counterexamples/sample_{index}.bin")
+}
+
+/// Where the clean image of a sample with a counterexample is stored, relative to the
+/// report directory (raw NHWC u8 pixels, beside [`counterexample_file`]).
+pub fn clean_file(index: usize) -> String {
+    format!("counterexamples/sample_{index}.clean.bin")
 }
 
 /// The indices of the test split this shard covers.

@@ -14,11 +14,18 @@
 //!   images inside the ball and all judged by running `iocane-runtime` on the candidate.
 //! - [`gate`]: the release gate over a dataset (sharded, parallel, deterministic).
 //! - [`report`]: report.json, junit.xml, summary.md, curve.svg and counterexamples.
+//! - [`gallery`]: `gallery.png`, the broken samples' clean, adversarial and difference images.
+//! - `proptest` (feature `proptest`): strategies over L-infinity balls (`linf_ball`,
+//!   `dataset_images`) and robustness assertions (`assert_robust`, `prop_robust!`) for
+//!   property tests of a user's own exported model.
 #![deny(missing_docs)]
 
 pub mod attack;
 pub mod crown;
+pub mod gallery;
 pub mod gate;
 pub mod ibp;
+#[cfg(feature = "proptest")]
+pub mod proptest;
 pub mod report;
 pub mod twin;

@@ -77,6 +77,9 @@ impl LevelSummary {
     }
 }
 
+/// Largest `report.json` [`CertifyReport::read`] reads (bytes), checked before reading.
+pub const MAX_REPORT_BYTES: u64 = 256 << 20;
+
 /// The report format this version writes and reads.
 pub const REPORT_FORMAT: &str = "iocane-certify-report-v2";
 
@@ -100,6 +103,30 @@ pub struct RunIdentity {
     pub classes: usize,
     /// The radius as requested and as applied.
     pub radius: crate::gate::Radius,
+}
+
+impl RunIdentity {
+    /// The identity of a run of `model` (parsed from `blob`, found at `model_file`) on
+    /// `test` at `radius`: hashes of the blob and of the split, shapes and classes.
+    pub fn new(
+        model_file: &str,
+        blob: &[u8],
+        model: &iocane_runtime::Model<'_>,
+        test: &iocane_trainer::data::Dataset,
+        radius: crate::gate::Radius,
+    ) -> RunIdentity {
+        let s = model.input_shape();
+        RunIdentity {
+            model_file: model_file.to_string(),
+            model_sha256: iocane_trainer::quant::export::sha256_hex(blob),
+            dataset: test.name.clone(),
+            dataset_sha256: test.sha256_hex(),
+            split_len: test.len(),
+            input_shape: [s.h, s.w, s.c],
+            classes: model.num_classes(),
+            radius,
+        }
+    }
 }
 
 /// How the gate decided, in counts (the figures are for display only).
@@ -326,6 +353,16 @@ impl CertifyReport {
             self.count(SampleVerdict::Unknown),
             self.count(SampleVerdict::Misclassified)
         );
+        let shown = crate::gallery::gallery_samples(&self.outcome.samples).len();
+        if shown > 0 {
+            let broken = self.outcome.samples.iter().filter(|s| s.counterexample.is_some()).count();
+            let _ = writeln!(
+                o,
+                "\nCounterexamples: [{GALLERY}]({GALLERY}) shows {shown} of {broken} (clean, adversarial, difference x{}; \
+                 captioned with the true class, the int8 model's class of the adversarial image and the attack).",
+                crate::gallery::gain(self.config.k)
+            );
+        }
         if self.warnings.is_empty() {
             let _ = writeln!(o, "\nProtocol checks: none raised.");
         } else {
@@ -337,47 +374,84 @@ impl CertifyReport {
         o
     }
 
-    /// Accuracy against eps as an SVG line chart (clean, attacked, certified).
+    /// Accuracy against eps as an SVG line chart: clean, attacked (upper bound) and certified
+    /// (lower bound) accuracy with a marker at each measured radius, the gate's threshold as a
+    /// horizontal line, the gate's radius as a vertical line, and the legend beside the plot
+    /// (never over a curve).
     pub fn svg(&self) -> String {
-        let (w, h, m) = (560.0, 360.0, 50.0);
-        let max_k = self.curve.iter().map(|l| l.k).max().unwrap_or(1).max(1) as f64;
-        let x = |k: u8| m + (w - 2.0 * m) * k as f64 / max_k;
-        let y = |a: f64| h - m - (h - 2.0 * m) * a;
+        let (w, h) = (720.0, 380.0);
+        let (left, right, top, bottom) = (60.0, 500.0, 50.0, 320.0);
+        let max_k = self.curve.iter().map(|l| l.k).chain([self.config.k]).max().unwrap_or(1).max(1) as f64;
+        let x = |k: u8| left + (right - left) * k as f64 / max_k;
+        let y = |a: f64| bottom - (bottom - top) * a.clamp(0.0, 1.0);
         let mut o = String::new();
         let _ = writeln!(o, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">");
         let _ = writeln!(o, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-        let _ = writeln!(o, "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - m, w - m, h - m);
-        let _ = writeln!(o, "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>", h - m);
+        let _ = writeln!(
+            o,
+            "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">accuracy vs eps: {}</text>",
+            (left + right) / 2.0,
+            esc(&self.run.dataset)
+        );
         for t in 0..=4 {
             let a = t as f64 / 4.0;
             let _ = writeln!(
                 o,
+                "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{right}\" y2=\"{0:.1}\" stroke=\"#e5e5e5\"/>",
+                y(a)
+            );
+            let _ = writeln!(
+                o,
                 "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>",
-                m - 6.0,
+                left - 6.0,
                 y(a) + 4.0,
                 a * 100.0
             );
         }
+        let _ = writeln!(o, "<line x1=\"{left}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" stroke=\"black\"/>");
+        let _ = writeln!(o, "<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{bottom}\" stroke=\"black\"/>");
+        // Tick labels at each measured radius, skipping those too close to the previous one.
+        let mut last_label = f64::NEG_INFINITY;
         for l in &self.curve {
             let _ = writeln!(
                 o,
-                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}/255</text>",
+                "<line x1=\"{0:.1}\" y1=\"{bottom}\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"black\"/>",
                 x(l.k),
-                h - m + 18.0,
-                l.k
+                bottom + 4.0
             );
+            if x(l.k) - last_label >= 40.0 {
+                last_label = x(l.k);
+                let _ = writeln!(
+                    o,
+                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}/255</text>",
+                    x(l.k),
+                    bottom + 18.0,
+                    l.k
+                );
+            }
         }
         let _ = writeln!(
             o,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">eps (L-infinity, pixel levels)</text>",
-            w / 2.0,
-            h - 8.0
+            (left + right) / 2.0,
+            bottom + 40.0
+        );
+        // The gate: its radius (vertical) and its threshold (horizontal), both dashed.
+        let gx = x(self.config.k);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{gx:.1}\" y1=\"{top}\" x2=\"{gx:.1}\" y2=\"{bottom}\" stroke=\"#2ca02c\" stroke-width=\"1.5\" stroke-dasharray=\"2,3\"/>"
         );
         let _ = writeln!(
             o,
-            "<text x=\"{}\" y=\"24\" text-anchor=\"middle\">accuracy vs eps: {}</text>",
-            w / 2.0,
-            self.run.dataset
+            "<text x=\"{gx:.1}\" y=\"{}\" text-anchor=\"middle\" fill=\"#2ca02c\">gate eps {}/255</text>",
+            top - 6.0,
+            self.config.k
+        );
+        let ty = y(self.config.threshold.as_f64());
+        let _ = writeln!(
+            o,
+            "<line x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" stroke=\"#ff7f0e\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>"
         );
         type Series<'a> = (&'a str, &'a str, fn(&LevelSummary) -> f64);
         let series: [Series<'_>; 3] = [
@@ -385,27 +459,87 @@ impl CertifyReport {
             ("attacked (upper bound)", "#d62728", |l| l.empirical_acc),
             ("certified (lower bound)", "#1f77b4", |l| l.certified_acc),
         ];
-        for (i, (name, color, f)) in series.iter().enumerate() {
+        // Markers differ in shape too, so that coinciding points stay visible.
+        let marker = |o: &mut String, i: usize, cx: f64, cy: f64, color: &str| {
+            let _ = match i {
+                0 => writeln!(o, "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"4.5\" fill=\"white\" stroke=\"{color}\" stroke-width=\"2\"/>"),
+                1 => writeln!(o, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\" fill=\"{color}\"/>", cx - 3.5, cy - 3.5),
+                _ => writeln!(
+                    o,
+                    "<path d=\"M{cx:.1},{:.1} L{:.1},{cy:.1} L{cx:.1},{:.1} L{:.1},{cy:.1} Z\" fill=\"{color}\"/>",
+                    cy - 4.0,
+                    cx + 4.0,
+                    cy + 4.0,
+                    cx - 4.0
+                ),
+            };
+        };
+        for (i, (_, color, f)) in series.iter().enumerate() {
             let pts: Vec<String> = self.curve.iter().map(|l| format!("{:.1},{:.1}", x(l.k), y(f(l)))).collect();
             let _ = writeln!(
                 o,
                 "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
                 pts.join(" ")
             );
-            let ly = m + 16.0 * i as f64;
+            for l in &self.curve {
+                marker(&mut o, i, x(l.k), y(f(l)), color);
+            }
+        }
+        // The legend, right of the plot.
+        let lx = right + 24.0;
+        for (i, (name, color, _)) in series.iter().enumerate() {
+            let ly = top + 8.0 + 20.0 * i as f64;
             let _ = writeln!(
                 o,
-                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>",
-                w - m - 170.0,
-                w - m - 150.0
+                "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>",
+                lx + 24.0
             );
-            let _ = writeln!(o, "<text x=\"{}\" y=\"{}\">{name}</text>", w - m - 145.0, ly + 4.0);
+            marker(&mut o, i, lx + 12.0, ly, color);
+            let _ = writeln!(o, "<text x=\"{}\" y=\"{}\">{name}</text>", lx + 30.0, ly + 4.0);
         }
+        let ly = top + 8.0 + 20.0 * 3.0;
+        let gate = match self.config.gate {
+            GateKind::Certified => "certified",
+            GateKind::Empirical => "attacked",
+        };
+        let _ = writeln!(
+            o,
+            "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"#ff7f0e\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>",
+            lx + 24.0
+        );
+        let _ = writeln!(
+            o,
+            "<text x=\"{}\" y=\"{}\">threshold {:.0}% ({gate})</text>",
+            lx + 30.0,
+            ly + 4.0,
+            100.0 * self.config.threshold.as_f64()
+        );
+        let ly = ly + 20.0;
+        let _ = writeln!(
+            o,
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#2ca02c\" stroke-width=\"1.5\" stroke-dasharray=\"2,3\"/>",
+            lx + 12.0,
+            ly - 7.0,
+            lx + 12.0,
+            ly + 7.0
+        );
+        let _ = writeln!(o, "<text x=\"{}\" y=\"{}\">gate eps {}/255</text>", lx + 30.0, ly + 4.0, self.config.k);
+        let verdict = if self.passed { ("PASSED", "#2ca02c") } else { ("FAILED", "#d62728") };
+        let _ = writeln!(
+            o,
+            "<text x=\"{lx}\" y=\"{}\" fill=\"{}\">gate {}: {:.2}% at {}/255</text>",
+            ly + 34.0,
+            verdict.1,
+            verdict.0,
+            100.0 * self.gate.value,
+            self.config.k
+        );
         let _ = writeln!(o, "</svg>");
         o
     }
 
-    /// Writes report.json, junit.xml, summary.md, curve.svg and `counterexamples/` into `dir`.
+    /// Writes report.json, junit.xml, summary.md, curve.svg, gallery.png (when a sample has a
+    /// counterexample) and `counterexamples/` into `dir`.
     ///
     /// The directory's other files are left alone, but everything the report owns is
     /// replaced: the counterexamples are written to a temporary folder first and swapped in,
@@ -437,8 +571,16 @@ impl CertifyReport {
                 let png = png_bytes(cx, (h, w, c)).map_err(|msg| ReportError::Format { path: bin.clone(), msg })?;
                 let png_path = bin.with_extension("png");
                 std::fs::write(&png_path, png).map_err(io(&png_path))?;
+                if let Some(clean) = &s.clean {
+                    let name = Path::new(&crate::gate::clean_file(s.index)).file_name().map(PathBuf::from);
+                    let p = tmp.join(name.unwrap_or_default());
+                    std::fs::write(&p, clean).map_err(io(&p))?;
+                }
             }
         }
+        let gallery = crate::gallery::gallery_png(&self.outcome.samples, (h, w, c), self.config.k)
+            .transpose()
+            .map_err(|msg| ReportError::Format { path: dir.join(GALLERY), msg })?;
         let report_path = dir.join("report.json");
         match std::fs::remove_file(&report_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&report_path)(e)),
@@ -461,6 +603,13 @@ impl CertifyReport {
         put("junit.xml", self.junit().as_bytes())?;
         put("summary.md", self.markdown().as_bytes())?;
         put("curve.svg", self.svg().as_bytes())?;
+        match gallery {
+            Some(png) => put(GALLERY, &png)?,
+            None => match std::fs::remove_file(dir.join(GALLERY)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir.join(GALLERY))(e)),
+                _ => {}
+            },
+        }
         put("report.json", json.as_bytes())
     }
 
@@ -484,7 +633,18 @@ impl CertifyReport {
     /// Reads a report written by [`CertifyReport::write`], with its counterexamples (each
     /// must be the file the report names for it and hold exactly one image).
     pub fn read(path: &Path) -> Result<CertifyReport, ReportError> {
-        let bytes = std::fs::read(path).map_err(|source| ReportError::Io { path: path.into(), source })?;
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| ReportError::Io { path, source }
+        };
+        let size = std::fs::metadata(path).map_err(io(path))?.len();
+        if size > MAX_REPORT_BYTES {
+            return Err(ReportError::Format {
+                path: path.into(),
+                msg: format!("{size} bytes, more than the {MAX_REPORT_BYTES} a report may have"),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io(path))?;
         let mut r = CertifyReport::from_json(&bytes).map_err(|msg| ReportError::Format { path: path.into(), msg })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let len = r.run.input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -501,14 +661,34 @@ impl CertifyReport {
                 });
             }
             let p = dir.join(file);
-            let cx = std::fs::read(&p).map_err(|source| ReportError::Io { path: p.clone(), source })?;
-            if Some(cx.len()) != len {
+            // The size first: a huge file is refused before it is read.
+            let size = std::fs::metadata(&p).map_err(io(&p))?.len();
+            if usize::try_from(size).ok() != len {
                 return Err(ReportError::Format {
                     path: p,
-                    msg: format!("{} bytes, expected one {:?} image", cx.len(), r.run.input_shape),
+                    msg: format!("{size} bytes, expected one {:?} image", r.run.input_shape),
                 });
             }
+            let cx = std::fs::read(&p).map_err(io(&p))?;
+            if Some(cx.len()) != len {
+                return Err(ReportError::Format { path: p, msg: "changed while being read".into() });
+            }
             s.counterexample = Some(cx);
+            // The clean image (for the gallery) is optional: reports of earlier versions lack it.
+            let p = dir.join(crate::gate::clean_file(s.index));
+            match std::fs::metadata(&p) {
+                Ok(m) if usize::try_from(m.len()).ok() == len => {
+                    let clean = std::fs::read(&p).map_err(io(&p))?;
+                    s.clean = (Some(clean.len()) == len).then_some(clean);
+                }
+                Ok(m) => {
+                    return Err(ReportError::Format {
+                        path: p,
+                        msg: format!("{} bytes, expected one {:?} image", m.len(), r.run.input_shape),
+                    })
+                }
+                Err(_) => {}
+            }
         }
         Ok(r)
     }
@@ -679,6 +859,14 @@ fn describe_indices(v: &[usize]) -> String {
         format!("[{} ... {}] ({} in all)", head.join(", "), v[v.len() - 1], v.len())
     }
 }
+
+/// Escapes text for XML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The counterexample gallery of a report folder (see [`crate::gallery`]).
+pub const GALLERY: &str = "gallery.png";
 
 /// The folder of a report's counterexamples.
 pub const COUNTEREXAMPLES: &str = "counterexamples";
@@ -915,6 +1103,70 @@ mod tests {
         let s = v["outcome"]["samples"].as_array().unwrap();
         assert!(s.iter().all(|s| s.get("counterexample").is_none()));
         assert!(s.iter().any(|s| s["counterexample_file"].is_string()));
+    }
+
+    /// Issue 14: the gallery is written with the report, linked from summary.md, rebuilt
+    /// identically by a merge of shard reports read back from disk, and removed when a later
+    /// run into the same folder has no counterexample.
+    #[test]
+    fn issue14_gallery_is_linked_merged_and_never_stale() {
+        let (blob, data) = fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        let whole = report(&blob, &data, config((0, 1), 1));
+        whole.write(&tmp.path().join("whole")).unwrap();
+        let gallery = std::fs::read(tmp.path().join("whole").join(GALLERY)).unwrap();
+        assert!(gallery.starts_with(b"\x89PNG"));
+        let md = std::fs::read_to_string(tmp.path().join("whole/summary.md")).unwrap();
+        assert!(md.contains("[gallery.png](gallery.png)"), "{md}");
+        let parts: Vec<CertifyReport> = (0..3)
+            .map(|i| {
+                let dir = tmp.path().join(format!("s{i}"));
+                report(&blob, &data, config((i, 3), 1)).write(&dir).unwrap();
+                CertifyReport::read(&dir.join("report.json")).unwrap()
+            })
+            .collect();
+        assert!(parts.iter().flat_map(|p| &p.outcome.samples).any(|s| s.clean.is_some()));
+        let merged = merge_reports(&parts).unwrap();
+        merged.write(&tmp.path().join("merged")).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("merged").join(GALLERY)).unwrap(), gallery);
+        let mut small_cfg = config((0, 1), 1);
+        small_cfg.k = 0;
+        small_cfg.sweep = vec![];
+        let small = report(&blob, &data, small_cfg);
+        small.write(&tmp.path().join("whole")).unwrap();
+        assert!(!tmp.path().join("whole").join(GALLERY).exists(), "stale gallery");
+        assert!(!small.markdown().contains("gallery.png"));
+    }
+
+    /// Issue 14: curve.svg marks every measured point of each series, draws the threshold and
+    /// the gate radius, and keeps its legend right of the plot area (x > 500).
+    #[test]
+    fn issue14_curve_has_markers_threshold_gate_and_an_outside_legend() {
+        let (blob, data) = fixture();
+        let r = report(&blob, &data, config((0, 1), 1));
+        let svg = r.svg();
+        let points = r.curve.len();
+        assert_eq!(points, 3);
+        // One marker per point and series, plus one per series in the legend.
+        assert_eq!(svg.matches("<circle").count(), points + 1);
+        assert_eq!(svg.matches("<rect x=").count(), points + 1);
+        assert_eq!(svg.matches("<path d=").count(), points + 1);
+        assert!(svg.contains("threshold 50% (attacked)") && svg.contains("gate eps 40/255"), "{svg}");
+        let num = |line: &str, attr: &str| -> f64 {
+            let i = line.find(&format!(" {attr}=\"")).unwrap() + attr.len() + 3;
+            line[i..].split('"').next().unwrap().parse().unwrap()
+        };
+        for line in svg.lines().filter(|l| l.starts_with("<text") && (l.contains("bound)") || l.contains(">clean<"))) {
+            assert!(num(line, "x") > 500.0, "legend inside the plot: {line}");
+        }
+        // The plot's own marks stay inside it.
+        for line in svg.lines().filter(|l| l.starts_with("<polyline")) {
+            let pts = line.split("points=\"").nth(1).unwrap().trim_end_matches("\"/>");
+            for p in pts.split(' ') {
+                let x: f64 = p.split(',').next().unwrap().parse().unwrap();
+                assert!((60.0..=500.0).contains(&x), "{p}");
+            }
+        }
     }
 
     fn shard_report(split_len: usize, shard: (usize, usize)) -> CertifyReport {

@@ -243,17 +243,7 @@ pub fn certify_model(
         Err(e) => return Err(e.into()),
     };
     progress.finish();
-    let s = model.input_shape();
-    let id = RunIdentity {
-        model_file: model_name.to_string(),
-        model_sha256: iocane_trainer::quant::export::sha256_hex(bytes),
-        dataset: test.name.clone(),
-        dataset_sha256: test.sha256_hex(),
-        split_len: test.len(),
-        input_shape: [s.h, s.w, s.c],
-        classes: model.num_classes(),
-        radius: a.eps.clone(),
-    };
+    let id = RunIdentity::new(model_name, bytes, &model, test, a.eps.clone());
     let report = CertifyReport::new(id, cfg, outcome, t0.elapsed().as_secs_f64());
     report.write(&a.report).context("writing the report")?;
     Ok(Certified::Done(Box::new(report)))

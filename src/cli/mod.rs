@@ -1,7 +1,7 @@
 //! The `iocane` command line: argument definitions and the commands behind them.
 //!
-//! Exit codes (see `iocane --help`): 0 success (for `certify`: gate passed), 1 gate failed,
-//! 2 usage or input error.
+//! Exit codes (see `iocane --help`): 0 success (for `certify`: gate passed), 1 failed check
+//! (`certify`: gate failed; `replay`: a counterexample does not replay), 2 usage or input error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +14,15 @@ pub mod demo;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod predict;
 pub mod progress;
+pub mod replay;
 pub mod train;
 
 /// Exit code: success, or the release gate passed.
 pub const EXIT_OK: u8 = 0;
-/// Exit code: the release gate failed (accuracy below the threshold).
+/// Exit code: a failed check: the release gate failed (accuracy below the threshold), or a
+/// counterexample did not replay.
 pub const EXIT_GATE_FAILED: u8 = 1;
 /// Exit code: usage or input error (bad flags, missing or corrupted files).
 pub const EXIT_ERROR: u8 = 2;
@@ -58,7 +61,7 @@ pub fn interrupt_flag(what: &'static str) -> std::sync::Arc<std::sync::atomic::A
     name = "iocane",
     version,
     about,
-    after_help = "Exit codes: 0 success / gate passed, 1 release gate failed, 2 usage or input error, 130 interrupted (Ctrl-C)."
+    after_help = "Exit codes: 0 success / gate passed, 1 failed check (release gate failed; replay: a counterexample does not replay), 2 usage or input error, 130 interrupted (Ctrl-C)."
 )]
 pub struct Cli {
     /// What to do.
@@ -82,6 +85,10 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Release gate: attacks and sound bounds on the exact int8 model; exit 0 pass, 1 fail, 2 error.
     Certify(certify::CertifyCmd),
+    /// Run the int8 model on images (PNG, PGM or raw u8): class, label and logits of each.
+    Predict(predict::PredictArgs),
+    /// Re-run a report's counterexamples on the int8 model: exit 0 if each is inside the ball and misclassified, 1 otherwise.
+    Replay(replay::ReplayArgs),
     /// End-to-end demo on the embedded data: train cnn-s with PGD and with IBP, export both to int8, certify at 4/255 and 0.1.
     Demo(demo::DemoArgs),
 }
@@ -144,6 +151,8 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Certify(c) => certify::run(&c),
+        Command::Predict(p) => predict::run(&p),
+        Command::Replay(r) => replay::run(&r),
         Command::Demo(d) => demo::run(&d),
     }
 }

@@ -12,6 +12,7 @@ use iocane_runtime::testing::random_model;
 use iocane_runtime::{Model, OpKind, Shape};
 use iocane_trainer::data::Dataset;
 use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 
 use crate::common::*;
 
@@ -69,6 +70,33 @@ proptest! {
         for label in 0..classes {
             let (v, _) = bounder.certify_sample(&p, label, 0);
             prop_assert_eq!(v, if label == class { Verdict::Certified } else { Verdict::Misclassified });
+        }
+    }
+
+    /// The certifier against the public property-test strategy: every point that
+    /// `iocane_certify::proptest::linf_ball` draws has its runtime logits inside the bounds,
+    /// and when IBP certifies the sample, `check_robust` (the users' helper) finds no
+    /// misclassified point of the ball: certified => robust on every sampled point.
+    #[test]
+    fn certified_balls_have_no_misclassified_linf_ball_point(
+        (input, classes, ops, seed) in arch_strategy(),
+        k in 0u8..=6,
+        pseed in any::<u64>(),
+    ) {
+        let blob = build(input, classes, &ops, seed).emit();
+        let model = Model::parse(&blob).unwrap();
+        let p = pixels(model.input_len(), &mut SplitMix64(pseed));
+        let label = run(&model, &p).0;
+        let (verdict, b) = Bounder::new(&model).certify_sample(&p, label, k);
+        let cfg = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
+        let mut points = TestRunner::new_with_rng(cfg.clone(), TestRng::from_seed(RngAlgorithm::ChaCha, &pseed.to_le_bytes().repeat(4)));
+        let res = points.run(&iocane_certify::proptest::linf_ball(&p, k), |x| {
+            check_contains(&b, &run(&model, &x).1, "a linf_ball point")
+        });
+        prop_assert!(res.is_ok(), "{:?}", res);
+        if verdict == Verdict::Certified {
+            let r = iocane_certify::proptest::check_robust(&model, &p, label, k, &cfg);
+            prop_assert!(r.is_ok(), "certified at k = {} but {:?}", k, r);
         }
     }
 

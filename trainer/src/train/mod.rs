@@ -144,6 +144,36 @@ fn default_ibp_kappa() -> f32 {
 }
 
 impl TrainConfig {
+    /// A configuration with the `iocane train` defaults for everything but the dataset name,
+    /// the architecture, the method, eps and the epochs: PGD-7 (step `2.5 eps / 7`) for the
+    /// attacks, batch 128, Adam at 2e-3 with a cosine schedule, one natural warm-up epoch and
+    /// no eps ramp, seed 1, 1000 evaluation samples (PGD-20), all training samples. Set other
+    /// fields with struct update syntax: `TrainConfig { seed: 7, ..TrainConfig::new(..) }`.
+    pub fn new(dataset: &str, arch: ArchSpec, method: Method, eps: f32, epochs: usize) -> TrainConfig {
+        TrainConfig {
+            dataset: dataset.into(),
+            arch,
+            method,
+            eps,
+            steps: 7,
+            step_size: None,
+            epochs,
+            batch_size: 128,
+            optimizer: OptimizerConfig::adam(),
+            schedule: LrSchedule::Cosine { lr: 2e-3, min_lr: 0.0, epochs, warmup_epochs: 0.0 },
+            warmup_epochs: 1,
+            ramp_epochs: 0,
+            seed: 1,
+            eval_samples: 1000,
+            eval_steps: 20,
+            eval_restarts: 1,
+            train_samples: 0,
+            qat: false,
+            ibp_kappa: DEFAULT_IBP_KAPPA,
+            ibp_train_eps: None,
+        }
+    }
+
     /// eps used in epoch `epoch` (0-based): 0 during warm-up, then a linear ramp (for IBP,
     /// whose ramp advances per step, the eps of the epoch's last step).
     pub fn eps_at(&self, epoch: usize) -> f32 {
