@@ -37,16 +37,13 @@ fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         k: radius.k,
         sweep: vec![0, 1, 4],
         samples: 100,
-        shard: (0, 1),
-        seed: 1,
         pgd_steps: 10,
         pgd_restarts: 1,
-        pgd_step_size: None,
         square_queries: 100,
         random_samples: 20,
         gate: GateKind::Empirical,
         threshold: "0.5".parse()?,
-        strict: false,
+        ..GateConfig::default()
     };
     let t0 = std::time::Instant::now();
     let outcome = gate::run(&model, test, &gate_cfg, &|_| {}, &AtomicBool::new(false))?;

@@ -27,7 +27,9 @@ fn assert_exit_code(out: &Output, code: i32) {
 fn exported() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("iocane-e2e-{}", std::process::id()));
+        // A fresh directory each run (a leftover `iocane-e2e-PID` of an earlier run with a
+        // recycled PID would make `train --out` refuse to overwrite it); kept for the process.
+        let dir = tempfile::Builder::new().prefix("iocane-e2e-").tempdir().unwrap().keep();
         let run_dir = dir.join("run");
         let out = run(&[
             "train",

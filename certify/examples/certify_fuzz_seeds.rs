@@ -4,7 +4,8 @@
 //!
 //! `cargo run -p iocane-certify --example certify_fuzz_seeds -- fuzz/corpus/report_merge`
 use iocane_certify::gate::{
-    counterexample_file, GateConfig, GateKind, GateOutcome, LevelCounts, Radius, SampleResult, SampleVerdict, Threshold,
+    counterexample_file, BoundMethod, GateConfig, GateOutcome, LevelCounts, Radius, SampleResult, SampleVerdict,
+    Threshold,
 };
 use iocane_certify::report::{merge_reports, CertifyReport, RunIdentity};
 
@@ -18,12 +19,10 @@ fn shard(index: usize) -> CertifyReport {
         seed: 7,
         pgd_steps: 10,
         pgd_restarts: 1,
-        pgd_step_size: None,
         square_queries: 50,
         random_samples: 10,
-        gate: GateKind::Certified,
         threshold: Threshold::new(1, 2).expect("1/2 is a threshold"),
-        strict: false,
+        ..GateConfig::default()
     };
     let verdicts = [SampleVerdict::Certified, SampleVerdict::Falsified];
     let samples = verdicts
@@ -42,6 +41,7 @@ fn shard(index: usize) -> CertifyReport {
                 adversarial_class: falsified.then_some(j + 1),
                 clean: None,
                 bound_margin: Some(3 - 4 * j as i64),
+                certified_by: (!falsified).then_some(BoundMethod::Ibp),
             }
         })
         .collect();
@@ -54,6 +54,7 @@ fn shard(index: usize) -> CertifyReport {
                 n: 2,
                 clean: 2,
                 certified: survivors,
+                certified_crown: 0,
                 empirical: survivors,
                 fgsm: 2,
                 pgd: survivors,

@@ -346,8 +346,7 @@ impl<'m> Crown<'m> {
             let layer = self.layers[idx];
             match layer.op() {
                 OpKind::Flatten => continue,
-                OpKind::MaxPool2d => self.max_pool_back(idx, &cur, &mut nxt),
-                OpKind::AvgPool2d => self.avg_pool_back(idx, &cur, &mut nxt),
+                OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool_back(idx, &cur, &mut nxt),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                     let mut acc = std::mem::take(&mut self.acc_row);
                     let (d, sigma) = self.relax_back(idx, &cur, &mut acc);
@@ -497,76 +496,58 @@ impl<'m> Crown<'m> {
         out.sigma = sigma + g * (ACT_MAX * abs_w + abs + ACT_MAX * abs_w);
     }
 
-    /// Through max pooling `idx`: each output is at least the window input with the largest
-    /// lower bound, and at most the largest upper bound (exactly the dominating input when one
-    /// input's lower bound is at least every other's upper bound).
-    fn max_pool_back(&self, idx: usize, row: &Row, out: &mut Row) {
+    /// Through pooling layer `idx`.
+    ///
+    /// Max pooling: each output is at least the window input with the largest lower bound,
+    /// and at most the largest upper bound (exactly the dominating input when one input's
+    /// lower bound is at least every other's upper bound).
+    ///
+    /// Average pooling: `sum/count - 1/2 <= y <= sum/count + 1/2` (the runtime rounds
+    /// `sum/count` half up and never saturates: the mean of int8 values is in range). Using
+    /// `fl(1/count)` for `1/count` moves the line by at most `count * 128 * u / count`,
+    /// covered by [`ICPT_EPS`].
+    fn pool_back(&self, idx: usize, row: &Row, out: &mut Row) {
         let layer = self.layers[idx];
         let st = &self.state[idx];
         let win = window(&layer);
         let (i, o) = (layer.input_shape(), layer.output_shape());
-        out.c.clear();
-        out.c.resize(i.len(), 0.0);
-        let (mut d, mut abs) = (row.d, row.d.abs());
-        let mut abs_c = 0.0;
-        for (p, chunk) in row.c.chunks_exact(o.c).enumerate() {
-            let (oy, ox) = (p / o.w, p % o.w);
-            for (c, &rc) in chunk.iter().enumerate() {
-                if rc == 0.0 {
-                    continue;
-                }
-                // Best lower bound (first on ties) and the largest upper bound of the others.
-                let (mut best, mut best_lo) = (usize::MAX, i32::MIN);
-                for_taps(&win, oy, ox, |_, src| {
-                    if st.in_lo[src + c] > best_lo || best == usize::MAX {
-                        (best, best_lo) = (src + c, st.in_lo[src + c]);
-                    }
-                });
-                let (mut others_hi, mut max_hi) = (i32::MIN, i32::MIN);
-                for_taps(&win, oy, ox, |_, src| {
-                    max_hi = max_hi.max(st.in_hi[src + c]);
-                    if src + c != best {
-                        others_hi = others_hi.max(st.in_hi[src + c]);
-                    }
-                });
-                if rc >= 0.0 || best_lo >= others_hi {
-                    out.c[best] += rc;
-                    abs_c += rc.abs();
-                } else {
-                    let t = rc * max_hi as f64;
-                    d += t;
-                    abs += t.abs();
-                }
-            }
-        }
-        out.d = d;
-        out.sigma = row.sigma + gamma(row.c.len() + 1) * (ACT_MAX * abs_c + abs);
-    }
-
-    /// Through average pooling `idx`: `sum/count - 1/2 <= y <= sum/count + 1/2` (the runtime
-    /// rounds `sum/count` half up and never saturates: the mean of int8 values is in range).
-    fn avg_pool_back(&self, idx: usize, row: &Row, out: &mut Row) {
-        let layer = self.layers[idx];
-        let win = window(&layer);
-        let (i, o) = (layer.input_shape(), layer.output_shape());
         let count = win.kernel.0 * win.kernel.1;
+        let avg = layer.op() == OpKind::AvgPool2d;
         let inv = 1.0 / count as f64;
-        // Using fl(1/count) for 1/count moves each y by at most count * 128 * u/count.
-        let half = 0.5 + ICPT_EPS;
         out.c.clear();
         out.c.resize(i.len(), 0.0);
-        let (mut d, mut abs) = (row.d, row.d.abs());
-        let mut abs_c = 0.0;
+        let (mut d, mut abs, mut abs_c) = (row.d, row.d.abs(), 0.0);
         for (p, chunk) in row.c.chunks_exact(o.c).enumerate() {
             let (oy, ox) = (p / o.w, p % o.w);
-            for (c, &rc) in chunk.iter().enumerate() {
-                if rc == 0.0 {
-                    continue;
-                }
-                let v = rc * inv;
-                for_taps(&win, oy, ox, |_, src| out.c[src + c] += v);
-                abs_c += rc.abs();
-                let t = -rc.abs() * half;
+            for (c, &rc) in chunk.iter().enumerate().filter(|&(_, &rc)| rc != 0.0) {
+                let t = if avg {
+                    let v = rc * inv;
+                    for_taps(&win, oy, ox, |_, src| out.c[src + c] += v);
+                    abs_c += rc.abs();
+                    -rc.abs() * (0.5 + ICPT_EPS)
+                } else {
+                    // Best lower bound (first on ties), the largest upper bound of the others.
+                    let (mut best, mut best_lo) = (usize::MAX, i32::MIN);
+                    let (mut others_hi, mut max_hi) = (i32::MIN, i32::MIN);
+                    for_taps(&win, oy, ox, |_, src| {
+                        if best == usize::MAX || st.in_lo[src + c] > best_lo {
+                            (best, best_lo) = (src + c, st.in_lo[src + c]);
+                        }
+                    });
+                    for_taps(&win, oy, ox, |_, src| {
+                        max_hi = max_hi.max(st.in_hi[src + c]);
+                        if src + c != best {
+                            others_hi = others_hi.max(st.in_hi[src + c]);
+                        }
+                    });
+                    if rc >= 0.0 || best_lo >= others_hi {
+                        out.c[best] += rc;
+                        abs_c += rc.abs();
+                        0.0
+                    } else {
+                        rc * max_hi as f64
+                    }
+                };
                 d += t;
                 abs += t.abs();
             }
@@ -638,28 +619,16 @@ mod tests {
                 for c in [1.0, -1.0] {
                     let row = Row { c: vec![c], d: 0.0, sigma: 0.0 };
                     let mut out = Row::default();
-                    if avg {
-                        crown.avg_pool_back(0, &row, &mut out);
-                    } else {
-                        crown.max_pool_back(0, &row, &mut out);
-                    }
-                    let mut x = lo.clone();
-                    loop {
+                    crown.pool_back(0, &row, &mut out);
+                    crate::ibp::try_for_each_image::<()>(&lo, &hi, |x| {
                         let v: Vec<i32> = x.iter().map(|&q| quant::pixel_to_input(q) as i32).collect();
                         let y = if avg { quant::average(v.iter().sum(), 4) as i32 } else { *v.iter().max().unwrap() };
                         let bound: f64 =
                             out.c.iter().zip(&v).map(|(a, &b)| a * b as f64).sum::<f64>() + out.d - out.sigma;
                         assert!(c * y as f64 >= bound, "avg {avg}: c {c}, y {y} below {bound} at {x:?}");
-                        let mut i = 0;
-                        while i < 4 && x[i] == hi[i] {
-                            x[i] = lo[i];
-                            i += 1;
-                        }
-                        if i == 4 {
-                            break;
-                        }
-                        x[i] += 1;
-                    }
+                        Ok(())
+                    })
+                    .unwrap();
                 }
             }
         }

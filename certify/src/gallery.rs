@@ -226,6 +226,7 @@ mod tests {
             adversarial_class: Some(5),
             clean: Some(clean),
             bound_margin: Some(-2),
+            certified_by: None,
         }
     }
 

@@ -16,6 +16,7 @@ use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 
 use crate::attack::{Attacker, PgdConfig, SquareConfig};
+use crate::crown::Crown;
 use crate::ibp::{Bounder, Verdict};
 
 /// Which figure the gate holds against the threshold.
@@ -35,6 +36,35 @@ impl std::str::FromStr for GateKind {
             "certified" => Ok(GateKind::Certified),
             "empirical" => Ok(GateKind::Empirical),
             _ => Err(format!("unknown gate `{s}`: expected certified or empirical")),
+        }
+    }
+}
+
+/// Which sound bound proves samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoundMethod {
+    /// Interval bounds ([`crate::ibp`]) only.
+    Ibp,
+    /// Interval bounds, then linear-relaxation bounds ([`crate::crown`]) on the samples
+    /// they leave open. Never certifies fewer samples than `Ibp`.
+    Crown,
+}
+
+impl BoundMethod {
+    /// The method of reports written before the choice existed.
+    fn legacy() -> BoundMethod {
+        BoundMethod::Ibp
+    }
+}
+
+impl std::str::FromStr for BoundMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ibp" => Ok(BoundMethod::Ibp),
+            "crown" => Ok(BoundMethod::Crown),
+            _ => Err(format!("unknown bound `{s}`: expected ibp or crown")),
         }
     }
 }
@@ -250,6 +280,33 @@ pub struct GateConfig {
     pub threshold: Threshold,
     /// Protocol warnings fail the gate too.
     pub strict: bool,
+    /// The sound bound that proves samples.
+    #[serde(default = "BoundMethod::legacy")]
+    pub bound: BoundMethod,
+}
+
+impl Default for GateConfig {
+    /// The CLI's defaults (`iocane certify` without flags): radius 4/255, sweep 0,1,2,4,8,
+    /// 500 samples, seed 1, PGD 40 steps x 2 restarts, Square 500 queries, 100 random
+    /// samples, certified gate at threshold 0, CROWN bounds.
+    fn default() -> Self {
+        GateConfig {
+            k: 4,
+            sweep: vec![0, 1, 2, 4, 8],
+            samples: 500,
+            shard: (0, 1),
+            seed: 1,
+            pgd_steps: 40,
+            pgd_restarts: 2,
+            pgd_step_size: None,
+            square_queries: 500,
+            random_samples: 100,
+            gate: GateKind::Certified,
+            threshold: Threshold::ZERO,
+            strict: false,
+            bound: BoundMethod::Crown,
+        }
+    }
 }
 
 /// The verdict of one sample at one radius.
@@ -296,6 +353,9 @@ pub struct SampleResult {
     pub clean: Option<Vec<u8>>,
     /// Worst-case certified margin from the bounds (>= 0 means certified).
     pub bound_margin: Option<i64>,
+    /// The bound that proved the sample (`ibp` if interval bounds sufficed), if certified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certified_by: Option<BoundMethod>,
 }
 
 /// Counts at one radius (mergeable across shards).
@@ -309,6 +369,10 @@ pub struct LevelCounts {
     pub clean: usize,
     /// Certified.
     pub certified: usize,
+    /// Certified by the linear-relaxation bounds where interval bounds were not enough
+    /// (included in `certified`).
+    #[serde(default)]
+    pub certified_crown: usize,
     /// Survived every attack (includes certified).
     pub empirical: usize,
     /// Survived FGSM.
@@ -332,6 +396,7 @@ impl LevelCounts {
         self.n += o.n;
         self.clean += o.clean;
         self.certified += o.certified;
+        self.certified_crown += o.certified_crown;
         self.empirical += o.empirical;
         self.fgsm += o.fgsm;
         self.pgd += o.pgd;
@@ -428,7 +493,7 @@ struct Sample<'d> {
 /// Evaluates one sample at radius `k` (bounds computed once, the clean prediction given).
 fn one_sample(
     att: &mut Attacker<'_>,
-    bnd: &mut Bounder<'_>,
+    (bnd, crown): (&mut Bounder<'_>, &mut Crown<'_>),
     cfg: &GateConfig,
     s: &Sample<'_>,
     k: u8,
@@ -447,12 +512,25 @@ fn one_sample(
         adversarial_class: None,
         clean: None,
         bound_margin: None,
+        certified_by: None,
     };
     let t0 = Instant::now();
     let ball = bnd.bound_ball(px, label, k, s.predicted);
-    counts.bound_seconds += t0.elapsed().as_secs_f64();
     res.bound_margin = ball.margin;
-    match ball.verdict {
+    let mut verdict = ball.verdict;
+    if verdict == Verdict::Certified {
+        res.certified_by = Some(BoundMethod::Ibp);
+    } else if verdict == Verdict::Unknown && cfg.bound == BoundMethod::Crown {
+        let m = crown.ball_margin(px, label, k);
+        res.bound_margin = res.bound_margin.max(m);
+        if m.is_some_and(|m| m >= 0) {
+            verdict = Verdict::Certified;
+            res.certified_by = Some(BoundMethod::Crown);
+            counts.certified_crown += 1;
+        }
+    }
+    counts.bound_seconds += t0.elapsed().as_secs_f64();
+    match verdict {
         Verdict::Misclassified => return res,
         Verdict::Certified => {
             counts.clean += 1;
@@ -566,8 +644,8 @@ pub fn run(
     let per: Vec<Option<(Vec<LevelCounts>, SampleResult)>> = idx
         .par_iter()
         .map_init(
-            || (Attacker::new(model), Bounder::new(model)),
-            |(att, bnd), &i| {
+            || (Attacker::new(model), Bounder::new(model), Crown::new(model)),
+            |(att, bnd, crown), &i| {
                 if cancel.load(Ordering::Relaxed) {
                     return None;
                 }
@@ -577,7 +655,7 @@ pub fn run(
                 let mut main = None;
                 for &k in &ks {
                     let mut c = LevelCounts { k, ..LevelCounts::default() };
-                    let r = one_sample(att, bnd, cfg, &sample, k, &mut c);
+                    let r = one_sample(att, (bnd, crown), cfg, &sample, k, &mut c);
                     if k == cfg.k {
                         main = Some(r);
                     }

@@ -24,6 +24,29 @@ pub fn linf_ball(pixels: &[u8], k: u8) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
+/// Calls `f` on every image of the box `lo <= x <= hi` (odometer order, first pixel
+/// fastest), stopping at the first error. There are `Π (hi[i] - lo[i] + 1)` images: this is
+/// for exhaustive checks on tiny inputs (and on small branches of a split ball).
+///
+/// # Panics
+/// If `lo` and `hi` differ in length or `lo[i] > hi[i]` somewhere.
+pub fn try_for_each_image<E>(lo: &[u8], hi: &[u8], mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    assert!(lo.len() == hi.len() && lo.iter().zip(hi).all(|(l, h)| l <= h), "not a box");
+    let mut x = lo.to_vec();
+    loop {
+        f(&x)?;
+        let mut i = 0;
+        while i < x.len() && x[i] == hi[i] {
+            x[i] = lo[i];
+            i += 1;
+        }
+        if i == x.len() {
+            return Ok(());
+        }
+        x[i] += 1;
+    }
+}
+
 /// Integer bounds on the int32 logits: for every image in the box, `lo[c] <= logit[c] <= hi[c]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LogitBounds {

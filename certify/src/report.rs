@@ -958,12 +958,11 @@ mod tests {
             seed,
             pgd_steps: 3,
             pgd_restarts: 1,
-            pgd_step_size: None,
             square_queries: 20,
             random_samples: 5,
             gate: GateKind::Empirical,
             threshold: "1/2".parse::<Threshold>().unwrap(),
-            strict: false,
+            ..GateConfig::default()
         }
     }
 
@@ -1175,15 +1174,11 @@ mod tests {
             sweep: Vec::new(),
             samples: 0,
             shard,
-            seed: 1,
             pgd_steps: 1,
             pgd_restarts: 1,
-            pgd_step_size: None,
             square_queries: 1,
             random_samples: 1,
-            gate: GateKind::Certified,
-            threshold: crate::gate::Threshold::ZERO,
-            strict: false,
+            ..GateConfig::default()
         };
         let id = RunIdentity {
             model_file: "m".into(),

@@ -70,6 +70,24 @@ impl LayerRepr {
         }
     }
 
+    /// A Dense layer `input -> 1x1xunits` emitting int32 logits, input zero point `in_zp`:
+    /// weights `1`, bias `0`, multiplier `2^30` and shift `0` (a scale of 1/2) per unit, for
+    /// hand-built test models to overwrite with their own numbers.
+    pub fn dense_logits(input: Shape, units: usize, in_zp: i8) -> Self {
+        LayerRepr {
+            out_zero_point: 0,
+            clamp: (0, 0),
+            logits: true,
+            weights: vec![1; units * input.len()],
+            bias: vec![0; units],
+            multiplier: vec![1 << 30; units],
+            shift: vec![0; units],
+            weight_scale: vec![1.0; units],
+            out_scale: 1.0,
+            ..Self::bare(OpKind::Dense, input, Shape::new(1, 1, units), in_zp)
+        }
+    }
+
     /// A Flatten layer on `input` with zero point `zp`.
     pub fn flatten(input: Shape, zp: i8) -> Self {
         Self::bare(OpKind::Flatten, input, Shape::new(1, 1, input.len()), zp)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use iocane_certify::gate::{self, GateConfig, GateError, GateKind, Radius, Threshold};
+use iocane_certify::gate::{self, BoundMethod, GateConfig, GateError, GateKind, Radius, Threshold};
 use iocane_certify::report::{self, CertifyReport, RunIdentity};
 use iocane_runtime::Model;
 
@@ -58,6 +58,25 @@ impl From<GateArg> for GateKind {
         match g {
             GateArg::Certified => GateKind::Certified,
             GateArg::Empirical => GateKind::Empirical,
+        }
+    }
+}
+
+/// Which sound bound proves samples (a clap value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BoundArg {
+    /// Interval bounds only (fastest, loosest).
+    Ibp,
+    /// Interval bounds, then linear-relaxation (CROWN) bounds back-substituted to the
+    /// pixels on the samples intervals leave open: never fewer certified samples.
+    Crown,
+}
+
+impl From<BoundArg> for BoundMethod {
+    fn from(b: BoundArg) -> BoundMethod {
+        match b {
+            BoundArg::Ibp => BoundMethod::Ibp,
+            BoundArg::Crown => BoundMethod::Crown,
         }
     }
 }
@@ -130,6 +149,9 @@ pub struct CertifyArgs {
     /// Which accuracy the gate checks.
     #[arg(long, value_enum, default_value_t = GateArg::Certified)]
     pub gate: GateArg,
+    /// The sound bound that proves samples.
+    #[arg(long, value_enum, default_value_t = BoundArg::Crown)]
+    pub bound: BoundArg,
     /// Test samples to evaluate (0 = all); a run over 0 samples is an error.
     #[arg(long, default_value_t = 500)]
     pub samples: usize,
@@ -188,6 +210,7 @@ impl CertifyArgs {
             gate: self.gate.into(),
             threshold: self.threshold,
             strict: self.strict,
+            bound: self.bound.into(),
         }
     }
 }

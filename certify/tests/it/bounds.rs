@@ -4,12 +4,12 @@
 use std::sync::atomic::AtomicBool;
 
 use iocane_certify::attack::SplitMix64;
-use iocane_certify::gate::{self, GateConfig, GateKind, Radius, Threshold};
-use iocane_certify::ibp::{linf_ball, worst_margin, Bounder, Verdict};
+use iocane_certify::gate::{self, GateConfig, Radius, Threshold};
+use iocane_certify::ibp::{linf_ball, try_for_each_image, worst_margin, Bounder, Verdict};
 use iocane_certify::report::{CertifyReport, RunIdentity};
 use iocane_runtime::emit::{LayerRepr, ModelRepr};
 use iocane_runtime::testing::random_model;
-use iocane_runtime::{Model, OpKind, Shape};
+use iocane_runtime::{Model, Shape};
 use iocane_trainer::data::Dataset;
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
@@ -123,25 +123,15 @@ proptest! {
         let (verdict, b) = bounder.certify_sample(&p, label, k);
         prop_assert!(verdict != Verdict::Misclassified);
         let margins = bounder.margin_lower_bounds(&lo, &hi, label);
-        let mut x = lo.clone();
-        loop {
-            let (c, z) = run(&model, &x);
+        try_for_each_image(&lo, &hi, |x| {
+            let (c, z) = run(&model, x);
             check_contains(&b, &z, "enumerated")?;
             check_margins(&margins, &z, label)?;
             if verdict == Verdict::Certified {
                 prop_assert_eq!(c, label, "certified sample misclassified at {:?}", x);
             }
-            // Next image of the box, odometer order.
-            let mut i = 0;
-            while i < x.len() && x[i] == hi[i] {
-                x[i] = lo[i];
-                i += 1;
-            }
-            if i == x.len() {
-                break;
-            }
-            x[i] += 1;
-        }
+            Ok(())
+        })?;
     }
 }
 
@@ -170,9 +160,8 @@ fn elided_margins_certify_more_and_stay_sound() {
             assert_eq!(verdict == Verdict::Certified, worst_margin(&margins, label).unwrap() >= 0);
             assert!(worst_margin(&margins, label) >= b.margin(label));
             only_elided += usize::from(elided_only);
-            let mut x = lo.clone();
-            loop {
-                let (c, z) = run(&model, &x);
+            try_for_each_image::<()>(&lo, &hi, |x| {
+                let (c, z) = run(&model, x);
                 assert!(b.contains(&z));
                 for j in 0..3 {
                     assert!(z[label] as i64 - z[j] as i64 >= margins[j], "model {seed}: margin bound violated");
@@ -180,16 +169,9 @@ fn elided_margins_certify_more_and_stay_sound() {
                 if verdict == Verdict::Certified {
                     assert_eq!(c, label, "model {seed}: certified sample misclassified at {x:?}");
                 }
-                let mut i = 0;
-                while i < 4 && x[i] == hi[i] {
-                    x[i] = lo[i];
-                    i += 1;
-                }
-                if i == 4 {
-                    break;
-                }
-                x[i] += 1;
-            }
+                Ok(())
+            })
+            .unwrap();
         }
     }
     eprintln!("elided margins tighter in {tighter} samples, decisive in {only_elided}");
@@ -201,22 +183,11 @@ fn elided_margins_certify_more_and_stay_sound() {
 /// pixel box itself, `x − z_in = p`).
 fn two_logits(w: [i8; 2], b: [i32; 2], m: [i32; 2], shift: [i32; 2]) -> Vec<u8> {
     let layer = LayerRepr {
-        op: OpKind::Dense,
-        input: Shape::new(1, 1, 1),
-        output: Shape::new(1, 1, 2),
-        kernel: (1, 1),
-        stride: (1, 1),
-        padding: (0, 0, 0, 0),
-        in_zero_point: -128,
-        out_zero_point: 0,
-        clamp: (0, 0),
-        logits: true,
         weights: w.to_vec(),
         bias: b.to_vec(),
         multiplier: m.to_vec(),
         shift: shift.to_vec(),
-        weight_scale: vec![1.0; 2],
-        out_scale: 1.0,
+        ..LayerRepr::dense_logits(Shape::new(1, 1, 1), 2, -128)
     };
     let repr =
         ModelRepr { input: Shape::new(1, 1, 1), classes: 2, labels: vec![], metadata: vec![], layers: vec![layer] };
@@ -265,16 +236,12 @@ fn spec_gap_1_elided_difference_certifies_the_worked_example() {
         k: 2,
         sweep: vec![],
         samples: 0,
-        shard: (0, 1),
-        seed: 1,
         pgd_steps: 1,
         pgd_restarts: 1,
-        pgd_step_size: None,
         square_queries: 1,
         random_samples: 1,
-        gate: GateKind::Certified,
         threshold: "1/1".parse::<Threshold>().unwrap(),
-        strict: false,
+        ..GateConfig::default()
     };
     let outcome = gate::run(&model, &data, &cfg, &|_| {}, &AtomicBool::new(false)).unwrap();
     let id = RunIdentity {

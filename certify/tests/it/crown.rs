@@ -4,7 +4,7 @@
 
 use iocane_certify::attack::SplitMix64;
 use iocane_certify::crown::{relax_requantize, Crown, CrownConfig};
-use iocane_certify::ibp::{linf_ball, worst_margin, Bounder};
+use iocane_certify::ibp::{linf_ball, try_for_each_image, worst_margin, Bounder};
 use iocane_runtime::{quant, Model, Shape};
 use proptest::prelude::*;
 
@@ -87,23 +87,14 @@ proptest! {
             prop_assert!(crown[j] >= ibp[j], "crown {crown:?} looser than ibp {ibp:?}");
         }
         let certified = worst_margin(&crown, label).unwrap() >= 0;
-        let mut x = lo.clone();
-        loop {
-            let (c, z) = run(&model, &x);
+        try_for_each_image(&lo, &hi, |x| {
+            let (c, z) = run(&model, x);
             check_margins(&crown, &z, label)?;
             if certified {
                 prop_assert_eq!(c, label, "certified sample misclassified at {:?}", x);
             }
-            let mut i = 0;
-            while i < x.len() && x[i] == hi[i] {
-                x[i] = lo[i];
-                i += 1;
-            }
-            if i == x.len() {
-                break;
-            }
-            x[i] += 1;
-        }
+            Ok(())
+        })?;
     }
 
     /// Larger random models: the margins hold at the ball's corners, at random points and at

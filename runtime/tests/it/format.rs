@@ -261,24 +261,7 @@ fn spec_gap_2_fuzz_seed_corpus_still_parses() {
 /// A single Dense logits layer on `input`, 2 classes, for the check-order tests.
 fn dense_only(input: Shape, kernel: (usize, usize)) -> ModelRepr {
     let (oc, ic) = (2, input.c);
-    let layer = LayerRepr {
-        op: OpKind::Dense,
-        input,
-        output: Shape::new(1, 1, oc),
-        kernel,
-        stride: (1, 1),
-        padding: (0, 0, 0, 0),
-        in_zero_point: -128,
-        out_zero_point: 0,
-        clamp: (0, 0),
-        logits: true,
-        weights: vec![1; oc * ic],
-        bias: vec![0; oc],
-        multiplier: vec![1 << 30; oc],
-        shift: vec![0; oc],
-        weight_scale: vec![1.0; oc],
-        out_scale: 1.0,
-    };
+    let layer = LayerRepr { kernel, weights: vec![1; oc * ic], ..LayerRepr::dense_logits(input, oc, -128) };
     ModelRepr { input, classes: oc, labels: vec![], metadata: vec![], layers: vec![layer] }
 }
 

@@ -5,7 +5,7 @@
 
 use iocane_runtime::emit::{LayerRepr, ModelRepr};
 use iocane_runtime::kernels::reference;
-use iocane_runtime::{quant, Model, OpKind, Shape};
+use iocane_runtime::{quant, Model, Shape};
 
 /// The neuron of §5.4, host side, in the trainer's precision: real weights and bias are f32,
 /// `s_in` and `s_out` f64, `s_w` f32.
@@ -75,13 +75,6 @@ fn spec_gap_4_worked_neuron_of_section_5_4() {
 fn spec_gap_4_worked_neuron_runs_on_the_device_path() {
     let n = quantize_neuron();
     let hidden = LayerRepr {
-        op: OpKind::Dense,
-        input: Shape::new(1, 1, 3),
-        output: Shape::new(1, 1, 1),
-        kernel: (1, 1),
-        stride: (1, 1),
-        padding: (0, 0, 0, 0),
-        in_zero_point: -128,
         out_zero_point: -20,
         clamp: (-20, 127),
         logits: false,
@@ -91,6 +84,7 @@ fn spec_gap_4_worked_neuron_runs_on_the_device_path() {
         shift: vec![n.shift],
         weight_scale: vec![n.s_w],
         out_scale: S_OUT as f32,
+        ..LayerRepr::dense_logits(Shape::new(1, 1, 3), 1, -128)
     };
     let readout = LayerRepr {
         input: Shape::new(1, 1, 1),
