@@ -160,3 +160,65 @@ fn crown_certifies_samples_ibp_cannot() {
     eprintln!("certified of {total}: ibp {ibp_cert}, crown without refinement {plain_cert}, crown {crown_cert}");
     assert!(crown_cert > ibp_cert, "crown certified {crown_cert}, ibp {ibp_cert}");
 }
+
+/// Through the gate: `--bound crown` keeps every IBP certificate, adds its own (counted in
+/// `certified_crown`), and no sample it certifies is falsified by the attacks of the IBP run.
+#[test]
+fn gate_with_crown_certifies_a_superset_and_never_a_falsified_sample() {
+    use iocane_certify::gate::{self, BoundMethod, GateConfig, SampleVerdict};
+    use iocane_trainer::data::Dataset;
+    use std::sync::atomic::AtomicBool;
+    let (mut extra, mut falsified) = (0, 0);
+    let mut rng = SplitMix64(2024);
+    for seed in 0..40u64 {
+        let input = Shape::new(4, 4, 2);
+        let ops: Vec<Op> = (0..3)
+            .map(|_| {
+                let r = rng.next_u64().to_le_bytes();
+                (r[0] % 6, r[1], r[2], r[3], r[4], r[5] & 1 == 1)
+            })
+            .collect();
+        let blob = build(input, 3, &ops, seed).emit();
+        let model = Model::parse(&blob).unwrap();
+        let n = 12;
+        let images: Vec<u8> = (0..n).flat_map(|_| pixels(32, &mut rng)).collect();
+        let labels = images.chunks(32).map(|x| run(&model, x).0 as u8).collect();
+        let labels_text = vec!["a".into(), "b".into(), "c".into()];
+        let data =
+            Dataset { name: "t".into(), height: 4, width: 4, channels: 2, classes: 3, labels_text, images, labels };
+        let cfg = |bound| GateConfig {
+            k: 6,
+            sweep: vec![2],
+            samples: 0,
+            pgd_steps: 20,
+            square_queries: 200,
+            random_samples: 50,
+            bound,
+            ..GateConfig::default()
+        };
+        let go = |b| gate::run(&model, &data, &cfg(b), &|_| {}, &AtomicBool::new(false)).unwrap();
+        let (ibp, crown) = (go(BoundMethod::Ibp), go(BoundMethod::Crown));
+        for (a, b) in ibp.samples.iter().zip(&crown.samples) {
+            if a.verdict == SampleVerdict::Certified {
+                assert_eq!(b.verdict, SampleVerdict::Certified);
+                assert_eq!(b.certified_by, Some(BoundMethod::Ibp));
+            }
+            if b.verdict == SampleVerdict::Certified {
+                assert_ne!(
+                    a.verdict,
+                    SampleVerdict::Falsified,
+                    "model {seed}: sample {} certified and falsified",
+                    a.index
+                );
+            }
+            falsified += usize::from(a.verdict == SampleVerdict::Falsified);
+        }
+        for (a, b) in ibp.levels.iter().zip(&crown.levels) {
+            assert!(b.certified >= a.certified && a.certified_crown == 0);
+            assert_eq!(b.certified - a.certified, b.certified_crown, "k {}", a.k);
+            extra += b.certified_crown;
+        }
+    }
+    eprintln!("crown added {extra} certificates, attacks falsified {falsified}");
+    assert!(extra > 0 && falsified > 0, "crown added {extra}, attacks falsified {falsified}");
+}
