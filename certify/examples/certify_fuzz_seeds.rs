@@ -55,6 +55,7 @@ fn shard(index: usize) -> CertifyReport {
                 clean: 2,
                 certified: survivors,
                 certified_crown: 0,
+                certified_bab: 0,
                 empirical: survivors,
                 fgsm: 2,
                 pgd: survivors,

@@ -118,6 +118,31 @@ pub fn relax_requantize(lo: i32, hi: i32, m: i32, shift: i32, zp: i8, amin: i8, 
     Relaxation { lo_slope, lo_icpt: down, up_slope, up_icpt: up }
 }
 
+/// A branch constraint: the accumulator of neuron `neuron` of layer `layer` lies in
+/// `[lo, hi]`. A branch is the part of the ball where all its constraints hold; a split of
+/// a neuron's interval into two parts covers it, so a ball is proved when every leaf is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Index of the weighted layer in the model.
+    pub layer: usize,
+    /// Neuron (output element) of that layer.
+    pub neuron: usize,
+    /// Least accumulator value of the branch.
+    pub lo: i32,
+    /// Largest accumulator value of the branch.
+    pub hi: i32,
+}
+
+/// The outcome of [`Crown::bab_margin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BabOutcome {
+    /// The worst margin over the ball: over every leaf when the search finished, so `>= 0`
+    /// iff certified; over the unfinished frontier otherwise (then negative).
+    pub margin: Option<i64>,
+    /// Branches bounded (the root included).
+    pub branches: usize,
+}
+
 /// A lower bound `c·t + d - sigma` of some objective over a tensor `t`, in reusable buffers.
 #[derive(Clone, Debug, Default)]
 struct Row {
@@ -171,6 +196,9 @@ pub struct Crown<'m> {
     cfg: CrownConfig,
     rows: [Row; 2],
     acc_row: Vec<f64>,
+    /// When set, the back-substitution records its coefficients on each weighted layer's
+    /// outputs (for choosing a split).
+    capture: Option<Vec<Vec<f64>>>,
 }
 
 impl<'m> Crown<'m> {
@@ -192,6 +220,7 @@ impl<'m> Crown<'m> {
             cfg,
             rows: [Row::default(), Row::default()],
             acc_row: Vec::new(),
+            capture: None,
         }
     }
 
@@ -205,21 +234,44 @@ impl<'m> Crown<'m> {
     /// As [`Bounder::logit_bounds`], or if `label` is out of range.
     pub fn margin_lower_bounds(&mut self, lo: &[u8], hi: &[u8], label: usize) -> Vec<i64> {
         assert!(label < self.model.num_classes(), "label {label} out of range");
+        let base = self.ibp_base(lo, hi, label);
+        self.branch_margins(lo, hi, label, &base, &[]).expect("the unsplit box is never empty")
+    }
+
+    /// IBP's margins and whether each logit is unsaturated over the whole box: valid in
+    /// every branch of it.
+    fn ibp_base(&mut self, lo: &[u8], hi: &[u8], label: usize) -> (Vec<i64>, Vec<bool>) {
         let ibp_margins = self.ibp.margin_lower_bounds(lo, hi, label);
         let logits = self.ibp.logit_bounds(lo, hi);
-        self.forward(lo, hi);
+        let unsaturated = logits.lo.iter().zip(&logits.hi).map(|(&l, &h)| l > i32::MIN && h < i32::MAX).collect();
+        (ibp_margins, unsaturated)
+    }
+
+    /// The margins over the part of the box where every split holds (`None` if the splits
+    /// contradict the interval bounds: no image of the box satisfies them all).
+    fn branch_margins(
+        &mut self,
+        lo: &[u8],
+        hi: &[u8],
+        label: usize,
+        (ibp_margins, unsaturated): &(Vec<i64>, Vec<bool>),
+        splits: &[Split],
+    ) -> Option<Vec<i64>> {
+        if !self.forward(lo, hi, splits) {
+            return None;
+        }
         let last = self.layers.len() - 1;
-        let unsaturated = |c: usize| logits.lo[c] > i32::MIN && logits.hi[c] < i32::MAX;
-        (0..ibp_margins.len())
+        let margins = (0..ibp_margins.len())
             .map(|j| {
-                if j == label || !(unsaturated(label) && unsaturated(j)) {
+                if j == label || !(unsaturated[label] && unsaturated[j]) {
                     return ibp_margins[j];
                 }
                 let d = self.difference_lower_bound(last, label, j);
                 // z_y - z_j > D - 1 for the integer difference: z_y - z_j >= floor(D).
                 ibp_margins[j].max(floor_i64(d))
             })
-            .collect()
+            .collect();
+        Some(margins)
     }
 
     /// The worst-case margin over the ball of `k` levels around `pixels` ([`worst_margin`]
@@ -232,9 +284,124 @@ impl<'m> Crown<'m> {
         worst_margin(&self.margin_lower_bounds(&lo, &hi, label), label)
     }
 
+    /// Branch and bound over the ball of `k` levels around `pixels`: the worst branch is
+    /// split on the hidden neuron whose relaxation loses the most for its worst class (at
+    /// the kink of its clamp, so that one child is constant on the neuron), until every leaf
+    /// is proved, or `max_branches` branches have been bounded. Deterministic.
+    ///
+    /// # Panics
+    /// As [`Crown::margin_lower_bounds`].
+    pub fn bab_margin(&mut self, pixels: &[u8], label: usize, k: u8, max_branches: usize) -> BabOutcome {
+        assert!(label < self.model.num_classes(), "label {label} out of range");
+        let (lo, hi) = crate::ibp::linf_ball(pixels, k);
+        let base = self.ibp_base(&lo, &hi, label);
+        // Open branches: (worst margin, splits, the split chosen when it was bounded).
+        type Open = (i64, Vec<Split>, Option<(Split, Split)>);
+        let mut open: Vec<Open> = Vec::new();
+        let (root, cand) = self.bab_bound(&lo, &hi, label, &base, &[]);
+        let mut branches = 1;
+        // The worst margin of the leaves proved so far.
+        let mut proved: Option<i64> = None;
+        match root {
+            Some(w) if w < 0 => open.push((w, Vec::new(), cand)),
+            other => proved = other,
+        }
+        while branches < max_branches {
+            // The worst open branch first (ties: the earliest).
+            let Some(pos) = open.iter().enumerate().min_by_key(|(i, b)| (b.0, *i)).map(|(i, _)| i) else { break };
+            let Some((x, y)) = open[pos].2 else { break }; // nothing left to split
+            let (_, splits, _) = open.remove(pos);
+            for part in [x, y] {
+                let mut s = splits.clone();
+                s.push(part);
+                let (m, cand) = self.bab_bound(&lo, &hi, label, &base, &s);
+                branches += 1;
+                match m {
+                    Some(w) if w < 0 => open.push((w, s, cand)),
+                    Some(w) => proved = Some(proved.map_or(w, |p| p.min(w))),
+                    None => {} // no image of the ball in this branch
+                }
+            }
+        }
+        let margin = match open.iter().map(|b| b.0).min() {
+            Some(w) => Some(w),
+            None => proved.or(root),
+        };
+        BabOutcome { margin, branches }
+    }
+
+    /// Bounds one branch: its worst margin (`None` if infeasible) and, if it is negative, the
+    /// split to try next.
+    fn bab_bound(
+        &mut self,
+        lo: &[u8],
+        hi: &[u8],
+        label: usize,
+        base: &(Vec<i64>, Vec<bool>),
+        splits: &[Split],
+    ) -> (Option<i64>, Option<(Split, Split)>) {
+        let Some(m) = self.branch_margins(lo, hi, label, base, splits) else { return (None, None) };
+        let w = worst_margin(&m, label);
+        let Some(w) = w.filter(|&w| w < 0) else { return (w, None) };
+        // The worst class's back-substitution again, recording its coefficients.
+        let j = (0..m.len()).filter(|&j| j != label).min_by_key(|&j| m[j] - i64::from(j < label));
+        let mut cand = None;
+        if let Some(j) = j {
+            self.capture = Some(vec![Vec::new(); self.layers.len()]);
+            self.difference_lower_bound(self.layers.len() - 1, label, j);
+            cand = self.choose_split();
+            self.capture = None;
+        }
+        (Some(w), cand)
+    }
+
+    /// The split of the current branch: the hidden neuron with an unstable clamp whose
+    /// relaxation gap, weighted by its captured coefficient, is largest; split at the kink.
+    fn choose_split(&self) -> Option<(Split, Split)> {
+        let cap = self.capture.as_ref()?;
+        let mut best: Option<(f64, Split, Split)> = None;
+        for (idx, layer) in self.layers.iter().enumerate() {
+            if !layer.op().has_weights() || layer.outputs_logits() || cap[idx].is_empty() {
+                continue;
+            }
+            let st = &self.state[idx];
+            let oc = layer.output_shape().c;
+            let (zp, (amin, amax)) = (layer.output_zero_point(), layer.clamp());
+            for (i, &c) in cap[idx].iter().enumerate() {
+                let (l, h) = (st.acc_lo[i], st.acc_hi[i]);
+                if c == 0.0 || l >= h {
+                    continue;
+                }
+                let ch = i % oc;
+                let f = |a: i32| quant::requantize(a, layer.multiplier(ch), layer.shift(ch), zp, amin, amax);
+                let (fl, fh) = (f(l), f(h));
+                if fl == fh {
+                    continue;
+                }
+                // The first accumulator past the lower clamp, else the first at the upper one.
+                let t = if fl == amin {
+                    first_above(l, h, |a| f(a) > fl)
+                } else if fh == amax {
+                    first_above(l, h, |a| f(a) == fh)
+                } else {
+                    continue;
+                };
+                let r = &st.relax[i];
+                let gap = |a: f64| (r.up_slope - r.lo_slope) * a + (r.up_icpt - r.lo_icpt);
+                let score = c.abs() * gap(l as f64).max(gap(t as f64)).max(gap(h as f64));
+                if best.as_ref().is_none_or(|b| score > b.0) {
+                    let a = Split { layer: idx, neuron: i, lo: l, hi: t - 1 };
+                    let b = Split { layer: idx, neuron: i, lo: t, hi: h };
+                    best = Some((score, a, b));
+                }
+            }
+        }
+        best.map(|(_, a, b)| (a, b))
+    }
+
     /// Interval pass with refinement: fills every layer's input bounds, and for weighted
     /// hidden layers the (refined) accumulator bounds and relaxations.
-    fn forward(&mut self, lo: &[u8], hi: &[u8]) {
+    fn forward(&mut self, lo: &[u8], hi: &[u8], splits: &[Split]) -> bool {
         let to_int = |v: &[u8]| v.iter().map(|&p| quant::pixel_to_input(p) as i32).collect::<Vec<_>>();
         let (ilo, ihi) = (to_int(lo), to_int(hi));
         self.ibp.set_bounds(&ilo, &ihi);
@@ -255,13 +422,25 @@ impl<'m> Crown<'m> {
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                     self.ibp.accumulate(&layer);
                     if layer.outputs_logits() {
-                        return;
+                        return true;
                     }
                     let (al, ah) = self.ibp.next_bounds_mut();
                     let mut acc_lo = al.to_vec();
                     let mut acc_hi = ah.to_vec();
                     if idx > first_weighted && acc_lo.len() <= self.cfg.refine_max_neurons {
                         self.refine(idx, &mut acc_lo, &mut acc_hi);
+                        let (al, ah) = self.ibp.next_bounds_mut();
+                        al.copy_from_slice(&acc_lo);
+                        ah.copy_from_slice(&acc_hi);
+                    }
+                    for sp in splits.iter().filter(|sp| sp.layer == idx) {
+                        let i = sp.neuron;
+                        (acc_lo[i], acc_hi[i]) = (acc_lo[i].max(sp.lo), acc_hi[i].min(sp.hi));
+                        if acc_lo[i] > acc_hi[i] {
+                            return false;
+                        }
+                    }
+                    if splits.iter().any(|sp| sp.layer == idx) {
                         let (al, ah) = self.ibp.next_bounds_mut();
                         al.copy_from_slice(&acc_lo);
                         ah.copy_from_slice(&acc_hi);
@@ -281,6 +460,7 @@ impl<'m> Crown<'m> {
             }
             self.ibp.advance();
         }
+        unreachable!("validated models end with a Dense layer emitting logits")
     }
 
     /// Tightens the accumulator bounds of weighted layer `idx` by back-substituting each
@@ -348,6 +528,9 @@ impl<'m> Crown<'m> {
                 OpKind::Flatten => continue,
                 OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool_back(idx, &cur, &mut nxt),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    if let Some(cap) = self.capture.as_mut() {
+                        cap[idx].clone_from(&cur.c);
+                    }
                     let mut acc = std::mem::take(&mut self.acc_row);
                     let (d, sigma) = self.relax_back(idx, &cur, &mut acc);
                     self.affine(idx, &acc, d, sigma, &mut nxt);
@@ -587,6 +770,21 @@ fn weight_facts(layer: &Layer<'_>) -> WeightFacts {
     WeightFacts { abs_sum, terms: o.len() * per_neuron.max(1) + i.len() + 1 }
 }
 
+/// The least `a` in `(lo, hi]` with `pred(a)`, for a monotone `pred` false at `lo` and true
+/// at `hi`.
+fn first_above(lo: i32, hi: i32, pred: impl Fn(i32) -> bool) -> i32 {
+    let (mut a, mut b) = (lo as i64, hi as i64); // pred(a) false, pred(b) true
+    while b - a > 1 {
+        let m = a + (b - a) / 2;
+        if pred(m as i32) {
+            b = m;
+        } else {
+            a = m;
+        }
+    }
+    b as i32
+}
+
 fn floor_i64(v: f64) -> i64 {
     if v.is_nan() {
         i64::MIN
@@ -615,7 +813,7 @@ mod tests {
                 let p: Vec<u8> = (0..4).map(|_| rng.range(0, 255) as u8).collect();
                 let k = 1 + (rng.next_u64() % 3) as u8;
                 let (lo, hi) = crate::ibp::linf_ball(&p, k);
-                crown.forward(&lo, &hi);
+                crown.forward(&lo, &hi, &[]);
                 for c in [1.0, -1.0] {
                     let row = Row { c: vec![c], d: 0.0, sigma: 0.0 };
                     let mut out = Row::default();

@@ -49,6 +49,10 @@ pub enum BoundMethod {
     /// Interval bounds, then linear-relaxation bounds ([`crate::crown`]) on the samples
     /// they leave open. Never certifies fewer samples than `Ibp`.
     Crown,
+    /// As `Crown`, then branch and bound ([`crate::crown::Crown::bab_margin`]) on the
+    /// samples neither the bounds nor the attacks decide, up to
+    /// [`GateConfig::bab_branches`] branches each.
+    Bab,
 }
 
 impl BoundMethod {
@@ -64,7 +68,8 @@ impl std::str::FromStr for BoundMethod {
         match s {
             "ibp" => Ok(BoundMethod::Ibp),
             "crown" => Ok(BoundMethod::Crown),
-            _ => Err(format!("unknown bound `{s}`: expected ibp or crown")),
+            "bab" => Ok(BoundMethod::Bab),
+            _ => Err(format!("unknown bound `{s}`: expected ibp, crown or bab")),
         }
     }
 }
@@ -283,6 +288,10 @@ pub struct GateConfig {
     /// The sound bound that proves samples.
     #[serde(default = "BoundMethod::legacy")]
     pub bound: BoundMethod,
+    /// Branch-and-bound budget per open sample and radius, in bounded branches
+    /// (deterministic, unlike a time budget); used by [`BoundMethod::Bab`].
+    #[serde(default)]
+    pub bab_branches: usize,
 }
 
 impl Default for GateConfig {
@@ -305,6 +314,7 @@ impl Default for GateConfig {
             threshold: Threshold::ZERO,
             strict: false,
             bound: BoundMethod::Crown,
+            bab_branches: 64,
         }
     }
 }
@@ -373,6 +383,10 @@ pub struct LevelCounts {
     /// (included in `certified`).
     #[serde(default)]
     pub certified_crown: usize,
+    /// Certified by branch and bound where bounds and attacks left the sample open
+    /// (included in `certified`).
+    #[serde(default)]
+    pub certified_bab: usize,
     /// Survived every attack (includes certified).
     pub empirical: usize,
     /// Survived FGSM.
@@ -397,6 +411,7 @@ impl LevelCounts {
         self.clean += o.clean;
         self.certified += o.certified;
         self.certified_crown += o.certified_crown;
+        self.certified_bab += o.certified_bab;
         self.empirical += o.empirical;
         self.fgsm += o.fgsm;
         self.pgd += o.pgd;
@@ -520,7 +535,7 @@ fn one_sample(
     let mut verdict = ball.verdict;
     if verdict == Verdict::Certified {
         res.certified_by = Some(BoundMethod::Ibp);
-    } else if verdict == Verdict::Unknown && cfg.bound == BoundMethod::Crown {
+    } else if verdict == Verdict::Unknown && cfg.bound != BoundMethod::Ibp {
         let m = crown.ball_margin(px, label, k);
         res.bound_margin = res.bound_margin.max(m);
         if m.is_some_and(|m| m >= 0) {
@@ -587,6 +602,18 @@ fn one_sample(
     } else {
         res.verdict = SampleVerdict::Unknown;
         counts.empirical += 1;
+        if cfg.bound == BoundMethod::Bab {
+            let t2 = Instant::now();
+            let bab = crown.bab_margin(px, label, k, cfg.bab_branches);
+            counts.bound_seconds += t2.elapsed().as_secs_f64();
+            res.bound_margin = res.bound_margin.max(bab.margin);
+            if bab.margin.is_some_and(|m| m >= 0) {
+                res.verdict = SampleVerdict::Certified;
+                res.certified_by = Some(BoundMethod::Bab);
+                counts.certified += 1;
+                counts.certified_bab += 1;
+            }
+        }
     }
     res
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::gate::{GateConfig, GateKind, GateOutcome, LevelCounts, SampleVerdict};
+use crate::gate::{BoundMethod, GateConfig, GateKind, GateOutcome, LevelCounts, SampleVerdict};
 
 /// Errors writing or reading reports.
 #[derive(Debug, Error)]
@@ -326,6 +326,15 @@ impl CertifyReport {
             "- attacks: PGD-{} x{} restarts (straight-through gradients, judged on int8), FGSM, Square ({} queries), random ({} samples); seed {}",
             self.config.pgd_steps, self.config.pgd_restarts, self.config.square_queries, self.config.random_samples, self.config.seed
         );
+        let bounds = match self.config.bound {
+            BoundMethod::Ibp => "interval bounds (IBP)".to_string(),
+            BoundMethod::Crown => "interval bounds, then linear relaxation (CROWN) on the open samples".to_string(),
+            BoundMethod::Bab => format!(
+                "interval bounds, then linear relaxation (CROWN), then branch and bound ({} branches) on the samples the attacks leave open",
+                self.config.bab_branches
+            ),
+        };
+        let _ = writeln!(o, "- bounds: {bounds}, all on the int8 arithmetic");
         let _ =
             writeln!(o, "\n| k | eps | clean | empirical (upper) | certified (lower) | FGSM | PGD | Square | random |");
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
@@ -353,6 +362,15 @@ impl CertifyReport {
             self.count(SampleVerdict::Unknown),
             self.count(SampleVerdict::Misclassified)
         );
+        if let Some(at) = self.outcome.at(self.config.k).filter(|_| self.config.bound != BoundMethod::Ibp) {
+            let _ = writeln!(
+                o,
+                "Certified by interval bounds {}, by linear relaxation {}, by branch and bound {}.",
+                at.certified - at.certified_crown - at.certified_bab,
+                at.certified_crown,
+                at.certified_bab
+            );
+        }
         let shown = crate::gallery::gallery_samples(&self.outcome.samples).len();
         if shown > 0 {
             let broken = self.outcome.samples.iter().filter(|s| s.counterexample.is_some()).count();
@@ -737,6 +755,7 @@ impl CertifyReport {
         }
         for l in &self.outcome.levels {
             let ordered = l.certified <= l.empirical
+                && l.certified_crown + l.certified_bab <= l.certified
                 && l.empirical <= l.clean
                 && l.clean <= l.n
                 && [l.fgsm, l.pgd, l.square, l.random].iter().all(|&x| l.certified <= x && x <= l.clean);

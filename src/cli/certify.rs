@@ -70,6 +70,9 @@ pub enum BoundArg {
     /// Interval bounds, then linear-relaxation (CROWN) bounds back-substituted to the
     /// pixels on the samples intervals leave open: never fewer certified samples.
     Crown,
+    /// As crown, then branch and bound (splitting hidden neurons at their clamp) on the
+    /// samples neither bounds nor attacks decide, up to --bab-branches branches each.
+    Bab,
 }
 
 impl From<BoundArg> for BoundMethod {
@@ -77,6 +80,7 @@ impl From<BoundArg> for BoundMethod {
         match b {
             BoundArg::Ibp => BoundMethod::Ibp,
             BoundArg::Crown => BoundMethod::Crown,
+            BoundArg::Bab => BoundMethod::Bab,
         }
     }
 }
@@ -152,6 +156,10 @@ pub struct CertifyArgs {
     /// The sound bound that proves samples.
     #[arg(long, value_enum, default_value_t = BoundArg::Crown)]
     pub bound: BoundArg,
+    /// Branch-and-bound budget per open sample and radius, in branches bounded (with
+    /// --bound bab; a count, not a time, so results do not depend on the machine).
+    #[arg(long, default_value_t = 64)]
+    pub bab_branches: usize,
     /// Test samples to evaluate (0 = all); a run over 0 samples is an error.
     #[arg(long, default_value_t = 500)]
     pub samples: usize,
@@ -211,6 +219,7 @@ impl CertifyArgs {
             threshold: self.threshold,
             strict: self.strict,
             bound: self.bound.into(),
+            bab_branches: self.bab_branches,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! of its interval, the margins on whole enumerated balls and on sampled corners, and that
 //! they are never looser than IBP.
 
-use iocane_certify::attack::SplitMix64;
+use iocane_certify::attack::{margin, SplitMix64};
 use iocane_certify::crown::{relax_requantize, Crown, CrownConfig};
 use iocane_certify::ibp::{linf_ball, try_for_each_image, worst_margin, Bounder};
 use iocane_runtime::{quant, Model, Shape};
@@ -87,14 +87,21 @@ proptest! {
             prop_assert!(crown[j] >= ibp[j], "crown {crown:?} looser than ibp {ibp:?}");
         }
         let certified = worst_margin(&crown, label).unwrap() >= 0;
+        let bab = Crown::new(&model).bab_margin(&p, label, k, 24);
+        let bab_certified = bab.margin.unwrap() >= 0;
+        let mut true_worst = i64::MAX;
         try_for_each_image(&lo, &hi, |x| {
             let (c, z) = run(&model, x);
             check_margins(&crown, &z, label)?;
-            if certified {
+            if certified || bab_certified {
                 prop_assert_eq!(c, label, "certified sample misclassified at {:?}", x);
             }
+            // attack::margin is z_y - z_j + [j > y]; worst_margin's is z_y - z_j - [j < y].
+            true_worst = true_worst.min(margin(&z, label) - 1);
             Ok(())
         })?;
+        // The branch-and-bound margin is a lower bound on the true worst margin.
+        prop_assert!(bab.margin.unwrap() <= true_worst, "bab {:?} above the true worst margin {true_worst}", bab);
     }
 
     /// Larger random models: the margins hold at the ball's corners, at random points and at
@@ -133,7 +140,7 @@ proptest! {
 #[test]
 fn crown_certifies_samples_ibp_cannot() {
     let mut rng = SplitMix64(5);
-    let (mut ibp_cert, mut crown_cert, mut plain_cert, mut total) = (0, 0, 0, 0);
+    let (mut ibp_cert, mut crown_cert, mut plain_cert, mut bab_cert, mut total) = (0, 0, 0, 0, 0);
     for seed in 0..60u64 {
         let input = Shape::new(6, 6, 1);
         let ops: Vec<Op> = vec![(1, 3, 2, 0, 1, true), (1, 3, 2, 1, 1, true), (0, 11, 0, 0, 0, true)];
@@ -151,13 +158,15 @@ fn crown_certifies_samples_ibp_cannot() {
             let mc = worst_margin(&crown.margin_lower_bounds(&lo, &hi, label), label).unwrap();
             let mp = worst_margin(&plain.margin_lower_bounds(&lo, &hi, label), label).unwrap();
             assert!(mc >= mp && mp >= mi, "model {seed}: refined {mc}, unrefined {mp}, ibp {mi}");
+            let mb = crown.bab_margin(&p, label, k, 32).margin.unwrap();
+            bab_cert += usize::from(mb >= 0 || mc >= 0);
             total += 1;
             ibp_cert += usize::from(mi >= 0);
             crown_cert += usize::from(mc >= 0);
             plain_cert += usize::from(mp >= 0);
         }
     }
-    eprintln!("certified of {total}: ibp {ibp_cert}, crown without refinement {plain_cert}, crown {crown_cert}");
+    eprintln!("certified of {total}: ibp {ibp_cert}, crown without refinement {plain_cert}, crown {crown_cert}, bab {bab_cert}");
     assert!(crown_cert > ibp_cert, "crown certified {crown_cert}, ibp {ibp_cert}");
 }
 
