@@ -465,11 +465,21 @@ impl<'m> Crown<'m> {
 
     /// Tightens the accumulator bounds of weighted layer `idx` by back-substituting each
     /// neuron's accumulator (both signs) to the input; integer bounds, rounded inward.
+    ///
+    /// Only neurons whose interval reaches a clamp are refined: elsewhere the output is a
+    /// constant (both ends clamped alike) or the relaxation is the line `s·acc ± 1/2` whatever
+    /// the interval, so a tighter interval would change little for its cost.
     fn refine(&mut self, idx: usize, acc_lo: &mut [i32], acc_hi: &mut [i32]) {
         let n = acc_lo.len();
+        let layer = self.layers[idx];
+        let oc = layer.output_shape().c;
+        let (zp, (amin, amax)) = (layer.output_zero_point(), layer.clamp());
         let mut e = std::mem::take(&mut self.acc_row);
         for i in 0..n {
-            if acc_lo[i] == acc_hi[i] {
+            let c = i % oc;
+            let f = |a: i32| quant::requantize(a, layer.multiplier(c), layer.shift(c), zp, amin, amax);
+            let (fl, fh) = (f(acc_lo[i]), f(acc_hi[i]));
+            if fl == fh || (fl != amin && fh != amax) {
                 continue;
             }
             for sign in [1.0f64, -1.0] {
