@@ -609,28 +609,8 @@ impl<'m> Crown<'m> {
         let mut abs_w = 0.0;
         let oc = o.c;
         match layer.op() {
-            OpKind::Dense => {
-                let n = i.len();
-                for (c, &ec) in e.iter().enumerate() {
-                    if ec == 0.0 {
-                        continue;
-                    }
-                    let row = &w[c * n..(c + 1) * n];
-                    let mut wsum = 0i64;
-                    for (k, &wb) in row.iter().enumerate() {
-                        let wv = wb as i8;
-                        if wv != 0 {
-                            out.c[k] += ec * wv as f64;
-                            wsum += wv as i64;
-                        }
-                    }
-                    let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
-                    d += t;
-                    abs += t.abs();
-                    abs_w += ec.abs() * self.facts[idx].abs_sum[c];
-                }
-            }
-            OpKind::Conv2d => {
+            // A Dense layer is a 1x1 convolution over its 1x1xC input.
+            OpKind::Dense | OpKind::Conv2d => {
                 let win = window(&layer);
                 let (kh, kw) = win.kernel;
                 let ic = i.c;

@@ -61,12 +61,7 @@ fn certified_and_falsified_both_occur_and_never_overlap() {
     let (mut certified, mut falsified, mut unknown, mut trivial) = (0, 0, 0, 0);
     for seed in 0..150u64 {
         let input = Shape::new(4, 4, 2);
-        let ops: Vec<Op> = (0..3)
-            .map(|_| {
-                let r = rng.next_u64().to_le_bytes();
-                (r[0] % 6, r[1], r[2], r[3], r[4], r[5] & 1 == 1)
-            })
-            .collect();
+        let ops = random_ops(&mut rng, 3);
         let blob = build(input, 3, &ops, seed).emit();
         let model = Model::parse(&blob).unwrap();
         let mut bounder = Bounder::new(&model);

@@ -3,7 +3,8 @@
 
 use std::sync::atomic::AtomicBool;
 
-use iocane_certify::attack::SplitMix64;
+use iocane_certify::attack::{margin, SplitMix64};
+use iocane_certify::crown::Crown;
 use iocane_certify::gate::{self, GateConfig, Radius, Threshold};
 use iocane_certify::ibp::{linf_ball, try_for_each_image, worst_margin, Bounder, Verdict};
 use iocane_certify::report::{CertifyReport, RunIdentity};
@@ -100,16 +101,18 @@ proptest! {
         }
     }
 
-    /// On inputs of at most 4 pixels, the whole ball (up to 5^4 images) is enumerated:
-    /// every image's logits lie within the bounds, and a certified sample has no
-    /// misclassified image at all.
+    /// On inputs of at most 4 pixels, the whole ball (up to 7^4 images) is enumerated:
+    /// every image's logits lie within the bounds and its logit differences above the IBP and
+    /// CROWN margins (CROWN's at least IBP's); a sample certified by IBP, CROWN or branch and
+    /// bound has no misclassified image at all, and the branch-and-bound margin is a lower
+    /// bound on the true worst margin.
     #[test]
     fn exhaustive_ball_on_tiny_inputs(
         (h, w) in (1usize..=2, 1usize..=2),
         classes in 2usize..=4,
-        ops in prop::collection::vec(op_strategy(), 0..4),
+        ops in prop::collection::vec(op_strategy(), 0..5),
         seed in any::<u64>(),
-        k in 0u8..=2,
+        k in 0u8..=3,
         pseed in any::<u64>(),
     ) {
         let input = Shape::new(h, w, 1);
@@ -123,15 +126,26 @@ proptest! {
         let (verdict, b) = bounder.certify_sample(&p, label, k);
         prop_assert!(verdict != Verdict::Misclassified);
         let margins = bounder.margin_lower_bounds(&lo, &hi, label);
+        let crown = Crown::new(&model).margin_lower_bounds(&lo, &hi, label);
+        for j in 0..classes {
+            prop_assert!(crown[j] >= margins[j], "crown {crown:?} looser than ibp {margins:?}");
+        }
+        let bab = Crown::new(&model).bab_margin(&p, label, k, 24).margin.unwrap();
+        let certified = verdict == Verdict::Certified || worst_margin(&crown, label).unwrap() >= 0 || bab >= 0;
+        let mut true_worst = i64::MAX;
         try_for_each_image(&lo, &hi, |x| {
             let (c, z) = run(&model, x);
             check_contains(&b, &z, "enumerated")?;
             check_margins(&margins, &z, label)?;
-            if verdict == Verdict::Certified {
+            check_margins(&crown, &z, label)?;
+            if certified {
                 prop_assert_eq!(c, label, "certified sample misclassified at {:?}", x);
             }
+            // attack::margin is z_y - z_j + [j > y]; worst_margin's is z_y - z_j - [j < y].
+            true_worst = true_worst.min(margin(&z, label) - 1);
             Ok(())
         })?;
+        prop_assert!(bab <= true_worst, "branch and bound {bab} above the true worst margin {true_worst}");
     }
 }
 

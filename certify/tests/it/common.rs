@@ -99,6 +99,16 @@ pub fn pixels(n: usize, rng: &mut SplitMix64) -> Vec<u8> {
         .collect()
 }
 
+/// `n` random layer requests drawn from `rng` (a fixed family of models for a seed).
+pub fn random_ops(rng: &mut SplitMix64, n: usize) -> Vec<Op> {
+    (0..n)
+        .map(|_| {
+            let r = rng.next_u64().to_le_bytes();
+            (r[0] % 6, r[1], r[2], r[3], r[4], r[5] & 1 == 1)
+        })
+        .collect()
+}
+
 pub fn op_strategy() -> impl Strategy<Value = Op> {
     (0u8..6, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<bool>())
 }
