@@ -609,48 +609,26 @@ impl<'m> Crown<'m> {
         let mut abs_w = 0.0;
         let oc = o.c;
         match layer.op() {
-            // A Dense layer is a 1x1 convolution over its 1x1xC input.
-            OpKind::Dense | OpKind::Conv2d => {
+            // A Dense layer is a 1x1 convolution over its 1x1xC input; a depthwise tap reads
+            // one channel, a convolution tap all `ic`.
+            OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                 let win = window(&layer);
                 let (kh, kw) = win.kernel;
                 let ic = i.c;
+                let depthwise = layer.op() == OpKind::DepthwiseConv2d;
                 let per_oc = kh * kw * ic;
                 for (p, chunk) in e.chunks_exact(oc).enumerate() {
                     let (oy, ox) = (p / o.w, p % o.w);
-                    for (c, &ec) in chunk.iter().enumerate() {
-                        if ec == 0.0 {
-                            continue;
-                        }
-                        let wrow = &w[c * per_oc..(c + 1) * per_oc];
+                    for (c, &ec) in chunk.iter().enumerate().filter(|&(_, &ec)| ec != 0.0) {
                         let mut wsum = 0i64;
                         for_taps(&win, oy, ox, |tap, src| {
-                            for q in 0..ic {
-                                let wv = wrow[tap * ic + q] as i8;
-                                out.c[src + q] += ec * wv as f64;
+                            let (lanes, w0, x0) =
+                                if depthwise { (1, tap * ic + c, src + c) } else { (ic, c * per_oc + tap * ic, src) };
+                            for q in 0..lanes {
+                                let wv = w[w0 + q] as i8;
+                                out.c[x0 + q] += ec * wv as f64;
                                 wsum += wv as i64;
                             }
-                        });
-                        let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
-                        d += t;
-                        abs += t.abs();
-                        abs_w += ec.abs() * self.facts[idx].abs_sum[c];
-                    }
-                }
-            }
-            OpKind::DepthwiseConv2d => {
-                let win = window(&layer);
-                let cn = i.c;
-                for (p, chunk) in e.chunks_exact(oc).enumerate() {
-                    let (oy, ox) = (p / o.w, p % o.w);
-                    for (c, &ec) in chunk.iter().enumerate() {
-                        if ec == 0.0 {
-                            continue;
-                        }
-                        let mut wsum = 0i64;
-                        for_taps(&win, oy, ox, |tap, src| {
-                            let wv = w[tap * cn + c] as i8;
-                            out.c[src + c] += ec * wv as f64;
-                            wsum += wv as i64;
                         });
                         let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
                         d += t;
