@@ -149,6 +149,36 @@ struct Row {
     c: Vec<f64>,
     d: f64,
     sigma: f64,
+    /// `c` is zero outside `lo..hi` (rows of one neuron touch only its receptive field).
+    lo: usize,
+    hi: usize,
+}
+
+impl Row {
+    /// An all-zero row of `len` entries, reusing the allocation (only the old span is
+    /// cleared).
+    fn reset(&mut self, len: usize) {
+        if self.c.len() == len {
+            let hi = self.hi.min(len);
+            self.c[self.lo.min(hi)..hi].fill(0.0);
+        } else {
+            self.c.clear();
+            self.c.resize(len, 0.0);
+        }
+        (self.lo, self.hi) = (len, 0);
+    }
+
+    /// Widens the span to cover `a..b`.
+    #[inline]
+    fn touch(&mut self, a: usize, b: usize) {
+        self.lo = self.lo.min(a);
+        self.hi = self.hi.max(b);
+    }
+
+    /// The span, empty when nothing was touched.
+    fn span(&self) -> core::ops::Range<usize> {
+        self.lo.min(self.hi)..self.hi
+    }
 }
 
 /// Per-sample state of one layer: its input bounds, and for weighted layers the accumulator
@@ -194,8 +224,10 @@ pub struct Crown<'m> {
     ibp: Bounder<'m>,
     state: Vec<LayerState>,
     cfg: CrownConfig,
-    rows: [Row; 2],
-    acc_row: Vec<f64>,
+    rows: Vec<Row>,
+    acc_rows: Vec<Row>,
+    /// The objective row of a refinement or margin bound.
+    obj_row: Row,
     /// When set, the back-substitution records its coefficients on each weighted layer's
     /// outputs (for choosing a split).
     capture: Option<Vec<Vec<f64>>>,
@@ -218,8 +250,9 @@ impl<'m> Crown<'m> {
             facts,
             ibp: Bounder::new(model),
             cfg,
-            rows: [Row::default(), Row::default()],
-            acc_row: Vec::new(),
+            rows: Vec::new(),
+            acc_rows: Vec::new(),
+            obj_row: Row::default(),
             capture: None,
         }
     }
@@ -474,7 +507,7 @@ impl<'m> Crown<'m> {
         let layer = self.layers[idx];
         let oc = layer.output_shape().c;
         let (zp, (amin, amax)) = (layer.output_zero_point(), layer.clamp());
-        let mut e = std::mem::take(&mut self.acc_row);
+        let mut e = std::mem::take(&mut self.obj_row);
         for i in 0..n {
             let c = i % oc;
             let f = |a: i32| quant::requantize(a, layer.multiplier(c), layer.shift(c), zp, amin, amax);
@@ -483,10 +516,10 @@ impl<'m> Crown<'m> {
                 continue;
             }
             for sign in [1.0f64, -1.0] {
-                e.clear();
-                e.resize(n, 0.0);
-                e[i] = sign;
-                let b = self.back_substitute(idx, &e, 0.0, 0.0);
+                e.reset(n);
+                e.c[i] = sign;
+                e.touch(i, i + 1);
+                let b = self.back_substitute(idx, &e);
                 if !b.is_finite() {
                     continue;
                 }
@@ -505,7 +538,7 @@ impl<'m> Crown<'m> {
                 }
             }
         }
-        self.acc_row = e;
+        self.obj_row = e;
     }
 
     /// A lower bound on `s_y acc_y - s_j acc_j` of the logits layer `last`.
@@ -513,44 +546,53 @@ impl<'m> Crown<'m> {
         let layer = self.layers[last];
         let n = layer.output_shape().c;
         let sc = |c: usize| layer.multiplier(c) as f64 * (-((31 - layer.shift(c)) as f64)).exp2();
-        let mut e = std::mem::take(&mut self.acc_row);
-        e.clear();
-        e.resize(n, 0.0);
-        e[y] = sc(y);
-        e[j] = -sc(j);
-        let b = self.back_substitute(last, &e, 0.0, 0.0);
-        self.acc_row = e;
+        let mut e = std::mem::take(&mut self.obj_row);
+        e.reset(n);
+        e.c[y] = sc(y);
+        e.c[j] = -sc(j);
+        e.touch(y.min(j), y.max(j) + 1);
+        let b = self.back_substitute(last, &e);
+        self.obj_row = e;
         b
     }
 
     /// The best lower bound of `e·acc + d - sigma` (`acc` the accumulators of weighted layer
     /// `top`) over the box, substituting back to the input and concretising at every layer
     /// boundary on the way.
-    fn back_substitute(&mut self, top: usize, e: &[f64], d: f64, sigma: f64) -> f64 {
-        let [mut cur, mut nxt] = std::mem::take(&mut self.rows);
-        self.affine(top, e, d, sigma, &mut cur);
-        let mut best = self.concretize(top, &cur);
+    fn back_substitute(&mut self, top: usize, e: &Row) -> f64 {
+        // One row buffer per tensor (the input of layer i), so each keeps its length and
+        // only its last span is cleared.
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.resize_with(self.layers.len() + 1, Row::default);
+        let mut accs = std::mem::take(&mut self.acc_rows);
+        accs.resize_with(self.layers.len(), Row::default);
+        self.affine(top, e, &mut rows[top]);
+        let mut best = self.concretize(top, &rows[top]);
+        // rows[cur] is the row over the output of layer idx - 1.
+        let mut cur = top;
         let mut idx = top;
         while idx > 0 {
             idx -= 1;
             let layer = self.layers[idx];
+            let (below, above) = rows.split_at_mut(cur);
+            let (row, out) = (&above[0], &mut below[idx]);
             match layer.op() {
+                // The same data: the row over the output is the row over the input.
                 OpKind::Flatten => continue,
-                OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool_back(idx, &cur, &mut nxt),
+                OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool_back(idx, row, out),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                     if let Some(cap) = self.capture.as_mut() {
-                        cap[idx].clone_from(&cur.c);
+                        cap[idx].clone_from(&row.c);
                     }
-                    let mut acc = std::mem::take(&mut self.acc_row);
-                    let (d, sigma) = self.relax_back(idx, &cur, &mut acc);
-                    self.affine(idx, &acc, d, sigma, &mut nxt);
-                    self.acc_row = acc;
+                    self.relax_back(idx, row, &mut accs[idx]);
+                    self.affine(idx, &accs[idx], out);
                 }
             }
-            std::mem::swap(&mut cur, &mut nxt);
-            best = best.max(self.concretize(idx, &cur));
+            cur = idx;
+            best = best.max(self.concretize(idx, &rows[idx]));
         }
-        self.rows = [cur, nxt];
+        self.rows = rows;
+        self.acc_rows = accs;
         best
     }
 
@@ -559,7 +601,8 @@ impl<'m> Crown<'m> {
         let st = &self.state[idx];
         let mut v = row.d;
         let mut abs = row.d.abs();
-        for ((&c, &l), &h) in row.c.iter().zip(&st.in_lo).zip(&st.in_hi) {
+        let r = row.span();
+        for ((&c, &l), &h) in row.c[r.clone()].iter().zip(&st.in_lo[r.clone()]).zip(&st.in_hi[r]) {
             if c == 0.0 {
                 continue;
             }
@@ -571,40 +614,40 @@ impl<'m> Crown<'m> {
     }
 
     /// Through the requantization of weighted layer `idx`: `row` over its outputs becomes
-    /// `acc` over its accumulators; returns the new constant and slack.
-    fn relax_back(&self, idx: usize, row: &Row, acc: &mut Vec<f64>) -> (f64, f64) {
+    /// `acc` over its accumulators (with the new constant and slack).
+    fn relax_back(&self, idx: usize, row: &Row, acc: &mut Row) {
         let st = &self.state[idx];
-        acc.clear();
-        acc.resize(row.c.len(), 0.0);
+        acc.reset(row.c.len());
+        let r = row.span();
+        acc.touch(r.start, r.end);
         let (mut d, mut abs_const, mut abs_acc) = (row.d, row.d.abs(), 0.0);
-        for (i, &c) in row.c.iter().enumerate() {
+        for (i, &c) in row.c.iter().enumerate().take(r.end).skip(r.start) {
             if c == 0.0 {
                 continue;
             }
             let r = &st.relax[i];
             let (slope, icpt) = if c >= 0.0 { (r.lo_slope, r.lo_icpt) } else { (r.up_slope, r.up_icpt) };
             let ei = c * slope;
-            acc[i] = ei;
+            acc.c[i] = ei;
             let t = c * icpt;
             d += t;
             abs_const += t.abs();
             abs_acc += ei.abs() * (st.acc_lo[i].unsigned_abs().max(st.acc_hi[i].unsigned_abs())) as f64;
         }
         // fl(c·slope) is within 2u of c·slope; its product with |acc| <= A is the first term.
-        let sigma = row.sigma + f64::EPSILON * abs_acc + gamma(row.c.len() + 1) * abs_const;
-        (d, sigma)
+        acc.sigma = row.sigma + f64::EPSILON * abs_acc + gamma(row.c.len() + 1) * abs_const;
+        acc.d = d;
     }
 
     /// Through the affine part of weighted layer `idx`: `e` over its accumulators becomes
     /// `out` over its input.
-    fn affine(&self, idx: usize, e: &[f64], d: f64, sigma: f64, out: &mut Row) {
+    fn affine(&self, idx: usize, e: &Row, out: &mut Row) {
         let layer = self.layers[idx];
         let (i, o) = (layer.input_shape(), layer.output_shape());
         let w = layer.weight_bytes();
         let zp = layer.input_zero_point() as f64;
-        out.c.clear();
-        out.c.resize(i.len(), 0.0);
-        let mut d = d;
+        out.reset(i.len());
+        let (mut d, sigma) = (e.d, e.sigma);
         let mut abs = d.abs();
         let mut abs_w = 0.0;
         let oc = o.c;
@@ -617,13 +660,16 @@ impl<'m> Crown<'m> {
                 let ic = i.c;
                 let depthwise = layer.op() == OpKind::DepthwiseConv2d;
                 let per_oc = kh * kw * ic;
-                for (p, chunk) in e.chunks_exact(oc).enumerate() {
+                let span = e.span();
+                for flat in span.clone().filter(|&f| e.c[f] != 0.0) {
+                    let (p, c, ec) = (flat / oc, flat % oc, e.c[flat]);
                     let (oy, ox) = (p / o.w, p % o.w);
-                    for (c, &ec) in chunk.iter().enumerate().filter(|&(_, &ec)| ec != 0.0) {
+                    {
                         let mut wsum = 0i64;
                         for_taps(&win, oy, ox, |tap, src| {
                             let (lanes, w0, x0) =
                                 if depthwise { (1, tap * ic + c, src + c) } else { (ic, c * per_oc + tap * ic, src) };
+                            out.touch(x0, x0 + lanes);
                             for q in 0..lanes {
                                 let wv = w[w0 + q] as i8;
                                 out.c[x0 + q] += ec * wv as f64;
@@ -665,15 +711,18 @@ impl<'m> Crown<'m> {
         let count = win.kernel.0 * win.kernel.1;
         let avg = layer.op() == OpKind::AvgPool2d;
         let inv = 1.0 / count as f64;
-        out.c.clear();
-        out.c.resize(i.len(), 0.0);
+        out.reset(i.len());
         let (mut d, mut abs, mut abs_c) = (row.d, row.d.abs(), 0.0);
-        for (p, chunk) in row.c.chunks_exact(o.c).enumerate() {
+        for flat in row.span().filter(|&f| row.c[f] != 0.0) {
+            let (p, c, rc) = (flat / o.c, flat % o.c, row.c[flat]);
             let (oy, ox) = (p / o.w, p % o.w);
-            for (c, &rc) in chunk.iter().enumerate().filter(|&(_, &rc)| rc != 0.0) {
+            {
                 let t = if avg {
                     let v = rc * inv;
-                    for_taps(&win, oy, ox, |_, src| out.c[src + c] += v);
+                    for_taps(&win, oy, ox, |_, src| {
+                        out.touch(src + c, src + c + 1);
+                        out.c[src + c] += v;
+                    });
                     abs_c += rc.abs();
                     -rc.abs() * (0.5 + ICPT_EPS)
                 } else {
@@ -692,6 +741,7 @@ impl<'m> Crown<'m> {
                         }
                     });
                     if rc >= 0.0 || best_lo >= others_hi {
+                        out.touch(best, best + 1);
                         out.c[best] += rc;
                         abs_c += rc.abs();
                         0.0
@@ -709,14 +759,18 @@ impl<'m> Crown<'m> {
 }
 
 /// Calls `f(tap, src)` for every valid tap of output position `(oy, ox)`: `tap` is
-/// `ky * kw + kx`, `src` the input index of channel 0 ([`Window::tap`]).
+/// `ky * kw + kx`, `src` the input index of channel 0 (the runtime's receptive-field walk,
+/// [`Window::rows`] / [`Window::cols`], the same taps as [`Window::tap`]).
+#[inline(always)]
 fn for_taps(win: &Window, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
-    let (kh, kw) = win.kernel;
-    for ky in 0..kh {
-        for kx in 0..kw {
-            if let Some(src) = win.tap((oy, ox), (ky, kx)) {
-                f(ky * kw + kx, src);
-            }
+    let kw = win.kernel.1;
+    let (ky0, ky1, iy0) = win.rows(oy);
+    let (kx0, kx1, ix0) = win.cols(ox);
+    for ky in ky0..ky1 {
+        let row = (iy0 + ky as isize) as usize * win.input.w;
+        for kx in kx0..kx1 {
+            let ix = (ix0 + kx as isize) as usize;
+            f(ky * kw + kx, (row + ix) * win.input.c);
         }
     }
 }
@@ -783,7 +837,7 @@ mod tests {
                 let (lo, hi) = crate::ibp::linf_ball(&p, k);
                 crown.forward(&lo, &hi, &[]);
                 for c in [1.0, -1.0] {
-                    let row = Row { c: vec![c], d: 0.0, sigma: 0.0 };
+                    let row = Row { c: vec![c], d: 0.0, sigma: 0.0, lo: 0, hi: 1 };
                     let mut out = Row::default();
                     crown.pool_back(0, &row, &mut out);
                     crate::ibp::try_for_each_image::<()>(&lo, &hi, |x| {
