@@ -406,20 +406,13 @@ pub struct LevelCounts {
 }
 
 impl LevelCounts {
+    /// Adds `o`'s counts and times (every field but `k`).
     pub(crate) fn add(&mut self, o: &LevelCounts) {
-        self.n += o.n;
-        self.clean += o.clean;
-        self.certified += o.certified;
-        self.certified_crown += o.certified_crown;
-        self.certified_bab += o.certified_bab;
-        self.empirical += o.empirical;
-        self.fgsm += o.fgsm;
-        self.pgd += o.pgd;
-        self.square += o.square;
-        self.random += o.random;
-        self.square_not_pgd += o.square_not_pgd;
-        self.bound_seconds += o.bound_seconds;
-        self.attack_seconds += o.attack_seconds;
+        macro_rules! add {
+            ($($f:ident),*) => { $(self.$f += o.$f;)* };
+        }
+        add!(n, clean, certified, certified_crown, certified_bab, empirical, fgsm, pgd, square, random, square_not_pgd);
+        add!(bound_seconds, attack_seconds);
     }
     /// `count / n`.
     pub fn acc(&self, count: usize) -> f64 {

@@ -21,10 +21,8 @@ proptest! {
         pseed in any::<u64>(),
         wrong_label in any::<bool>(),
     ) {
-        let blob = build(input, classes, &ops, seed).emit();
+        let (blob, p, mut rng) = case(input, classes, &ops, seed, pseed);
         let model = Model::parse(&blob).unwrap();
-        let mut rng = SplitMix64(pseed);
-        let p = pixels(model.input_len(), &mut rng);
         let (class, _) = run(&model, &p);
         let label = if wrong_label { (class + 1) % classes } else { class };
         let (verdict, b) = Bounder::new(&model).certify_sample(&p, label, k);

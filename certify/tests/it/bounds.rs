@@ -24,10 +24,8 @@ proptest! {
     /// random vertices, random interior points) lie within the bounds.
     #[test]
     fn bounds_contain_runtime_logits((input, classes, ops, seed) in arch_strategy(), k in 0u8..=8, pseed in any::<u64>()) {
-        let blob = build(input, classes, &ops, seed).emit();
+        let (blob, p, mut rng) = case(input, classes, &ops, seed, pseed);
         let model = Model::parse(&blob).unwrap();
-        let mut rng = SplitMix64(pseed);
-        let p = pixels(model.input_len(), &mut rng);
         let (lo, hi) = linf_ball(&p, k);
         let mut bounder = Bounder::new(&model);
         let b = bounder.logit_bounds(&lo, &hi);
@@ -59,10 +57,8 @@ proptest! {
     /// "the runtime predicts the label".
     #[test]
     fn zero_radius_bounds_are_the_logits((input, classes, ops, seed) in arch_strategy(), pseed in any::<u64>()) {
-        let blob = build(input, classes, &ops, seed).emit();
+        let (blob, p, _) = case(input, classes, &ops, seed, pseed);
         let model = Model::parse(&blob).unwrap();
-        let mut rng = SplitMix64(pseed);
-        let p = pixels(model.input_len(), &mut rng);
         let mut bounder = Bounder::new(&model);
         let b = bounder.logit_bounds(&p, &p);
         let (class, z) = run(&model, &p);
@@ -84,9 +80,8 @@ proptest! {
         k in 0u8..=6,
         pseed in any::<u64>(),
     ) {
-        let blob = build(input, classes, &ops, seed).emit();
+        let (blob, p, _) = case(input, classes, &ops, seed, pseed);
         let model = Model::parse(&blob).unwrap();
-        let p = pixels(model.input_len(), &mut SplitMix64(pseed));
         let label = run(&model, &p).0;
         let (verdict, b) = Bounder::new(&model).certify_sample(&p, label, k);
         let cfg = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
@@ -116,10 +111,8 @@ proptest! {
         pseed in any::<u64>(),
     ) {
         let input = Shape::new(h, w, 1);
-        let blob = build(input, classes, &ops, seed).emit();
+        let (blob, p, _) = case(input, classes, &ops, seed, pseed);
         let model = Model::parse(&blob).unwrap();
-        let mut rng = SplitMix64(pseed);
-        let p = pixels(model.input_len(), &mut rng);
         let (lo, hi) = linf_ball(&p, k);
         let label = run(&model, &p).0;
         let mut bounder = Bounder::new(&model);

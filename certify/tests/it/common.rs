@@ -86,6 +86,14 @@ pub fn build(input: Shape, classes: usize, ops: &[Op], seed: u64) -> ModelRepr {
     repr
 }
 
+/// A random model (its blob) and a random image for it, with the pixel generator for more.
+pub fn case(input: Shape, classes: usize, ops: &[Op], seed: u64, pseed: u64) -> (Vec<u8>, Vec<u8>, SplitMix64) {
+    let blob = build(input, classes, ops, seed).emit();
+    let mut rng = SplitMix64(pseed);
+    let p = pixels(input.len(), &mut rng);
+    (blob, p, rng)
+}
+
 pub fn pixels(n: usize, rng: &mut SplitMix64) -> Vec<u8> {
     // Mix of extremes and mid-range values so saturation at 0 / 255 is exercised.
     (0..n)

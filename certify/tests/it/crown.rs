@@ -72,10 +72,8 @@ proptest! {
         k in 1u8..=12,
         pseed in any::<u64>(),
     ) {
-        let blob = build(input, classes, &ops, seed).emit();
+        let (blob, p, mut rng) = case(input, classes, &ops, seed, pseed);
         let model = Model::parse(&blob).unwrap();
-        let mut rng = SplitMix64(pseed);
-        let p = pixels(model.input_len(), &mut rng);
         let (lo, hi) = linf_ball(&p, k);
         let label = run(&model, &p).0;
         let crown = Crown::new(&model).margin_lower_bounds(&lo, &hi, label);
