@@ -32,12 +32,18 @@ pub enum GateKind {
 impl std::str::FromStr for GateKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "certified" => Ok(GateKind::Certified),
-            "empirical" => Ok(GateKind::Empirical),
-            _ => Err(format!("unknown gate `{s}`: expected certified or empirical")),
-        }
+        parse_choice(s, "gate", &[("certified", GateKind::Certified), ("empirical", GateKind::Empirical)])
     }
+}
+
+/// The value named `s` among `choices`, else an error naming them all.
+fn parse_choice<T: Copy>(s: &str, what: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices.iter().find(|(name, _)| *name == s).map(|&(_, v)| v).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let (last, rest) = names.split_last().map_or(("", &[][..]), |(l, r)| (*l, r));
+        let list = if rest.is_empty() { last.to_string() } else { format!("{} or {last}", rest.join(", ")) };
+        format!("unknown {what} `{s}`: expected {list}")
+    })
 }
 
 /// Which sound bound proves samples.
@@ -65,12 +71,7 @@ impl BoundMethod {
 impl std::str::FromStr for BoundMethod {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ibp" => Ok(BoundMethod::Ibp),
-            "crown" => Ok(BoundMethod::Crown),
-            "bab" => Ok(BoundMethod::Bab),
-            _ => Err(format!("unknown bound `{s}`: expected ibp, crown or bab")),
-        }
+        parse_choice(s, "bound", &[("ibp", BoundMethod::Ibp), ("crown", BoundMethod::Crown), ("bab", BoundMethod::Bab)])
     }
 }
 
@@ -752,6 +753,14 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn choices_parse_and_name_the_alternatives() {
+        assert_eq!("empirical".parse::<GateKind>(), Ok(GateKind::Empirical));
+        assert_eq!("bab".parse::<BoundMethod>(), Ok(BoundMethod::Bab));
+        assert_eq!("x".parse::<GateKind>().unwrap_err(), "unknown gate `x`: expected certified or empirical");
+        assert_eq!("ibp2".parse::<BoundMethod>().unwrap_err(), "unknown bound `ibp2`: expected ibp, crown or bab");
+    }
 
     /// Issue 10.1: an accuracy equal to the threshold passes, one sample fewer fails, for
     /// every n up to 1000 and the thresholds that bit through f32-against-f64 comparison.
