@@ -76,7 +76,10 @@ mod proto;
 mod verify;
 
 pub use export::export_onnx;
-pub use import::{import_onnx, import_onnx_with, ImportOptions, Imported, InputLayout, OutputTransform};
+pub use import::{
+    import_onnx, import_onnx_file, import_onnx_with, ChannelAffine, ImportOptions, Imported, InputLayout, InputNorm,
+    OutputTransform, MAX_EXTERNAL_BYTES,
+};
 pub use verify::tract_forward;
 
 /// ONNX opset version written by [`export_onnx`].
@@ -85,8 +88,8 @@ pub const EXPORT_OPSET: i64 = 13;
 /// ONNX IR version written by [`export_onnx`] (the one that goes with opset 13).
 pub const EXPORT_IR_VERSION: i64 = 7;
 
-/// Op types (default ONNX domain) that [`import_onnx`] maps; any other op is an
-/// [`OnnxError::UnsupportedOp`].
+/// Op types (default ONNX domain) that [`import_onnx`] maps; any other op is reported in an
+/// [`OnnxError::UnsupportedOps`].
 pub const SUPPORTED_OPS: [&str; import::ops::COUNT] = import::ops::names();
 
 /// Relative tolerance of the tract-onnx cross-check in [`import_onnx_with`]: the largest
@@ -99,14 +102,17 @@ pub enum OnnxError {
     /// The bytes are not an ONNX `ModelProto`.
     #[error("not an ONNX model: {0}")]
     Decode(String),
-    /// A node uses an op the importer does not support.
-    #[error("unsupported ONNX op `{op}` in node `{node}` (supported: {})", SUPPORTED_OPS.join(", "))]
-    UnsupportedOp {
-        /// The op type (prefixed with its domain if not the default one).
-        op: String,
-        /// The node name (or `#<index> (output `...`)` for unnamed nodes).
-        node: String,
-    },
+    /// Nodes use ops the importer does not support: every such node, grouped by op in the
+    /// order the ops first appear.
+    #[error(
+        "unsupported ONNX ops: {} (supported: {})",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        SUPPORTED_OPS.join(", ")
+    )]
+    UnsupportedOps(Vec<UnsupportedNodes>),
+    /// External data (weights stored beside the file) could not be read.
+    #[error("external data: {0}")]
+    ExternalData(String),
     /// A supported op is used in a way the importer cannot map (attributes, shapes, position).
     #[error("node `{node}` ({op}): {msg}")]
     Unsupported {
@@ -150,4 +156,21 @@ pub enum OnnxError {
         /// The allowed difference.
         tolerance: f32,
     },
+}
+
+/// The nodes of one unsupported op, for [`OnnxError::UnsupportedOps`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedNodes {
+    /// The op type (prefixed with its domain if not the default one).
+    pub op: String,
+    /// The node names (or `#<index> (output `...`)` for unnamed nodes), in graph order.
+    pub nodes: Vec<String>,
+}
+
+impl std::fmt::Display for UnsupportedNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.nodes.iter().map(|n| format!("`{n}`")).collect();
+        let s = if self.nodes.len() == 1 { "" } else { "s" };
+        write!(f, "`{}` in {} node{s} {}", self.op, self.nodes.len(), names.join(", "))
+    }
 }
