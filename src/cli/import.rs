@@ -66,7 +66,11 @@ impl ImportArgs {
                 bail!("--mean has {} values and --std {}", self.mean.len(), self.std.len());
             }
             let or = |v: &[f32], d: f32| if v.is_empty() { vec![d] } else { v.to_vec() };
-            Some(InputNorm { scale: self.input_scale.unwrap_or(1.0), mean: or(&self.mean, 0.0), std: or(&self.std, 1.0) })
+            Some(InputNorm {
+                scale: self.input_scale.unwrap_or(1.0),
+                mean: or(&self.mean, 0.0),
+                std: or(&self.std, 1.0),
+            })
         };
         Ok(ImportOptions {
             input_shape: self.input_shape,
@@ -96,9 +100,17 @@ fn input_contract(a: &ImportArgs, imp: &Imported) -> Vec<String> {
             lines.push(format!("  the file's input normalisation ({from}) is folded into the network: {aff}"));
         }
         None => {
-            lines.push("  WARNING: no input normalisation was given or found in the graph: the file's input is taken to be".into());
-            lines.push("  byte/255 unchanged. If the model was trained with a normalisation outside the graph (e.g.".into());
-            lines.push("  torchvision Normalize(mean, std), or 0..255 inputs), re-run with --mean/--std (--input-scale 255),".into());
+            lines.push(
+                "  WARNING: no input normalisation was given or found in the graph: the file's input is taken to be"
+                    .into(),
+            );
+            lines.push(
+                "  byte/255 unchanged. If the model was trained with a normalisation outside the graph (e.g.".into(),
+            );
+            lines.push(
+                "  torchvision Normalize(mean, std), or 0..255 inputs), re-run with --mean/--std (--input-scale 255),"
+                    .into(),
+            );
             lines.push("  or its accuracy will be silently lower.".into());
         }
     }
@@ -108,8 +120,7 @@ fn input_contract(a: &ImportArgs, imp: &Imported) -> Vec<String> {
 /// Runs `iocane import`.
 pub fn run(a: &ImportArgs) -> Result<()> {
     let opts = a.options()?;
-    let imported =
-        import_onnx_file(&a.model, &opts).with_context(|| format!("importing {}", a.model.display()))?;
+    let imported = import_onnx_file(&a.model, &opts).with_context(|| format!("importing {}", a.model.display()))?;
     let net = imported.network.clone();
     let ck = Checkpoint {
         network: net.clone(),

@@ -168,7 +168,10 @@ impl InputNorm {
             shift: mean.iter().zip(&std).map(|(m, s)| -m / s).collect(),
         };
         if a.scale.iter().chain(&a.shift).any(|v| !v.is_finite()) || a.scale.contains(&0.0) {
-            return Err(format!("scale {}, mean {:?}, std {:?} is not an invertible finite map", self.scale, self.mean, self.std));
+            return Err(format!(
+                "scale {}, mean {:?}, std {:?} is not an invertible finite map",
+                self.scale, self.mean, self.std
+            ));
         }
         Ok(a)
     }
@@ -532,7 +535,11 @@ impl Mapper<'_> {
         for o in 0..outs {
             // Weights of output o: contiguous `per` values (OHWI / dense rows), or every
             // `outs`-th value for a depthwise kernel ([kh][kw][c], c == outs).
-            let idx: Vec<usize> = if depthwise { (o..p.weights.len()).step_by(outs).collect() } else { (o * per..(o + 1) * per).collect() };
+            let idx: Vec<usize> = if depthwise {
+                (o..p.weights.len()).step_by(outs).collect()
+            } else {
+                (o * per..(o + 1) * per).collect()
+            };
             let mut shift = 0.0f64;
             for i in idx {
                 let k = if depthwise { o } else { chan(i - o * per) };
@@ -1098,7 +1105,10 @@ pub fn import_onnx_file(path: &Path, opts: &ImportOptions) -> Result<Imported, O
     // A protobuf message is at most 2 GiB: checked before the file is read.
     let size = std::fs::metadata(path).map_err(io)?.len();
     if size > i32::MAX as u64 {
-        return Err(OnnxError::Decode(format!("{} has {size} bytes, more than a protobuf message can hold", path.display())));
+        return Err(OnnxError::Decode(format!(
+            "{} has {size} bytes, more than a protobuf message can hold",
+            path.display()
+        )));
     }
     let bytes = std::fs::read(path).map_err(io)?;
     let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });

@@ -678,7 +678,10 @@ fn graph_with(op: &str, extra_inputs: &[&str], attrs: Vec<pb::AttributeProto>) -
 fn unsupported_ops_name_the_op_and_the_node() {
     for op in ["Sigmoid", "LSTM", "Tanh", "LeakyRelu"] {
         let err = import_onnx(&graph_with(op, &[], vec![])).unwrap_err();
-        assert_eq!(err, OnnxError::UnsupportedOps(vec![UnsupportedNodes { op: op.into(), nodes: vec![format!("/act/{op}")] }]));
+        assert_eq!(
+            err,
+            OnnxError::UnsupportedOps(vec![UnsupportedNodes { op: op.into(), nodes: vec![format!("/act/{op}")] }])
+        );
         let msg = err.to_string();
         assert!(msg.contains(op) && msg.contains(&format!("/act/{op}")), "{msg}");
         eprintln!("{msg}");
@@ -702,8 +705,14 @@ fn unsupported_ops_name_the_op_and_the_node() {
     let w = g.weights("fc.weight", &[10, 32], 32);
     g.node("Gemm", "/fc/Gemm", &["th2", &w], &["output"], vec![ai("transB", 1)]);
     let err = import_onnx(&g.bytes("output", &[-1, 10])).unwrap_err();
-    let group = |op: &str, nodes: &[&str]| UnsupportedNodes { op: op.into(), nodes: nodes.iter().map(|n| n.to_string()).collect() };
-    assert_eq!(err, OnnxError::UnsupportedOps(vec![group("LSTM", &["/lstm/LSTM"]), group("Tanh", &["/Tanh", "/Tanh_1"])]));
+    let group = |op: &str, nodes: &[&str]| UnsupportedNodes {
+        op: op.into(),
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+    };
+    assert_eq!(
+        err,
+        OnnxError::UnsupportedOps(vec![group("LSTM", &["/lstm/LSTM"]), group("Tanh", &["/Tanh", "/Tanh_1"])])
+    );
     let msg = err.to_string();
     assert!(msg.contains("`LSTM` in 1 node `/lstm/LSTM`; `Tanh` in 2 nodes `/Tanh`, `/Tanh_1`"), "{msg}");
     eprintln!("{msg}");

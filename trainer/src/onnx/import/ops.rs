@@ -135,7 +135,10 @@ fn div(m: &mut Mapper<'_>, n: &Node<'_>, data_pos: usize) -> Result<(), OnnxErro
 fn cast(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
     let to = n.int("to", 0);
     if to != tract_onnx::pb::tensor_proto::DataType::Float as i64 {
-        return Err(n.err(format!("Cast to element type {} (only FLOAT, a no-op on float tensors)", super::dtype_name(to as i32))));
+        return Err(n.err(format!(
+            "Cast to element type {} (only FLOAT, a no-op on float tensors)",
+            super::dtype_name(to as i32)
+        )));
     }
     m.notes.push(format!("dropped Cast `{}` (to FLOAT)", n.label));
     Ok(())

@@ -61,10 +61,19 @@ pub(super) fn inline_external_data(graph: &mut pb::GraphProto, dir: Option<&Path
         };
         let rel = Path::new(&location);
         if location.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(ext_err(t, format!("external data location `{location}` is not a relative path inside the model's directory")));
+            return Err(ext_err(
+                t,
+                format!("external data location `{location}` is not a relative path inside the model's directory"),
+            ));
         }
         let parse = |k: &str| -> Result<Option<u64>, OnnxError> {
-            entry(k).map(|v| v.trim().parse::<u64>().map_err(|_| ext_err(t, format!("external data `{k}` = `{v}` is not a byte count")))).transpose()
+            entry(k)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| ext_err(t, format!("external data `{k}` = `{v}` is not a byte count")))
+                })
+                .transpose()
         };
         let offset = parse("offset")?.unwrap_or(0);
         let declared = parse("length")?;
@@ -75,17 +84,30 @@ pub(super) fn inline_external_data(graph: &mut pb::GraphProto, dir: Option<&Path
         };
         let count = numel(&t.dims).map_err(|e| ext_err(t, e))? as u64;
         let len = count.checked_mul(elem).filter(|&l| l <= budget).ok_or_else(|| {
-            ext_err(t, format!("dims {:?} need more than the {MAX_EXTERNAL_BYTES} bytes of external data allowed", t.dims))
+            ext_err(
+                t,
+                format!("dims {:?} need more than the {MAX_EXTERNAL_BYTES} bytes of external data allowed", t.dims),
+            )
         })?;
         if declared.is_some_and(|d| d != len) {
-            return Err(ext_err(t, format!("external data length {} does not match dims {:?} ({len} bytes)", declared.unwrap_or(0), t.dims)));
+            return Err(ext_err(
+                t,
+                format!(
+                    "external data length {} does not match dims {:?} ({len} bytes)",
+                    declared.unwrap_or(0),
+                    t.dims
+                ),
+            ));
         }
         let path = dir.join(rel);
         let io = |e: std::io::Error| ext_err(t, format!("{}: {e}", path.display()));
         let mut f = std::fs::File::open(&path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(ext_err(t, format!("bytes {offset}..+{len} are past the end of {} ({size} bytes)", path.display())));
+            return Err(ext_err(
+                t,
+                format!("bytes {offset}..+{len} are past the end of {} ({size} bytes)", path.display()),
+            ));
         }
         f.seek(SeekFrom::Start(offset)).map_err(io)?;
         let mut buf = vec![0u8; len as usize];
@@ -129,8 +151,12 @@ pub(super) fn cut_classifier_tail(graph: &mut pb::GraphProto) -> Option<String> 
         if downstream.is_empty() || !all_label_ops || !outputs_covered {
             continue;
         }
-        let cut: Vec<String> = downstream.iter().map(|&i| format!("{} `{}`", op_label(&graph.node[i]), node_label(&graph.node[i], i))).collect();
-        let dropped_outputs: Vec<String> = graph.output.iter().filter(|o| o.name != scores).map(|o| o.name.clone()).collect();
+        let cut: Vec<String> = downstream
+            .iter()
+            .map(|&i| format!("{} `{}`", op_label(&graph.node[i]), node_label(&graph.node[i], i)))
+            .collect();
+        let dropped_outputs: Vec<String> =
+            graph.output.iter().filter(|o| o.name != scores).map(|o| o.name.clone()).collect();
         let keep: HashSet<usize> = (0..graph.node.len()).filter(|i| !downstream.contains(i)).collect();
         let mut idx = 0;
         graph.node.retain(|_| {
@@ -212,7 +238,10 @@ pub(super) fn fold_shape_arithmetic<'a>(
 ) -> Result<(), OnnxError> {
     let mut vals: HashMap<&str, ShapeVal> = HashMap::new();
     for (idx, n) in graph.node.iter().enumerate() {
-        if folded.contains(&idx) || !super::super::proto::is_default_domain(n) || !SHAPE_OPS.contains(&n.op_type.as_str()) {
+        if folded.contains(&idx)
+            || !super::super::proto::is_default_domain(n)
+            || !SHAPE_OPS.contains(&n.op_type.as_str())
+        {
             continue;
         }
         let label = || node_label(n, idx);
@@ -221,7 +250,17 @@ pub(super) fn fold_shape_arithmetic<'a>(
             let Some(x) = n.input.first() else { continue };
             let attr = |k: &str| n.attribute.iter().find(|a| a.name == k).map(|a| a.i);
             let (dims, open) = if x == input.0 {
-                (input.1.iter().enumerate().map(|(i, d)| if i == 0 { Dim::Batch } else { d.map_or(Dim::Unknown, |d| Dim::Known(d as i64)) }).collect(), false)
+                (
+                    input
+                        .1
+                        .iter()
+                        .enumerate()
+                        .map(
+                            |(i, d)| if i == 0 { Dim::Batch } else { d.map_or(Dim::Unknown, |d| Dim::Known(d as i64)) },
+                        )
+                        .collect(),
+                    false,
+                )
             } else {
                 (vec![Dim::Batch], true)
             };
@@ -235,7 +274,11 @@ pub(super) fn fold_shape_arithmetic<'a>(
                     let (s, e) = (clamp(s), clamp(e.unwrap_or(r)));
                     ShapeVal { dims: v.dims[s..e.max(s)].to_vec(), scalar: false, open: false }
                 }
-                (s, e) => return Err(err(format!("Shape(start {s}, end {e:?}) of an intermediate tensor: only its batch entry is known"))),
+                (s, e) => {
+                    return Err(err(format!(
+                        "Shape(start {s}, end {e:?}) of an intermediate tensor: only its batch entry is known"
+                    )))
+                }
             }
         } else {
             // A shape op is folded when it reads a shape value and otherwise only constants.

@@ -45,11 +45,11 @@ fn splits() -> &'static Splits {
     S.get_or_init(|| data::load(&DatasetSpec::MnistSmall).expect("mnist-small"))
 }
 
-/// A network trained naturally for 2 epochs on 4000 mnist-small images.
-fn trained(arch: &str) -> Network {
-    let mut cfg = super::super::common::train_config(Method::Natural, 2);
+/// A network trained naturally for `epochs` epochs on `samples` mnist-small images.
+fn trained(arch: &str, epochs: usize, samples: usize) -> Network {
+    let mut cfg = super::super::common::train_config(Method::Natural, epochs);
     cfg.arch = ArchSpec::from_compact(arch, [28, 28, 1], 10).unwrap();
-    cfg.train_samples = 4000;
+    cfg.train_samples = samples;
     cfg.eval_samples = 100;
     let dir = tempfile::tempdir().unwrap();
     train(&cfg, &splits().train, &splits().test, dir.path(), &RunOptions::default()).unwrap();
@@ -58,19 +58,19 @@ fn trained(arch: &str) -> Network {
 
 const MLP: &str = "flatten,dense64,relu,dense10";
 const TS_CNN: &str = "conv8k3p1,relu,maxpool2,conv16k3,relu,maxpool2,flatten,dense32,relu,dense10";
-const DYNAMO_CNN: &str = "conv8k3p1,relu,maxpool2,conv16k3p1,relu,avgpool14,flatten,dense10";
+const DYNAMO_CNN: &str = "conv16k3p1,relu,maxpool2,conv32k3p1,relu,maxpool2,conv32k3p1,relu,avgpool7,flatten,dense10";
 
 fn mlp() -> &'static Network {
     static N: OnceLock<Network> = OnceLock::new();
-    N.get_or_init(|| trained(MLP))
+    N.get_or_init(|| trained(MLP, 2, 4000))
 }
 fn ts_cnn() -> &'static Network {
     static N: OnceLock<Network> = OnceLock::new();
-    N.get_or_init(|| trained(TS_CNN))
+    N.get_or_init(|| trained(TS_CNN, 2, 4000))
 }
 fn dynamo_cnn() -> &'static Network {
     static N: OnceLock<Network> = OnceLock::new();
-    N.get_or_init(|| trained(DYNAMO_CNN))
+    N.get_or_init(|| trained(DYNAMO_CNN, 5, 8000))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -156,13 +156,25 @@ fn skl2onnx_mlp(net: &Network, with_tail: bool) -> Vec<u8> {
         ..Default::default()
     });
     g.node("ArgMax", "ArgMax", &["probabilities"], &["argmax_output"], vec![ai("axis", 1)]);
-    g.node("ArrayFeatureExtractor", "ArrayFeatureExtractor", &["classes", "argmax_output"], &["array_feature_extractor_result"], vec![]);
+    g.node(
+        "ArrayFeatureExtractor",
+        "ArrayFeatureExtractor",
+        &["classes", "argmax_output"],
+        &["array_feature_extractor_result"],
+        vec![],
+    );
     g.nodes.last_mut().unwrap().domain = "ai.onnx.ml".into();
     let shape = g.i64s("shape_tensor", &[-1]);
     g.node("Reshape", "Reshape", &["array_feature_extractor_result", &shape], &["reshaped_result"], vec![]);
     g.node("Cast", "Cast1", &["reshaped_result"], &["label"], vec![ai("to", DataType::Int64 as i64)]);
     g.node("Cast", "Cast2", &["label"], &["output_label"], vec![ai("to", DataType::Int64 as i64)]);
-    g.node("ZipMap", "ZipMap", &["probabilities"], &["output_probability"], vec![ais("classlabels_int64s", &(0..10).collect::<Vec<_>>())]);
+    g.node(
+        "ZipMap",
+        "ZipMap",
+        &["probabilities"],
+        &["output_probability"],
+        vec![ais("classlabels_int64s", &(0..10).collect::<Vec<_>>())],
+    );
     g.nodes.last_mut().unwrap().domain = "ai.onnx.ml".into();
     let mut label = vinfo("output_label", &[-1]);
     if let Some(pb::type_proto::Value::TensorType(t)) = label.r#type.as_mut().and_then(|t| t.value.as_mut()) {
@@ -252,7 +264,11 @@ fn torchscript_cnn(net: &Network, norm: Option<(f32, f32)>) -> Vec<u8> {
                     }
                 }
                 let name = format!("conv{convs}");
-                let w = g.init(&format!("{name}.weight"), &[filters as i64, shape[2] as i64, kernel[0] as i64, kernel[1] as i64], w);
+                let w = g.init(
+                    &format!("{name}.weight"),
+                    &[filters as i64, shape[2] as i64, kernel[0] as i64, kernel[1] as i64],
+                    w,
+                );
                 let b = g.init(&format!("{name}.bias"), &[filters as i64], b);
                 let out = format!("/{name}/Conv_output_0");
                 let pads = padding.map(|v| v as i64);
@@ -359,51 +375,121 @@ fn torchscript_cnn_imports_as_written() {
 fn dynamo_cnn_files(net: &Network, dir: &Path) -> std::path::PathBuf {
     let mut g = G::new(18, "pytorch", "x", &[-1, 1, 28, 28]);
     let mut value_info = Vec::new();
-    let mut vi = |name: &str, dims: &[i64]| value_info.push(build::value_info(name, &dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Vec<_>>(), "batch"));
-    let ls = &net.spec().layers;
-    let ps = &net.params().layers;
-    let conv = |g: &mut G, i: usize, li: usize, input: &str, out: &str, c: usize| {
-        let LayerSpec::Conv2d { filters, kernel, padding, .. } = ls[li] else { panic!("conv") };
-        let w = g.init(&format!("conv{i}.weight"), &[filters as i64, c as i64, kernel[0] as i64, kernel[1] as i64], oihw(&ps[li], filters, kernel, c));
-        let b = g.init(&format!("conv{i}.bias"), &[filters as i64], ps[li].bias.clone());
-        let p = padding.map(|v| v as i64);
-        let name = if i == 1 { "node_conv2d".to_string() } else { format!("node_conv2d_{}", i - 1) };
-        g.node("Conv", &name, &[input, &w, &b], &[out], vec![ai("group", 1), ais("pads", &p), ais("strides", &[1, 1]), ais("dilations", &[1, 1])]);
+    // torch.export names values after the aten op, numbered from the second use.
+    let mut uses: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut name = |op: &'static str| {
+        let k = uses.entry(op).or_insert(0);
+        *k += 1;
+        if *k == 1 {
+            op.to_string()
+        } else {
+            format!("{op}_{}", *k - 1)
+        }
     };
-    conv(&mut g, 1, 0, "x", "conv2d", 1);
-    vi("conv2d", &[-1, 8, 28, 28]);
-    g.node("Relu", "node_relu", &["conv2d"], &["relu"], vec![]);
-    vi("relu", &[-1, 8, 28, 28]);
-    g.node("MaxPool", "node_max_pool2d", &["relu"], &["max_pool2d"], vec![ais("kernel_shape", &[2, 2]), ais("strides", &[2, 2]), ais("pads", &[0, 0, 0, 0]), ais("dilations", &[1, 1]), ai("ceil_mode", 0)]);
-    vi("max_pool2d", &[-1, 8, 14, 14]);
-    conv(&mut g, 2, 3, "max_pool2d", "conv2d_1", 8);
-    vi("conv2d_1", &[-1, 16, 14, 14]);
-    g.node("Relu", "node_relu_1", &["conv2d_1"], &["relu_1"], vec![]);
-    vi("relu_1", &[-1, 16, 14, 14]);
-    let axes = g.i64s("val_0", &[-1, -2]);
-    g.node("ReduceMean", "node_mean", &["relu_1", &axes], &["mean"], vec![ai("keepdims", 1), ai("noop_with_empty_axes", 0)]);
-    vi("mean", &[-1, 16, 1, 1]);
-    g.node("Shape", "node_Shape_2", &["mean"], &["val_2"], vec![]);
-    g.inits.push(build::i64_tensor("val_3", &[], &[0]));
-    g.node("Gather", "node_Gather_4", &["val_2", "val_3"], &["sym_size_int"], vec![ai("axis", 0)]);
-    let zero = g.i64s("val_5", &[0]);
-    g.node("Unsqueeze", "node_Unsqueeze_6", &["sym_size_int", &zero], &["val_6"], vec![]);
-    let minus1 = g.i64s("val_7", &[-1]);
-    g.node("Concat", "node_Concat_8", &["val_6", &minus1], &["val_8"], vec![ai("axis", 0)]);
-    g.node("Reshape", "node_view", &["mean", "val_8"], &["view"], vec![]);
-    vi("view", &[-1, 16]);
-    let fc = &ps[7];
-    let w = g.init("fc.weight", &[10, 16], fc.weights.clone());
-    let b = g.init("fc.bias", &[10], fc.bias.clone());
-    g.node("Gemm", "node_linear", &["view", &w, &b], &["linear"], vec![ai("transB", 1)]);
-    g.output = vec![vinfo("linear", &[-1, 10])];
-    let mut m = g.model(g.output.clone(), &[("", 18)], 10);
+    let mut val = 0;
+    let mut val_name = || {
+        val += 1;
+        format!("val_{}", val - 1)
+    };
+    let mut cur = "x".to_string();
+    let mut shape = [28usize, 28, 1];
+    let (mut convs, mut fcs) = (0, 0);
+    let ls = &net.spec().layers;
+    for (l, p) in ls.iter().zip(&net.params().layers) {
+        let next = l.output_shape(shape).unwrap();
+        let out = match *l {
+            LayerSpec::Conv2d { filters, kernel, padding, stride } => {
+                convs += 1;
+                let c = shape[2];
+                let dims = [filters as i64, c as i64, kernel[0] as i64, kernel[1] as i64];
+                let w = g.init(&format!("conv{convs}.weight"), &dims, oihw(p, filters, kernel, c));
+                let b = g.init(&format!("conv{convs}.bias"), &[filters as i64], p.bias.clone());
+                let out = name("conv2d");
+                let attrs = vec![
+                    ai("group", 1),
+                    ais("pads", &padding.map(|v| v as i64)),
+                    ais("strides", &stride.map(|v| v as i64)),
+                    ais("dilations", &[1, 1]),
+                ];
+                g.node("Conv", &format!("node_{out}"), &[&cur, &w, &b], &[&out], attrs);
+                out
+            }
+            LayerSpec::Relu => {
+                let out = name("relu");
+                g.node("Relu", &format!("node_{out}"), &[&cur], &[&out], vec![]);
+                out
+            }
+            LayerSpec::MaxPool2d { kernel, stride } => {
+                let out = name("max_pool2d");
+                let attrs = vec![
+                    ais("kernel_shape", &kernel.map(|v| v as i64)),
+                    ais("strides", &stride.map(|v| v as i64)),
+                    ais("pads", &[0, 0, 0, 0]),
+                    ais("dilations", &[1, 1]),
+                    ai("ceil_mode", 0),
+                ];
+                g.node("MaxPool", &format!("node_{out}"), &[&cur], &[&out], attrs);
+                out
+            }
+            // AdaptiveAvgPool2d(1) over the whole map.
+            LayerSpec::AvgPool2d { kernel, .. } if kernel == [shape[0], shape[1]] => {
+                let axes = g.i64s(&val_name(), &[-1, -2]);
+                let out = name("mean");
+                g.node(
+                    "ReduceMean",
+                    &format!("node_{out}"),
+                    &[&cur, &axes],
+                    &[&out],
+                    vec![ai("keepdims", 1), ai("noop_with_empty_axes", 0)],
+                );
+                out
+            }
+            // x.view(x.size(0), -1)
+            LayerSpec::Flatten => {
+                let (s, i0, b, z, u, m1, cat) =
+                    (val_name(), val_name(), name("sym_size_int"), val_name(), val_name(), val_name(), val_name());
+                g.node("Shape", &format!("node_Shape_{}", &s[4..]), &[&cur], &[&s], vec![]);
+                g.inits.push(build::i64_tensor(&i0, &[], &[0]));
+                g.node("Gather", &format!("node_Gather_{}", &i0[4..]), &[&s, &i0], &[&b], vec![ai("axis", 0)]);
+                g.i64s(&z, &[0]);
+                g.node("Unsqueeze", &format!("node_Unsqueeze_{}", &u[4..]), &[&b, &z], &[&u], vec![]);
+                g.i64s(&m1, &[-1]);
+                g.node("Concat", &format!("node_Concat_{}", &cat[4..]), &[&u, &m1], &[&cat], vec![ai("axis", 0)]);
+                let out = name("view");
+                g.node("Reshape", &format!("node_{out}"), &[&cur, &cat], &[&out], vec![]);
+                out
+            }
+            LayerSpec::Dense { units } => {
+                fcs += 1;
+                let k = p.weights.len() / units;
+                let rows = if fcs == 1 { rows_nchw(p, flat_source(net)) } else { p.weights.clone() };
+                let w = g.init(&format!("fc{fcs}.weight"), &[units as i64, k as i64], rows);
+                let b = g.init(&format!("fc{fcs}.bias"), &[units as i64], p.bias.clone());
+                let out = name("linear");
+                g.node("Gemm", &format!("node_{out}"), &[&cur, &w, &b], &[&out], vec![ai("transB", 1)]);
+                out
+            }
+            ref other => panic!("no dynamo form for {other}"),
+        };
+        // value_info with the symbolic batch for every intermediate value.
+        let dims: Vec<Option<usize>> = match *l {
+            LayerSpec::Dense { units } => vec![None, Some(units)],
+            LayerSpec::Flatten => vec![None, Some(next.iter().product())],
+            _ => vec![None, Some(next[2]), Some(next[0]), Some(next[1])],
+        };
+        value_info.push(build::value_info(&out, &dims, "batch"));
+        cur = out;
+        shape = next;
+    }
+    let outputs = vec![build::value_info(&cur, &[None, Some(10)], "batch")];
+    value_info.pop();
+    let mut m = g.model(outputs, &[("", 18)], 10);
     let graph = m.graph.as_mut().unwrap();
     graph.value_info = value_info;
     graph.input = vec![build::value_info("x", &[None, Some(1), Some(28), Some(28)], "batch")];
-    graph.output = vec![build::value_info("linear", &[None, Some(10)], "batch")];
     // External data: tensors of 256 bytes or more, smallest first, into model.onnx.data.
-    let mut big: Vec<usize> = (0..graph.initializer.len()).filter(|&i| graph.initializer[i].raw_data.len() >= 256).collect();
+    let mut big: Vec<usize> =
+        (0..graph.initializer.len()).filter(|&i| graph.initializer[i].raw_data.len() >= 256).collect();
     big.sort_by_key(|&i| graph.initializer[i].raw_data.len());
     let mut data = Vec::new();
     for i in big {
@@ -433,7 +519,8 @@ fn tract_dynamic(path: &Path, x: &Tensor, layout: InputLayout, norm: Option<&Cha
     (0..x.n())
         .map(|i| {
             let img = norm.map_or_else(|| x.sample(i).to_vec(), |a| a.apply(x.sample(i)));
-            let t = tract_onnx::prelude::Tensor::from_shape(&layout.shape(1, shape), &layout.convert(&img, shape)).unwrap();
+            let t =
+                tract_onnx::prelude::Tensor::from_shape(&layout.shape(1, shape), &layout.convert(&img, shape)).unwrap();
             let out = plan.run(tvec!(t.into_tvalue())).unwrap();
             out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
         })
@@ -522,7 +609,14 @@ fn shape_arithmetic_variants_fold_or_are_named() {
     let bytes = build(false);
     let imp = import_onnx_with(&bytes, &ImportOptions::default()).unwrap();
     assert_eq!(imp.network.spec().to_compact(), "conv4k3p1,flatten,dense3");
-    check_against_tract("Shape/Squeeze/Concat view", &bytes, &imp.network, InputLayout::Nchw, imp.output, &images([6, 6, 2], 5, 9));
+    check_against_tract(
+        "Shape/Squeeze/Concat view",
+        &bytes,
+        &imp.network,
+        InputLayout::Nchw,
+        imp.output,
+        &images([6, 6, 2], 5, 9),
+    );
     let err = import_onnx_with(&build(true), &ImportOptions::default()).unwrap_err();
     assert!(err.to_string().contains("node_view") && err.to_string().contains("other than the batch"), "{err}");
 }
@@ -559,7 +653,8 @@ fn normalisation_outside_the_graph_is_folded_exactly() {
     // the skl2onnx MLP with 0..255 inputs and a 3-value mean/std broadcast refused).
     let bytes = skl2onnx_mlp(mlp(), true);
     let norm = InputNorm { scale: 255.0, mean: vec![33.3], std: vec![78.6] };
-    let imp = import_onnx_with(&bytes, &ImportOptions { input_norm: Some(norm.clone()), ..Default::default() }).unwrap();
+    let imp =
+        import_onnx_with(&bytes, &ImportOptions { input_norm: Some(norm.clone()), ..Default::default() }).unwrap();
     assert_eq!(imp.network.spec().to_compact(), MLP);
     let a = norm.affine(1).unwrap();
     let reference = skl2onnx_mlp(mlp(), false);
@@ -592,7 +687,13 @@ fn in_graph_normalisation_is_folded_and_matches_tract() {
         g.node("Div", "/Div", &["/Sub_output_0", &std], &["/Div_output_0"], vec![]);
         let w = g.weights("conv.weight", &[4, 3, 3, 3], 27);
         let b = g.bias("conv.bias", &[4]);
-        g.node("Conv", "/conv/Conv", &["/Div_output_0", &w, &b], &["c"], vec![ais("pads", &pads), ais("kernel_shape", &[3, 3])]);
+        g.node(
+            "Conv",
+            "/conv/Conv",
+            &["/Div_output_0", &w, &b],
+            &["c"],
+            vec![ais("pads", &pads), ais("kernel_shape", &[3, 3])],
+        );
         let two = g.constant("two", 2.0);
         g.node("Mul", "/Mul", &["c", &two], &["m"], vec![]);
         g.node("Relu", "/Relu", &["m"], &["r"], vec![]);
@@ -605,7 +706,14 @@ fn in_graph_normalisation_is_folded_and_matches_tract() {
         assert_eq!(imp.network.spec().to_compact(), want);
         let a = imp.input_affine.clone().expect("the in-graph normalisation is reported");
         assert!((a.scale[0] - 1.0 / 0.229).abs() < 1e-5 && (a.shift[2] + 0.406 / 0.225).abs() < 1e-5, "{a}");
-        check_against_tract(&format!("in-graph Sub/Div, pads {pads:?}"), &bytes, &imp.network, InputLayout::Nchw, imp.output, &images([8, 8, 3], 6, 4));
+        check_against_tract(
+            &format!("in-graph Sub/Div, pads {pads:?}"),
+            &bytes,
+            &imp.network,
+            InputLayout::Nchw,
+            imp.output,
+            &images([8, 8, 3], 6, 4),
+        );
     }
     // Elementwise ops elsewhere are refused with the node named.
     let mut g = G::new(17, "pytorch", "input", &[-1, 1, 4, 4]);
@@ -656,7 +764,8 @@ fn exporter_forms_agree_with_the_int8_blob_on_mnist_small() {
         let opts = ImportOptions { input_norm: norm.clone(), ..Default::default() };
         let imp = import_onnx_file(file, &opts).unwrap();
         let affine = norm.map(|m| m.affine(1).unwrap());
-        let tract: Vec<usize> = tract_dynamic(reference, &x, layout, affine.as_ref()).iter().map(|v| argmax(v)).collect();
+        let tract: Vec<usize> =
+            tract_dynamic(reference, &x, layout, affine.as_ref()).iter().map(|v| argmax(v)).collect();
         let repr = quantize(&imp.network, &splits().train, 1000, test.labels_text.clone(), vec![]).unwrap();
         let blob = repr.emit();
         let model = Model::parse(&blob).unwrap();
