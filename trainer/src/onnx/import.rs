@@ -573,6 +573,9 @@ impl Mapper<'_> {
     /// node): folded into the layer before it if there is one right before, else into the
     /// input normalisation while only layout nodes have been walked.
     fn elementwise(&mut self, n: &Node, data_pos: usize, f: impl Fn(f32) -> (f32, f32)) -> Result<(), OnnxError> {
+        if data_pos > 1 || n.pb.input.len() > 2 {
+            return Err(n.err(format!("expected two inputs, has {}", n.pb.input.len())));
+        }
         let (dims, vals) = self.cf32_req(n, 1 - data_pos, "constant")?;
         let check = |v: &[f32]| -> Result<(), OnnxError> {
             match v.iter().find(|x| !x.is_finite()) {
@@ -1147,5 +1150,30 @@ mod tests {
         }
         // The unmodified shape still imports.
         assert!(import_onnx_with(&with_input_dims(&[None, Some(1), Some(2), Some(2)]), &opts).is_ok());
+    }
+
+    /// An elementwise op with the computed tensor at input 2 (hostile graphs) is an error, not
+    /// an index underflow.
+    #[test]
+    fn elementwise_ops_with_three_inputs_are_an_error() {
+        use super::super::build::{f32_tensor, node};
+        for op in ["Add", "Sub", "Mul", "Div"] {
+            let graph = pb::GraphProto {
+                node: vec![
+                    node(op, "e", &["c", "c", "input"], &["a"], vec![]),
+                    node("MatMul", "m", &["a", "w"], &["out"], vec![]),
+                ],
+                initializer: vec![f32_tensor("c", &[], &[2.0]), f32_tensor("w", &[4, 2], &[0.5; 8])],
+                input: vec![value_info("input", &[Some(1), Some(4)], "N")],
+                output: vec![value_info("out", &[Some(1), Some(2)], "N")],
+                ..Default::default()
+            };
+            let bytes = pb::ModelProto { graph: Some(graph), ..Default::default() }.encode_to_vec();
+            let opts = ImportOptions { skip_verify: true, ..ImportOptions::default() };
+            match import_onnx_with(&bytes, &opts) {
+                Err(OnnxError::Unsupported { msg, .. }) => assert!(msg.contains("input"), "{op}: {msg}"),
+                other => panic!("{op}: {other:?}"),
+            }
+        }
     }
 }

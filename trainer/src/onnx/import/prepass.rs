@@ -223,6 +223,9 @@ struct ShapeVal {
     open: bool,
 }
 
+/// Longest shape value the folding builds (a hostile graph could double one per `Concat`).
+const MAX_SHAPE_LEN: usize = 64;
+
 const SHAPE_OPS: [&str; 7] = ["Shape", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Concat", "Cast"];
 
 /// Evaluates shape computations that start at a `Shape` node into INT64 constants in
@@ -292,7 +295,9 @@ pub(super) fn fold_shape_arithmetic<'a>(
                     any_shape = true;
                     parts.push(Some(v.clone()));
                 } else if let Some(t) = consts.get(name) {
-                    parts.push(tensor_i64(t).ok().map(|v| ShapeVal {
+                    // Only small integer constants take part in shapes.
+                    let small = numel(&t.dims).is_ok_and(|n| n <= MAX_SHAPE_LEN);
+                    parts.push(small.then(|| tensor_i64(t).ok()).flatten().map(|v| ShapeVal {
                         dims: v.into_iter().map(Dim::Known).collect(),
                         scalar: t.dims.is_empty(),
                         open: false,
@@ -352,6 +357,9 @@ fn shape_op(n: &pb::NodeProto, parts: &[Option<ShapeVal>]) -> Result<ShapeVal, S
                 return Err("Gather on a shape must use axis 0".into());
             }
             let idx = parts.get(1).cloned().flatten().ok_or("Gather indices must be a constant")?;
+            if idx.dims.len() > MAX_SHAPE_LEN {
+                return Err(format!("Gather of more than {MAX_SHAPE_LEN} shape entries"));
+            }
             let r = first.dims.len() as i64;
             let dims = idx
                 .dims
@@ -373,6 +381,9 @@ fn shape_op(n: &pb::NodeProto, parts: &[Option<ShapeVal>]) -> Result<ShapeVal, S
                     return Err("Concat of the whole shape of an intermediate tensor (unknown rank)".into());
                 }
                 dims.extend_from_slice(&p.dims);
+                if dims.len() > MAX_SHAPE_LEN {
+                    return Err(format!("a shape of more than {MAX_SHAPE_LEN} entries"));
+                }
             }
             Ok(ShapeVal { dims, scalar: false, open: false })
         }

@@ -755,23 +755,44 @@ fn exporter_forms_agree_with_the_int8_blob_on_mnist_small() {
     let cases: [(&str, &Path, &Path, InputLayout, Option<InputNorm>); 4] = [
         ("scikit-learn MLPClassifier (skl2onnx)", &skl, &skl_ref, InputLayout::Flat, None),
         ("PyTorch TorchScript exporter CNN", &ts, &ts, InputLayout::Nchw, None),
-        ("PyTorch TorchScript CNN + Normalize(0.1307, 0.3081)", &ts_norm, &ts_norm, InputLayout::Nchw, Some(norm)),
+        (
+            "PyTorch TorchScript CNN + Normalize(0.1307, 0.3081)",
+            &ts_norm,
+            &ts_norm,
+            InputLayout::Nchw,
+            Some(norm.clone()),
+        ),
         ("PyTorch dynamo CNN, dynamic batch, external data", &dynamo, &dynamo, InputLayout::Nchw, None),
     ];
     let labels: Vec<usize> = test.labels.iter().map(|&l| l as usize).collect();
     let acc = |pred: &[usize]| pred.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / n as f64;
+    let int8 = |net: &Network| -> Vec<usize> {
+        let blob = quantize(net, &splits().train, 1000, test.labels_text.clone(), vec![]).unwrap().emit();
+        let model = Model::parse(&blob).unwrap();
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; 10];
+        (0..n).map(|i| model.run(test.image(i), &mut arena, &mut logits).unwrap()).collect()
+    };
+    // What the issue saw: the normalised model imported without its normalisation.
+    let silent = int8(&import_onnx_file(&ts_norm, &ImportOptions::default()).unwrap().network);
+    let with = int8(
+        &import_onnx_file(&ts_norm, &ImportOptions { input_norm: Some(norm.clone()), ..Default::default() })
+            .unwrap()
+            .network,
+    );
+    eprintln!(
+        "FIGURE Normalize(0.1307, 0.3081) model: int8 accuracy {:.2} % without --mean/--std, {:.2} % with them",
+        100.0 * acc(&silent),
+        100.0 * acc(&with)
+    );
+    assert!(acc(&with) > acc(&silent) + 0.02, "the folded normalisation matters");
     for (name, file, reference, layout, norm) in cases {
         let opts = ImportOptions { input_norm: norm.clone(), ..Default::default() };
         let imp = import_onnx_file(file, &opts).unwrap();
         let affine = norm.map(|m| m.affine(1).unwrap());
         let tract: Vec<usize> =
             tract_dynamic(reference, &x, layout, affine.as_ref()).iter().map(|v| argmax(v)).collect();
-        let repr = quantize(&imp.network, &splits().train, 1000, test.labels_text.clone(), vec![]).unwrap();
-        let blob = repr.emit();
-        let model = Model::parse(&blob).unwrap();
-        let mut arena = vec![0u8; model.arena_size()];
-        let mut logits = vec![0i32; 10];
-        let int8: Vec<usize> = (0..n).map(|i| model.run(test.image(i), &mut arena, &mut logits).unwrap()).collect();
+        let int8 = int8(&imp.network);
         let agree = tract.iter().zip(&int8).filter(|(a, b)| a == b).count();
         eprintln!(
             "FIGURE {name}: top-1 agreement tract(file) vs int8 blob {agree}/{n} = {:.2} %; accuracy tract {:.2} %, int8 {:.2} %",
