@@ -573,10 +573,7 @@ impl Mapper<'_> {
     /// node): folded into the layer before it if there is one right before, else into the
     /// input normalisation while only layout nodes have been walked.
     fn elementwise(&mut self, n: &Node, data_pos: usize, f: impl Fn(f32) -> (f32, f32)) -> Result<(), OnnxError> {
-        if data_pos > 1 || n.pb.input.len() > 2 {
-            return Err(n.err(format!("expected two inputs, has {}", n.pb.input.len())));
-        }
-        let (dims, vals) = self.cf32_req(n, 1 - data_pos, "constant")?;
+        let (dims, vals) = self.cf32_req(n, 1 - data_pos.min(1), "constant")?;
         let check = |v: &[f32]| -> Result<(), OnnxError> {
             match v.iter().find(|x| !x.is_finite()) {
                 Some(x) => Err(n.err(format!("the constant makes a non-finite factor or offset ({x})"))),
@@ -686,7 +683,11 @@ impl Mapper<'_> {
         if self.output != OutputTransform::Logits && n.op() != "Identity" {
             return Err(n.err("only Identity may follow the final Softmax / LogSoftmax"));
         }
-        if data_pos != 0 && !matches!(n.op(), "Add" | "Sub" | "Mul" | "Div") {
+        let elementwise = matches!(n.op(), "Add" | "Sub" | "Mul" | "Div");
+        if elementwise && (n.pb.input.len() != 2 || data_pos > 1) {
+            return Err(n.err(format!("expected two inputs, has {}", n.pb.input.len())));
+        }
+        if data_pos != 0 && !elementwise {
             return Err(n.err(format!("the computed tensor must be input 0, not input {data_pos}")));
         }
         match ops::OPS.iter().find(|(name, _)| *name == n.op()) {
