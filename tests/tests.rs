@@ -676,8 +676,8 @@ mod issue17 {
         path
     }
 
-    /// 5. An imported model of another input shape exports only with a matching `--dataset`:
-    /// without one it is a clean error (exit 2) naming both shapes, never a panic.
+    /// Item 5: an imported model of another input shape exports only with a matching
+    /// `--dataset`: without one it is a clean error (exit 2) naming both shapes, never a panic.
     #[test]
     fn issue17_5_export_of_other_input_shapes_is_a_clean_error() {
         let tmp = tempfile::tempdir().unwrap();
@@ -725,8 +725,8 @@ mod issue17 {
         path
     }
 
-    /// 5. `--input-shape H,W,C` and `--layout`; 3. `--input-scale/--mean/--std` and the input
-    /// contract printed by `import`.
+    /// Items 5 and 3: `--input-shape H,W,C` and `--layout`; `--input-scale/--mean/--std` and
+    /// the input contract printed by `import`.
     #[test]
     fn issue17_3_5_import_flags_and_the_input_contract() {
         let tmp = tempfile::tempdir().unwrap();
