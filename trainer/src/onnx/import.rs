@@ -1105,7 +1105,7 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
 /// Imports the ONNX file at `path` as [`import_onnx_with`] does, reading external data
 /// (`model.onnx.data`) from the file's directory.
 pub fn import_onnx_file(path: &Path, opts: &ImportOptions) -> Result<Imported, OnnxError> {
-    let io = |e: std::io::Error| OnnxError::ExternalData(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| OnnxError::Io(format!("{}: {e}", path.display()));
     // A protobuf message is at most 2 GiB: checked before the file is read.
     let size = std::fs::metadata(path).map_err(io)?.len();
     if size > i32::MAX as u64 {

@@ -142,6 +142,9 @@ pub enum OnnxError {
         SUPPORTED_OPS.join(", ")
     )]
     UnsupportedOps(Vec<UnsupportedNodes>),
+    /// The model file could not be read.
+    #[error("reading {0}")]
+    Io(String),
     /// External data (weights stored beside the file) could not be read.
     #[error("external data: {0}")]
     ExternalData(String),

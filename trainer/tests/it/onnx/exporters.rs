@@ -130,6 +130,12 @@ fn dense_params(net: &Network) -> Vec<&LayerParams> {
 /// `flatten,dense64,relu,dense10` network; `with_tail = false` stops at `probabilities` (the
 /// reference tract can run: it has no ai.onnx.ml kernels).
 fn skl2onnx_mlp(net: &Network, with_tail: bool) -> Vec<u8> {
+    skl2onnx_mlp_with(net, with_tail, true)
+}
+
+/// As [`skl2onnx_mlp`]; `zipmap = false` is `options={"zipmap": False}`: the outputs are then
+/// `label` and `probabilities` themselves.
+fn skl2onnx_mlp_with(net: &Network, with_tail: bool, zipmap: bool) -> Vec<u8> {
     let d = dense_params(net);
     let mut g = G::new(21, "skl2onnx", "X", &[-1, 784]);
     g.node("Cast", "Cast", &["X"], &["cast_input"], vec![ai("to", DataType::Float as i64)]);
@@ -167,6 +173,14 @@ fn skl2onnx_mlp(net: &Network, with_tail: bool) -> Vec<u8> {
     let shape = g.i64s("shape_tensor", &[-1]);
     g.node("Reshape", "Reshape", &["array_feature_extractor_result", &shape], &["reshaped_result"], vec![]);
     g.node("Cast", "Cast1", &["reshaped_result"], &["label"], vec![ai("to", DataType::Int64 as i64)]);
+    if !zipmap {
+        let mut label = vinfo("label", &[-1]);
+        if let Some(pb::type_proto::Value::TensorType(t)) = label.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.elem_type = DataType::Int64 as i32;
+        }
+        let m = g.model(vec![label, vinfo("probabilities", &[-1, 10])], &[("", 21), ("ai.onnx.ml", 1)], 10);
+        return prost::Message::encode_to_vec(&m);
+    }
     g.node("Cast", "Cast2", &["label"], &["output_label"], vec![ai("to", DataType::Int64 as i64)]);
     g.node(
         "ZipMap",
@@ -231,6 +245,16 @@ fn skl2onnx_mlp_classifier_imports_as_written() {
     // The weights are the trained ones.
     let x = mnist(8);
     assert_close("skl2onnx weights", &imp.network.forward(&x).data, &net.forward(&x).data);
+    // options={"zipmap": False}: outputs `label` and `probabilities`.
+    let bytes = skl2onnx_mlp_with(net, true, false);
+    let imp = import_onnx_with(&bytes, &ImportOptions::default()).unwrap();
+    assert_eq!(imp.network.spec().to_compact(), MLP);
+    assert!(
+        imp.notes.iter().any(|n| n.contains("cut the classifier's label post-processing") && n.contains("[\"label\"]")),
+        "{:?}",
+        imp.notes
+    );
+    check_against_tract("skl2onnx zipmap=False", &reference, &imp.network, InputLayout::Flat, imp.output, &mnist(8));
 }
 
 // ---------------------------------------------------------------------------------------
