@@ -92,10 +92,12 @@ fn input_contract(a: &ImportArgs, imp: &Imported) -> Vec<String> {
     )];
     match &imp.input_affine {
         Some(aff) => {
-            let from = if a.input_scale.is_some() || !a.mean.is_empty() || !a.std.is_empty() {
-                "--input-scale/--mean/--std and the graph"
-            } else {
-                "Sub/Div/Mul/Add nodes on the graph input"
+            let flags = a.input_scale.is_some() || !a.mean.is_empty() || !a.std.is_empty();
+            let nodes = imp.input_norm_nodes.join(", ");
+            let from = match (flags, nodes.is_empty()) {
+                (true, false) => format!("--input-scale/--mean/--std, then the graph's {nodes}"),
+                (true, true) => "--input-scale/--mean/--std".to_string(),
+                _ => format!("the graph's {nodes}"),
             };
             lines.push(format!("  the file's input normalisation ({from}) is folded into the network: {aff}"));
         }

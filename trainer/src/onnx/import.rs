@@ -217,6 +217,9 @@ pub struct Imported {
     /// iocane's input; `None` if there was none: the network then takes the file's input
     /// values as they are.
     pub input_affine: Option<ChannelAffine>,
+    /// The in-graph nodes (`Sub` / `Div` / `Mul` / `Add` by constants on the input) that are
+    /// part of [`Imported::input_affine`], as `op `name``.
+    pub input_norm_nodes: Vec<String>,
 }
 
 /// Imports a float ONNX classifier as a [`Network`] (with default [`ImportOptions`], i.e.
@@ -356,6 +359,8 @@ pub(super) struct Mapper<'a> {
     folded_affine: Option<ChannelAffine>,
     /// Channels of the image input.
     input_c: usize,
+    /// The in-graph nodes folded into the input normalisation.
+    norm_nodes: Vec<String>,
 }
 
 impl Mapper<'_> {
@@ -606,6 +611,7 @@ impl Mapper<'_> {
         check(&shift)?;
         let a = self.affine.take().unwrap_or_else(|| ChannelAffine::identity(c)).then(&scale, &shift);
         self.notes.push(format!("{} `{}` on the input: part of the input normalisation", n.op(), n.label));
+        self.norm_nodes.push(format!("{} `{}`", n.op(), n.label));
         self.affine = Some(a);
         Ok(())
     }
@@ -1054,6 +1060,7 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
         affine: None,
         folded_affine: None,
         input_c: shape[2],
+        norm_nodes: Vec::new(),
     };
     let cli_affine = match &opts.input_norm {
         Some(norm) => {
@@ -1099,6 +1106,7 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
         notes: m.notes,
         max_abs_diff,
         input_affine: m.folded_affine,
+        input_norm_nodes: m.norm_nodes,
     })
 }
 

@@ -729,6 +729,7 @@ fn in_graph_normalisation_is_folded_and_matches_tract() {
         let imp = import_onnx_with(&bytes, &ImportOptions::default()).unwrap();
         assert_eq!(imp.network.spec().to_compact(), want);
         let a = imp.input_affine.clone().expect("the in-graph normalisation is reported");
+        assert_eq!(imp.input_norm_nodes, ["Sub `/Sub`", "Div `/Div`"]);
         assert!((a.scale[0] - 1.0 / 0.229).abs() < 1e-5 && (a.shift[2] + 0.406 / 0.225).abs() < 1e-5, "{a}");
         check_against_tract(
             &format!("in-graph Sub/Div, pads {pads:?}"),
