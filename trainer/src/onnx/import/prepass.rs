@@ -99,8 +99,12 @@ pub(super) fn inline_external_data(graph: &mut pb::GraphProto, dir: Option<&Path
                 ),
             ));
         }
-        let path = dir.join(rel);
-        let io = |e: std::io::Error| ext_err(t, format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| ext_err(t, format!("{}: {e}", dir.join(rel).display()));
+        // Symbolic links may not lead out of the model's directory either.
+        let path = dir.join(rel).canonicalize().map_err(io)?;
+        if !path.starts_with(dir.canonicalize().map_err(io)?) {
+            return Err(ext_err(t, format!("external data `{location}` resolves outside the model's directory")));
+        }
         let mut f = std::fs::File::open(&path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {

@@ -601,6 +601,17 @@ fn dynamo_cnn_with_external_data_and_dynamic_batch_imports_as_written() {
     std::fs::write(&path, prost::Message::encode_to_vec(&m)).unwrap();
     let err = import_onnx_file(&path, &ImportOptions::default()).unwrap_err();
     assert!(matches!(&err, OnnxError::ExternalData(m) if m.contains("not a relative path inside")), "{err}");
+    #[cfg(unix)]
+    {
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link.data")).unwrap();
+        let mut m: pb::ModelProto = prost::Message::decode(bytes.as_slice()).unwrap();
+        let t = m.graph.as_mut().unwrap().initializer.iter_mut().find(|t| !t.external_data.is_empty()).unwrap();
+        t.external_data[0].value = "link.data".into();
+        std::fs::write(&path, prost::Message::encode_to_vec(&m)).unwrap();
+        let err = import_onnx_file(&path, &ImportOptions::default()).unwrap_err();
+        assert!(matches!(&err, OnnxError::ExternalData(m) if m.contains("resolves outside")), "{err}");
+    }
 }
 
 /// `x.view(x.size(0), -1)` written the other way torchlib can: `Shape(start=0, end=1)` ->
