@@ -943,8 +943,6 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
         }
         loaded > 0 || cut.is_some() || dropped > 0
     };
-    // What tract runs for the cross-check: the file as rewritten above.
-    let checked: Cow<[u8]> = if rewritten { Cow::Owned(model.encode_to_vec()) } else { Cow::Borrowed(bytes) };
     let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Graph("the model has no graph".into()))?;
     let opset =
         model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version);
@@ -1095,6 +1093,8 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
     let max_abs_diff = if opts.skip_verify {
         None
     } else {
+        // tract runs the file as rewritten by the pre-pass.
+        let checked: Cow<[u8]> = if rewritten { Cow::Owned(model.encode_to_vec()) } else { Cow::Borrowed(bytes) };
         Some(verify(&checked, &network, layout, batch, m.output, cli_affine.as_ref())?)
     };
     Ok(Imported {

@@ -161,11 +161,11 @@ pub(super) fn cut_classifier_tail(graph: &mut pb::GraphProto) -> Option<String> 
             .collect();
         let dropped_outputs: Vec<String> =
             graph.output.iter().filter(|o| o.name != scores).map(|o| o.name.clone()).collect();
-        let keep: HashSet<usize> = (0..graph.node.len()).filter(|i| !downstream.contains(i)).collect();
+        let cut_idx: HashSet<usize> = downstream.iter().copied().collect();
         let mut idx = 0;
         graph.node.retain(|_| {
             idx += 1;
-            keep.contains(&(idx - 1))
+            !cut_idx.contains(&(idx - 1))
         });
         let out = graph
             .output
