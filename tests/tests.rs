@@ -871,3 +871,115 @@ mod issue14_ci {
         assert!(!cert.join("merged").exists());
     }
 }
+
+/// Issue 17: ONNX import as real exporters write it (the CLI side: items 3 and 5).
+mod issue17 {
+    use super::*;
+    use iocane_trainer::nn::{ArchSpec, Network};
+    use iocane_trainer::onnx::build;
+    use tract_onnx::pb;
+
+    fn stdout(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `iocane export` file of a random network of `arch` on `shape` images.
+    fn onnx_file(dir: &Path, arch: &str, shape: [usize; 3]) -> PathBuf {
+        let net = Network::new(ArchSpec::from_compact(arch, shape, 10).unwrap(), 3).unwrap();
+        let path = dir.join(format!("{}x{}x{}.onnx", shape[0], shape[1], shape[2]));
+        std::fs::write(&path, iocane_trainer::onnx::export_onnx(&net).unwrap()).unwrap();
+        path
+    }
+
+    /// Item 5: an imported model of another input shape exports only with a matching
+    /// `--dataset`: without one it is a clean error (exit 2) naming both shapes, never a panic.
+    #[test]
+    fn issue17_5_export_of_other_input_shapes_is_a_clean_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (arch, shape) in
+            [("conv4k3s2,relu,flatten,dense10", [32, 32, 3]), ("flatten,dense16,relu,dense10", [8, 8, 1])]
+        {
+            let file = onnx_file(tmp.path(), arch, shape);
+            let run_dir = tmp.path().join(format!("run{}", shape[0]));
+            let out = run(&["import", file.to_str().unwrap(), "--out", run_dir.to_str().unwrap()]);
+            assert_exit_code(&out, 0);
+            let out = run(&["export", run_dir.to_str().unwrap(), "--out", tmp.path().join("e").to_str().unwrap()]);
+            assert_exit_code(&out, 2);
+            let err = stderr(&out);
+            assert!(err.contains(&format!("{shape:?}")) && err.contains("--dataset"), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+
+    /// A flat `[N, 3072]` input (skl2onnx on CIFAR-style features): `MatMul` + `Add`.
+    fn flat_file(dir: &Path) -> PathBuf {
+        let w: Vec<f32> = (0..3072 * 10).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+        let graph = pb::GraphProto {
+            node: vec![
+                build::node("MatMul", "MatMul", &["X", "coefficient"], &["mul_result"], vec![]),
+                build::node("Add", "Add", &["mul_result", "intercepts"], &["logits"], vec![]),
+            ],
+            name: "g".into(),
+            initializer: vec![
+                build::f32_tensor("coefficient", &[3072, 10], &w),
+                build::f32_tensor("intercepts", &[1, 10], &[0.1; 10]),
+            ],
+            input: vec![build::value_info("X", &[None, Some(3072)], "N")],
+            output: vec![build::value_info("logits", &[None, Some(10)], "N")],
+            ..Default::default()
+        };
+        let m = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 15 }],
+            producer_name: "skl2onnx".into(),
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let path = dir.join("flat.onnx");
+        std::fs::write(&path, prost::Message::encode_to_vec(&m)).unwrap();
+        path
+    }
+
+    /// Items 5 and 3: `--input-shape H,W,C` and `--layout`; `--input-scale/--mean/--std` and
+    /// the input contract printed by `import`.
+    #[test]
+    fn issue17_3_5_import_flags_and_the_input_contract() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out_dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+        let flat = flat_file(tmp.path());
+        let flat = flat.to_str().unwrap();
+        let out = run(&["import", flat, "--out", &out_dir("a")]);
+        assert_exit_code(&out, 0);
+        assert!(
+            stdout(&out).contains("taken as a 1x1x3072 image") && stdout(&out).contains("--input-shape"),
+            "{}",
+            stdout(&out)
+        );
+        let out = run(&["import", flat, "--out", &out_dir("b"), "--input-shape", "32,32,3"]);
+        assert_exit_code(&out, 0);
+        assert!(stdout(&out).contains("32x32x3 pixel bytes"), "{}", stdout(&out));
+        for bad in ["32,32", "0,32,3", "32,x,3", "16,16,3"] {
+            assert_exit_code(&run(&["import", flat, "--out", &out_dir("c"), "--input-shape", bad]), 2);
+        }
+
+        let nchw = onnx_file(tmp.path(), "conv4k3,relu,flatten,dense10", [28, 28, 1]);
+        let nchw = nchw.to_str().unwrap();
+        let out = run(&["import", nchw, "--out", &out_dir("d")]);
+        assert_exit_code(&out, 0);
+        assert!(stdout(&out).contains("INPUT CONTRACT") && stdout(&out).contains("WARNING: no input normalisation"));
+        let out = run(&["import", nchw, "--out", &out_dir("e"), "--mean", "0.1307", "--std", "0.3081"]);
+        assert_exit_code(&out, 0);
+        let s = stdout(&out);
+        assert!(s.contains("INPUT CONTRACT") && s.contains("folded into the network") && !s.contains("WARNING"), "{s}");
+        assert!(s.contains("matches tract-onnx"), "{s}");
+        assert_exit_code(&run(&["import", nchw, "--out", &out_dir("f"), "--mean", "0.5,0.5,0.5", "--std", "0.2"]), 2);
+        assert_exit_code(&run(&["import", nchw, "--out", &out_dir("g"), "--layout", "nchw"]), 0);
+        let out = run(&["import", nchw, "--out", &out_dir("h"), "--layout", "nhwc"]);
+        assert_exit_code(&out, 2);
+        assert_exit_code(&run(&["import", nchw, "--out", &out_dir("i"), "--layout", "chw"]), 2);
+    }
+}

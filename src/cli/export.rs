@@ -39,15 +39,18 @@ pub fn run(a: &ExportArgs) -> Result<Exported> {
     let t = &splits.train;
     let spec = ck.network.spec();
     if spec.input != [t.height, t.width, t.channels] || spec.classes != t.classes {
+        let [h, w, c] = spec.input;
         bail!(
-            "the network takes {:?} images with {} classes, calibration dataset {} has {}x{}x{} with {} classes",
+            "the network takes {:?} images with {} classes, calibration dataset {} has {}x{}x{} with {} classes: \
+             pass --dataset with {h}x{w}x{c} images of {} classes (e.g. idx:DIR)",
             spec.input,
             spec.classes,
             dataset,
             t.height,
             t.width,
             t.channels,
-            t.classes
+            t.classes,
+            spec.classes
         );
     }
     let calib = if a.calib == 0 { t.len() } else { a.calib.min(t.len()) };

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 use tract_onnx::pb;
@@ -12,10 +13,13 @@ use tract_onnx::pb::tensor_shape_proto::dimension;
 use super::build::{f32_tensor, i64_tensor};
 use super::proto::{dtype_name, is_default_domain, node_label, op_label, tensor_f32, tensor_i64, ConstF32, Consts};
 use super::verify::verify;
-use super::{OnnxError, SUPPORTED_OPS};
+use super::{OnnxError, UnsupportedNodes, SUPPORTED_OPS};
 use crate::nn::{ArchSpec, LayerParams, LayerSpec, Network, Params, MAX_ACTIVATION};
 
 pub(super) mod ops;
+mod prepass;
+
+pub use prepass::MAX_EXTERNAL_BYTES;
 
 /// Memory layout of an ONNX model's image input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,14 +95,101 @@ impl OutputTransform {
     }
 }
 
+/// A per-channel affine map of an image, `x[.., c] -> scale[c] * x[.., c] + shift[c]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelAffine {
+    /// Multiplier per channel.
+    pub scale: Vec<f32>,
+    /// Offset per channel (added after the multiplication).
+    pub shift: Vec<f32>,
+}
+
+impl ChannelAffine {
+    /// The identity on `c` channels.
+    pub fn identity(c: usize) -> ChannelAffine {
+        ChannelAffine { scale: vec![1.0; c], shift: vec![0.0; c] }
+    }
+
+    /// `self` followed by `x -> scale * x + shift` (per channel, same length).
+    fn then(&self, scale: &[f32], shift: &[f32]) -> ChannelAffine {
+        let z = self.scale.iter().zip(&self.shift).zip(scale.iter().zip(shift));
+        let (scale, shift) = z.map(|((a, b), (s, t))| (s * a, s * b + t)).unzip();
+        ChannelAffine { scale, shift }
+    }
+
+    /// Whether it is the identity.
+    pub fn is_identity(&self) -> bool {
+        self.scale.iter().all(|&s| s == 1.0) && self.shift.iter().all(|&t| t == 0.0)
+    }
+
+    /// Applies the map to NHWC data with `scale.len()` channels (the channel is the index
+    /// modulo the channel count).
+    pub fn apply(&self, data: &[f32]) -> Vec<f32> {
+        let c = self.scale.len().max(1);
+        data.iter().enumerate().map(|(i, &x)| self.scale[i % c] * x + self.shift[i % c]).collect()
+    }
+}
+
+impl std::fmt::Display for ChannelAffine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[f32]| v.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(", ");
+        write!(f, "x -> x * [{}] + [{}] per channel", list(&self.scale), list(&self.shift))
+    }
+}
+
+/// Normalisation a model was trained with outside its graph (e.g. torchvision's
+/// `Normalize(mean, std)` after `ToTensor()`): the file's input is
+/// `(x * scale - mean[c]) / std[c]` where `x` is iocane's input, pixel bytes / 255 in `[0, 1]`.
+/// [`import_onnx_with`] folds it into the first layer, so the network takes `x` itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputNorm {
+    /// Multiplier applied first (255 for a model that takes pixel values 0..255).
+    pub scale: f32,
+    /// Mean per channel (one value for all channels, or one per channel).
+    pub mean: Vec<f32>,
+    /// Standard deviation per channel (one value, or one per channel; non-zero).
+    pub std: Vec<f32>,
+}
+
+impl InputNorm {
+    /// The map `x -> (x * scale - mean) / std` on `c` channels, or why it is not one.
+    pub fn affine(&self, c: usize) -> Result<ChannelAffine, String> {
+        let per = |v: &[f32], what: &str| -> Result<Vec<f32>, String> {
+            match v.len() {
+                1 => Ok(vec![v[0]; c]),
+                n if n == c => Ok(v.to_vec()),
+                n => Err(format!("{n} {what} values for an input of {c} channels (give 1 or {c})")),
+            }
+        };
+        let mean = per(&self.mean, "mean")?;
+        let std = per(&self.std, "std")?;
+        let a = ChannelAffine {
+            scale: std.iter().map(|s| self.scale / s).collect(),
+            shift: mean.iter().zip(&std).map(|(m, s)| -m / s).collect(),
+        };
+        if a.scale.iter().chain(&a.shift).any(|v| !v.is_finite()) || a.scale.contains(&0.0) {
+            return Err(format!(
+                "scale {}, mean {:?}, std {:?} is not an invertible finite map",
+                self.scale, self.mean, self.std
+            ));
+        }
+        Ok(a)
+    }
+}
+
 /// Options of [`import_onnx_with`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ImportOptions {
     /// Image shape `[h, w, c]` for inputs whose shape is not fully known: flat `[N, D]`
     /// inputs (must satisfy `h * w * c == D`) and symbolic spatial dimensions.
     pub input_shape: Option<[usize; 3]>,
     /// Forces the layout of a 4-D input (`Nchw` or `Nhwc`) instead of detecting it.
     pub input_layout: Option<InputLayout>,
+    /// Normalisation applied outside the graph during training, folded into the first layer.
+    pub input_norm: Option<InputNorm>,
+    /// Directory holding the file's external data (`model.onnx.data`); set by
+    /// [`import_onnx_file`] to the model's directory.
+    pub external_data_dir: Option<PathBuf>,
     /// Skips the tract-onnx cross-check (faster; the mapping is then unchecked).
     pub skip_verify: bool,
 }
@@ -121,6 +212,14 @@ pub struct Imported {
     /// Largest absolute difference to tract-onnx over the probe images (`None` if the check
     /// was skipped).
     pub max_abs_diff: Option<f32>,
+    /// The input normalisation folded into the network (from [`ImportOptions::input_norm`]
+    /// and in-graph `Sub` / `Div` / `Mul` / `Add` by constants on the input), as a map of
+    /// iocane's input; `None` if there was none: the network then takes the file's input
+    /// values as they are.
+    pub input_affine: Option<ChannelAffine>,
+    /// The in-graph nodes (`Sub` / `Div` / `Mul` / `Add` by constants on the input) that are
+    /// part of [`Imported::input_affine`], as `op `name``.
+    pub input_norm_nodes: Vec<String>,
 }
 
 /// Imports a float ONNX classifier as a [`Network`] (with default [`ImportOptions`], i.e.
@@ -253,6 +352,15 @@ pub(super) struct Mapper<'a> {
     foldable: Option<usize>,
     output: OutputTransform,
     notes: Vec<String>,
+    /// Input normalisation not yet folded (per image channel), while only layout nodes
+    /// have been walked.
+    affine: Option<ChannelAffine>,
+    /// The input normalisation folded so far (for [`Imported::input_affine`]).
+    folded_affine: Option<ChannelAffine>,
+    /// Channels of the image input.
+    input_c: usize,
+    /// The in-graph nodes folded into the input normalisation.
+    norm_nodes: Vec<String>,
 }
 
 impl Mapper<'_> {
@@ -338,7 +446,22 @@ impl Mapper<'_> {
 
     /// Appends a layer; spatial layers update the current tensor from the layer's output
     /// shape (validated here so errors name the node).
-    fn push(&mut self, n: &Node, l: LayerSpec, p: LayerParams) -> Result<(), OnnxError> {
+    fn push(&mut self, n: &Node, l: LayerSpec, mut p: LayerParams) -> Result<(), OnnxError> {
+        if l != LayerSpec::Flatten {
+            if let Some(a) = self.affine.take() {
+                if !self.fold_input_affine(n, &l, &mut p, &a)? {
+                    let [_, _, c] = self.shape3();
+                    let dw = LayerSpec::DepthwiseConv2d { kernel: [1, 1], stride: [1, 1], padding: [0; 4] };
+                    self.push(n, dw, LayerParams { weights: a.scale.clone(), bias: a.shift.clone() })?;
+                    self.notes.push(format!(
+                        "input normalisation {a}: a 1x1 depthwise layer before {l} (`{}`, {c} channels), which pads \
+                         with zeros and so cannot absorb a shift exactly",
+                        n.label
+                    ));
+                }
+                self.folded_affine = Some(a);
+            }
+        }
         let out = l.output_shape(self.shape3()).map_err(|m| n.err(format!("{l}: {m}")))?;
         match l {
             LayerSpec::Dense { units } => self.cur = Cur::Flat { len: units },
@@ -382,6 +505,125 @@ impl Mapper<'_> {
         }
     }
 
+    /// Folds the pending input normalisation `a` into the layer `l` about to be pushed
+    /// with parameters `p`: exact for a Dense and for unpadded convolutions, and for a
+    /// scale alone. Returns `false` if it cannot be folded (a shift before a padded
+    /// convolution, or a non-parametric layer), `Err` if it can be neither folded nor put in
+    /// a layer of its own (a flat tensor).
+    fn fold_input_affine(
+        &mut self,
+        n: &Node,
+        l: &LayerSpec,
+        p: &mut LayerParams,
+        a: &ChannelAffine,
+    ) -> Result<bool, OnnxError> {
+        let c = a.scale.len();
+        let no_shift = a.shift.iter().all(|&t| t == 0.0);
+        let per_out = |outs: usize| p.weights.len() / outs.max(1);
+        let chan: Box<dyn Fn(usize) -> usize> = match *l {
+            LayerSpec::Dense { .. } => Box::new(move |j| j % c),
+            LayerSpec::Conv2d { padding, .. } | LayerSpec::DepthwiseConv2d { padding, .. }
+                if padding == [0; 4] || no_shift =>
+            {
+                Box::new(move |i| i % c)
+            }
+            _ if matches!(self.cur, Cur::Spatial { .. }) => return Ok(false),
+            _ => {
+                return Err(n.err(format!(
+                    "the input normalisation {a} cannot be folded into {l} on a flat tensor (only into a Gemm / MatMul)"
+                )))
+            }
+        };
+        let outs = p.bias.len();
+        let per = per_out(outs);
+        let depthwise = matches!(l, LayerSpec::DepthwiseConv2d { .. });
+        for o in 0..outs {
+            // Weights of output o: contiguous `per` values (OHWI / dense rows), or every
+            // `outs`-th value for a depthwise kernel ([kh][kw][c], c == outs).
+            let idx: Vec<usize> = if depthwise {
+                (o..p.weights.len()).step_by(outs).collect()
+            } else {
+                (o * per..(o + 1) * per).collect()
+            };
+            let mut shift = 0.0f64;
+            for i in idx {
+                let k = if depthwise { o } else { chan(i - o * per) };
+                shift += p.weights[i] as f64 * a.shift[k] as f64;
+                p.weights[i] *= a.scale[k];
+            }
+            p.bias[o] = (p.bias[o] as f64 + shift) as f32;
+        }
+        self.notes.push(format!("input normalisation {a}: folded into {l} (`{}`)", n.label));
+        Ok(true)
+    }
+
+    /// The constant `(dims, vals)` of an elementwise op on the not yet normalised input, as
+    /// one value per image channel.
+    fn input_vector(&self, n: &Node, dims: &[i64], vals: &[f32]) -> Result<Vec<f32>, OnnxError> {
+        let c = self.affine.as_ref().map_or(1, |a| a.scale.len());
+        if !vals.is_empty() && vals.iter().all(|&v| v == vals[0]) {
+            return Ok(vec![vals[0]; c]);
+        }
+        match self.cur {
+            Cur::Spatial { order: Order::Nchw | Order::Nhwc, .. } => self.channel_vector(n, dims, vals),
+            _ => Err(n.err(format!(
+                "a constant of shape {dims:?} that varies over a tensor of shape {:?}: only scalar or per-channel \
+                 normalisation of an image input can be folded",
+                self.dims()
+            ))),
+        }
+    }
+
+    /// An elementwise `x -> scale * x + shift` by constants (an `Add`, `Sub`, `Mul` or `Div`
+    /// node): folded into the layer before it if there is one right before, else into the
+    /// input normalisation while only layout nodes have been walked.
+    fn elementwise(&mut self, n: &Node, data_pos: usize, f: impl Fn(f32) -> (f32, f32)) -> Result<(), OnnxError> {
+        let (dims, vals) = self.cf32_req(n, 1 - data_pos.min(1), "constant")?;
+        let check = |v: &[f32]| -> Result<(), OnnxError> {
+            match v.iter().find(|x| !x.is_finite()) {
+                Some(x) => Err(n.err(format!("the constant makes a non-finite factor or offset ({x})"))),
+                None => Ok(()),
+            }
+        };
+        if let Some(li) = self.foldable {
+            let v = self.channel_vector(n, &dims, &vals)?;
+            let (scale, shift): (Vec<f32>, Vec<f32>) = v.iter().map(|&v| f(v)).unzip();
+            check(&scale)?;
+            check(&shift)?;
+            self.fold(li, &scale, &shift);
+            self.notes.push(format!("folded {} `{}` into layer {li} ({})", n.op(), n.label, self.layers[li]));
+            return Ok(());
+        }
+        if self.affine.is_none() && !self.layers.iter().all(|l| *l == LayerSpec::Flatten) {
+            return Err(n.err(
+                "elementwise ops by constants are only supported on the model input (normalisation) or right after \
+                 a Conv, Gemm or MatMul",
+            ));
+        }
+        let c = self.affine.as_ref().map_or(0, |a| a.scale.len());
+        let c = if c == 0 { self.image_channels() } else { c };
+        if self.affine.is_none() {
+            self.affine = Some(ChannelAffine::identity(c));
+        }
+        let v = self.input_vector(n, &dims, &vals)?;
+        let (scale, shift): (Vec<f32>, Vec<f32>) = v.iter().map(|&v| f(v)).unzip();
+        check(&scale)?;
+        check(&shift)?;
+        let a = self.affine.take().unwrap_or_else(|| ChannelAffine::identity(c)).then(&scale, &shift);
+        self.notes.push(format!("{} `{}` on the input: part of the input normalisation", n.op(), n.label));
+        self.norm_nodes.push(format!("{} `{}`", n.op(), n.label));
+        self.affine = Some(a);
+        Ok(())
+    }
+
+    /// Channels of the image (before any layer with parameters).
+    fn image_channels(&self) -> usize {
+        match self.cur {
+            Cur::Spatial { c, .. } => c,
+            Cur::Flat { .. } => self.input_c,
+        }
+    }
+
     fn channels(&self) -> usize {
         match self.cur {
             Cur::Spatial { c, .. } => c,
@@ -414,11 +656,15 @@ impl Mapper<'_> {
     /// A per-channel vector from a constant broadcast against the current tensor, for a
     /// bias over channel axis 1.
     fn channel_vector(&self, n: &Node, dims: &[i64], vals: &[f32]) -> Result<Vec<f32>, OnnxError> {
-        let tdims = match self.cur {
-            Cur::Spatial { order: Order::Nchw, .. } | Cur::Flat { .. } => self.dims(),
+        let (tdims, axis) = match self.cur {
+            Cur::Spatial { order: Order::Nchw, .. } | Cur::Flat { .. } => (self.dims(), 1),
+            Cur::Spatial { order: Order::Nhwc, .. } => (self.dims(), 3),
             _ => return Err(n.err(format!("a per-channel constant on a tensor of shape {:?} (not NCHW)", self.dims()))),
         };
-        let c = tdims[1];
+        if vals.is_empty() {
+            return Err(n.err(format!("empty constant of shape {dims:?}")));
+        }
+        let c = tdims[axis];
         let bad = || n.err(format!("constant of shape {dims:?} is not a per-channel vector for shape {tdims:?}"));
         if dims.len() > tdims.len() {
             return Err(bad());
@@ -429,7 +675,7 @@ impl Mapper<'_> {
             if d == 1 {
                 continue;
             }
-            if a + off == 1 && d as usize == c {
+            if a + off == axis && d as usize == c {
                 per_channel = true;
             } else {
                 return Err(bad());
@@ -443,12 +689,16 @@ impl Mapper<'_> {
         if self.output != OutputTransform::Logits && n.op() != "Identity" {
             return Err(n.err("only Identity may follow the final Softmax / LogSoftmax"));
         }
-        if data_pos != 0 && n.op() != "Add" {
+        let elementwise = matches!(n.op(), "Add" | "Sub" | "Mul" | "Div");
+        if elementwise && (n.pb.input.len() != 2 || data_pos > 1) {
+            return Err(n.err(format!("expected two inputs, has {}", n.pb.input.len())));
+        }
+        if data_pos != 0 && !elementwise {
             return Err(n.err(format!("the computed tensor must be input 0, not input {data_pos}")));
         }
         match ops::OPS.iter().find(|(name, _)| *name == n.op()) {
             Some((_, Some(map))) => map(self, n, data_pos),
-            _ => Err(OnnxError::UnsupportedOp { op: op_label(n.pb), node: n.label.clone() }),
+            _ => Err(n.err("is folded before the walk and cannot be mapped here")),
         }
     }
 }
@@ -677,21 +927,45 @@ fn square_guess(d: usize) -> [usize; 3] {
 /// output scale, else [`OnnxError::Mismatch`]. A file tract-onnx cannot load is an
 /// [`OnnxError::Tract`].
 pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, OnnxError> {
-    let model = pb::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(e.to_string()))?;
+    let mut model = pb::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(e.to_string()))?;
+    let mut notes = Vec::new();
+    let rewritten = {
+        let graph = model.graph.as_mut().ok_or_else(|| OnnxError::Graph("the model has no graph".into()))?;
+        let loaded = prepass::inline_external_data(graph, opts.external_data_dir.as_deref())?;
+        if loaded > 0 {
+            notes.push(format!("read {loaded} initializers from external data beside the file"));
+        }
+        let cut = prepass::cut_classifier_tail(graph);
+        notes.extend(cut.clone());
+        let dropped = prepass::drop_value_info(graph);
+        if dropped > 0 {
+            notes.push(format!("dropped {dropped} intermediate value_info shapes (re-inferred by tract)"));
+        }
+        loaded > 0 || cut.is_some() || dropped > 0
+    };
     let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Graph("the model has no graph".into()))?;
     let opset =
         model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version);
     if !graph.sparse_initializer.is_empty() {
         return Err(OnnxError::Graph("sparse initializers are not supported".into()));
     }
-    // Unsupported ops first: the most useful error for foreign models.
+    // Unsupported ops first, all of them, grouped by op: the most useful error for foreign
+    // models.
+    let mut unsupported: Vec<UnsupportedNodes> = Vec::new();
     for (idx, n) in graph.node.iter().enumerate() {
         if !is_default_domain(n) || !SUPPORTED_OPS.contains(&n.op_type.as_str()) {
-            return Err(OnnxError::UnsupportedOp { op: op_label(n), node: node_label(n, idx) });
+            let op = op_label(n);
+            match unsupported.iter_mut().find(|u| u.op == op) {
+                Some(u) => u.nodes.push(node_label(n, idx)),
+                None => unsupported.push(UnsupportedNodes { op, nodes: vec![node_label(n, idx)] }),
+            }
         }
     }
+    if !unsupported.is_empty() {
+        return Err(OnnxError::UnsupportedOps(unsupported));
+    }
     let mut consts: Consts = graph.initializer.iter().map(|t| (t.name.clone(), Cow::Borrowed(t))).collect();
-    let folded = fold_constants(graph, &mut consts)?;
+    let mut folded = fold_constants(graph, &mut consts)?;
     let input = graph_input(graph, &consts)?;
     let output = match graph.output.as_slice() {
         [one] => one.name.clone(),
@@ -702,11 +976,12 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
             )))
         }
     };
+    let batch = input.dims.first().copied().flatten().unwrap_or(1);
+    prepass::fold_shape_arithmetic(graph, &mut consts, &mut folded, (&input.name, &input.dims), batch)?;
     let chain = build_chain(graph, &consts, &folded, &input.name, &output)?;
 
     // Input layout and shape.
     let dims = &input.dims;
-    let batch = dims.first().copied().flatten().unwrap_or(1);
     let unknown = |what: &str| {
         OnnxError::Graph(format!(
             "input `{}` has dims {dims:?} with unknown {what}; pass ImportOptions::input_shape",
@@ -727,7 +1002,16 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
                         "ImportOptions::input_shape {s:?} does not have the input's {d} features"
                     )))
                 }
-                None => square_guess(d),
+                None => {
+                    let s = square_guess(d);
+                    if s[0] == 1 {
+                        notes.push(format!(
+                            "the {d} input features are not a square image: taken as a 1x1x{d} image \
+                             (pass ImportOptions::input_shape / --input-shape H,W,C for an image)"
+                        ));
+                    }
+                    s
+                }
             };
             (InputLayout::Flat, shape, Cur::Flat { len: d })
         }
@@ -770,7 +1054,20 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
         pending_perm: None,
         foldable: None,
         output: OutputTransform::Logits,
-        notes: Vec::new(),
+        notes,
+        affine: None,
+        folded_affine: None,
+        input_c: shape[2],
+        norm_nodes: Vec::new(),
+    };
+    let cli_affine = match &opts.input_norm {
+        Some(norm) => {
+            let a = norm.affine(shape[2]).map_err(|e| OnnxError::Graph(format!("ImportOptions::input_norm: {e}")))?;
+            m.notes.push(format!("input normalisation {a} given with the import (not in the file)"));
+            m.affine = Some(a.clone());
+            Some(a)
+        }
+        None => None,
     };
     if layout == InputLayout::Flat && shape[0] * shape[1] > 1 {
         // Our network takes the image; the file takes it flattened (NHWC order).
@@ -793,7 +1090,13 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
     };
     let spec = ArchSpec::new(shape, classes, m.layers)?;
     let network = Network::from_params(spec, Params { layers: m.params })?;
-    let max_abs_diff = if opts.skip_verify { None } else { Some(verify(bytes, &network, layout, batch, m.output)?) };
+    let max_abs_diff = if opts.skip_verify {
+        None
+    } else {
+        // tract runs the file as rewritten by the pre-pass.
+        let checked: Cow<[u8]> = if rewritten { Cow::Owned(model.encode_to_vec()) } else { Cow::Borrowed(bytes) };
+        Some(verify(&checked, &network, layout, batch, m.output, cli_affine.as_ref())?)
+    };
     Ok(Imported {
         network,
         input_layout: layout,
@@ -802,7 +1105,27 @@ pub fn import_onnx_with(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, 
         producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
         notes: m.notes,
         max_abs_diff,
+        input_affine: m.folded_affine,
+        input_norm_nodes: m.norm_nodes,
     })
+}
+
+/// Imports the ONNX file at `path` as [`import_onnx_with`] does, reading external data
+/// (`model.onnx.data`) from the file's directory.
+pub fn import_onnx_file(path: &Path, opts: &ImportOptions) -> Result<Imported, OnnxError> {
+    let io = |e: std::io::Error| OnnxError::Io(format!("{}: {e}", path.display()));
+    // A protobuf message is at most 2 GiB: checked before the file is read.
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > i32::MAX as u64 {
+        return Err(OnnxError::Decode(format!(
+            "{} has {size} bytes, more than a protobuf message can hold",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let opts = ImportOptions { external_data_dir: dir.map(Path::to_path_buf), ..opts.clone() };
+    import_onnx_with(&bytes, &opts)
 }
 
 #[cfg(test)]
@@ -836,5 +1159,30 @@ mod tests {
         }
         // The unmodified shape still imports.
         assert!(import_onnx_with(&with_input_dims(&[None, Some(1), Some(2), Some(2)]), &opts).is_ok());
+    }
+
+    /// An elementwise op with the computed tensor at input 2 (hostile graphs) is an error, not
+    /// an index underflow.
+    #[test]
+    fn elementwise_ops_with_three_inputs_are_an_error() {
+        use super::super::build::{f32_tensor, node};
+        for op in ["Add", "Sub", "Mul", "Div"] {
+            let graph = pb::GraphProto {
+                node: vec![
+                    node(op, "e", &["c", "c", "input"], &["a"], vec![]),
+                    node("MatMul", "m", &["a", "w"], &["out"], vec![]),
+                ],
+                initializer: vec![f32_tensor("c", &[], &[2.0]), f32_tensor("w", &[4, 2], &[0.5; 8])],
+                input: vec![value_info("input", &[Some(1), Some(4)], "N")],
+                output: vec![value_info("out", &[Some(1), Some(2)], "N")],
+                ..Default::default()
+            };
+            let bytes = pb::ModelProto { graph: Some(graph), ..Default::default() }.encode_to_vec();
+            let opts = ImportOptions { skip_verify: true, ..ImportOptions::default() };
+            match import_onnx_with(&bytes, &opts) {
+                Err(OnnxError::Unsupported { msg, .. }) => assert!(msg.contains("input"), "{op}: {msg}"),
+                other => panic!("{op}: {other:?}"),
+            }
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! - [`export_onnx`] writes a standard ONNX model (opset 13) of a [`Network`](crate::nn::Network) as PyTorch would
 //!   export it: input `"input"` of shape `[N, C, H, W]` (NCHW, float32, `N` symbolic), output
 //!   `"logits"` of shape `[N, classes]`.
-//! - [`import_onnx`] / [`import_onnx_with`] read a float classifier written by a common
-//!   exporter (PyTorch `torch.onnx.export`, Keras through tf2onnx, skl2onnx MLPs) back into a
+//! - [`import_onnx`] / [`import_onnx_with`] / [`import_onnx_file`] read a float classifier
+//!   written by a common exporter (PyTorch `torch.onnx.export` with the TorchScript or the
+//!   dynamo exporter, Keras through tf2onnx, skl2onnx MLP classifiers) back into a
 //!   [`Network`](crate::nn::Network), and check the result against tract-onnx running the same file.
 //! - [`tract_forward`] runs an ONNX file through tract-onnx on an NHWC batch.
 //!
@@ -23,7 +24,21 @@
 //! `Reshape` to `[N, C, 1, 1]`, so every architecture exports.
 //!
 //! # Import
-//! The graph must be a simple chain from the single float input to the single output
+//! Before the walk, the file is rewritten the way the common exporters need (`import/prepass.rs`):
+//! - external data (PyTorch's default dynamo exporter writes `model.onnx.data`) is read from
+//!   [`ImportOptions::external_data_dir`] ([`import_onnx_file`] sets it to the model's
+//!   directory), every location, offset and length checked against the file and
+//!   [`MAX_EXTERNAL_BYTES`] before anything is allocated;
+//! - a classifier's label post-processing is cut so the graph outputs the scores: skl2onnx's
+//!   `ArgMax` -> `ai.onnx.ml.ArrayFeatureExtractor` -> `Reshape` -> `Cast` and `ai.onnx.ml.ZipMap`
+//!   (two outputs, label and probabilities);
+//! - intermediate `value_info` is dropped (dynamo records the symbolic batch there, which tract
+//!   cannot unify with a fixed batch);
+//! - shape arithmetic from `Shape` to a `Reshape`'s shape (`x.view(x.size(0), -1)`: `Shape` ->
+//!   `Gather` / `Squeeze` / `Unsqueeze` / `Concat`) is evaluated into constants; only the batch
+//!   entry of an intermediate tensor's shape may be used.
+//!
+//! The graph must then be a simple chain from the single float input to the single output
 //! (constants may come from initializers, `Constant` nodes or `Identity` of a constant).
 //! Supported ops ([`SUPPORTED_OPS`], named from the one op table in `import/ops.rs`, one small
 //! function per op):
@@ -33,7 +48,11 @@
 //! | `Conv` (group 1, or depthwise `group = C_in = C_out`; `dilations` 1; explicit `pads` or `auto_pad` NOTSET / VALID / SAME_UPPER / SAME_LOWER) | `Conv2d` / `DepthwiseConv2d` |
 //! | `Gemm` (`transA = 0`, `transB` 0 or 1, any `alpha` / `beta`) | `Dense` |
 //! | `MatMul` with a constant `[in, out]` matrix, optionally followed by `Add` | `Dense` |
-//! | `Add` of a constant per-channel (or scalar) bias right after a Conv / Gemm / MatMul | folded into the bias |
+//! | `Add` / `Sub` / `Mul` / `Div` by a constant per-channel (or scalar) value right after a Conv / Gemm / MatMul | folded into its weights and bias |
+//! | `Add` / `Sub` / `Mul` / `Div` by a constant per-channel (or scalar) value on the input (in-graph normalisation) | folded into the first layer (see below) |
+//! | `Cast` to FLOAT (skl2onnx's first node) | dropped |
+//! | `ReduceMean` over the spatial axes of an NCHW tensor (PyTorch's `AdaptiveAvgPool2d(1)`) | `AvgPool2d` over the whole map (then `Flatten` if `keepdims = 0`) |
+//! | `Shape`, `Gather`, `Concat`, `Unsqueeze` (and `Squeeze`, `Reshape`, `Cast`) computing a `Reshape` shape | evaluated before the walk |
 //! | `BatchNormalization` right after a Conv / Gemm / MatMul (inference mode) | folded into its weights and bias |
 //! | `Relu`; `Clip(0, inf)`; `Clip(0, 6)` (attributes before opset 11, inputs after) | `Relu` / `Relu6` |
 //! | `MaxPool`, `AveragePool` (no padding, `ceil_mode` only when it does not change the size) | `MaxPool2d` / `AvgPool2d` |
@@ -50,11 +69,23 @@
 //! image shape comes from [`ImportOptions::input_shape`], else `sqrt(D) x sqrt(D) x 1` when `D`
 //! is a square, else `1 x 1 x D`).
 //!
-//! Anything else is an error naming the op and the node ([`OnnxError::UnsupportedOp`]) or
+//! Input normalisation: the imported network always takes iocane's input, pixel bytes / 255
+//! in `[0, 1]`. A normalisation the model was trained with outside its graph
+//! ([`ImportOptions::input_norm`], `iocane import --input-scale/--mean/--std`) and in-graph
+//! `Sub` / `Div` / `Mul` / `Add` by constants on the input are composed into one per-channel
+//! map ([`ChannelAffine`], reported as [`Imported::input_affine`]) and folded exactly into the
+//! first layer with parameters: a Dense, an unpadded convolution, or any convolution when the
+//! map has no shift. A shift before a zero-padded convolution cannot be folded exactly (the
+//! padding would be shifted too), so the map becomes a 1x1 depthwise layer of its own in front.
+//! The tract-onnx cross-check then feeds the file the normalised probe images.
+//!
+//! Unsupported ops are reported all at once, every node grouped by op
+//! ([`OnnxError::UnsupportedOps`]); anything else is an error naming the op and the node or
 //! saying what is wrong ([`OnnxError::Unsupported`], [`OnnxError::NotAChain`], ...). Unless
 //! [`ImportOptions::skip_verify`] is set, the file is then loaded and run by tract-onnx on
 //! three probe images and the imported network's outputs must match it (see
-//! [`OnnxError::Mismatch`]).
+//! [`OnnxError::Mismatch`]); tract runs the file as rewritten by the pre-pass above, so the
+//! check covers exactly the graph that was mapped.
 
 //!
 //! # Layout
@@ -62,7 +93,8 @@
 //!   tests and tools can write files the way other exporters do;
 //! - `proto`: protobuf readers for import;
 //! - `export`: [`export_onnx`];
-//! - `import`: the graph walk and the chain mapper; `import/ops.rs` holds the op table;
+//! - `import`: the graph walk and the chain mapper; `import/ops.rs` holds the op table,
+//!   `import/prepass.rs` the rewrites before the walk;
 //! - `verify`: the tract-onnx cross-check and [`tract_forward`].
 
 use thiserror::Error;
@@ -76,7 +108,10 @@ mod proto;
 mod verify;
 
 pub use export::export_onnx;
-pub use import::{import_onnx, import_onnx_with, ImportOptions, Imported, InputLayout, OutputTransform};
+pub use import::{
+    import_onnx, import_onnx_file, import_onnx_with, ChannelAffine, ImportOptions, Imported, InputLayout, InputNorm,
+    OutputTransform, MAX_EXTERNAL_BYTES,
+};
 pub use verify::tract_forward;
 
 /// ONNX opset version written by [`export_onnx`].
@@ -85,8 +120,8 @@ pub const EXPORT_OPSET: i64 = 13;
 /// ONNX IR version written by [`export_onnx`] (the one that goes with opset 13).
 pub const EXPORT_IR_VERSION: i64 = 7;
 
-/// Op types (default ONNX domain) that [`import_onnx`] maps; any other op is an
-/// [`OnnxError::UnsupportedOp`].
+/// Op types (default ONNX domain) that [`import_onnx`] maps; any other op is reported in an
+/// [`OnnxError::UnsupportedOps`].
 pub const SUPPORTED_OPS: [&str; import::ops::COUNT] = import::ops::names();
 
 /// Relative tolerance of the tract-onnx cross-check in [`import_onnx_with`]: the largest
@@ -99,14 +134,20 @@ pub enum OnnxError {
     /// The bytes are not an ONNX `ModelProto`.
     #[error("not an ONNX model: {0}")]
     Decode(String),
-    /// A node uses an op the importer does not support.
-    #[error("unsupported ONNX op `{op}` in node `{node}` (supported: {})", SUPPORTED_OPS.join(", "))]
-    UnsupportedOp {
-        /// The op type (prefixed with its domain if not the default one).
-        op: String,
-        /// The node name (or `#<index> (output `...`)` for unnamed nodes).
-        node: String,
-    },
+    /// Nodes use ops the importer does not support: every such node, grouped by op in the
+    /// order the ops first appear.
+    #[error(
+        "unsupported ONNX ops: {} (supported: {})",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        SUPPORTED_OPS.join(", ")
+    )]
+    UnsupportedOps(Vec<UnsupportedNodes>),
+    /// The model file could not be read.
+    #[error("reading {0}")]
+    Io(String),
+    /// External data (weights stored beside the file) could not be read.
+    #[error("external data: {0}")]
+    ExternalData(String),
     /// A supported op is used in a way the importer cannot map (attributes, shapes, position).
     #[error("node `{node}` ({op}): {msg}")]
     Unsupported {
@@ -150,4 +191,21 @@ pub enum OnnxError {
         /// The allowed difference.
         tolerance: f32,
     },
+}
+
+/// The nodes of one unsupported op, for [`OnnxError::UnsupportedOps`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedNodes {
+    /// The op type (prefixed with its domain if not the default one).
+    pub op: String,
+    /// The node names (or `#<index> (output `...`)` for unnamed nodes), in graph order.
+    pub nodes: Vec<String>,
+}
+
+impl std::fmt::Display for UnsupportedNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.nodes.iter().map(|n| format!("`{n}`")).collect();
+        let s = if self.nodes.len() == 1 { "" } else { "s" };
+        write!(f, "`{}` in {} node{s} {}", self.op, self.nodes.len(), names.join(", "))
+    }
 }

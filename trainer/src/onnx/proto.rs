@@ -20,7 +20,7 @@ pub(super) fn numel(dims: &[i64]) -> Result<usize, String> {
 
 pub(super) fn check_inline(t: &pb::TensorProto) -> Result<(), String> {
     if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
-        return Err("uses external data (not supported: embed the weights in the model)".into());
+        return Err("uses external data outside the initializers (not supported: embed it in the model)".into());
     }
     if t.segment.is_some() {
         return Err("is segmented (not supported)".into());

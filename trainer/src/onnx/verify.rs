@@ -7,7 +7,7 @@ use tract_onnx::pb;
 
 use super::import::graph_input;
 use super::proto::Consts;
-use super::{InputLayout, OnnxError, OutputTransform, VERIFY_TOLERANCE};
+use super::{ChannelAffine, InputLayout, OnnxError, OutputTransform, VERIFY_TOLERANCE};
 use crate::nn::{Network, Tensor};
 use crate::rng::Rng;
 
@@ -62,6 +62,7 @@ pub(super) fn verify(
     layout: InputLayout,
     batch: usize,
     transform: OutputTransform,
+    input_norm: Option<&ChannelAffine>,
 ) -> Result<f32, OnnxError> {
     let shape = net.input_shape();
     let runner = tract_run::Runner::load(bytes, &layout.shape(batch, shape)).map_err(OnnxError::Tract)?;
@@ -71,7 +72,12 @@ pub(super) fn verify(
     let mut max_diff = 0.0f32;
     let mut scale = 1.0f32;
     for i in 0..x.n() {
-        let one = layout.convert(x.sample(i), shape);
+        // The file takes the normalised image (the network folds the normalisation in).
+        let img = match input_norm {
+            Some(a) => a.apply(x.sample(i)),
+            None => x.sample(i).to_vec(),
+        };
+        let one = layout.convert(&img, shape);
         let data: Vec<f32> = (0..batch).flat_map(|_| one.iter().copied()).collect();
         let out = runner.run(&data).map_err(OnnxError::Tract)?;
         if out.len() != batch * k {

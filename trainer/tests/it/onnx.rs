@@ -10,6 +10,7 @@ use iocane_trainer::onnx::build::{
 };
 use iocane_trainer::onnx::{
     export_onnx, import_onnx, import_onnx_with, tract_forward, ImportOptions, InputLayout, OnnxError, OutputTransform,
+    UnsupportedNodes,
 };
 use iocane_trainer::rng::Rng;
 use iocane_trainer::train::batch;
@@ -18,6 +19,8 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
 const TOL: f32 = 1e-5;
+
+mod exporters;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -675,11 +678,45 @@ fn graph_with(op: &str, extra_inputs: &[&str], attrs: Vec<pb::AttributeProto>) -
 fn unsupported_ops_name_the_op_and_the_node() {
     for op in ["Sigmoid", "LSTM", "Tanh", "LeakyRelu"] {
         let err = import_onnx(&graph_with(op, &[], vec![])).unwrap_err();
-        assert_eq!(err, OnnxError::UnsupportedOp { op: op.into(), node: format!("/act/{op}") });
+        assert_eq!(
+            err,
+            OnnxError::UnsupportedOps(vec![UnsupportedNodes { op: op.into(), nodes: vec![format!("/act/{op}")] }])
+        );
         let msg = err.to_string();
         assert!(msg.contains(op) && msg.contains(&format!("/act/{op}")), "{msg}");
         eprintln!("{msg}");
     }
+    // A torch LSTM classifier as the TorchScript exporter writes it (the shape of
+    // torch.onnx.export of nn.LSTM + nn.Linear on the last step): every unsupported node is
+    // reported at once, grouped by op, so LSTM is named and not only the first Gather.
+    let mut g = G::new(17, "pytorch", "input", &[-1, 28, 28]);
+    g.node("Transpose", "/Transpose", &["input"], &["t"], vec![ais("perm", &[1, 0, 2])]);
+    g.node("Shape", "/lstm/Shape", &["t"], &["s"], vec![]);
+    let i1 = g.i64s("/lstm/Constant_output_0", &[1]);
+    g.node("Gather", "/lstm/Gather", &["s", &i1], &["b"], vec![ai("axis", 0)]);
+    let w = g.weights("onnx::LSTM_W", &[1, 128, 28], 28);
+    let r = g.weights("onnx::LSTM_R", &[1, 128, 32], 32);
+    g.node("LSTM", "/lstm/LSTM", &["t", &w, &r], &["y", "h", "c"], vec![ai("hidden_size", 32)]);
+    g.node("Squeeze", "/lstm/Squeeze", &["y"], &["ys"], vec![]);
+    let i2 = g.i64s("/Constant_output_0", &[1]);
+    g.node("Gather", "/Gather", &["ys", &i2], &["last"], vec![ai("axis", 0)]);
+    g.node("Tanh", "/Tanh", &["last"], &["th"], vec![]);
+    g.node("Tanh", "/Tanh_1", &["th"], &["th2"], vec![]);
+    let w = g.weights("fc.weight", &[10, 32], 32);
+    g.node("Gemm", "/fc/Gemm", &["th2", &w], &["output"], vec![ai("transB", 1)]);
+    let err = import_onnx(&g.bytes("output", &[-1, 10])).unwrap_err();
+    let group = |op: &str, nodes: &[&str]| UnsupportedNodes {
+        op: op.into(),
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+    };
+    assert_eq!(
+        err,
+        OnnxError::UnsupportedOps(vec![group("LSTM", &["/lstm/LSTM"]), group("Tanh", &["/Tanh", "/Tanh_1"])])
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("`LSTM` in 1 node `/lstm/LSTM`; `Tanh` in 2 nodes `/Tanh`, `/Tanh_1`"), "{msg}");
+    eprintln!("{msg}");
+
     // An unnamed node is identified by its index and output.
     let mut g = G::new(13, "x", "input", &[1, 4]);
     g.node("Sigmoid", "", &["input"], &["s"], vec![]);

@@ -11,7 +11,7 @@ use crate::onnx::OnnxError;
 pub(in crate::onnx) type MapOp = fn(&mut Mapper<'_>, &Node<'_>, usize) -> Result<(), OnnxError>;
 
 /// Number of supported ops.
-pub(in crate::onnx) const COUNT: usize = 20;
+pub(in crate::onnx) const COUNT: usize = 29;
 
 /// Every supported op (default ONNX domain) with its mapping function; `None` for `Constant`,
 /// which is folded into the constants before the chain is walked and so never mapped.
@@ -20,6 +20,11 @@ pub(in crate::onnx) const OPS: [(&str, Option<MapOp>); COUNT] = [
     ("Gemm", Some(gemm)),
     ("MatMul", Some(matmul)),
     ("Add", Some(add)),
+    ("Sub", Some(sub)),
+    ("Mul", Some(mul)),
+    ("Div", Some(div)),
+    ("Cast", Some(cast)),
+    ("ReduceMean", Some(reduce_mean)),
     ("BatchNormalization", Some(batchnorm)),
     ("Relu", Some(relu)),
     ("Clip", Some(clip)),
@@ -36,6 +41,10 @@ pub(in crate::onnx) const OPS: [(&str, Option<MapOp>); COUNT] = [
     ("Softmax", Some(softmax)),
     ("LogSoftmax", Some(softmax)),
     ("Constant", None),
+    ("Shape", Some(shape_only)),
+    ("Gather", Some(shape_only)),
+    ("Concat", Some(shape_only)),
+    ("Unsqueeze", Some(shape_only)),
 ];
 
 /// The names of [`OPS`], in order.
@@ -95,15 +104,79 @@ fn matmul(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
     m.dense(n, wt, vec![0.0; units], units)
 }
 
+/// `x + c`: a bias right after a Conv / Gemm / MatMul, or part of the input normalisation.
 fn add(m: &mut Mapper<'_>, n: &Node<'_>, data_pos: usize) -> Result<(), OnnxError> {
-    let li = m
-        .foldable
-        .ok_or_else(|| n.err("Add is only supported as a constant bias right after a Conv, Gemm or MatMul"))?;
-    let (dims, vals) = m.cf32_req(n, 1 - data_pos, "bias")?;
-    let v = m.channel_vector(n, &dims, &vals)?;
-    m.fold(li, &vec![1.0; v.len()], &v);
-    m.notes.push(format!("folded Add `{}` into the bias of layer {li} ({})", n.label, m.layers[li]));
+    m.elementwise(n, data_pos, |v| (1.0, v))
+}
+
+/// `x - c` (or `c - x`): as [`add`].
+fn sub(m: &mut Mapper<'_>, n: &Node<'_>, data_pos: usize) -> Result<(), OnnxError> {
+    if data_pos == 0 {
+        m.elementwise(n, data_pos, |v| (1.0, -v))
+    } else {
+        m.elementwise(n, data_pos, |v| (-1.0, v))
+    }
+}
+
+/// `x * c`: scales the layer right before it, or part of the input normalisation.
+fn mul(m: &mut Mapper<'_>, n: &Node<'_>, data_pos: usize) -> Result<(), OnnxError> {
+    m.elementwise(n, data_pos, |v| (v, 0.0))
+}
+
+/// `x / c` (not `c / x`): as [`mul`] by `1 / c`.
+fn div(m: &mut Mapper<'_>, n: &Node<'_>, data_pos: usize) -> Result<(), OnnxError> {
+    if data_pos != 0 {
+        return Err(n.err("a constant divided by the tensor is not an affine map"));
+    }
+    m.elementwise(n, data_pos, |v| (1.0 / v, 0.0))
+}
+
+/// `Cast` to FLOAT of a float tensor (skl2onnx starts with one): nothing.
+fn cast(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
+    let to = n.int("to", 0);
+    if to != tract_onnx::pb::tensor_proto::DataType::Float as i64 {
+        return Err(n.err(format!(
+            "Cast to element type {} (only FLOAT, a no-op on float tensors)",
+            super::dtype_name(to as i32)
+        )));
+    }
+    m.notes.push(format!("dropped Cast `{}` (to FLOAT)", n.label));
     Ok(())
+}
+
+/// `ReduceMean` over the spatial axes of an NCHW tensor (PyTorch's `AdaptiveAvgPool2d(1)` and
+/// `x.mean((2, 3))`): global average pooling, then a flatten if `keepdims = 0`.
+fn reduce_mean(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
+    let axes = match m.ci64(n, 1)? {
+        Some(a) => a,
+        None => n.ints("axes").unwrap_or_default(),
+    };
+    let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
+    axes.sort_unstable();
+    let [h, w, _] = match m.nchw(n) {
+        Ok(s) if axes == [2, 3] => s,
+        _ => {
+            return Err(n.err(format!(
+                "only a mean over the spatial axes [2, 3] of an NCHW tensor is supported (axes {axes:?}, shape {:?})",
+                m.dims()
+            )))
+        }
+    };
+    push_pool(m, n, false, [h, w], [h, w])?;
+    if n.int("keepdims", 1) == 0 {
+        m.flatten(n)?;
+    }
+    Ok(())
+}
+
+/// Shape arithmetic (`Shape`, `Gather`, `Concat`, `Unsqueeze`) is evaluated before the walk;
+/// reaching one here means it computes on data.
+fn shape_only(_: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
+    Err(n.err(format!(
+        "{} is only supported in shape arithmetic starting at a Shape node and feeding a Reshape \
+         (e.g. x.view(x.size(0), -1))",
+        n.op()
+    )))
 }
 
 fn flatten(m: &mut Mapper<'_>, n: &Node<'_>, _: usize) -> Result<(), OnnxError> {
