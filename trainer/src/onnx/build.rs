@@ -73,13 +73,18 @@ pub fn value_info(name: &str, dims: &[Option<usize>], symbol: &str) -> pb::Value
             }),
         })
         .collect();
+    float_value_info(name, Some(pb::TensorShapeProto { dim }))
+}
+
+/// A float32 value named `name` of the given shape (`None`: unknown shape).
+pub fn float_value_info(name: &str, shape: Option<pb::TensorShapeProto>) -> pb::ValueInfoProto {
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                 elem_type: DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto { dim }),
+                shape,
             })),
         }),
         doc_string: String::new(),

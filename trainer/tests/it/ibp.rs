@@ -89,11 +89,25 @@ fn check_points(
 // ---------------------------------------------------------------------------------------
 // Soundness
 
-/// Architectures covering every layer type: the direct conv kernels (filters % 8 == 0) and
-/// im2col (others) with strides and (asymmetric) padding, pointwise conv, depthwise on the
-/// direct (channels % 8 == 0) and plain paths, max / average pools, relu / relu6, flatten,
-/// dense, hidden dense layers.
-const ARCHS: [(&str, [usize; 3]); 7] = [
+/// Every corner of the box `lo <= x <= hi` of one sample, as a batch (`2^d` samples).
+fn box_corners(lo: &Tensor, hi: &Tensor) -> Tensor {
+    let d = lo.sample_len();
+    let corners = 1usize << d;
+    let mut pts = Tensor::zeros([corners, lo.shape[1], lo.shape[2], lo.shape[3]]);
+    for c in 0..corners {
+        for q in 0..d {
+            pts.data[c * d + q] = if c >> q & 1 == 1 { hi.data[q] } else { lo.data[q] };
+        }
+    }
+    pts
+}
+
+/// The test networks, one table. `NETS[..7]`: every layer type, the direct conv kernels
+/// (filters % 8 == 0) and im2col (others) with strides and (asymmetric) padding, pointwise
+/// conv, depthwise on the direct (channels % 8 == 0) and plain paths, max / average pools,
+/// relu / relu6, flatten, dense, hidden dense layers. `NETS[7..11]`: inputs small enough to
+/// enumerate every corner of a box. `NETS[11..]`: tiny networks for finite differences.
+const NETS: [(&str, [usize; 3]); 15] = [
     ("conv8k3s2p1,relu,conv16k3s2p1,relu,flatten,dense4", [9, 9, 1]),
     ("conv3k3x2s1x2p1_0_1_1,relu6,maxpool2,flatten,dense5", [7, 8, 2]),
     ("dw3p1,relu,avgpool2,conv6k1,relu,flatten,dense3", [6, 6, 8]),
@@ -101,7 +115,16 @@ const ARCHS: [(&str, [usize; 3]); 7] = [
     ("flatten,dense7,relu6,dense5,relu,dense3", [3, 4, 2]),
     ("avgpool2s1,conv5k2p1,relu,maxpool3s2,flatten,dense3", [6, 5, 1]),
     ("conv8k3p1,relu,maxpool2,dw3p1,relu6,conv8k1,avgpool2s1,flatten,dense8,relu,dense4", [8, 8, 2]),
+    ("conv3k2p1,relu,maxpool2,flatten,dense3", [3, 3, 1]),
+    ("dw2p1,relu6,avgpool2,flatten,dense4,relu,dense3", [2, 2, 2]),
+    ("conv8k2s2p1,relu,flatten,dense3", [3, 3, 1]),
+    ("flatten,dense5,relu,dense3", [3, 3, 1]),
+    ("conv3k3p1,relu,maxpool2,dw2p1,relu6,avgpool2,flatten,dense4,relu,dense3", [6, 6, 2]),
+    ("conv8k3s2p1,relu,flatten,dense3", [6, 6, 1]),
+    ("dw3p1,relu,conv8k1,relu,flatten,dense3", [4, 4, 8]),
+    ("flatten,dense6,relu,dense4", [3, 3, 1]),
 ];
+const ARCHS: &[(&str, [usize; 3])] = NETS.split_at(7).0;
 
 /// Every logit of many random points in the box (and of random corners) lies inside the
 /// IBP bounds, and every margin `z_y - z_j` is above its elided lower bound, for random
@@ -158,13 +181,7 @@ fn bounds_contain_every_point_of_the_box() {
 #[test]
 fn bounds_contain_every_corner_of_tiny_boxes() {
     let mut rng = Rng::new(7);
-    let cases: [(&str, [usize; 3]); 4] = [
-        ("conv3k2p1,relu,maxpool2,flatten,dense3", [3, 3, 1]),
-        ("dw2p1,relu6,avgpool2,flatten,dense4,relu,dense3", [2, 2, 2]),
-        ("conv8k2s2p1,relu,flatten,dense3", [3, 3, 1]),
-        ("flatten,dense5,relu,dense3", [3, 3, 1]),
-    ];
-    for (ci, &(compact, input)) in cases.iter().enumerate() {
+    for (ci, &(compact, input)) in NETS[7..11].iter().enumerate() {
         for trial in 0..4u64 {
             let net = random_net(compact, input, 3, 100 + ci as u64 * 10 + trial, [1.0, 4.0][trial as usize % 2], 0.5);
             let x = random_batch(&mut rng, 1, input);
@@ -173,14 +190,8 @@ fn bounds_contain_every_corner_of_tiny_boxes() {
             let (lo, hi) = linf_box(&x, eps);
             let bounds = net.interval_bounds(&lo, &hi).unwrap();
             let margins = net.margin_lower_bounds(&lo, &hi, &labels).unwrap();
-            let d = x.sample_len();
-            let corners = 1usize << d;
-            let mut pts = Tensor::zeros([corners, input[0], input[1], input[2]]);
-            for c in 0..corners {
-                for q in 0..d {
-                    pts.data[c * d + q] = if c >> q & 1 == 1 { hi.data[q] } else { lo.data[q] };
-                }
-            }
+            let pts = box_corners(&lo, &hi);
+            let corners = pts.n();
             let rep = |t: &Tensor, k: usize| Tensor::new([corners, 1, 1, k], t.data.repeat(corners)).unwrap();
             let bounds_rep = (rep(&bounds.0, 3), rep(&bounds.1, 3));
             let lo_rep = Tensor::new(pts.shape, lo.data.repeat(corners)).unwrap();
@@ -251,14 +262,8 @@ fn bounds_match_reference_ibp_and_are_exact_for_one_affine_layer() {
         let x = random_batch(&mut rng, 1, input);
         let (lo, hi) = linf_box(&x, 0.2);
         let (blo, bhi) = net.interval_bounds(&lo, &hi).unwrap();
-        let d = x.sample_len();
-        let corners = 1usize << d;
-        let mut pts = Tensor::zeros([corners, input[0], input[1], input[2]]);
-        for c in 0..corners {
-            for q in 0..d {
-                pts.data[c * d + q] = if c >> q & 1 == 1 { hi.data[q] } else { lo.data[q] };
-            }
-        }
+        let pts = box_corners(&lo, &hi);
+        let corners = pts.n();
         let z = net.forward(&pts);
         for j in 0..3 {
             let vals: Vec<f32> = (0..corners).map(|c| z.data[c * 3 + j]).collect();
@@ -294,13 +299,7 @@ fn bad_boxes_are_rejected() {
 /// most must be checkable.
 #[test]
 fn ibp_loss_gradient_matches_finite_differences() {
-    let cases: [(&str, [usize; 3]); 4] = [
-        ("conv3k3p1,relu,maxpool2,dw2p1,relu6,avgpool2,flatten,dense4,relu,dense3", [6, 6, 2]),
-        ("conv8k3s2p1,relu,flatten,dense3", [6, 6, 1]),
-        ("dw3p1,relu,conv8k1,relu,flatten,dense3", [4, 4, 8]),
-        ("flatten,dense6,relu,dense4", [3, 3, 1]),
-    ];
-    for (ci, &(compact, input)) in cases.iter().enumerate() {
+    for (ci, &(compact, input)) in NETS[11..].iter().enumerate() {
         let classes = classes_of(compact);
         let mut net = random_net(compact, input, classes, 40 + ci as u64, 1.5, 0.3);
         let mut rng = Rng::new(90 + ci as u64);

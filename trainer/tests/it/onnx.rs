@@ -228,9 +228,18 @@ impl G {
 
     fn bytes(&mut self, output: &str, dims: &[i64]) -> Vec<u8> {
         self.output = vec![vinfo(output, dims)];
-        let m = pb::ModelProto {
-            ir_version: if self.opset >= 13 { 8 } else { 4 },
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: self.opset }],
+        let ir = if self.opset >= 13 { 8 } else { 4 };
+        prost::Message::encode_to_vec(&self.model(self.output.clone(), &[("", self.opset)], ir))
+    }
+
+    /// The model with these graph outputs, opsets and IR version.
+    fn model(&self, outputs: Vec<pb::ValueInfoProto>, opsets: &[(&str, i64)], ir_version: i64) -> pb::ModelProto {
+        pb::ModelProto {
+            ir_version,
+            opset_import: opsets
+                .iter()
+                .map(|&(d, v)| pb::OperatorSetIdProto { domain: d.into(), version: v })
+                .collect(),
             producer_name: self.producer.into(),
             producer_version: "test".into(),
             graph: Some(pb::GraphProto {
@@ -238,12 +247,11 @@ impl G {
                 name: "g".into(),
                 initializer: self.inits.clone(),
                 input: self.input.clone(),
-                output: self.output.clone(),
+                output: outputs,
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        prost::Message::encode_to_vec(&m)
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use std::path::{Component, Path};
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
 
-use super::super::build::i64_tensor;
+use super::super::build::{float_value_info, i64_tensor};
 use super::super::proto::{node_label, numel, op_label, tensor_i64, Consts};
 use super::super::OnnxError;
 use crate::nn::MAX_PARAMS;
@@ -189,17 +189,7 @@ pub(super) fn cut_classifier_tail(graph: &mut pb::GraphProto) -> Option<String> 
 
 /// A float tensor value of unknown shape.
 fn float_value(name: &str) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: None,
-            })),
-        }),
-        doc_string: String::new(),
-    }
+    float_value_info(name, None)
 }
 
 /// Drops the graph's intermediate `value_info` (tract re-infers every shape from the input);

@@ -205,30 +205,6 @@ fn skl2onnx_mlp_with(net: &Network, with_tail: bool, zipmap: bool) -> Vec<u8> {
     prost::Message::encode_to_vec(&m)
 }
 
-impl G {
-    /// The model with these graph outputs, opsets and IR version.
-    fn model(&self, outputs: Vec<pb::ValueInfoProto>, opsets: &[(&str, i64)], ir_version: i64) -> pb::ModelProto {
-        pb::ModelProto {
-            ir_version,
-            opset_import: opsets
-                .iter()
-                .map(|&(d, v)| pb::OperatorSetIdProto { domain: d.into(), version: v })
-                .collect(),
-            producer_name: self.producer.into(),
-            producer_version: "test".into(),
-            graph: Some(pb::GraphProto {
-                node: self.nodes.clone(),
-                name: "g".into(),
-                initializer: self.inits.clone(),
-                input: self.input.clone(),
-                output: outputs,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
 #[test]
 fn skl2onnx_mlp_classifier_imports_as_written() {
     let net = mlp();
