@@ -108,14 +108,7 @@ fn prepare(d: &Dims, n: usize, x: &[f32], aux: &mut Aux) {
         let xp = &mut aux.cols;
         xp.clear();
         xp.resize(n * d.in_len(), 0.0);
-        let row = d.w * d.c;
-        for i in 0..n {
-            for y in 0..d.h {
-                let src = (i * d.h + y) * row;
-                let dst = ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c;
-                xp[dst..dst + row].copy_from_slice(&x[src..src + row]);
-            }
-        }
+        interior_rows(d, n, |u, p, len| xp[p..p + len].copy_from_slice(&x[u..u + len]));
     }
     aux.off.clear();
     let per_tap = d.k / (d.kh * d.kw); // c for Conv2d, 1 for depthwise (channel blocks)
@@ -184,11 +177,7 @@ fn fwd_impl<const MR: usize, const FB: usize>(
         let bias_blk: [f32; FB] = bias[fb..fb + FB].try_into().expect("bias block");
         let mut p0 = 0;
         while p0 < np {
-            let cnt = (np - p0).min(MR);
-            let mut bases = [0usize; MR];
-            for (j, b) in bases.iter_mut().enumerate() {
-                *b = pix[p0 + j.min(cnt - 1)];
-            }
+            let (bases, cnt) = block::<MR>(pix, p0, 0);
             let mut acc = [bias_blk; MR];
             for (kk, &o) in off.iter().enumerate() {
                 let w: &[f32; FB] = wt[kk * f + fb..kk * f + fb + FB].try_into().expect("weight block");
@@ -211,6 +200,61 @@ fn fwd_impl<const MR: usize, const FB: usize>(
     }
 }
 
+/// The register block of `B` indices starting at `start` (each plus `shift`), and how many
+/// of them are real: past the end the last index repeats, so a kernel can always work on
+/// `B` lanes and store only the first `cnt`.
+#[inline(always)]
+fn block<const B: usize>(idx: &[usize], start: usize, shift: usize) -> ([usize; B], usize) {
+    let cnt = (idx.len() - start).min(B);
+    let mut out = [0usize; B];
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = idx[start + j.min(cnt - 1)] + shift;
+    }
+    (out, cnt)
+}
+
+/// Calls `f(unpadded, padded, len)` for every input row of the batch: its start in the
+/// unpadded NHWC batch, its start in the zero-padded one, and its length.
+fn interior_rows(d: &Dims, n: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let row = d.w * d.c;
+    for i in 0..n {
+        for y in 0..d.h {
+            f((i * d.h + y) * row, ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c, row);
+        }
+    }
+}
+
+/// The bias gradient: the column sums of `dy` (`[pixels][channels]`), overwriting `bias`.
+fn bias_grad(dy: &[f32], bias: &mut [f32]) {
+    bias.fill(0.0);
+    for row in dy.chunks_exact(bias.len()) {
+        for (b, &v) in bias.iter_mut().zip(row) {
+            *b += v;
+        }
+    }
+}
+
+/// Where a backward pass accumulates the input gradient: a zeroed padded batch in
+/// `scratch` when the layer pads, else `dx` itself, zeroed.
+fn dx_target<'a>(d: &Dims, n: usize, scratch: &'a mut Vec<f32>, dx: &'a mut [f32]) -> &'a mut [f32] {
+    if d.padded() {
+        scratch.clear();
+        scratch.resize(n * d.in_len(), 0.0);
+        scratch
+    } else {
+        dx.fill(0.0);
+        dx
+    }
+}
+
+/// After [`dx_target`]: copies the padded gradient's interior into `dx` (nothing to do
+/// without padding).
+fn unpad_dx(d: &Dims, n: usize, scratch: &[f32], dx: &mut [f32]) {
+    if d.padded() {
+        interior_rows(d, n, |u, p, len| dx[u..u + len].copy_from_slice(&scratch[p..p + len]));
+    }
+}
+
 /// Backward pass after [`forward`] (which left the padded input and offsets in `aux`).
 /// Overwrites the wanted gradients in `out`; `scratch` holds reusable buffers.
 pub(crate) fn backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, scratch: &mut Scratch) {
@@ -228,12 +272,7 @@ pub(crate) fn backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, scratch: &m
             16 => dw_impl::<6, 16>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
             _ => dw_impl::<8, 8>(xp, &aux.pix, &aux.off, dy, f, &mut gr.weights),
         }
-        gr.bias.fill(0.0);
-        for row in dy.chunks_exact(f) {
-            for (b, &v) in gr.bias.iter_mut().zip(row) {
-                *b += v;
-            }
-        }
+        bias_grad(dy, &mut gr.bias);
     }
     if let Some(dx) = dx {
         const KV: usize = 16;
@@ -246,26 +285,10 @@ pub(crate) fn backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, scratch: &m
         for o in 0..f {
             wpad[o * kp..o * kp + k].copy_from_slice(&p.weights[o * k..(o + 1) * k]);
         }
-        let dxp: &mut [f32] = if d.padded() {
-            scratch_a.clear();
-            scratch_a.resize(n * d.in_len(), 0.0);
-            scratch_a
-        } else {
-            dx.fill(0.0);
-            &mut *dx
-        };
+        let dxp = dx_target(&d, n, scratch_a, dx);
         check_bounds(&aux.pix, &aux.off, dxp.len());
         dx_impl::<MR, KV>(dy, f, wpad, kp, &aux.pix, gbuf, &d, dxp);
-        if d.padded() {
-            let row = d.w * d.c;
-            for i in 0..n {
-                for y in 0..d.h {
-                    let dst = (i * d.h + y) * row;
-                    let src = ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c;
-                    dx[dst..dst + row].copy_from_slice(&scratch_a[src..src + row]);
-                }
-            }
-        }
+        unpad_dx(&d, n, scratch_a, dx);
     }
 }
 
@@ -286,11 +309,7 @@ fn dw_impl<const KB: usize, const FB: usize>(
     for fb in (0..f).step_by(FB) {
         let mut k0 = 0;
         while k0 < k {
-            let cnt = (k - k0).min(KB);
-            let mut offs = [0usize; KB];
-            for (t, o) in offs.iter_mut().enumerate() {
-                *o = off[k0 + t.min(cnt - 1)];
-            }
+            let (offs, cnt) = block::<KB>(off, k0, 0);
             let mut acc = [[0.0f32; FB]; KB];
             for (pi, &b) in pix.iter().enumerate() {
                 let dv: &[f32; FB] = dy[pi * f + fb..pi * f + fb + FB].try_into().expect("dy block");
@@ -387,11 +406,7 @@ pub(crate) fn depthwise_forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], 
         let bias: [f32; 8] = p.bias[cb..cb + 8].try_into().expect("bias block");
         let mut p0 = 0;
         while p0 < np {
-            let cnt = (np - p0).min(MR);
-            let mut bases = [0usize; MR];
-            for (j, b) in bases.iter_mut().enumerate() {
-                *b = pix[p0 + j.min(cnt - 1)] + cb;
-            }
+            let (bases, cnt) = block::<MR>(pix, p0, cb);
             let mut acc = [bias; MR];
             for (t, &o) in off.iter().enumerate() {
                 let w: &[f32; 8] = p.weights[t * c + cb..t * c + cb + 8].try_into().expect("weight block");
@@ -429,11 +444,7 @@ pub(crate) fn depthwise_backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, s
         for cb in (0..c).step_by(8) {
             let mut t0 = 0;
             while t0 < taps {
-                let cnt = (taps - t0).min(TB);
-                let mut offs = [0usize; TB];
-                for (t, o) in offs.iter_mut().enumerate() {
-                    *o = off[t0 + t.min(cnt - 1)] + cb;
-                }
+                let (offs, cnt) = block::<TB>(off, t0, cb);
                 let mut acc = [[0.0f32; 8]; TB];
                 for (pi, &b) in pix.iter().enumerate() {
                     let dv: &[f32; 8] = dy[pi * c + cb..pi * c + cb + 8].try_into().expect("dy block");
@@ -450,22 +461,10 @@ pub(crate) fn depthwise_backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, s
                 t0 += TB;
             }
         }
-        gr.bias.fill(0.0);
-        for row in dy.chunks_exact(c) {
-            for (b, &v) in gr.bias.iter_mut().zip(row) {
-                *b += v;
-            }
-        }
+        bias_grad(dy, &mut gr.bias);
     }
     if let Some(dx) = dx {
-        let dxp: &mut [f32] = if d.padded() {
-            scratch.clear();
-            scratch.resize(n * d.in_len(), 0.0);
-            scratch
-        } else {
-            dx.fill(0.0);
-            &mut *dx
-        };
+        let dxp = dx_target(&d, n, scratch, dx);
         check_bounds(pix, off, dxp.len() + 1 - c);
         for (pi, &b) in pix.iter().enumerate() {
             for cb in (0..c).step_by(8) {
@@ -482,15 +481,6 @@ pub(crate) fn depthwise_backward(st: Saved<'_>, dy: &[f32], out: GradsOut<'_>, s
                 }
             }
         }
-        if d.padded() {
-            let row = d.w * d.c;
-            for i in 0..n {
-                for y in 0..d.h {
-                    let dst = (i * d.h + y) * row;
-                    let src = ((i * d.hp + y + d.pt) * d.wp + d.pl) * d.c;
-                    dx[dst..dst + row].copy_from_slice(&scratch[src..src + row]);
-                }
-            }
-        }
+        unpad_dx(&d, n, scratch, dx);
     }
 }
