@@ -133,6 +133,10 @@ pub struct Split {
     pub hi: i32,
 }
 
+/// One bounded branch: its worst margin (`None`: infeasible), the split to try next, and its
+/// per-class margins.
+type BranchBound = (Option<i64>, Option<(Split, Split)>, Option<Vec<i64>>);
+
 /// The outcome of [`Crown::bab_margin`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BabOutcome {
@@ -328,31 +332,32 @@ impl<'m> Crown<'m> {
         assert!(label < self.model.num_classes(), "label {label} out of range");
         let (lo, hi) = crate::ibp::linf_ball(pixels, k);
         let base = self.ibp_base(&lo, &hi, label);
-        // Open branches: (worst margin, splits, the split chosen when it was bounded).
-        type Open = (i64, Vec<Split>, Option<(Split, Split)>);
+        // Open branches: (worst margin, splits, the split chosen when it was bounded, the
+        // per-class margins, which hold in every sub-branch too).
+        type Open = (i64, Vec<Split>, Option<(Split, Split)>, Vec<i64>);
         let mut open: Vec<Open> = Vec::new();
-        let (root, cand) = self.bab_bound(&lo, &hi, label, &base, &[]);
+        let (root, cand, margins) = self.bab_bound(&lo, &hi, label, &base, &[], &base.0);
         let mut branches = 1;
         // The worst margin of the leaves proved so far.
         let mut proved: Option<i64> = None;
-        match root {
-            Some(w) if w < 0 => open.push((w, Vec::new(), cand)),
-            other => proved = other,
+        match (root, margins) {
+            (Some(w), Some(m)) if w < 0 => open.push((w, Vec::new(), cand, m)),
+            (other, _) => proved = other,
         }
         while branches < max_branches {
             // The worst open branch first (ties: the earliest).
             let Some(pos) = open.iter().enumerate().min_by_key(|(i, b)| (b.0, *i)).map(|(i, _)| i) else { break };
             let Some((x, y)) = open[pos].2 else { break }; // nothing left to split
-            let (_, splits, _) = open.remove(pos);
+            let (_, splits, _, parent) = open.remove(pos);
             for part in [x, y] {
                 let mut s = splits.clone();
                 s.push(part);
-                let (m, cand) = self.bab_bound(&lo, &hi, label, &base, &s);
+                let (m, cand, margins) = self.bab_bound(&lo, &hi, label, &base, &s, &parent);
                 branches += 1;
-                match m {
-                    Some(w) if w < 0 => open.push((w, s, cand)),
-                    Some(w) => proved = Some(proved.map_or(w, |p| p.min(w))),
-                    None => {} // no image of the ball in this branch
+                match (m, margins) {
+                    (Some(w), Some(mv)) if w < 0 => open.push((w, s, cand, mv)),
+                    (Some(w), _) => proved = Some(proved.map_or(w, |p| p.min(w))),
+                    (None, _) => {} // no image of the ball in this branch
                 }
             }
         }
@@ -363,8 +368,9 @@ impl<'m> Crown<'m> {
         BabOutcome { margin, branches }
     }
 
-    /// Bounds one branch: its worst margin (`None` if infeasible) and, if it is negative, the
-    /// split to try next.
+    /// Bounds one branch: its worst margin (`None` if infeasible), if it is negative the split
+    /// to try next, and its per-class margins. A branch is part of its parent's region, so
+    /// the parent's margins (`parent`) hold in it too and each class keeps the better one.
     fn bab_bound(
         &mut self,
         lo: &[u8],
@@ -372,10 +378,14 @@ impl<'m> Crown<'m> {
         label: usize,
         base: &(Vec<i64>, Vec<bool>),
         splits: &[Split],
-    ) -> (Option<i64>, Option<(Split, Split)>) {
-        let Some(m) = self.branch_margins(lo, hi, label, base, splits) else { return (None, None) };
+        parent: &[i64],
+    ) -> BranchBound {
+        let Some(mut m) = self.branch_margins(lo, hi, label, base, splits) else { return (None, None, None) };
+        for (mj, &pj) in m.iter_mut().zip(parent) {
+            *mj = (*mj).max(pj);
+        }
         let w = worst_margin(&m, label);
-        let Some(w) = w.filter(|&w| w < 0) else { return (w, None) };
+        let Some(w) = w.filter(|&w| w < 0) else { return (w, None, Some(m)) };
         // The worst class's back-substitution again, recording its coefficients.
         let j = (0..m.len()).filter(|&j| j != label).min_by_key(|&j| m[j] - i64::from(j < label));
         let mut cand = None;
@@ -385,7 +395,7 @@ impl<'m> Crown<'m> {
             cand = self.choose_split();
             self.capture = None;
         }
-        (Some(w), cand)
+        (Some(w), cand, Some(m))
     }
 
     /// The split of the current branch: the hidden neuron with an unstable clamp whose
