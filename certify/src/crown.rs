@@ -37,7 +37,7 @@ use iocane_runtime::format::{Layer, OpKind};
 use iocane_runtime::geometry::Window;
 use iocane_runtime::{quant, window, Model};
 
-use crate::ibp::{worst_margin, Bounder};
+use crate::ibp::{channel_abs_sums, worst_margin, Bounder};
 
 /// Largest |int8 value| any activation or shifted input can have.
 const ACT_MAX: f64 = 128.0;
@@ -278,8 +278,7 @@ impl<'m> Crown<'m> {
     /// IBP's margins and whether each logit is unsaturated over the whole box: valid in
     /// every branch of it.
     fn ibp_base(&mut self, lo: &[u8], hi: &[u8], label: usize) -> (Vec<i64>, Vec<bool>) {
-        let ibp_margins = self.ibp.margin_lower_bounds(lo, hi, label);
-        let logits = self.ibp.logit_bounds(lo, hi);
+        let (ibp_margins, logits) = self.ibp.margins_and_logits(lo, hi, label);
         let unsaturated = logits.lo.iter().zip(&logits.hi).map(|(&l, &h)| l > i32::MIN && h < i32::MAX).collect();
         (ibp_margins, unsaturated)
     }
@@ -467,37 +466,40 @@ impl<'m> Crown<'m> {
                     if layer.outputs_logits() {
                         return true;
                     }
+                    // The accumulator bounds go into this layer's state (buffers reused),
+                    // get refined and split there, and are written back once.
+                    let (mut acc_lo, mut acc_hi) =
+                        (std::mem::take(&mut self.state[idx].acc_lo), std::mem::take(&mut self.state[idx].acc_hi));
                     let (al, ah) = self.ibp.next_bounds_mut();
-                    let mut acc_lo = al.to_vec();
-                    let mut acc_hi = ah.to_vec();
+                    acc_lo.clear();
+                    acc_lo.extend_from_slice(al);
+                    acc_hi.clear();
+                    acc_hi.extend_from_slice(ah);
                     if idx > first_weighted && acc_lo.len() <= self.cfg.refine_max_neurons {
                         self.refine(idx, &mut acc_lo, &mut acc_hi);
-                        let (al, ah) = self.ibp.next_bounds_mut();
-                        al.copy_from_slice(&acc_lo);
-                        ah.copy_from_slice(&acc_hi);
                     }
+                    let mut feasible = true;
                     for sp in splits.iter().filter(|sp| sp.layer == idx) {
                         let i = sp.neuron;
                         (acc_lo[i], acc_hi[i]) = (acc_lo[i].max(sp.lo), acc_hi[i].min(sp.hi));
-                        if acc_lo[i] > acc_hi[i] {
-                            return false;
-                        }
+                        feasible &= acc_lo[i] <= acc_hi[i];
                     }
-                    if splits.iter().any(|sp| sp.layer == idx) {
-                        let (al, ah) = self.ibp.next_bounds_mut();
-                        al.copy_from_slice(&acc_lo);
-                        ah.copy_from_slice(&acc_hi);
+                    if !feasible {
+                        (self.state[idx].acc_lo, self.state[idx].acc_hi) = (acc_lo, acc_hi);
+                        return false;
                     }
+                    let (al, ah) = self.ibp.next_bounds_mut();
+                    al.copy_from_slice(&acc_lo);
+                    ah.copy_from_slice(&acc_hi);
                     let oc = layer.output_shape().c;
                     let (zp, (amin, amax)) = (layer.output_zero_point(), layer.clamp());
-                    let relax = (0..acc_lo.len())
-                        .map(|i| {
-                            let c = i % oc;
-                            relax_requantize(acc_lo[i], acc_hi[i], layer.multiplier(c), layer.shift(c), zp, amin, amax)
-                        })
-                        .collect();
                     let st = &mut self.state[idx];
-                    (st.acc_lo, st.acc_hi, st.relax) = (acc_lo, acc_hi, relax);
+                    st.relax.clear();
+                    st.relax.extend((0..acc_lo.len()).map(|i| {
+                        let c = i % oc;
+                        relax_requantize(acc_lo[i], acc_hi[i], layer.multiplier(c), layer.shift(c), zp, amin, amax)
+                    }));
+                    (st.acc_lo, st.acc_hi) = (acc_lo, acc_hi);
                     self.ibp.requantize_next(&layer);
                 }
             }
@@ -700,7 +702,7 @@ impl<'m> Crown<'m> {
         // The constant adds |b| + |zp| Σ|w| <= |b| + 128 Σ|w| per term.
         let g = gamma(self.facts[idx].terms);
         out.d = d;
-        out.sigma = sigma + g * (ACT_MAX * abs_w + abs + ACT_MAX * abs_w);
+        out.sigma = sigma + g * (2.0 * ACT_MAX * abs_w + abs);
     }
 
     /// Through pooling layer `idx`.
@@ -792,10 +794,7 @@ fn weight_facts(layer: &Layer<'_>) -> WeightFacts {
     let (i, o) = (layer.input_shape(), layer.output_shape());
     let w = layer.weight_bytes();
     let oc = o.c;
-    let depthwise = layer.op() == OpKind::DepthwiseConv2d;
-    let abs_sum = (0..oc)
-        .map(|c| quant::channel_taps(depthwise, w.len(), oc, c).map(|k| (w[k] as i8).unsigned_abs() as f64).sum())
-        .collect();
+    let abs_sum = channel_abs_sums(layer).into_iter().map(|a| a as f64).collect();
     let per_neuron = if layer.op() == OpKind::Dense { i.len() } else { w.len() / oc.max(1) };
     // The longest float sum one back step forms: a coefficient gathers at most one term per
     // (output neuron, tap); the constant one per output neuron and tap.

@@ -296,7 +296,8 @@ pub struct GateConfig {
 }
 
 impl Default for GateConfig {
-    /// The CLI's defaults (`iocane certify` without flags): radius 4/255, sweep 0,1,2,4,8,
+    /// The CLI's defaults (`iocane certify` without flags; its numeric flags take their
+    /// defaults from here): radius 4/255, sweep 0,1,2,4,8,
     /// 500 samples, seed 1, PGD 40 steps x 2 restarts, Square 500 queries, 100 random
     /// samples, certified gate at threshold 0, CROWN bounds.
     fn default() -> Self {

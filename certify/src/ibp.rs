@@ -284,9 +284,14 @@ impl<'m> Bounder<'m> {
     /// # Panics
     /// As [`Bounder::logit_bounds`], or if `label` is out of range.
     pub fn margin_lower_bounds(&mut self, lo: &[u8], hi: &[u8], label: usize) -> Vec<i64> {
+        self.margins_and_logits(lo, hi, label).0
+    }
+
+    /// [`Bounder::margin_lower_bounds`] and the logit bounds they came from, in one pass.
+    pub(crate) fn margins_and_logits(&mut self, lo: &[u8], hi: &[u8], label: usize) -> (Vec<i64>, LogitBounds) {
         assert!(label < self.model.num_classes(), "label {label} out of range");
         let bounds = self.logit_bounds(lo, hi);
-        self.elided_margins(&bounds, label)
+        (self.elided_margins(&bounds, label), bounds)
     }
 
     /// The margin bounds of [`Bounder::margin_lower_bounds`], right after `bounds` were
@@ -598,15 +603,20 @@ fn dot_bounds(a: &[i16], c: &[i16], w: &[u8]) -> (i32, i32) {
 
 /// `|bias| + 255 Σ|w|` per output channel of a weighted layer: a bound on `|acc|`.
 fn channel_caps(l: &Layer<'_>) -> Vec<i64> {
+    channel_abs_sums(l)
+        .into_iter()
+        .enumerate()
+        .map(|(c, abs)| quant::accumulator_bound(l.bias(c), abs) as i64)
+        .collect()
+}
+
+/// `Σ|w|` of each output channel of a weighted layer (over the runtime's `channel_taps`).
+pub(crate) fn channel_abs_sums(l: &Layer<'_>) -> Vec<u64> {
     let oc = l.output_shape().c;
     let w = l.weight_bytes();
     let depthwise = l.op() == OpKind::DepthwiseConv2d;
     (0..oc)
-        .map(|c| {
-            let abs: u64 =
-                quant::channel_taps(depthwise, w.len(), oc, c).map(|i| (w[i] as i8).unsigned_abs() as u64).sum();
-            quant::accumulator_bound(l.bias(c), abs) as i64
-        })
+        .map(|c| quant::channel_taps(depthwise, w.len(), oc, c).map(|i| (w[i] as i8).unsigned_abs() as u64).sum())
         .collect()
 }
 

@@ -158,29 +158,29 @@ pub struct CertifyArgs {
     pub bound: BoundArg,
     /// Branch-and-bound budget per open sample and radius, in branches bounded (with
     /// --bound bab; a count, not a time, so results do not depend on the machine).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = GateConfig::default().bab_branches)]
     pub bab_branches: usize,
     /// Test samples to evaluate (0 = all); a run over 0 samples is an error.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = GateConfig::default().samples)]
     pub samples: usize,
     /// Seed of every random choice.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = GateConfig::default().seed)]
     pub seed: u64,
     /// PGD steps.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = GateConfig::default().pgd_steps)]
     pub steps: usize,
     /// PGD restarts.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = GateConfig::default().pgd_restarts)]
     pub restarts: usize,
     /// PGD step size, like --eps: levels (2/255) or a decimal (0.01) [default: max(1, k/4)
     /// levels].
     #[arg(long, value_parser = super::train::parse_eps)]
     pub step_size: Option<f32>,
     /// Square Attack query budget per sample.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = GateConfig::default().square_queries)]
     pub square_queries: usize,
     /// Random samples from the ball per sample.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = GateConfig::default().random_samples)]
     pub random: usize,
     /// Radii for the accuracy curve: k/255, decimals, or bare integers as levels
     /// (e.g. 0,1,2,4,8 or 1/255,2/255 or 0.01,0.02).
@@ -316,4 +316,18 @@ fn merge(dirs: &[PathBuf], out: &Path, quiet: bool) -> Result<u8> {
     report::check_writable(out).context("the merged report's directory is not writable")?;
     merged.write(out).context("writing the merged report")?;
     finish(&merged, out, quiet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Command};
+    use clap::Parser;
+    use iocane_certify::gate::GateConfig;
+
+    /// `iocane certify MODEL` without flags is the library's `GateConfig::default()`.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let Command::Certify(c) = Cli::parse_from(["iocane", "certify", "m.icn"]).command else { panic!("certify") };
+        assert_eq!(c.args.config(), GateConfig::default());
+    }
 }
