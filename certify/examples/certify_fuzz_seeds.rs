@@ -42,6 +42,7 @@ fn shard(index: usize) -> CertifyReport {
                 clean: None,
                 bound_margin: Some(3 - 4 * j as i64),
                 certified_by: (!falsified).then_some(BoundMethod::Ibp),
+                seconds: 0.0,
             }
         })
         .collect();

@@ -323,11 +323,19 @@ impl<'m> Crown<'m> {
     /// Branch and bound over the ball of `k` levels around `pixels`: the worst branch is
     /// split on the hidden neuron whose relaxation loses the most for its worst class (at
     /// the kink of its clamp, so that one child is constant on the neuron), until every leaf
-    /// is proved, or `max_branches` branches have been bounded. Deterministic.
+    /// is proved, or `max_branches` branches have been bounded, or `deadline` has passed
+    /// (checked between branches). Deterministic when `deadline` is `None`.
     ///
     /// # Panics
     /// As [`Crown::margin_lower_bounds`].
-    pub fn bab_margin(&mut self, pixels: &[u8], label: usize, k: u8, max_branches: usize) -> BabOutcome {
+    pub fn bab_margin(
+        &mut self,
+        pixels: &[u8],
+        label: usize,
+        k: u8,
+        max_branches: usize,
+        deadline: Option<std::time::Instant>,
+    ) -> BabOutcome {
         assert!(label < self.model.num_classes(), "label {label} out of range");
         let (lo, hi) = crate::ibp::linf_ball(pixels, k);
         let base = self.ibp_base(&lo, &hi, label);
@@ -343,7 +351,7 @@ impl<'m> Crown<'m> {
             (Some(w), Some(m)) if w < 0 => open.push((w, Vec::new(), cand, m)),
             (other, _) => proved = other,
         }
-        while branches < max_branches {
+        while branches < max_branches && deadline.is_none_or(|d| std::time::Instant::now() < d) {
             // The worst open branch first (ties: the earliest).
             let Some(pos) = open.iter().enumerate().min_by_key(|(i, b)| (b.0, *i)).map(|(i, _)| i) else { break };
             let Some((x, y)) = open[pos].2 else { break }; // nothing left to split

@@ -227,6 +227,7 @@ mod tests {
             clean: Some(clean),
             bound_margin: Some(-2),
             certified_by: None,
+            seconds: 0.0,
         }
     }
 

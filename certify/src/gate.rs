@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use iocane_runtime::rng::SplitMix64;
 use iocane_runtime::Model;
@@ -293,6 +293,11 @@ pub struct GateConfig {
     /// (deterministic, unlike a time budget); used by [`BoundMethod::Bab`].
     #[serde(default)]
     pub bab_branches: usize,
+    /// Wall-clock budget of branch and bound per open sample and radius, in milliseconds
+    /// (`None`: only [`GateConfig::bab_branches`] limits it). A time budget makes which
+    /// samples end "unknown" depend on the machine; a verdict is never wrong either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bab_budget_ms: Option<u64>,
 }
 
 impl Default for GateConfig {
@@ -317,6 +322,7 @@ impl Default for GateConfig {
             strict: false,
             bound: BoundMethod::Crown,
             bab_branches: 64,
+            bab_budget_ms: None,
         }
     }
 }
@@ -368,6 +374,10 @@ pub struct SampleResult {
     /// The bound that proved the sample (`ibp` if interval bounds sufficed), if certified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certified_by: Option<BoundMethod>,
+    /// Wall time spent on this sample at the gate radius (bounds, attacks and branch and
+    /// bound), in seconds.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Counts at one radius (mergeable across shards).
@@ -500,8 +510,24 @@ struct Sample<'d> {
     predicted: usize,
 }
 
-/// Evaluates one sample at radius `k` (bounds computed once, the clean prediction given).
+/// Evaluates one sample at radius `k` (bounds computed once, the clean prediction given),
+/// with its wall time.
 fn one_sample(
+    att: &mut Attacker<'_>,
+    bounders: (&mut Bounder<'_>, &mut Crown<'_>),
+    cfg: &GateConfig,
+    s: &Sample<'_>,
+    k: u8,
+    counts: &mut LevelCounts,
+) -> SampleResult {
+    let t = Instant::now();
+    let mut res = decide_sample(att, bounders, cfg, s, k, counts);
+    res.seconds = t.elapsed().as_secs_f64();
+    res
+}
+
+/// The verdict of one sample at radius `k`: bounds, then attacks, then branch and bound.
+fn decide_sample(
     att: &mut Attacker<'_>,
     (bnd, crown): (&mut Bounder<'_>, &mut Crown<'_>),
     cfg: &GateConfig,
@@ -523,6 +549,7 @@ fn one_sample(
         clean: None,
         bound_margin: None,
         certified_by: None,
+        seconds: 0.0,
     };
     let t0 = Instant::now();
     let ball = bnd.bound_ball(px, label, k, s.predicted);
@@ -599,7 +626,8 @@ fn one_sample(
         counts.empirical += 1;
         if cfg.bound == BoundMethod::Bab {
             let t2 = Instant::now();
-            let bab = crown.bab_margin(px, label, k, cfg.bab_branches);
+            let deadline = cfg.bab_budget_ms.map(|ms| t2 + Duration::from_millis(ms));
+            let bab = crown.bab_margin(px, label, k, cfg.bab_branches, deadline);
             counts.bound_seconds += t2.elapsed().as_secs_f64();
             res.bound_margin = res.bound_margin.max(bab.margin);
             if bab.margin.is_some_and(|m| m >= 0) {

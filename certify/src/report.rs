@@ -286,6 +286,24 @@ impl CertifyReport {
         format!("{:.2}% ({})", 100.0 * self.config.threshold.as_f64(), self.config.threshold)
     }
 
+    /// Time per sample at the gate radius (median and slowest, from each sample's
+    /// `seconds`), for the console: wall times differ between runs, so `summary.md` leaves
+    /// them out. `None` for a report without samples.
+    pub fn timing_line(&self) -> Option<String> {
+        let mut t: Vec<(f64, usize)> = self.outcome.samples.iter().map(|s| (s.seconds, s.index)).collect();
+        if t.is_empty() {
+            return None;
+        }
+        t.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (slow, idx) = t[t.len() - 1];
+        Some(format!(
+            "time per sample at k = {}: median {:.1} ms, slowest {:.1} ms (sample {idx})",
+            self.config.k,
+            1e3 * t[t.len() / 2].0,
+            1e3 * slow
+        ))
+    }
+
     /// Markdown summary.
     pub fn markdown(&self) -> String {
         let mut o = String::new();
@@ -330,8 +348,9 @@ impl CertifyReport {
             BoundMethod::Ibp => "interval bounds (IBP)".to_string(),
             BoundMethod::Crown => "interval bounds, then linear relaxation (CROWN) on the open samples".to_string(),
             BoundMethod::Bab => format!(
-                "interval bounds, then linear relaxation (CROWN), then branch and bound ({} branches) on the samples the attacks leave open",
-                self.config.bab_branches
+                "interval bounds, then linear relaxation (CROWN), then branch and bound ({} branches{}) on the samples the attacks leave open",
+                self.config.bab_branches,
+                self.config.bab_budget_ms.map(|ms| format!(" or {ms} ms")).unwrap_or_default()
             ),
         };
         let _ = writeln!(o, "- bounds: {bounds}, all on the int8 arithmetic");

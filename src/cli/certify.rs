@@ -160,6 +160,11 @@ pub struct CertifyArgs {
     /// --bound bab; a count, not a time, so results do not depend on the machine).
     #[arg(long, default_value_t = GateConfig::default().bab_branches)]
     pub bab_branches: usize,
+    /// Also stop branch and bound on a sample after this many milliseconds (a wall-clock
+    /// budget: which samples stay "unknown" then depends on the machine; no verdict is ever
+    /// wrong either way) [default: no time limit, only --bab-branches].
+    #[arg(long)]
+    pub budget_ms: Option<u64>,
     /// Test samples to evaluate (0 = all); a run over 0 samples is an error.
     #[arg(long, default_value_t = GateConfig::default().samples)]
     pub samples: usize,
@@ -220,6 +225,7 @@ impl CertifyArgs {
             strict: self.strict,
             bound: self.bound.into(),
             bab_branches: self.bab_branches,
+            bab_budget_ms: self.budget_ms,
         }
     }
 }
@@ -284,6 +290,9 @@ pub fn certify_model(
 fn finish(report: &CertifyReport, dir: &Path, quiet: bool) -> Result<u8> {
     if !quiet {
         print!("{}", report.markdown());
+        if let Some(t) = report.timing_line() {
+            println!("\n{t}");
+        }
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");

@@ -123,7 +123,7 @@ proptest! {
         for j in 0..classes {
             prop_assert!(crown[j] >= margins[j], "crown {crown:?} looser than ibp {margins:?}");
         }
-        let bab = Crown::new(&model).bab_margin(&p, label, k, 24).margin.unwrap();
+        let bab = Crown::new(&model).bab_margin(&p, label, k, 24, None).margin.unwrap();
         let certified = verdict == Verdict::Certified || worst_margin(&crown, label).unwrap() >= 0 || bab >= 0;
         let mut true_worst = i64::MAX;
         try_for_each_image(&lo, &hi, |x| {

@@ -116,7 +116,7 @@ fn crown_certifies_samples_ibp_cannot() {
             let mc = worst_margin(&crown.margin_lower_bounds(&lo, &hi, label), label).unwrap();
             let mp = worst_margin(&plain.margin_lower_bounds(&lo, &hi, label), label).unwrap();
             assert!(mc >= mp && mp >= mi, "model {seed}: refined {mc}, unrefined {mp}, ibp {mi}");
-            let mb = crown.bab_margin(&p, label, k, 32).margin.unwrap();
+            let mb = crown.bab_margin(&p, label, k, 32, None).margin.unwrap();
             bab_cert += usize::from(mb >= 0 || mc >= 0);
             total += 1;
             ibp_cert += usize::from(mi >= 0);
@@ -183,4 +183,71 @@ fn gate_with_crown_certifies_a_superset_and_never_a_falsified_sample() {
     }
     eprintln!("crown added {extra} certificates, attacks falsified {falsified}");
     assert!(extra > 0 && falsified > 0, "crown added {extra}, attacks falsified {falsified}");
+}
+
+/// Across bounds (IBP, CROWN, branch and bound), runs and thread counts (1 and 2 worker
+/// threads): the same verdicts, margins and counts for the same bound, and no sample is
+/// certified in one run and falsified in another.
+#[test]
+fn verdicts_agree_across_bounds_runs_and_thread_counts() {
+    use iocane_certify::gate::{self, BoundMethod, GateConfig, GateOutcome, SampleVerdict};
+    use iocane_trainer::data::Dataset;
+    use std::sync::atomic::AtomicBool;
+    let mut rng = SplitMix64(77);
+    let mut decided = [0usize; 2];
+    for seed in 0..12u64 {
+        let input = Shape::new(4, 4, 2);
+        let ops = random_ops(&mut rng, 3);
+        let blob = build(input, 3, &ops, seed).emit();
+        let model = Model::parse(&blob).unwrap();
+        let n = 10;
+        let images: Vec<u8> = (0..n).flat_map(|_| pixels(32, &mut rng)).collect();
+        let labels = images.chunks(32).map(|x| run(&model, x).0 as u8).collect();
+        let labels_text = vec!["a".into(), "b".into(), "c".into()];
+        let data =
+            Dataset { name: "t".into(), height: 4, width: 4, channels: 2, classes: 3, labels_text, images, labels };
+        let go = |bound, threads| -> GateOutcome {
+            let cfg = GateConfig {
+                k: 5,
+                sweep: vec![2],
+                samples: 0,
+                pgd_steps: 10,
+                square_queries: 100,
+                random_samples: 20,
+                bound,
+                bab_branches: 16,
+                ..GateConfig::default()
+            };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut o = pool.install(|| gate::run(&model, &data, &cfg, &|_| {}, &AtomicBool::new(false)).unwrap());
+            for s in &mut o.samples {
+                s.seconds = 0.0;
+            }
+            for l in &mut o.levels {
+                (l.bound_seconds, l.attack_seconds) = (0.0, 0.0);
+            }
+            o
+        };
+        let mut all = Vec::new();
+        for bound in [BoundMethod::Ibp, BoundMethod::Crown, BoundMethod::Bab] {
+            let one = go(bound, 1);
+            assert_eq!(one, go(bound, 2), "model {seed}, {bound:?}: 1 and 2 threads differ");
+            assert_eq!(one, go(bound, 2), "model {seed}, {bound:?}: two runs differ");
+            all.push(one);
+        }
+        for i in 0..n {
+            let v: Vec<SampleVerdict> = all.iter().map(|o| o.samples[i].verdict).collect();
+            let cert = v.contains(&SampleVerdict::Certified);
+            let fals = v.contains(&SampleVerdict::Falsified);
+            assert!(!(cert && fals), "model {seed}, sample {i}: certified and falsified across bounds: {v:?}");
+            decided[0] += usize::from(cert);
+            decided[1] += usize::from(fals);
+        }
+    }
+    assert!(
+        decided[0] > 0 && decided[1] > 0,
+        "certified {}, falsified {}: the test saw no verdicts",
+        decided[0],
+        decided[1]
+    );
 }
