@@ -66,14 +66,125 @@ pub struct Relaxation {
     pub up_icpt: f64,
 }
 
+/// One output channel's requantization `y = clamp(floor(acc·s + 1/2) + zp, min, max)`,
+/// `s = m / 2^(31 - shift)` (the runtime's `quant::requantize` arguments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requant {
+    /// Fixed-point multiplier.
+    pub m: i32,
+    /// Shift.
+    pub shift: i32,
+    /// Output zero point.
+    pub zp: i8,
+    /// Lower clamp.
+    pub amin: i8,
+    /// Upper clamp.
+    pub amax: i8,
+}
+
+impl Requant {
+    /// Channel `c` of weighted layer `layer`.
+    pub fn of(layer: &Layer<'_>, c: usize) -> Requant {
+        let (amin, amax) = layer.clamp();
+        Requant { m: layer.multiplier(c), shift: layer.shift(c), zp: layer.output_zero_point(), amin, amax }
+    }
+
+    /// The runtime's result for accumulator `acc`.
+    pub fn apply(&self, acc: i32) -> i8 {
+        quant::requantize(acc, self.m, self.shift, self.zp, self.amin, self.amax)
+    }
+
+    /// The exact scale `s` (exact in f64: `m < 2^31` times a power of two).
+    pub fn scale(&self) -> f64 {
+        scale_of(self.m, self.shift)
+    }
+}
+
+/// The exact scale `s = m / 2^(31 - shift)` of a requantization (exact in f64: `m < 2^31`
+/// times a power of two).
+fn scale_of(m: i32, shift: i32) -> f64 {
+    m as f64 * (-((31 - shift) as f64)).exp2()
+}
+
+/// Which line of a neuron's [`Relaxation`] is free for slope optimisation: a clamp only at
+/// the bottom makes `y` convex on the interval (the upper chord is its best upper line, any
+/// lower slope in `[0, s]` may be best); one only at the top makes it concave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Curvature {
+    /// Constant on the interval, or linear up to rounding: nothing to choose.
+    Fixed,
+    /// The lower slope is free in `[0, s]`.
+    Convex,
+    /// The upper slope is free in `[0, s]`.
+    Concave,
+    /// Clamped at both ends: chords both ways.
+    Both,
+}
+
+/// Where `y = clamp(floor(acc·s + 1/2) + zp, min, max)` is clamped on `[lo, hi]`.
+fn requantize_shape(lo: i32, hi: i32, q: Requant) -> Curvature {
+    if q.apply(lo) == q.apply(hi) {
+        return Curvature::Fixed;
+    }
+    let s = q.scale();
+    let (tl, th) = (lo as f64 * s + q.zp as f64, hi as f64 * s + q.zp as f64);
+    match (tl - 0.5 < q.amin as f64, th + 0.5 > q.amax as f64) {
+        (false, false) => Curvature::Fixed,
+        (true, false) => Curvature::Convex,
+        (false, true) => Curvature::Concave,
+        (true, true) => Curvature::Both,
+    }
+}
+
+/// The intercept `μ` that makes `slope·acc + μ` an upper (`upper`) or lower bound of
+/// `y = clamp(floor(acc·s + 1/2) + zp, min, max)` (the runtime's `quant::requantize`) for
+/// every integer `acc` in `[lo, hi]`, whatever the slope, and the accumulator where the bound
+/// is attained (`dμ/dslope = -acc` there, for slope optimisation).
+///
+/// `μ` is the extreme value of `y - slope·acc`: exact at `lo` and `hi` (where `y` is computed
+/// by the runtime's function), and in between bounded through `g±(acc) = clamp(acc·s + zp ±
+/// 1/2, min, max)`, whose difference with a line is extreme at the interior's ends or at its
+/// two kinks. Rounded outward by [`ICPT_EPS`]-relative slack.
+pub fn requantize_line(lo: i32, hi: i32, q: Requant, slope: f64, upper: bool) -> (f64, f64) {
+    debug_assert!(lo <= hi);
+    let f = |acc: i32| q.apply(acc) as f64;
+    let s = q.scale();
+    let (zp, amin, amax) = (q.zp as f64, q.amin as f64, q.amax as f64);
+    let (l, h) = (lo as f64, hi as f64);
+    let sign = if upper { 1.0 } else { -1.0 };
+    let slack = |a: f64| sign * ICPT_EPS * (1.0 + (a * s).abs() + (a * slope).abs() + ACT_MAX);
+    // The best candidate so far: (signed value, accumulator).
+    let mut best = (f64::NEG_INFINITY, l);
+    let mut offer = |a: f64, y: f64| {
+        let v = sign * (y - slope * a + slack(a));
+        if v > best.0 {
+            best = (v, a);
+        }
+    };
+    offer(l, f(lo));
+    offer(h, f(hi));
+    if hi - lo >= 2 {
+        let (i0, i1) = (l + 1.0, h - 1.0);
+        let off = 0.5 * sign;
+        let g = |a: f64| (a * s + zp + off).clamp(amin, amax);
+        offer(i0, g(i0));
+        offer(i1, g(i1));
+        for a in [(amin - zp - off) / s, (amax - zp - off) / s] {
+            if a > i0 && a < i1 {
+                offer(a, g(a));
+            }
+        }
+    }
+    (sign * best.0, best.1)
+}
+
 /// Linear bounds of `y = clamp(floor(acc·s + 1/2) + zp, min, max)` (the runtime's
 /// `quant::requantize`) for integer `acc` in `[lo, hi]`.
 ///
-/// The slopes are heuristics (any slope is sound); the intercepts are the extreme values of
-/// `y - slope·acc`: exact at `lo` and `hi` (where `y` is computed by the runtime's function),
-/// and in between bounded through `g±(acc) = clamp(acc·s + zp ± 1/2, min, max)`, whose
-/// difference with a line is extreme at the interval's ends or at its two kinks. Rounded
-/// outward by [`ICPT_EPS`]-relative slack.
+/// The slopes are heuristics (any slope is sound: the intercepts come from
+/// [`requantize_line`]): `s` where the interval reaches no clamp, the chord on the side a
+/// clamp makes convex or concave, and on the other side `0` or `s`, whichever loses less
+/// area.
 pub fn relax_requantize(lo: i32, hi: i32, m: i32, shift: i32, zp: i8, amin: i8, amax: i8) -> Relaxation {
     debug_assert!(lo <= hi);
     let f = |acc: i32| quant::requantize(acc, m, shift, zp, amin, amax) as f64;
@@ -81,41 +192,21 @@ pub fn relax_requantize(lo: i32, hi: i32, m: i32, shift: i32, zp: i8, amin: i8, 
     if fl == fu {
         return Relaxation { lo_slope: 0.0, lo_icpt: fl, up_slope: 0.0, up_icpt: fl };
     }
-    // s = m / 2^(31 - shift), exact in f64 (m < 2^31, a power-of-two scale).
-    let s = m as f64 * (-((31 - shift) as f64)).exp2();
-    let (zp, amin, amax) = (zp as f64, amin as f64, amax as f64);
-    let (l, h) = (lo as f64, hi as f64);
-    let (tl, th) = (l * s + zp, h * s + zp);
-    let chord = (fu - fl) / (h - l);
-    let clamped_lo = tl - 0.5 < amin;
-    let clamped_hi = th + 0.5 > amax;
-    let (lo_slope, up_slope) = match (clamped_lo, clamped_hi) {
-        (false, false) => (s, s),
+    let s = scale_of(m, shift);
+    let (zpf, aminf, amaxf) = (zp as f64, amin as f64, amax as f64);
+    let (tl, th) = (lo as f64 * s + zpf, hi as f64 * s + zpf);
+    let chord = (fu - fl) / (hi as f64 - lo as f64);
+    let q = Requant { m, shift, zp, amin, amax };
+    let (lo_slope, up_slope) = match requantize_shape(lo, hi, q) {
+        Curvature::Fixed => (s, s),
         // Convex (a ReLU at the bottom): chord above; below, 0 or s, whichever loses less area.
-        (true, false) => (if th - amin > amin - tl { s } else { 0.0 }, chord),
+        Curvature::Convex => (if th - aminf > aminf - tl { s } else { 0.0 }, chord),
         // Concave (saturation at the top): chord below; above, s or 0.
-        (false, true) => (chord, if amax - tl > th - amax { s } else { 0.0 }),
-        (true, true) => (chord, chord),
+        Curvature::Concave => (chord, if amaxf - tl > th - amaxf { s } else { 0.0 }),
+        Curvature::Both => (chord, chord),
     };
-    let g = |a: f64, off: f64| (a * s + zp + off).clamp(amin, amax);
-    // Candidates (acc, value of y or of its bounding line there).
-    let interior = hi - lo >= 2;
-    let (i0, i1) = (l + 1.0, h - 1.0);
-    let inside = |a: f64| interior && a > i0 && a < i1;
-    let slack = |a: f64, slope: f64| ICPT_EPS * (1.0 + (a * s).abs() + (a * slope).abs() + ACT_MAX);
-    let mut up = (fl - up_slope * l + slack(l, up_slope)).max(fu - up_slope * h + slack(h, up_slope));
-    let mut down = (fl - lo_slope * l - slack(l, lo_slope)).min(fu - lo_slope * h - slack(h, lo_slope));
-    if interior {
-        let kinks_up = [(amin - zp - 0.5) / s, (amax - zp - 0.5) / s];
-        for a in [i0, i1].into_iter().chain(kinks_up.into_iter().filter(|&a| inside(a))) {
-            up = up.max(g(a, 0.5) - up_slope * a + slack(a, up_slope));
-        }
-        let kinks_down = [(amin - zp + 0.5) / s, (amax - zp + 0.5) / s];
-        for a in [i0, i1].into_iter().chain(kinks_down.into_iter().filter(|&a| inside(a))) {
-            down = down.min(g(a, -0.5) - lo_slope * a - slack(a, lo_slope));
-        }
-    }
-    Relaxation { lo_slope, lo_icpt: down, up_slope, up_icpt: up }
+    let line = |slope, upper| requantize_line(lo, hi, q, slope, upper).0;
+    Relaxation { lo_slope, lo_icpt: line(lo_slope, false), up_slope, up_icpt: line(up_slope, true) }
 }
 
 /// A branch constraint: the accumulator of neuron `neuron` of layer `layer` lies in
@@ -211,12 +302,49 @@ pub struct CrownConfig {
     /// Back-substitute each hidden accumulator to tighten it (at most this many neurons per
     /// layer; layers with more keep their IBP accumulator bounds). `0` disables refinement.
     pub refine_max_neurons: usize,
+    /// Slope-optimisation steps (alpha-CROWN) for each logit difference that plain CROWN
+    /// does not prove: the free slope of every hidden neuron that is convex or concave on
+    /// its interval moves by projected sign-gradient ascent on the bound. `0` disables it.
+    /// Every slope is sound, so the best bound of all steps is kept.
+    pub alpha_steps: usize,
+    /// Optimise the slopes for each refined hidden accumulator bound too (tighter
+    /// intermediate bounds, at `alpha_steps` back-substitutions per refined neuron).
+    pub alpha_refine: bool,
 }
 
 impl Default for CrownConfig {
     fn default() -> Self {
-        CrownConfig { refine_max_neurons: 4096 }
+        CrownConfig { refine_max_neurons: 4096, alpha_steps: 0, alpha_refine: false }
     }
+}
+
+/// Buffers of [`Crown::relaxed_forward`].
+#[derive(Clone, Debug, Default)]
+struct Forward {
+    /// Values of each tensor (the input of layer `i`).
+    val: Vec<Vec<f64>>,
+    /// Accumulator values of each weighted layer.
+    acc: Vec<Vec<f64>>,
+    /// The part of each tensor computed.
+    range: Vec<core::ops::Range<usize>>,
+}
+
+/// A hidden neuron whose relaxation has a free slope (see [`Curvature`]), during slope
+/// optimisation.
+#[derive(Clone, Copy, Debug)]
+struct FreeLine {
+    layer: usize,
+    neuron: usize,
+    /// The upper line is free (concave), else the lower one (convex).
+    upper: bool,
+    /// The requantization's scale: the slope lies in `[0, s]`.
+    s: f64,
+    /// The slope as a fraction of `s`.
+    frac: f64,
+    /// Where the line's intercept is attained (`dμ/dslope = -a_star`).
+    a_star: f64,
+    /// The relaxation before optimisation, restored after.
+    orig: Relaxation,
 }
 
 /// Linear-relaxation bounder for one model, with reusable buffers.
@@ -234,7 +362,13 @@ pub struct Crown<'m> {
     obj_row: Row,
     /// When set, the back-substitution records its coefficients on each weighted layer's
     /// outputs (for choosing a split).
-    capture: Option<Vec<Vec<f64>>>,
+    capture: Option<Vec<Row>>,
+    /// Buffers of slope optimisation: the captured rows and the forward pass.
+    alpha_cap: Vec<Row>,
+    alpha_fw: Forward,
+    /// The tensor whose row the last back-substitution ended on (the input, or the output
+    /// of a leading Flatten).
+    last_row: usize,
 }
 
 impl<'m> Crown<'m> {
@@ -258,6 +392,9 @@ impl<'m> Crown<'m> {
             acc_rows: Vec::new(),
             obj_row: Row::default(),
             capture: None,
+            alpha_cap: Vec::new(),
+            alpha_fw: Forward::default(),
+            last_row: 0,
         }
     }
 
@@ -302,7 +439,12 @@ impl<'m> Crown<'m> {
                 if j == label || !(unsaturated[label] && unsaturated[j]) {
                     return ibp_margins[j];
                 }
-                let d = self.difference_lower_bound(last, label, j);
+                let mut d = self.difference_lower_bound(last, label, j);
+                // The margin class j needs (ties go to the lower index).
+                let need = i64::from(j < label);
+                if self.cfg.alpha_steps > 0 && floor_i64(d) < need && ibp_margins[j] < need {
+                    d = d.max(self.optimize_difference(last, label, j, need));
+                }
                 // z_y - z_j > D - 1 for the integer difference: z_y - z_j >= floor(D).
                 ibp_margins[j].max(floor_i64(d))
             })
@@ -397,7 +539,7 @@ impl<'m> Crown<'m> {
         let j = (0..m.len()).filter(|&j| j != label).min_by_key(|&j| m[j] - i64::from(j < label));
         let mut cand = None;
         if let Some(j) = j {
-            self.capture = Some(vec![Vec::new(); self.layers.len()]);
+            self.capture = Some(vec![Row::default(); self.layers.len()]);
             self.difference_lower_bound(self.layers.len() - 1, label, j);
             cand = self.choose_split();
             self.capture = None;
@@ -411,13 +553,13 @@ impl<'m> Crown<'m> {
         let cap = self.capture.as_ref()?;
         let mut best: Option<(f64, Split, Split)> = None;
         for (idx, layer) in self.layers.iter().enumerate() {
-            if !layer.op().has_weights() || layer.outputs_logits() || cap[idx].is_empty() {
+            if !layer.op().has_weights() || layer.outputs_logits() || cap[idx].c.is_empty() {
                 continue;
             }
             let st = &self.state[idx];
             let oc = layer.output_shape().c;
             let (zp, (amin, amax)) = (layer.output_zero_point(), layer.clamp());
-            for (i, &c) in cap[idx].iter().enumerate() {
+            for (i, &c) in cap[idx].c.iter().enumerate() {
                 let (l, h) = (st.acc_lo[i], st.acc_hi[i]);
                 if c == 0.0 || l >= h {
                     continue;
@@ -539,7 +681,11 @@ impl<'m> Crown<'m> {
                 e.reset(n);
                 e.c[i] = sign;
                 e.touch(i, i + 1);
-                let b = self.back_substitute(idx, &e);
+                let b = if self.cfg.alpha_steps > 0 && self.cfg.alpha_refine {
+                    self.optimize_objective(idx, &e, f64::INFINITY)
+                } else {
+                    self.back_substitute(idx, &e)
+                };
                 if !b.is_finite() {
                     continue;
                 }
@@ -565,7 +711,7 @@ impl<'m> Crown<'m> {
     fn difference_lower_bound(&mut self, last: usize, y: usize, j: usize) -> f64 {
         let layer = self.layers[last];
         let n = layer.output_shape().c;
-        let sc = |c: usize| layer.multiplier(c) as f64 * (-((31 - layer.shift(c)) as f64)).exp2();
+        let sc = |c: usize| scale_of(layer.multiplier(c), layer.shift(c));
         let mut e = std::mem::take(&mut self.obj_row);
         e.reset(n);
         e.c[y] = sc(y);
@@ -574,6 +720,225 @@ impl<'m> Crown<'m> {
         let b = self.back_substitute(last, &e);
         self.obj_row = e;
         b
+    }
+
+    /// [`Crown::difference_lower_bound`] with optimised slopes
+    /// ([`Crown::optimize_objective`]), stopping once it reaches `need`.
+    fn optimize_difference(&mut self, last: usize, y: usize, j: usize, need: i64) -> f64 {
+        let layer = self.layers[last];
+        let n = layer.output_shape().c;
+        let sc = |c: usize| scale_of(layer.multiplier(c), layer.shift(c));
+        let mut e = Row::default();
+        e.reset(n);
+        e.c[y] = sc(y);
+        e.c[j] = -sc(j);
+        e.touch(y.min(j), y.max(j) + 1);
+        self.optimize_objective(last, &e, need as f64)
+    }
+
+    /// Alpha-CROWN: the best lower bound of the objective `e` over weighted layer `top`'s
+    /// accumulators (as [`Crown::back_substitute`]) when the free slope of every hidden
+    /// neuron the objective reaches (see [`Curvature`]) may move in `[0, s]`. The slopes
+    /// start at the heuristic's choice and move by projected sign-gradient ascent on the
+    /// bound, [`CrownConfig::alpha_steps`] times or until the bound reaches `need`.
+    ///
+    /// The gradient is exact for this piecewise-linear bound: it is the back-substituted row
+    /// at the input corner `x*` minimising it, so its derivative in a neuron's slope is
+    /// `c (acc(x*) - a*)`, with `c` the neuron's coefficient, `acc(x*)` the value at `x*`
+    /// of the linear bounds below it (a forward pass through the lines the back-substitution
+    /// chose, [`Crown::relaxed_forward`]) and `a*` where the line's intercept is attained.
+    /// Soundness does not depend on any of this: every slope is sound (its intercept is
+    /// computed for it by [`requantize_line`]), and the result is the best bound actually
+    /// computed. The original relaxations are restored before returning.
+    fn optimize_objective(&mut self, top: usize, e: &Row, need: f64) -> f64 {
+        let steps = self.cfg.alpha_steps;
+        let mut cap = std::mem::take(&mut self.alpha_cap);
+        cap.resize_with(self.layers.len(), Row::default);
+        self.capture = Some(cap);
+        let mut best = self.back_substitute(top, e);
+        let mut cap = self.capture.take().unwrap_or_default();
+        let mut free = if best >= need || steps == 0 { Vec::new() } else { self.free_lines(top, &cap) };
+        if !free.is_empty() {
+            // Step (as a fraction of the slope range) and its decay per step: tuned on PGD
+            // cnn-s at eps 0.1 (0.25 / 0.85 proved 72 of 200 samples; 0.5 / 0.7 and
+            // 0.1 / 1.0 71 and 70; docs/RESULTS.md).
+            let mut lr = 0.25;
+            let mut fw = std::mem::take(&mut self.alpha_fw);
+            for _ in 0..steps {
+                self.relaxed_forward(top, &cap, &mut fw);
+                for f in free.iter_mut() {
+                    let c = cap[f.layer].c.get(f.neuron).copied().unwrap_or(0.0);
+                    if c == 0.0 || (c < 0.0) != f.upper {
+                        continue; // the back-substitution used the other line
+                    }
+                    let g = c * (fw.acc[f.layer][f.neuron] - f.a_star);
+                    if g != 0.0 {
+                        f.frac = (f.frac + lr * g.signum()).clamp(0.0, 1.0);
+                    }
+                }
+                lr *= 0.85;
+                self.set_free_lines(&mut free);
+                self.capture = Some(cap);
+                let b = self.back_substitute(top, e);
+                cap = self.capture.take().unwrap_or_default();
+                best = best.max(b);
+                if best >= need {
+                    break;
+                }
+            }
+            for f in &free {
+                self.state[f.layer].relax[f.neuron] = f.orig;
+            }
+            self.alpha_fw = fw;
+        }
+        self.alpha_cap = cap;
+        best
+    }
+
+    /// The hidden neurons below weighted layer `top` that the captured back-substitution
+    /// `cap` reached and whose relaxation has a free slope, at their current relaxations.
+    fn free_lines(&self, top: usize, cap: &[Row]) -> Vec<FreeLine> {
+        let mut free = Vec::new();
+        for (idx, layer) in self.layers.iter().enumerate().take(top) {
+            if !layer.op().has_weights() {
+                continue;
+            }
+            let st = &self.state[idx];
+            let oc = layer.output_shape().c;
+            for i in cap[idx].span() {
+                let (q, lo, hi, r) = (Requant::of(layer, i % oc), st.acc_lo[i], st.acc_hi[i], &st.relax[i]);
+                let upper = match requantize_shape(lo, hi, q) {
+                    Curvature::Convex => false,
+                    Curvature::Concave => true,
+                    Curvature::Fixed | Curvature::Both => continue,
+                };
+                let s = q.scale();
+                let slope = if upper { r.up_slope } else { r.lo_slope };
+                let a_star = requantize_line(lo, hi, q, slope, upper).1;
+                free.push(FreeLine { layer: idx, neuron: i, upper, s, frac: slope / s, a_star, orig: *r });
+            }
+        }
+        free
+    }
+
+    /// Writes each free line's slope `frac·s` and its intercept into the relaxations.
+    fn set_free_lines(&mut self, free: &mut [FreeLine]) {
+        for f in free.iter_mut() {
+            let layer = self.layers[f.layer];
+            let st = &mut self.state[f.layer];
+            let q = Requant::of(&layer, f.neuron % layer.output_shape().c);
+            let (lo, hi) = (st.acc_lo[f.neuron], st.acc_hi[f.neuron]);
+            let slope = f.frac * f.s;
+            let (icpt, a) = requantize_line(lo, hi, q, slope, f.upper);
+            f.a_star = a;
+            let r = &mut st.relax[f.neuron];
+            if f.upper {
+                (r.up_slope, r.up_icpt) = (slope, icpt);
+            } else {
+                (r.lo_slope, r.lo_icpt) = (slope, icpt);
+            }
+        }
+    }
+
+    /// The forward pass behind the slope gradient: from the input corner `x*` minimising
+    /// the last back-substitution's final row, the value of every weighted layer's
+    /// accumulator below `top` (into `fw.acc`) through the lines that back-substitution
+    /// chose (`cap`, its coefficients on each layer's outputs: the lower line where
+    /// `c >= 0`). Only the part of each tensor the objective depends on is computed: the
+    /// receptive-field hull, from `top` down, of the captured row's span.
+    fn relaxed_forward(&self, top: usize, cap: &[Row], fw: &mut Forward) {
+        let start = self.last_row;
+        let n = self.layers.len();
+        fw.val.resize_with(n + 1, Vec::new);
+        fw.acc.resize_with(n, Vec::new);
+        fw.range.clear();
+        fw.range.resize(n + 1, 0..0);
+        // range[idx]: the indices of layer idx's input needed; range[top] unused.
+        let mut out = cap[top.saturating_sub(1)].span();
+        for idx in (start..top).rev() {
+            let layer = self.layers[idx];
+            if idx + 1 < top && layer.op() != OpKind::Flatten {
+                out = fw.range[idx + 1].clone();
+            }
+            let win = window(&layer);
+            let o = layer.output_shape();
+            let (mut lo, mut hi) = (usize::MAX, 0);
+            match layer.op() {
+                OpKind::Flatten => (lo, hi) = (out.start, out.end),
+                OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    for flat in out.clone() {
+                        for_weights(&layer, &win, flat, |xi, _| (lo, hi) = (lo.min(xi), hi.max(xi + 1)));
+                    }
+                }
+                OpKind::MaxPool2d | OpKind::AvgPool2d => {
+                    for flat in out.clone() {
+                        let (p, c) = (flat / o.c, flat % o.c);
+                        for_taps(&win, p / o.w, p % o.w, |_, src| (lo, hi) = (lo.min(src + c), hi.max(src + c + 1)));
+                    }
+                }
+            }
+            fw.range[idx] = lo.min(hi)..hi;
+            out = fw.range[idx].clone();
+        }
+        // The corner x*.
+        let (st0, row0) = (&self.state[start], &self.rows[start]);
+        let v0 = &mut fw.val[start];
+        v0.clear();
+        v0.resize(st0.in_lo.len(), 0.0);
+        for k in fw.range[start].clone() {
+            v0[k] = if row0.c[k] >= 0.0 { st0.in_lo[k] } else { st0.in_hi[k] } as f64;
+        }
+        for idx in start..top {
+            let layer = self.layers[idx];
+            let o = layer.output_shape();
+            let outr = if idx + 1 < top { fw.range[idx + 1].clone() } else { cap[idx].span() };
+            let (below, above) = fw.val.split_at_mut(idx + 1);
+            let (v, next) = (&below[idx], &mut above[0]);
+            next.clear();
+            next.resize(o.len(), 0.0);
+            let c = &cap[idx].c;
+            let coef = |i: usize| c.get(i).copied().unwrap_or(0.0);
+            match layer.op() {
+                OpKind::Flatten => next[outr.clone()].copy_from_slice(&v[outr]),
+                OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    let (zp, w, win) = (layer.input_zero_point() as f64, layer.weight_bytes(), window(&layer));
+                    let acc = &mut fw.acc[idx];
+                    acc.clear();
+                    acc.resize(o.len(), 0.0);
+                    let rel = &self.state[idx].relax;
+                    for flat in outr {
+                        let mut a = layer.bias(flat % o.c) as f64;
+                        for_weights(&layer, &win, flat, |xi, wi| a += w[wi] as i8 as f64 * (v[xi] - zp));
+                        acc[flat] = a;
+                        let r = &rel[flat];
+                        next[flat] =
+                            if coef(flat) >= 0.0 { r.lo_slope * a + r.lo_icpt } else { r.up_slope * a + r.up_icpt };
+                    }
+                }
+                OpKind::MaxPool2d | OpKind::AvgPool2d => {
+                    let st = &self.state[idx];
+                    let win = window(&layer);
+                    let count = (win.kernel.0 * win.kernel.1) as f64;
+                    let avg = layer.op() == OpKind::AvgPool2d;
+                    for flat in outr {
+                        let (p, ch, rc) = (flat / o.c, flat % o.c, coef(flat));
+                        let (oy, ox) = (p / o.w, p % o.w);
+                        next[flat] = if avg {
+                            let mut sum = 0.0;
+                            for_taps(&win, oy, ox, |_, src| sum += v[src + ch]);
+                            sum / count + if rc >= 0.0 { -0.5 } else { 0.5 }
+                        } else {
+                            let mp = max_pool_choice(st, &win, oy, ox, ch);
+                            if rc >= 0.0 || mp.dominates() {
+                                v[mp.best]
+                            } else {
+                                mp.max_hi as f64
+                            }
+                        };
+                    }
+                }
+            }
+        }
     }
 
     /// The best lower bound of `e·acc + d - sigma` (`acc` the accumulators of weighted layer
@@ -596,14 +961,17 @@ impl<'m> Crown<'m> {
             let layer = self.layers[idx];
             let (below, above) = rows.split_at_mut(cur);
             let (row, out) = (&above[0], &mut below[idx]);
-            match layer.op() {
+            if let Some(cap) = self.capture.as_mut() {
+                cap[idx].clone_from(row);
+            }
+            if layer.op() == OpKind::Flatten {
                 // The same data: the row over the output is the row over the input.
-                OpKind::Flatten => continue,
+                continue;
+            }
+            match layer.op() {
+                OpKind::Flatten => unreachable!(),
                 OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool_back(idx, row, out),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
-                    if let Some(cap) = self.capture.as_mut() {
-                        cap[idx].clone_from(&row.c);
-                    }
                     self.relax_back(idx, row, &mut accs[idx]);
                     self.affine(idx, &accs[idx], out);
                 }
@@ -611,6 +979,7 @@ impl<'m> Crown<'m> {
             cur = idx;
             best = best.max(self.concretize(idx, &rows[idx]));
         }
+        self.last_row = cur;
         self.rows = rows;
         self.acc_rows = accs;
         best
@@ -676,25 +1045,16 @@ impl<'m> Crown<'m> {
             // one channel, a convolution tap all `ic`.
             OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                 let win = window(&layer);
-                let (kh, kw) = win.kernel;
-                let ic = i.c;
-                let depthwise = layer.op() == OpKind::DepthwiseConv2d;
-                let per_oc = kh * kw * ic;
                 let span = e.span();
                 for flat in span.clone().filter(|&f| e.c[f] != 0.0) {
-                    let (p, c, ec) = (flat / oc, flat % oc, e.c[flat]);
-                    let (oy, ox) = (p / o.w, p % o.w);
+                    let (c, ec) = (flat % oc, e.c[flat]);
                     {
                         let mut wsum = 0i64;
-                        for_taps(&win, oy, ox, |tap, src| {
-                            let (lanes, w0, x0) =
-                                if depthwise { (1, tap * ic + c, src + c) } else { (ic, c * per_oc + tap * ic, src) };
-                            out.touch(x0, x0 + lanes);
-                            for q in 0..lanes {
-                                let wv = w[w0 + q] as i8;
-                                out.c[x0 + q] += ec * wv as f64;
-                                wsum += wv as i64;
-                            }
+                        for_weights(&layer, &win, flat, |xi, wi| {
+                            out.touch(xi, xi + 1);
+                            let wv = w[wi] as i8;
+                            out.c[xi] += ec * wv as f64;
+                            wsum += wv as i64;
                         });
                         let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
                         d += t;
@@ -746,27 +1106,14 @@ impl<'m> Crown<'m> {
                     abs_c += rc.abs();
                     -rc.abs() * (0.5 + ICPT_EPS)
                 } else {
-                    // Best lower bound (first on ties), the largest upper bound of the others.
-                    let (mut best, mut best_lo) = (usize::MAX, i32::MIN);
-                    let (mut others_hi, mut max_hi) = (i32::MIN, i32::MIN);
-                    for_taps(&win, oy, ox, |_, src| {
-                        if best == usize::MAX || st.in_lo[src + c] > best_lo {
-                            (best, best_lo) = (src + c, st.in_lo[src + c]);
-                        }
-                    });
-                    for_taps(&win, oy, ox, |_, src| {
-                        max_hi = max_hi.max(st.in_hi[src + c]);
-                        if src + c != best {
-                            others_hi = others_hi.max(st.in_hi[src + c]);
-                        }
-                    });
-                    if rc >= 0.0 || best_lo >= others_hi {
-                        out.touch(best, best + 1);
-                        out.c[best] += rc;
+                    let mp = max_pool_choice(st, &win, oy, ox, c);
+                    if rc >= 0.0 || mp.dominates() {
+                        out.touch(mp.best, mp.best + 1);
+                        out.c[mp.best] += rc;
                         abs_c += rc.abs();
                         0.0
                     } else {
-                        rc * max_hi as f64
+                        rc * mp.max_hi as f64
                     }
                 };
                 d += t;
@@ -793,6 +1140,61 @@ fn for_taps(win: &Window, oy: usize, ox: usize, mut f: impl FnMut(usize, usize))
             f(ky * kw + kx, (row + ix) * win.input.c);
         }
     }
+}
+
+/// Calls `f(x, w)` for every weight of output element `flat` of weighted layer `layer`
+/// (window `win`): `x` the input index it multiplies, `w` its index in the weight bytes
+/// (the runtime's layout: a Dense layer is a 1x1 convolution over its 1x1xC input, a
+/// depthwise tap reads one channel, a convolution tap all `ic`).
+#[inline(always)]
+fn for_weights(layer: &Layer<'_>, win: &Window, flat: usize, mut f: impl FnMut(usize, usize)) {
+    let (i, o) = (layer.input_shape(), layer.output_shape());
+    let (p, c) = (flat / o.c, flat % o.c);
+    let ic = i.c;
+    let depthwise = layer.op() == OpKind::DepthwiseConv2d;
+    let per_oc = win.kernel.0 * win.kernel.1 * ic;
+    for_taps(win, p / o.w, p % o.w, |tap, src| {
+        let (lanes, w0, x0) = if depthwise { (1, tap * ic + c, src + c) } else { (ic, c * per_oc + tap * ic, src) };
+        for q in 0..lanes {
+            f(x0 + q, w0 + q);
+        }
+    });
+}
+
+/// The window inputs of one max-pool output that its relaxation uses.
+struct MaxPoolChoice {
+    /// The input with the largest lower bound (the first on ties): the lower line.
+    best: usize,
+    best_lo: i32,
+    /// The largest upper bound of the other inputs.
+    others_hi: i32,
+    /// The largest upper bound of all: the upper constant.
+    max_hi: i32,
+}
+
+impl MaxPoolChoice {
+    /// `best` is the maximum on the whole box: the output equals it exactly.
+    fn dominates(&self) -> bool {
+        self.best_lo >= self.others_hi
+    }
+}
+
+/// [`MaxPoolChoice`] of output `(oy, ox)`, channel `c`, from the layer's input box.
+fn max_pool_choice(st: &LayerState, win: &Window, oy: usize, ox: usize, c: usize) -> MaxPoolChoice {
+    let (mut best, mut best_lo) = (usize::MAX, i32::MIN);
+    let (mut others_hi, mut max_hi) = (i32::MIN, i32::MIN);
+    for_taps(win, oy, ox, |_, src| {
+        if best == usize::MAX || st.in_lo[src + c] > best_lo {
+            (best, best_lo) = (src + c, st.in_lo[src + c]);
+        }
+    });
+    for_taps(win, oy, ox, |_, src| {
+        max_hi = max_hi.max(st.in_hi[src + c]);
+        if src + c != best {
+            others_hi = others_hi.max(st.in_hi[src + c]);
+        }
+    });
+    MaxPoolChoice { best, best_lo, others_hi, max_hi }
 }
 
 fn weight_facts(layer: &Layer<'_>) -> WeightFacts {

@@ -16,7 +16,7 @@ use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 
 use crate::attack::{Attacker, PgdConfig, SquareConfig};
-use crate::crown::Crown;
+use crate::crown::{Crown, CrownConfig};
 use crate::ibp::{Bounder, Verdict};
 
 /// Which figure the gate holds against the threshold.
@@ -298,13 +298,17 @@ pub struct GateConfig {
     /// samples end "unknown" depend on the machine; a verdict is never wrong either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bab_budget_ms: Option<u64>,
+    /// Slope-optimisation steps of the linear bounds (alpha-CROWN,
+    /// [`CrownConfig::alpha_steps`]) on the margins plain CROWN leaves open; `0`: none.
+    #[serde(default)]
+    pub alpha_steps: usize,
 }
 
 impl Default for GateConfig {
     /// The CLI's defaults (`iocane certify` without flags; its numeric flags take their
     /// defaults from here): radius 4/255, sweep 0,1,2,4,8,
     /// 500 samples, seed 1, PGD 40 steps x 2 restarts, Square 500 queries, 100 random
-    /// samples, certified gate at threshold 0, CROWN bounds.
+    /// samples, certified gate at threshold 0, CROWN bounds with 20 slope-optimisation steps.
     fn default() -> Self {
         GateConfig {
             k: 4,
@@ -323,6 +327,7 @@ impl Default for GateConfig {
             bound: BoundMethod::Crown,
             bab_branches: 64,
             bab_budget_ms: None,
+            alpha_steps: 20,
         }
     }
 }
@@ -694,7 +699,10 @@ pub fn run(
     let per: Vec<Option<(Vec<LevelCounts>, SampleResult)>> = idx
         .par_iter()
         .map_init(
-            || (Attacker::new(model), Bounder::new(model), Crown::new(model)),
+            || {
+                let crown_cfg = CrownConfig { alpha_steps: cfg.alpha_steps, ..CrownConfig::default() };
+                (Attacker::new(model), Bounder::new(model), Crown::with_config(model, crown_cfg))
+            },
             |(att, bnd, crown), &i| {
                 if cancel.load(Ordering::Relaxed) {
                     return None;

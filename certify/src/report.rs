@@ -344,11 +344,15 @@ impl CertifyReport {
             "- attacks: PGD-{} x{} restarts (straight-through gradients, judged on int8), FGSM, Square ({} queries), random ({} samples); seed {}",
             self.config.pgd_steps, self.config.pgd_restarts, self.config.square_queries, self.config.random_samples, self.config.seed
         );
+        let crown = match self.config.alpha_steps {
+            0 => "linear relaxation (CROWN)".to_string(),
+            n => format!("linear relaxation (CROWN, {n} slope-optimisation steps)"),
+        };
         let bounds = match self.config.bound {
             BoundMethod::Ibp => "interval bounds (IBP)".to_string(),
-            BoundMethod::Crown => "interval bounds, then linear relaxation (CROWN) on the open samples".to_string(),
+            BoundMethod::Crown => format!("interval bounds, then {crown} on the open samples"),
             BoundMethod::Bab => format!(
-                "interval bounds, then linear relaxation (CROWN), then branch and bound ({} branches{}) on the samples the attacks leave open",
+                "interval bounds, then {crown}, then branch and bound ({} branches{}) on the samples the attacks leave open",
                 self.config.bab_branches,
                 self.config.bab_budget_ms.map(|ms| format!(" or {ms} ms")).unwrap_or_default()
             ),

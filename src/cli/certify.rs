@@ -165,6 +165,10 @@ pub struct CertifyArgs {
     /// wrong either way) [default: no time limit, only --bab-branches].
     #[arg(long)]
     pub budget_ms: Option<u64>,
+    /// Slope-optimisation steps (alpha-CROWN) on each logit difference plain CROWN leaves
+    /// open (0 = off).
+    #[arg(long, default_value_t = GateConfig::default().alpha_steps)]
+    pub alpha_steps: usize,
     /// Test samples to evaluate (0 = all); a run over 0 samples is an error.
     #[arg(long, default_value_t = GateConfig::default().samples)]
     pub samples: usize,
@@ -226,6 +230,7 @@ impl CertifyArgs {
             bound: self.bound.into(),
             bab_branches: self.bab_branches,
             bab_budget_ms: self.budget_ms,
+            alpha_steps: self.alpha_steps,
         }
     }
 }

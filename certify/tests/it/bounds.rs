@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use iocane_certify::attack::{margin, SplitMix64};
-use iocane_certify::crown::Crown;
+use iocane_certify::crown::{Crown, CrownConfig};
 use iocane_certify::gate::{self, GateConfig, Radius, Threshold};
 use iocane_certify::ibp::{linf_ball, try_for_each_image, worst_margin, Bounder, Verdict};
 use iocane_certify::report::{CertifyReport, RunIdentity};
@@ -123,14 +123,24 @@ proptest! {
         for j in 0..classes {
             prop_assert!(crown[j] >= margins[j], "crown {crown:?} looser than ibp {margins:?}");
         }
-        let bab = Crown::new(&model).bab_margin(&p, label, k, 24, None).margin.unwrap();
-        let certified = verdict == Verdict::Certified || worst_margin(&crown, label).unwrap() >= 0 || bab >= 0;
+        // Optimised slopes, on the margins and (every other case) the hidden accumulators too.
+        let alpha_cfg = CrownConfig { alpha_steps: 6, alpha_refine: seed % 2 == 0, ..CrownConfig::default() };
+        let alpha = Crown::with_config(&model, alpha_cfg).margin_lower_bounds(&lo, &hi, label);
+        for j in 0..classes {
+            prop_assert!(alpha[j] >= crown[j], "optimised {alpha:?} looser than crown {crown:?}");
+        }
+        let bab = Crown::with_config(&model, alpha_cfg).bab_margin(&p, label, k, 24, None).margin.unwrap();
+        let certified = verdict == Verdict::Certified
+            || worst_margin(&crown, label).unwrap() >= 0
+            || worst_margin(&alpha, label).unwrap() >= 0
+            || bab >= 0;
         let mut true_worst = i64::MAX;
         try_for_each_image(&lo, &hi, |x| {
             let (c, z) = run(&model, x);
             check_contains(&b, &z, "enumerated")?;
             check_margins(&margins, &z, label)?;
             check_margins(&crown, &z, label)?;
+            check_margins(&alpha, &z, label)?;
             if certified {
                 prop_assert_eq!(c, label, "certified sample misclassified at {:?}", x);
             }
