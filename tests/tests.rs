@@ -169,6 +169,62 @@ mod certify_gate {
         }
     }
 
+    /// `--compare-float` on a trained model and real digits: every sample gets a float
+    /// verdict, the pair counts add up, the differing list is exactly the samples whose two
+    /// verdicts differ, the gate's verdicts and decision are those of a run without it, and
+    /// every float "certified" verdict holds on the twin at the int8 counterexample (a point
+    /// of the ball).
+    #[test]
+    fn compare_float_lists_the_samples_quantization_changes() {
+        use iocane_certify::gate::SampleVerdict;
+        let tmp = tempfile::tempdir().unwrap();
+        let out = certify(&["--eps", "0.1", "--compare-float"], &tmp.path().join("c"));
+        assert_exit_code(&out, 0);
+        let plain = certify(&["--eps", "0.1"], &tmp.path().join("p"));
+        assert_exit_code(&plain, 0);
+        let r = CertifyReport::read(&tmp.path().join("c/report.json")).unwrap();
+        let p = CertifyReport::read(&tmp.path().join("p/report.json")).unwrap();
+        let verdicts = |r: &CertifyReport| r.outcome.samples.iter().map(|s| s.verdict).collect::<Vec<_>>();
+        assert_eq!(verdicts(&r), verdicts(&p), "--compare-float changed the gate's verdicts");
+        assert_eq!(r.gate, p.gate);
+        let c = r.float_comparison.as_ref().expect("report.json has the comparison");
+        assert!(p.float_comparison.is_none());
+        assert_eq!(c.n, r.outcome.samples.len());
+        assert_eq!(c.pairs.iter().map(|q| q.count).sum::<usize>(), c.n);
+        for q in &c.pairs {
+            let n = r.outcome.samples.iter().filter(|s| s.verdict == q.int8).count();
+            assert!(q.count <= n, "{q:?}");
+        }
+        let twin = {
+            let bytes = std::fs::read(model()).unwrap();
+            let m = iocane_runtime::Model::parse(&bytes).unwrap();
+            iocane_certify::twin::FloatTwin::from_model(&m).unwrap()
+        };
+        let mut differ = 0;
+        for s in &r.outcome.samples {
+            let d = c.differing.iter().find(|d| d.index == s.index);
+            if let Some(d) = d {
+                assert_eq!(d.int8, s.verdict);
+                assert_ne!(d.int8, d.float);
+                differ += 1;
+                if d.float == SampleVerdict::Certified {
+                    if let Some(cx) = &s.counterexample {
+                        let z = twin.forward(&iocane_certify::twin::FloatTwin::input_from_pixels(cx));
+                        let best = (0..z.len()).fold(0, |b, j| if z[j] > z[b] { j } else { b });
+                        assert_eq!(best, s.label, "sample {}: float-certified but the twin is fooled", s.index);
+                    }
+                }
+            }
+        }
+        assert_eq!(differ, c.differing.len());
+        // The twin and the int8 model agree on almost every clean image.
+        let mis = SampleVerdict::Misclassified;
+        let one_sided = c.pairs.iter().filter(|q| (q.int8 == mis) != (q.float == mis)).map(|q| q.count).sum::<usize>();
+        assert!(one_sided * 10 <= c.n, "{one_sided} of {} samples misclassified by only one of the two", c.n);
+        let summary = std::fs::read_to_string(tmp.path().join("c/summary.md")).unwrap();
+        assert!(summary.contains("## Float twin vs int8 (--compare-float, k = 25)"), "{summary}");
+    }
+
     #[test]
     fn counterexamples_replay_on_the_runtime() {
         let tmp = tempfile::tempdir().unwrap();

@@ -12,6 +12,8 @@
 //!   straight-through gradients for the attacks.
 //! - [`attack`]: FGSM, PGD, the Square Attack and random sampling, all searching valid u8
 //!   images inside the ball and all judged by running `iocane-runtime` on the candidate.
+//! - [`compare`]: the float-vs-int8 differential (`--compare-float`): the twin's float
+//!   verdicts beside the gate's int8 ones, per sample.
 //! - [`gate`]: the release gate over a dataset (sharded, parallel, deterministic).
 //! - [`report`]: report.json, junit.xml, summary.md, curve.svg and counterexamples.
 //! - [`gallery`]: `gallery.png`, the broken samples' clean, adversarial and difference images.
@@ -21,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod attack;
+pub mod compare;
 pub mod crown;
 pub mod gallery;
 pub mod gate;

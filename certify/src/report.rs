@@ -172,6 +172,9 @@ pub struct CertifyReport {
     pub seconds: f64,
     /// Raw counts and per-sample verdicts (mergeable).
     pub outcome: GateOutcome,
+    /// The float-vs-int8 differential (`--compare-float`), if it was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_comparison: Option<crate::compare::FloatComparison>,
 }
 
 impl CertifyReport {
@@ -209,6 +212,7 @@ impl CertifyReport {
             warnings,
             seconds,
             outcome,
+            float_comparison: None,
         }
     }
 
@@ -403,6 +407,9 @@ impl CertifyReport {
                  captioned with the true class, the int8 model's class of the adversarial image and the attack).",
                 crate::gallery::gain(self.config.k)
             );
+        }
+        if let Some(c) = &self.float_comparison {
+            o.push_str(&c.markdown());
         }
         if self.warnings.is_empty() {
             let _ = writeln!(o, "\nProtocol checks: none raised.");
@@ -885,7 +892,10 @@ pub fn merge_reports(reports: &[CertifyReport]) -> Result<CertifyReport, MergeEr
     }
     let outcome = crate::gate::merge(&reports.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>());
     let seconds = reports.iter().map(|r| r.seconds).sum();
-    let merged = CertifyReport::new(id, cfg, outcome, seconds);
+    let mut merged = CertifyReport::new(id, cfg, outcome, seconds);
+    // The differential of a sharded run: only when every shard ran it.
+    let parts: Option<Vec<_>> = reports.iter().map(|r| r.float_comparison.clone()).collect();
+    merged.float_comparison = parts.and_then(|p| crate::compare::FloatComparison::merge(&p));
     merged
         .check_consistent()
         .map_err(|msg| MergeError::NotOneRun(format!("the merged report is inconsistent: {msg}")))?;

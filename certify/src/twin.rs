@@ -16,6 +16,7 @@
 
 use iocane_runtime::format::{Layer, OpKind};
 use iocane_runtime::{quant, Model};
+use iocane_trainer::nn::ibp;
 use iocane_trainer::nn::layers::{self, LayerParams};
 use iocane_trainer::nn::{LayerSpec, Tensor};
 
@@ -367,6 +368,57 @@ impl FloatTwin {
     }
 }
 
+impl FloatTwin {
+    /// Interval bounds (IBP) on the twin, in `f32`, for the pixel box `lo <= p <= hi`:
+    /// lower bounds of `z[label] - z[j]` per class (`0` at `label`), the last Dense layer
+    /// elided. The trainer's interval rules and kernels ([`iocane_trainer::nn::ibp`]): affine
+    /// layers run the layer on the centre and `|W|` on the radius, max pooling and the clamps
+    /// on the ends. What a float verifier would say about the float model; not sound for the
+    /// int8 model (rounding is ignored) and not rounded outward (float error is ignored).
+    ///
+    /// # Panics
+    /// If `lo` or `hi` does not have [`FloatTwin::input_len`] values or `label` is out of
+    /// range.
+    pub fn margin_lower_bounds(&self, lo: &[u8], hi: &[u8], label: usize) -> Vec<f32> {
+        assert!(lo.len() == self.input_len && hi.len() == self.input_len, "twin input length");
+        assert!(label < self.classes, "label {label} out of range");
+        let (l0, h0) = (Self::input_from_pixels(lo), Self::input_from_pixels(hi));
+        let mut c: Vec<f32> = l0.iter().zip(&h0).map(|(&l, &h)| 0.5 * (l + h)).collect();
+        let mut r: Vec<f32> = l0.iter().zip(&h0).map(|(&l, &h)| 0.5 * (h - l)).collect();
+        let (last, hidden) = self.layers.split_last().expect("a validated model has layers");
+        for l in hidden {
+            match l.spec {
+                LayerSpec::Flatten => {}
+                LayerSpec::MaxPool2d { .. } | LayerSpec::Relu | LayerSpec::Relu6 => {
+                    let lo: Vec<f32> = c.iter().zip(&r).map(|(c, r)| c - r).collect();
+                    let hi: Vec<f32> = c.iter().zip(&r).map(|(c, r)| c + r).collect();
+                    (c, r) = center_radius(&l.forward(&lo), &l.forward(&hi));
+                }
+                LayerSpec::Dense { .. }
+                | LayerSpec::Conv2d { .. }
+                | LayerSpec::DepthwiseConv2d { .. }
+                | LayerSpec::AvgPool2d { .. } => {
+                    let abs = TwinLayer { params: ibp::abs_layer(&l.params), ..l.clone() };
+                    (c, r) = (l.forward(&c), abs.forward(&r));
+                }
+            }
+            if let Some((a, b)) = l.clamp {
+                let lo: Vec<f32> = c.iter().zip(&r).map(|(c, r)| (c - r).clamp(a, b)).collect();
+                let hi: Vec<f32> = c.iter().zip(&r).map(|(c, r)| (c + r).clamp(a, b)).collect();
+                (c, r) = center_radius(&lo, &hi);
+            }
+        }
+        let mut m = vec![0.0; self.classes];
+        ibp::elided_margins(&last.params, self.classes, 1, &[label], &c, &r, &mut m);
+        m
+    }
+}
+
+/// Centre and radius of the box `lo <= x <= hi`.
+fn center_radius(lo: &[f32], hi: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    lo.iter().zip(hi).map(|(&l, &h)| (0.5 * (h + l), 0.5 * (h - l))).unzip()
+}
+
 fn quant_input_scale() -> f32 {
     1.0 / 255.0
 }
@@ -451,6 +503,56 @@ mod tests {
             // Rounding errors of half a step per layer, amplified by the later layers: a few
             // percent of the logit range at most.
             assert!(worst <= 0.05 * range + 4.0 * twin.logit_scale(), "worst {worst} of range {range}");
+        }
+    }
+
+    /// The twin's interval margins hold at the corners, at random points and at the clean
+    /// image of small balls (f32, so within a relative tolerance), are tight at radius 0 and
+    /// shrink as the ball grows.
+    #[test]
+    fn twin_interval_margins_hold_in_the_ball() {
+        let mut rng = SplitMix64(11);
+        let mut cases: Vec<ModelRepr> =
+            stacks().into_iter().enumerate().map(|(i, (s, l))| random_model(s, 4, &l, 70 + i as u64)).collect();
+        cases.push(random_cnn_s(9));
+        for repr in cases {
+            let blob = consistent(repr).emit();
+            let model = Model::parse(&blob).unwrap();
+            let twin = FloatTwin::from_model(&model).unwrap();
+            let n = model.input_len();
+            for _ in 0..6 {
+                let px: Vec<u8> = (0..n).map(|_| rng.range(0, 255) as u8).collect();
+                let z0 = twin.forward(&FloatTwin::input_from_pixels(&px));
+                let label = (0..z0.len()).max_by(|&a, &b| z0[a].total_cmp(&z0[b])).unwrap();
+                let m0 = twin.margin_lower_bounds(&px, &px, label);
+                for j in 0..z0.len() {
+                    let d = z0[label] - z0[j];
+                    assert!((m0[j] - d).abs() <= 1e-3 * (1.0 + d.abs()), "radius 0: {} vs {d}", m0[j]);
+                }
+                let mut prev = m0;
+                for k in [2u8, 8, 24] {
+                    let (lo, hi) = crate::ibp::linf_ball(&px, k);
+                    let m = twin.margin_lower_bounds(&lo, &hi, label);
+                    for t in 0..24 {
+                        let x: Vec<u8> = (0..n)
+                            .map(|i| match (t, rng.next_u64() % 3) {
+                                (0, _) | (_, 0) => lo[i],
+                                (1, _) | (_, 1) => hi[i],
+                                _ => rng.range(lo[i] as i64, hi[i] as i64) as u8,
+                            })
+                            .collect();
+                        let z = twin.forward(&FloatTwin::input_from_pixels(&x));
+                        for j in 0..z.len() {
+                            let d = z[label] - z[j];
+                            assert!(m[j] <= d + 1e-3 * (1.0 + d.abs()), "k {k}: bound {} above {d}", m[j]);
+                        }
+                    }
+                    for j in 0..m.len() {
+                        assert!(m[j] <= prev[j] + 1e-3 * (1.0 + prev[j].abs()), "k {k}: the bound grew");
+                    }
+                    prev = m;
+                }
+            }
         }
     }
 

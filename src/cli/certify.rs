@@ -165,6 +165,11 @@ pub struct CertifyArgs {
     /// wrong either way) [default: no time limit, only --bab-branches].
     #[arg(long)]
     pub budget_ms: Option<u64>,
+    /// Also judge the dequantized float twin (interval bounds and PGD in float) and list the
+    /// samples where quantization changes the verdict (summary.md and report.json); the
+    /// gate's decision is not affected.
+    #[arg(long)]
+    pub compare_float: bool,
     /// Slope-optimisation steps (alpha-CROWN) on each logit difference plain CROWN leaves
     /// open (0 = off).
     #[arg(long, default_value_t = GateConfig::default().alpha_steps)]
@@ -287,7 +292,10 @@ pub fn certify_model(
     };
     progress.finish();
     let id = RunIdentity::new(model_name, bytes, &model, test, a.eps.clone());
-    let report = CertifyReport::new(id, cfg, outcome, t0.elapsed().as_secs_f64());
+    let comparison =
+        a.compare_float.then(|| iocane_certify::compare::compare_float(&model, test, &outcome, cfg.k, cfg.seed));
+    let mut report = CertifyReport::new(id, cfg, outcome, t0.elapsed().as_secs_f64());
+    report.float_comparison = comparison;
     report.write(&a.report).context("writing the report")?;
     Ok(Certified::Done(Box::new(report)))
 }

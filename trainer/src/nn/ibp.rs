@@ -65,11 +65,12 @@ pub fn linf_box(x: &Tensor, eps: f32) -> (Tensor, Tensor) {
 
 /// `|W|` with a zero bias for every layer (the radius pass).
 fn abs_params(params: &Params) -> Vec<LayerParams> {
-    params
-        .layers
-        .iter()
-        .map(|l| LayerParams { weights: l.weights.iter().map(|w| w.abs()).collect(), bias: vec![0.0; l.bias.len()] })
-        .collect()
+    params.layers.iter().map(abs_layer).collect()
+}
+
+/// `|W|` with a zero bias: the parameters of an affine layer's radius pass (`r' = |W| r`).
+pub fn abs_layer(l: &LayerParams) -> LayerParams {
+    LayerParams { weights: l.weights.iter().map(|w| w.abs()).collect(), bias: vec![0.0; l.bias.len()] }
 }
 
 /// Reusable per-thread buffers of the interval passes.
@@ -307,7 +308,15 @@ fn backward(
 
 /// Lower bounds `m[s * classes + j]` of `z_y - z_j` with the last Dense layer elided
 /// (`0` at `j = y`), from the penultimate interval `c`, `r` (`n * k` values).
-fn elided_margins(last: &LayerParams, classes: usize, n: usize, labels: &[usize], c: &[f32], r: &[f32], m: &mut [f32]) {
+pub fn elided_margins(
+    last: &LayerParams,
+    classes: usize,
+    n: usize,
+    labels: &[usize],
+    c: &[f32],
+    r: &[f32],
+    m: &mut [f32],
+) {
     let k = last.weights.len() / classes;
     for s in 0..n {
         let y = labels[s];
