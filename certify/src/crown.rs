@@ -310,11 +310,15 @@ pub struct CrownConfig {
     /// Optimise the slopes for each refined hidden accumulator bound too (tighter
     /// intermediate bounds, at `alpha_steps` back-substitutions per refined neuron).
     pub alpha_refine: bool,
+    /// In branch and bound, optimise Lagrange multipliers of the branch's split constraints
+    /// with the slopes (beta-CROWN), so a split tightens the whole bound, not only its
+    /// neuron's interval. Needs `alpha_steps > 0`.
+    pub beta: bool,
 }
 
 impl Default for CrownConfig {
     fn default() -> Self {
-        CrownConfig { refine_max_neurons: 4096, alpha_steps: 0, alpha_refine: false }
+        CrownConfig { refine_max_neurons: 4096, alpha_steps: 0, alpha_refine: false, beta: true }
     }
 }
 
@@ -327,6 +331,8 @@ struct Forward {
     acc: Vec<Vec<f64>>,
     /// The part of each tensor computed.
     range: Vec<core::ops::Range<usize>>,
+    /// The outputs of each layer computed (the accumulators of a weighted layer).
+    out_range: Vec<core::ops::Range<usize>>,
 }
 
 /// A hidden neuron whose relaxation has a free slope (see [`Curvature`]), during slope
@@ -363,6 +369,12 @@ pub struct Crown<'m> {
     /// When set, the back-substitution records its coefficients on each weighted layer's
     /// outputs (for choosing a split).
     capture: Option<Vec<Row>>,
+    /// The split constraints of the branch being bounded (empty outside branch and bound).
+    splits: Vec<Split>,
+    /// Lagrange multipliers of those constraints during optimisation (beta-CROWN): for split
+    /// `k`, `betas[2k]` of `acc - lo >= 0` and `betas[2k + 1]` of `hi - acc >= 0`; all zero
+    /// otherwise.
+    betas: Vec<f64>,
     /// Buffers of slope optimisation: the captured rows and the forward pass.
     alpha_cap: Vec<Row>,
     alpha_fw: Forward,
@@ -392,6 +404,8 @@ impl<'m> Crown<'m> {
             acc_rows: Vec::new(),
             obj_row: Row::default(),
             capture: None,
+            splits: Vec::new(),
+            betas: Vec::new(),
             alpha_cap: Vec::new(),
             alpha_fw: Forward::default(),
             last_row: 0,
@@ -433,6 +447,10 @@ impl<'m> Crown<'m> {
         if !self.forward(lo, hi, splits) {
             return None;
         }
+        self.splits.clear();
+        self.splits.extend_from_slice(splits);
+        self.betas.clear();
+        self.betas.resize(2 * splits.len(), 0.0);
         let last = self.layers.len() - 1;
         let margins = (0..ibp_margins.len())
             .map(|j| {
@@ -449,6 +467,8 @@ impl<'m> Crown<'m> {
                 ibp_margins[j].max(floor_i64(d))
             })
             .collect();
+        self.splits.clear();
+        self.betas.clear();
         Some(margins)
     }
 
@@ -758,7 +778,8 @@ impl<'m> Crown<'m> {
         let mut best = self.back_substitute(top, e);
         let mut cap = self.capture.take().unwrap_or_default();
         let mut free = if best >= need || steps == 0 { Vec::new() } else { self.free_lines(top, &cap) };
-        if !free.is_empty() {
+        let betas = self.cfg.beta && best < need && steps > 0 && self.splits.iter().any(|sp| sp.layer < top);
+        if !free.is_empty() || betas {
             // Step (as a fraction of the slope range) and its decay per step: tuned on PGD
             // cnn-s at eps 0.1 (0.25 / 0.85 proved 72 of 200 samples; 0.5 / 0.7 and
             // 0.1 / 1.0 71 and 70; docs/RESULTS.md).
@@ -766,6 +787,9 @@ impl<'m> Crown<'m> {
             let mut fw = std::mem::take(&mut self.alpha_fw);
             for _ in 0..steps {
                 self.relaxed_forward(top, &cap, &mut fw);
+                if self.cfg.beta {
+                    self.step_betas(top, &cap, &fw, lr);
+                }
                 for f in free.iter_mut() {
                     let c = cap[f.layer].c.get(f.neuron).copied().unwrap_or(0.0);
                     if c == 0.0 || (c < 0.0) != f.upper {
@@ -789,6 +813,7 @@ impl<'m> Crown<'m> {
             for f in &free {
                 self.state[f.layer].relax[f.neuron] = f.orig;
             }
+            self.betas.iter_mut().for_each(|b| *b = 0.0);
             self.alpha_fw = fw;
         }
         self.alpha_cap = cap;
@@ -840,6 +865,32 @@ impl<'m> Crown<'m> {
         }
     }
 
+    /// One projected sign-gradient step of the split multipliers below weighted layer `top`:
+    /// the bound's derivative in `β_lo` is `lo - acc(x*)` and in `β_hi` `acc(x*) - hi`
+    /// (`acc(x*)` from [`Crown::relaxed_forward`]); the step is `lr` times the largest
+    /// coefficient the objective puts on the layer's outputs times the neuron's
+    /// requantization scale (so `β` lives on the scale of the objective's coefficients on
+    /// that layer's accumulators; the split neuron's own coefficient is often 0, on the side
+    /// of the split where it is constant), and `β` stays `>= 0`. Splits outside the
+    /// objective's cone are left at zero.
+    fn step_betas(&mut self, top: usize, cap: &[Row], fw: &Forward, lr: f64) {
+        for (k, sp) in self.splits.iter().enumerate() {
+            if sp.layer >= top || !fw.out_range[sp.layer].contains(&sp.neuron) {
+                continue;
+            }
+            let a = fw.acc[sp.layer][sp.neuron];
+            let row = &cap[sp.layer];
+            let c = row.c[row.span()].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let layer = self.layers[sp.layer];
+            let scale = c * Requant::of(&layer, sp.neuron % layer.output_shape().c).scale();
+            for (b, g) in [(2 * k, sp.lo as f64 - a), (2 * k + 1, a - sp.hi as f64)] {
+                if g != 0.0 {
+                    self.betas[b] = (self.betas[b] + lr * scale * g.signum()).max(0.0);
+                }
+            }
+        }
+    }
+
     /// The forward pass behind the slope gradient: from the input corner `x*` minimising
     /// the last back-substitution's final row, the value of every weighted layer's
     /// accumulator below `top` (into `fw.acc`) through the lines that back-substitution
@@ -853,6 +904,8 @@ impl<'m> Crown<'m> {
         fw.acc.resize_with(n, Vec::new);
         fw.range.clear();
         fw.range.resize(n + 1, 0..0);
+        fw.out_range.clear();
+        fw.out_range.resize(n, 0..0);
         // range[idx]: the indices of layer idx's input needed; range[top] unused.
         let mut out = cap[top.saturating_sub(1)].span();
         for idx in (start..top).rev() {
@@ -866,8 +919,9 @@ impl<'m> Crown<'m> {
             match layer.op() {
                 OpKind::Flatten => (lo, hi) = (out.start, out.end),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
+                    let taps = Taps::of(&layer);
                     for flat in out.clone() {
-                        for_weights(&layer, &win, flat, |xi, _| (lo, hi) = (lo.min(xi), hi.max(xi + 1)));
+                        taps.runs(flat, |x0, _, n| (lo, hi) = (lo.min(x0), hi.max(x0 + n)));
                     }
                 }
                 OpKind::MaxPool2d | OpKind::AvgPool2d => {
@@ -892,6 +946,7 @@ impl<'m> Crown<'m> {
             let layer = self.layers[idx];
             let o = layer.output_shape();
             let outr = if idx + 1 < top { fw.range[idx + 1].clone() } else { cap[idx].span() };
+            fw.out_range[idx] = outr.clone();
             let (below, above) = fw.val.split_at_mut(idx + 1);
             let (v, next) = (&below[idx], &mut above[0]);
             next.clear();
@@ -901,14 +956,18 @@ impl<'m> Crown<'m> {
             match layer.op() {
                 OpKind::Flatten => next[outr.clone()].copy_from_slice(&v[outr]),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
-                    let (zp, w, win) = (layer.input_zero_point() as f64, layer.weight_bytes(), window(&layer));
+                    let (zp, w, taps) = (layer.input_zero_point() as f64, layer.weight_bytes(), Taps::of(&layer));
                     let acc = &mut fw.acc[idx];
                     acc.clear();
                     acc.resize(o.len(), 0.0);
                     let rel = &self.state[idx].relax;
                     for flat in outr {
                         let mut a = layer.bias(flat % o.c) as f64;
-                        for_weights(&layer, &win, flat, |xi, wi| a += w[wi] as i8 as f64 * (v[xi] - zp));
+                        taps.runs(flat, |x0, w0, n| {
+                            for (&wb, &xv) in w[w0..w0 + n].iter().zip(&v[x0..x0 + n]) {
+                                a += wb as i8 as f64 * (xv - zp);
+                            }
+                        });
                         acc[flat] = a;
                         let r = &rel[flat];
                         next[flat] =
@@ -973,6 +1032,7 @@ impl<'m> Crown<'m> {
                 OpKind::MaxPool2d | OpKind::AvgPool2d => self.pool_back(idx, row, out),
                 OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                     self.relax_back(idx, row, &mut accs[idx]);
+                    self.apply_betas(idx, &mut accs[idx]);
                     self.affine(idx, &accs[idx], out);
                 }
             }
@@ -983,6 +1043,30 @@ impl<'m> Crown<'m> {
         self.rows = rows;
         self.acc_rows = accs;
         best
+    }
+
+    /// The Lagrangian terms of the split constraints on weighted layer `idx` (beta-CROWN):
+    /// on the branch `acc_n - lo >= 0` and `hi - acc_n >= 0`, so subtracting
+    /// `β_lo (acc_n - lo) + β_hi (hi - acc_n)` (`β >= 0`) from the objective keeps it a lower
+    /// bound there. Adds `-β_lo + β_hi` to the coefficient of `acc_n` and `β_lo lo - β_hi hi`
+    /// to the constant, with their rounding error in the slack.
+    fn apply_betas(&self, idx: usize, acc: &mut Row) {
+        let st = &self.state[idx];
+        for (k, sp) in self.splits.iter().enumerate().filter(|(_, sp)| sp.layer == idx) {
+            let (bl, bh) = (self.betas[2 * k], self.betas[2 * k + 1]);
+            if bl == 0.0 && bh == 0.0 {
+                continue;
+            }
+            let n = sp.neuron;
+            let (lo, hi) = (sp.lo as f64, sp.hi as f64);
+            let amax = st.acc_lo[n].unsigned_abs().max(st.acc_hi[n].unsigned_abs()) as f64;
+            let old = acc.c[n];
+            acc.c[n] = old - bl + bh;
+            acc.touch(n, n + 1);
+            let t = bl * lo - bh * hi;
+            acc.sigma += gamma(3) * ((old.abs() + bl + bh) * amax + acc.d.abs() + (bl * lo).abs() + (bh * hi).abs());
+            acc.d += t;
+        }
     }
 
     /// `min` of the row over layer `idx`'s input box, minus all slack.
@@ -1044,17 +1128,19 @@ impl<'m> Crown<'m> {
             // A Dense layer is a 1x1 convolution over its 1x1xC input; a depthwise tap reads
             // one channel, a convolution tap all `ic`.
             OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
-                let win = window(&layer);
+                let taps = Taps::of(&layer);
                 let span = e.span();
                 for flat in span.clone().filter(|&f| e.c[f] != 0.0) {
                     let (c, ec) = (flat % oc, e.c[flat]);
                     {
                         let mut wsum = 0i64;
-                        for_weights(&layer, &win, flat, |xi, wi| {
-                            out.touch(xi, xi + 1);
-                            let wv = w[wi] as i8;
-                            out.c[xi] += ec * wv as f64;
-                            wsum += wv as i64;
+                        taps.runs(flat, |x0, w0, n| {
+                            out.touch(x0, x0 + n);
+                            for (xv, &wb) in out.c[x0..x0 + n].iter_mut().zip(&w[w0..w0 + n]) {
+                                let wv = wb as i8;
+                                *xv += ec * wv as f64;
+                                wsum += wv as i64;
+                            }
                         });
                         let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
                         d += t;
@@ -1142,23 +1228,41 @@ fn for_taps(win: &Window, oy: usize, ox: usize, mut f: impl FnMut(usize, usize))
     }
 }
 
-/// Calls `f(x, w)` for every weight of output element `flat` of weighted layer `layer`
-/// (window `win`): `x` the input index it multiplies, `w` its index in the weight bytes
-/// (the runtime's layout: a Dense layer is a 1x1 convolution over its 1x1xC input, a
-/// depthwise tap reads one channel, a convolution tap all `ic`).
-#[inline(always)]
-fn for_weights(layer: &Layer<'_>, win: &Window, flat: usize, mut f: impl FnMut(usize, usize)) {
-    let (i, o) = (layer.input_shape(), layer.output_shape());
-    let (p, c) = (flat / o.c, flat % o.c);
-    let ic = i.c;
-    let depthwise = layer.op() == OpKind::DepthwiseConv2d;
-    let per_oc = win.kernel.0 * win.kernel.1 * ic;
-    for_taps(win, p / o.w, p % o.w, |tap, src| {
-        let (lanes, w0, x0) = if depthwise { (1, tap * ic + c, src + c) } else { (ic, c * per_oc + tap * ic, src) };
-        for q in 0..lanes {
-            f(x0 + q, w0 + q);
-        }
-    });
+/// The weight walk of one weighted layer (computed once per layer, not per output):
+/// [`Taps::runs`].
+struct Taps {
+    win: Window,
+    oc: usize,
+    ow: usize,
+    ic: usize,
+    per_oc: usize,
+    depthwise: bool,
+}
+
+impl Taps {
+    fn of(layer: &Layer<'_>) -> Taps {
+        let win = window(layer);
+        let (i, o) = (layer.input_shape(), layer.output_shape());
+        let per_oc = win.kernel.0 * win.kernel.1 * i.c;
+        Taps { win, oc: o.c, ow: o.w, ic: i.c, per_oc, depthwise: layer.op() == OpKind::DepthwiseConv2d }
+    }
+
+    /// Calls `f(x0, w0, lanes)` for every valid tap of output element `flat`: the weights
+    /// `w0..w0 + lanes` multiply the inputs `x0..x0 + lanes` (the runtime's layout: a Dense
+    /// layer is a 1x1 convolution over its 1x1xC input, a depthwise tap reads one channel,
+    /// a convolution tap all `ic`).
+    #[inline(always)]
+    fn runs(&self, flat: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let (p, c) = (flat / self.oc, flat % self.oc);
+        let ic = self.ic;
+        for_taps(&self.win, p / self.ow, p % self.ow, |tap, src| {
+            if self.depthwise {
+                f(src + c, tap * ic + c, 1);
+            } else {
+                f(src, c * self.per_oc + tap * ic, ic);
+            }
+        });
+    }
 }
 
 /// The window inputs of one max-pool output that its relaxation uses.
