@@ -308,7 +308,7 @@ impl Default for GateConfig {
     /// The CLI's defaults (`iocane certify` without flags; its numeric flags take their
     /// defaults from here): radius 4/255, sweep 0,1,2,4,8,
     /// 500 samples, seed 1, PGD 40 steps x 2 restarts, Square 500 queries, 100 random
-    /// samples, certified gate at threshold 0, CROWN bounds with 20 slope-optimisation steps.
+    /// samples, certified gate at threshold 0, CROWN bounds with 10 slope-optimisation steps.
     fn default() -> Self {
         GateConfig {
             k: 4,
@@ -327,7 +327,7 @@ impl Default for GateConfig {
             bound: BoundMethod::Crown,
             bab_branches: 64,
             bab_budget_ms: None,
-            alpha_steps: 20,
+            alpha_steps: 10,
         }
     }
 }
