@@ -1,16 +1,26 @@
-//! Single-image int8 inference on the host: the 784-64-32-10 MLP and the small CNN.
+//! Single-image int8 inference on the host: the 784-64-32-10 MLP, the small CNN, and the
+//! depthwise-separable `dwcnn` shape (`conv8k3s2p1, dw3p1, conv16k1, dw3s2p1, conv32k1,
+//! dense10`, random weights).
 //!
 //! `cargo bench -p iocane-runtime --features testing --bench inference`
 //! MACs per ns = model MACs / (ns per inference); both are printed once per model.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use iocane_runtime::testing::{random_cnn_s, random_mlp};
-use iocane_runtime::Model;
+use iocane_runtime::testing::{random_cnn_s, random_mlp, random_model, SynthLayer};
+use iocane_runtime::{Model, Shape};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("inference");
-    for (name, repr) in [("mlp", random_mlp(1)), ("cnn-s", random_cnn_s(1))] {
+    let dwcnn = [
+        SynthLayer::Conv { filters: 8, k: 3, s: 2, p: 1, relu: true },
+        SynthLayer::Depthwise { k: 3, s: 1, p: 1, relu: true },
+        SynthLayer::Conv { filters: 16, k: 1, s: 1, p: 0, relu: true },
+        SynthLayer::Depthwise { k: 3, s: 2, p: 1, relu: true },
+        SynthLayer::Conv { filters: 32, k: 1, s: 1, p: 0, relu: true },
+    ];
+    let dw = random_model(Shape::new(28, 28, 1), 10, &dwcnn, 1);
+    for (name, repr) in [("mlp", random_mlp(1)), ("cnn-s", random_cnn_s(1)), ("dwcnn", dw)] {
         let blob = repr.emit();
         let model = Model::parse(&blob).unwrap();
         let pixels: Vec<u8> = (0..model.input_len()).map(|i| (i * 37 % 256) as u8).collect();

@@ -2,11 +2,11 @@
 //! plan, input `[1, 1, 28, 28]`, one reused state) against the same network quantized to
 //! int8 ([`iocane_trainer::quant::quantize`], calibrated on 512 mnist-small training
 //! images) and run by `iocane_runtime::Model::run`. Both sides start from
-//! `Network::new(preset, seed 1)` for `mlp` and `cnn-s`.
+//! `Network::new(preset, seed 1)` for every preset: `mlp`, `cnn-s`, `cnn-m`, `dwcnn`.
 //!
 //! `cargo bench -p iocane-trainer --bench vs_tract`
 //!
-//! Bench ids: `tract_f32/mlp`, `iocane_int8/mlp`, `tract_f32/cnn-s`, `iocane_int8/cnn-s`;
+//! Bench ids: `tract_f32/PRESET` and `iocane_int8/PRESET`;
 //! throughput is in MACs (criterion "elements"). The setup prints, per model, the MAC count,
 //! the ONNX and blob sizes and the top-1 agreement of the two on 500 test images.
 
@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
 
     let mut tract_group = Vec::new();
     let mut int8_group = Vec::new();
-    for preset in ["mlp", "cnn-s"] {
+    for preset in iocane_trainer::nn::PRESETS {
         let spec = ArchSpec::preset(preset, [28, 28, 1], 10).expect("preset");
         let macs = spec.mac_count() as u64;
         let net = Network::new(spec, 1).expect("network");

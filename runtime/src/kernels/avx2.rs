@@ -1,5 +1,5 @@
-//! AVX2 versions of the two kernels that carry almost every multiply-accumulate: [`dense`]
-//! and [`conv2d`]. Compiled only for x86-64 builds that enable AVX2 at compile time (the
+//! AVX2 versions of the kernels that carry almost every multiply-accumulate: [`dense`],
+//! [`conv2d`] and [`depthwise_conv2d`]. Compiled only for x86-64 builds that enable AVX2 at compile time (the
 //! workspace's host builds use `-C target-cpu=x86-64-v3`); every other target, Cortex-M and
 //! RISC-V included, runs the portable kernels in [`super::portable`].
 //!
@@ -22,8 +22,8 @@
 //! - calls from the safe entry points into `#[target_feature(enable = "avx2")]` functions,
 //!   sound because this module only exists when `target_feature = "avx2"` is enabled for the
 //!   whole build (`cfg` at the `mod` declaration), so every CPU that runs the code has AVX2;
-//! - unaligned 16- and 32-byte loads and stores (`_mm_loadu_si128`, `_mm256_loadu_si256`,
-//!   `_mm256_storeu_si256`) on slices
+//! - unaligned 8-, 16- and 32-byte loads and stores (`_mm_loadl_epi64`, `_mm_loadu_si128`,
+//!   `_mm256_loadu_si256`, `_mm256_storeu_si256`) on slices
 //!   whose lengths were checked against the loop bound just before; each load names the
 //!   check that keeps it in bounds.
 #![allow(unsafe_code)]
@@ -229,6 +229,74 @@ fn store8_logits<P: ChannelParams>(out: &mut Output<'_>, idx: usize, n: usize, s
 fn row<T>(block: &[T], len: usize, r: usize, count: usize) -> &[T] {
     let r = r.min(count.saturating_sub(1));
     block.get(r * len..(r + 1) * len).unwrap_or(&[])
+}
+
+/// AVX2 [`super::depthwise_conv2d`]. Same contract and results as the portable kernel.
+///
+/// Eight channels per vector: for each group of eight channels (its [`Requant8`] constants
+/// computed once) and each output position, every valid tap adds `(x - zp) * w` in i32
+/// lanes (sign-extended bytes, `vpmulld`: `|(x - zp) w| <= 255 * 128`, and the lanes wrap like
+/// the portable `wrapping_add` chain), then [`store8`] requantizes the group. A tap whose
+/// eight bytes would run past the end of the input or weights (the last group of a channel
+/// count that is not a multiple of eight) is copied through a zeroed 8-byte buffer; lanes
+/// past the channel count are never stored.
+pub(super) fn depthwise_conv2d<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) {
+    // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
+    unsafe { depthwise_avx2(win, input, layer, out) }
+}
+
+/// Eight bytes from `src[i..]` sign-extended to i32 lanes; bytes past the end read as 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load8_i32(src: &[u8], i: usize) -> __m256i {
+    let mut tmp = [0u8; 8];
+    let bytes: &[u8] = match src.get(i..i + 8) {
+        Some(b) => b,
+        None => {
+            if let Some(rest) = src.get(i..) {
+                tmp[..rest.len().min(8)].copy_from_slice(&rest[..rest.len().min(8)]);
+            }
+            &tmp
+        }
+    };
+    // SAFETY: `bytes` has exactly 8 bytes (a checked subslice or the buffer), which is what
+    // the 64-bit load reads.
+    let v = unsafe { _mm_loadl_epi64(bytes.as_ptr() as *const __m128i) };
+    _mm256_cvtepi8_epi32(v)
+}
+
+#[target_feature(enable = "avx2")]
+fn depthwise_avx2<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, params) = (layer.bytes, layer.params);
+    let c_n = win.input.c;
+    let kw = win.kernel.1;
+    let zp = _mm256_set1_epi32(layer.input_zero_point as i32);
+    for c0 in (0..c_n).step_by(8) {
+        let n = 8.min(c_n - c0);
+        let q = Requant8::new(params, c0, c_n);
+        for oy in 0..win.output.h {
+            let (ky0, ky1, iy0) = win.rows(oy);
+            for ox in 0..win.output.w {
+                let (kx0, kx1, ix0) = win.cols(ox);
+                let mut acc = _mm256_setzero_si256();
+                for ky in ky0..ky1 {
+                    let iy = (iy0 + ky as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (ix0 + kx as isize) as usize;
+                        let x = load8_i32(input, (iy * win.input.w + ix) * c_n + c0);
+                        let w = load8_i32(weights, (ky * kw + kx) * c_n + c0);
+                        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_sub_epi32(x, zp), w));
+                    }
+                }
+                store8(out, (oy * win.output.w + ox) * c_n + c0, n, acc, &q, c0, params);
+            }
+        }
+    }
 }
 
 /// AVX2 [`super::dense`]. Same contract and results as the portable kernel.
@@ -774,6 +842,34 @@ mod tests {
             let o = w.len() / n;
             let want = outputs(o, act, |out| portable::dense(&x, &Weights::new(&w, zp, &p), out));
             let got = outputs(o, act, |out| dense(&x, &Weights::new(&w, zp, &p), out));
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Depthwise: the AVX2 kernel against the portable one, int8 and logit outputs, on
+        /// random windows (channel counts around and past multiples of eight, padding,
+        /// strides) and requantization parameters.
+        #[test]
+        fn depthwise_matches_portable(
+            (win, x, w, zp, p, act) in window().prop_flat_map(|win| {
+                let win = Window { output: Shape { c: win.input.c, ..win.output }, ..win };
+                let taps = win.kernel.0 * win.kernel.1;
+                (
+                    Just(win),
+                    prop::collection::vec(any::<u8>(), win.input.len()),
+                    prop::collection::vec(any::<u8>(), taps * win.input.c),
+                    any::<i8>(),
+                    params(win.input.c),
+                    (any::<i8>(), any::<i8>(), any::<i8>()).prop_map(|(z, a, b)| (z, a.min(b), a.max(b))),
+                )
+            }),
+        ) {
+            let n = win.output.len();
+            let want = outputs(n, act, |o| portable::depthwise_conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
+            let got = outputs(n, act, |o| depthwise_conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
             prop_assert_eq!(got, want);
         }
     }

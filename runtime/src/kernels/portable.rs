@@ -122,3 +122,31 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
         }
     }
 }
+
+/// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
+pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
+    let c_n = win.input.c;
+    let kw = win.kernel.1;
+    let zp = in_zp as i32;
+    for oy in 0..win.output.h {
+        let (ky0, ky1, iy0) = win.rows(oy);
+        for ox in 0..win.output.w {
+            let (kx0, kx1, ix0) = win.cols(ox);
+            let base = (oy * win.output.w + ox) * c_n;
+            for c in 0..c_n {
+                let mut acc = params.bias(c);
+                for ky in ky0..ky1 {
+                    let iy = (iy0 + ky as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (ix0 + kx as isize) as usize;
+                        let x = input.get((iy * win.input.w + ix) * c_n + c).map_or(0, |&v| v as i8 as i32);
+                        let w = weights.get((ky * kw + kx) * c_n + c).map_or(0, |&v| v as i8 as i32);
+                        acc = acc.wrapping_add(w * (x - zp));
+                    }
+                }
+                out.store(base + c, acc, c, params);
+            }
+        }
+    }
+}
