@@ -191,6 +191,12 @@ mod certify_gate {
         assert!(p.float_comparison.is_none());
         assert_eq!(c.n, r.outcome.samples.len());
         assert_eq!(c.pairs.iter().map(|q| q.count).sum::<usize>(), c.n);
+        assert_eq!(c.ibp_pairs.iter().map(|q| q.count).sum::<usize>(), c.n);
+        // Interval bounds alone prove no more than the gate's bounds.
+        let certified = |v: &[iocane_certify::compare::VerdictPair]| {
+            v.iter().filter(|q| q.int8 == SampleVerdict::Certified).map(|q| q.count).sum::<usize>()
+        };
+        assert!(certified(&c.ibp_pairs) <= certified(&c.pairs));
         for q in &c.pairs {
             let n = r.outcome.samples.iter().filter(|s| s.verdict == q.int8).count();
             assert!(q.count <= n, "{q:?}");

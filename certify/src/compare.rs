@@ -28,7 +28,7 @@ use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 
 use crate::gate::{GateOutcome, SampleVerdict};
-use crate::ibp::linf_ball;
+use crate::ibp::{linf_ball, Bounder, Verdict};
 use crate::twin::{FloatTwin, Loss};
 
 /// PGD budget of the float side: steps per start, and starts (the clean image, then random
@@ -69,6 +69,11 @@ pub struct FloatComparison {
     pub n: usize,
     /// Every pair of verdicts that occurred, in a fixed order (int8 verdict, then float).
     pub pairs: Vec<VerdictPair>,
+    /// The same with the same bound on both sides: the int8 verdict as interval bounds
+    /// alone give it (certified by IBP on the int8 model, else the gate's falsified or
+    /// unknown), against the float side's (which uses interval bounds too).
+    #[serde(default)]
+    pub ibp_pairs: Vec<VerdictPair>,
     /// The samples whose verdicts differ, by index.
     pub differing: Vec<DifferingSample>,
 }
@@ -82,19 +87,25 @@ impl FloatComparison {
     /// Sums disjoint parts (shards of one run).
     pub fn merge(parts: &[FloatComparison]) -> Option<FloatComparison> {
         let first = parts.first()?;
-        let mut per: Vec<(SampleVerdict, SampleVerdict, usize)> = Vec::new();
-        let mut differing = Vec::new();
-        for p in parts {
-            for q in &p.pairs {
+        let sum = |get: fn(&FloatComparison) -> &Vec<VerdictPair>| {
+            let mut per: Vec<(SampleVerdict, SampleVerdict, usize)> = Vec::new();
+            for q in parts.iter().flat_map(|p| get(p).iter()) {
                 match per.iter_mut().find(|(a, b, _)| *a == q.int8 && *b == q.float) {
                     Some(e) => e.2 += q.count,
                     None => per.push((q.int8, q.float, q.count)),
                 }
             }
-            differing.extend(p.differing.iter().cloned());
-        }
+            ordered(per)
+        };
+        let mut differing: Vec<DifferingSample> = parts.iter().flat_map(|p| p.differing.iter().cloned()).collect();
         differing.sort_by_key(|d| d.index);
-        Some(FloatComparison { k: first.k, n: parts.iter().map(|p| p.n).sum(), pairs: ordered(per), differing })
+        Some(FloatComparison {
+            k: first.k,
+            n: parts.iter().map(|p| p.n).sum(),
+            pairs: sum(|p| &p.pairs),
+            ibp_pairs: sum(|p| &p.ibp_pairs),
+            differing,
+        })
     }
 
     /// The Markdown section of `summary.md`.
@@ -114,6 +125,19 @@ impl FloatComparison {
                 let _ = write!(o, " {} |", self.count(a, b));
             }
             let _ = writeln!(o);
+        }
+        if !self.ibp_pairs.is_empty() {
+            let _ = writeln!(o, "\nThe same bound on both sides (int8 certified by interval bounds alone):\n");
+            let _ = writeln!(o, "| int8 (IBP) \\ float | certified | falsified | unknown | misclassified |");
+            let _ = writeln!(o, "|---|---|---|---|---|");
+            for a in ALL {
+                let _ = write!(o, "| {} |", name(a));
+                for b in ALL {
+                    let c = self.ibp_pairs.iter().find(|p| p.int8 == a && p.float == b).map_or(0, |p| p.count);
+                    let _ = write!(o, " {c} |");
+                }
+                let _ = writeln!(o);
+            }
         }
         let carried = self.count(SampleVerdict::Falsified, SampleVerdict::Certified);
         let _ = writeln!(
@@ -223,26 +247,40 @@ pub fn float_verdict(
 /// not depend on the thread count.
 pub fn compare_float(model: &Model<'_>, test: &Dataset, outcome: &GateOutcome, k: u8, seed: u64) -> FloatComparison {
     let twin = FloatTwin::from_model(model).unwrap_or_else(|_| FloatTwin::from_requantization(model));
-    let rows: Vec<(usize, usize, SampleVerdict, SampleVerdict)> = outcome
+    // (index, label, gate verdict, int8 verdict by IBP alone, float verdict).
+    let rows: Vec<(usize, usize, SampleVerdict, SampleVerdict, SampleVerdict)> = outcome
         .samples
         .par_iter()
-        .map(|s| {
-            let px = test.image(s.index);
-            let sd = seed ^ ((s.index as u64) << 8) ^ k as u64 ^ 0xF10A_7000_0000;
-            let f = float_verdict(&twin, px, s.label, k, s.counterexample.as_deref(), sd);
-            (s.index, s.label, s.verdict, f)
-        })
+        .map_init(
+            || Bounder::new(model),
+            |bounder, s| {
+                let px = test.image(s.index);
+                let sd = seed ^ ((s.index as u64) << 8) ^ k as u64 ^ 0xF10A_7000_0000;
+                let f = float_verdict(&twin, px, s.label, k, s.counterexample.as_deref(), sd);
+                let by_ibp = match s.verdict {
+                    SampleVerdict::Certified if bounder.certify_sample(px, s.label, k).0 != Verdict::Certified => {
+                        SampleVerdict::Unknown
+                    }
+                    v => v,
+                };
+                (s.index, s.label, s.verdict, by_ibp, f)
+            },
+        )
         .collect();
-    let mut per: Vec<(SampleVerdict, SampleVerdict, usize)> = Vec::new();
-    for a in ALL {
-        for b in ALL {
-            per.push((a, b, rows.iter().filter(|r| r.2 == a && r.3 == b).count()));
-        }
-    }
+    let count =
+        |pick: fn(&(usize, usize, SampleVerdict, SampleVerdict, SampleVerdict)) -> (SampleVerdict, SampleVerdict)| {
+            let mut per: Vec<(SampleVerdict, SampleVerdict, usize)> = Vec::new();
+            for a in ALL {
+                for b in ALL {
+                    per.push((a, b, rows.iter().filter(|r| pick(r) == (a, b)).count()));
+                }
+            }
+            ordered(per)
+        };
     let differing = rows
         .iter()
-        .filter(|r| r.2 != r.3)
-        .map(|&(index, label, int8, float)| DifferingSample { index, label, int8, float })
+        .filter(|r| r.2 != r.4)
+        .map(|&(index, label, int8, _, float)| DifferingSample { index, label, int8, float })
         .collect();
-    FloatComparison { k, n: rows.len(), pairs: ordered(per), differing }
+    FloatComparison { k, n: rows.len(), pairs: count(|r| (r.2, r.4)), ibp_pairs: count(|r| (r.3, r.4)), differing }
 }
