@@ -241,14 +241,17 @@ pub fn float_verdict(
     SampleVerdict::Unknown
 }
 
+/// One compared sample: index, label, the gate's verdict, the int8 verdict by interval
+/// bounds alone, the float verdict.
+type Row = (usize, usize, SampleVerdict, SampleVerdict, SampleVerdict);
+
 /// Compares the gate's verdicts in `outcome` (at radius `k`, on `test`) with the float
 /// side's on `model`'s twin (from the provenance scales when consistent, else from the
 /// requantization multipliers, as the attacks' twin). Parallel over samples; the result does
 /// not depend on the thread count.
 pub fn compare_float(model: &Model<'_>, test: &Dataset, outcome: &GateOutcome, k: u8, seed: u64) -> FloatComparison {
     let twin = FloatTwin::from_model(model).unwrap_or_else(|_| FloatTwin::from_requantization(model));
-    // (index, label, gate verdict, int8 verdict by IBP alone, float verdict).
-    let rows: Vec<(usize, usize, SampleVerdict, SampleVerdict, SampleVerdict)> = outcome
+    let rows: Vec<Row> = outcome
         .samples
         .par_iter()
         .map_init(
