@@ -270,16 +270,15 @@ pub fn compare_float(model: &Model<'_>, test: &Dataset, outcome: &GateOutcome, k
             },
         )
         .collect();
-    let count =
-        |pick: fn(&(usize, usize, SampleVerdict, SampleVerdict, SampleVerdict)) -> (SampleVerdict, SampleVerdict)| {
-            let mut per: Vec<(SampleVerdict, SampleVerdict, usize)> = Vec::new();
-            for a in ALL {
-                for b in ALL {
-                    per.push((a, b, rows.iter().filter(|r| pick(r) == (a, b)).count()));
-                }
+    let count = |pick: fn(&Row) -> (SampleVerdict, SampleVerdict)| {
+        let mut per: Vec<(SampleVerdict, SampleVerdict, usize)> = Vec::new();
+        for a in ALL {
+            for b in ALL {
+                per.push((a, b, rows.iter().filter(|r| pick(r) == (a, b)).count()));
             }
-            ordered(per)
-        };
+        }
+        ordered(per)
+    };
     let differing = rows
         .iter()
         .filter(|r| r.2 != r.4)
