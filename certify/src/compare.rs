@@ -142,11 +142,12 @@ impl FloatComparison {
         let carried = self.count(SampleVerdict::Falsified, SampleVerdict::Certified);
         let _ = writeln!(
             o,
-            "\n{} of {} samples differ; float-certified but broken on int8: {carried}; float-certified, int8 not proved: {}; int8-certified, float broken: {}.",
+            "\n{} of {} samples differ; float-certified but broken on int8: {carried}; float-certified, int8 not proved: {}; int8-certified, float broken: {}; float broken, int8 not: {}.",
             self.differing.len(),
             self.n,
             self.count(SampleVerdict::Unknown, SampleVerdict::Certified),
             self.count(SampleVerdict::Certified, SampleVerdict::Falsified),
+            self.count(SampleVerdict::Unknown, SampleVerdict::Falsified),
         );
         if !self.differing.is_empty() {
             let shown: Vec<String> = self
