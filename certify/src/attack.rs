@@ -10,6 +10,20 @@
 //! Every attack first checks the clean image (one query): a misclassified clean image is its
 //! own counterexample. With `k = 0` nothing else is tried. All attacks are deterministic
 //! given their random generator's state.
+//!
+//! - [`apgd`]: APGD with the cross-entropy, DLR and targeted DLR losses (AutoAttack's
+//!   gradient attacks).
+//! - [`search`]: the integer-aware coordinate search over the levels of a box, also a
+//!   falsifier for branch and bound.
+//! - [`suite`]: the `fast` and `standard` suites the gate runs, and their budgets.
+
+pub mod apgd;
+pub mod search;
+pub mod suite;
+
+pub use apgd::{ApgdConfig, ApgdLoss};
+pub use search::SearchConfig;
+pub use suite::{AttackName, AttackSuite};
 
 use crate::ibp::linf_ball;
 use crate::twin::{FloatTwin, Loss};

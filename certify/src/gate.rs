@@ -15,6 +15,7 @@ use iocane_runtime::rng::SplitMix64;
 use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 
+use crate::attack::suite::{self, AttackSuite, AttackTally, Budgets};
 use crate::attack::{Attacker, PgdConfig, SquareConfig};
 use crate::crown::Crown;
 use crate::ibp::{Bounder, Verdict};
@@ -293,13 +294,41 @@ pub struct GateConfig {
     /// (deterministic, unlike a time budget); used by [`BoundMethod::Bab`].
     #[serde(default)]
     pub bab_branches: usize,
+    /// The attacks and their other budgets (reports written before suites existed ran the
+    /// `fast` suite).
+    #[serde(default)]
+    pub suite: AttackSuite,
+}
+
+impl GateConfig {
+    /// Every attack budget of a run of this configuration.
+    pub fn budgets(&self) -> Budgets {
+        Budgets {
+            attacks: self.suite.attacks.clone(),
+            pgd: PgdConfig {
+                steps: self.pgd_steps,
+                restarts: self.pgd_restarts,
+                step_size: self.pgd_step_size,
+                ..PgdConfig::default()
+            },
+            square: SquareConfig { queries: self.square_queries, ..SquareConfig::default() },
+            random: self.random_samples,
+            apgd: crate::attack::ApgdConfig {
+                iterations: self.suite.apgd_iterations,
+                restarts: self.suite.apgd_restarts,
+                ..crate::attack::ApgdConfig::default()
+            },
+            apgd_targets: self.suite.apgd_targets,
+            search: crate::attack::SearchConfig { queries: self.suite.search_queries, ..Default::default() },
+        }
+    }
 }
 
 impl Default for GateConfig {
     /// The CLI's defaults (`iocane certify` without flags; its numeric flags take their
     /// defaults from here): radius 4/255, sweep 0,1,2,4,8,
-    /// 500 samples, seed 1, PGD 40 steps x 2 restarts, Square 500 queries, 100 random
-    /// samples, certified gate at threshold 0, CROWN bounds.
+    /// 500 samples, seed 1, the `fast` attack suite (PGD 40 steps x 2 restarts, FGSM, Square
+    /// 500 queries, 100 random samples), certified gate at threshold 0, CROWN bounds.
     fn default() -> Self {
         GateConfig {
             k: 4,
@@ -317,6 +346,7 @@ impl Default for GateConfig {
             strict: false,
             bound: BoundMethod::Crown,
             bab_branches: 64,
+            suite: AttackSuite::default(),
         }
     }
 }
@@ -399,8 +429,20 @@ pub struct LevelCounts {
     pub square: usize,
     /// Survived random sampling.
     pub random: usize,
-    /// Broken by Square but not by PGD (a gradient-masking sign).
+    /// Broken by a gradient-free attack (Square, random) but by none of the suite's gradient
+    /// attacks (a gradient-masking sign; 0 when the suite has no gradient attack).
     pub square_not_pgd: usize,
+    /// Per attack of the suite, in its order: samples it ran on, broke, and the robust count
+    /// after it and every earlier one (empty in reports written before suites existed).
+    #[serde(default)]
+    pub attacks: Vec<AttackTally>,
+    /// The doubling check (at the gate radius, with [`AttackSuite::double_check`]): samples
+    /// the suite left standing that it breaks with doubled steps, restarts and queries.
+    #[serde(default)]
+    pub doubled_broke: usize,
+    /// Seconds spent on the doubling check.
+    #[serde(default)]
+    pub doubled_seconds: f64,
     /// Seconds spent on bounds.
     pub bound_seconds: f64,
     /// Seconds spent on attacks.
@@ -414,7 +456,8 @@ impl LevelCounts {
             ($($f:ident),*) => { $(self.$f += o.$f;)* };
         }
         add!(n, clean, certified, certified_crown, certified_bab, empirical, fgsm, pgd, square, random, square_not_pgd);
-        add!(bound_seconds, attack_seconds);
+        add!(doubled_broke, bound_seconds, attack_seconds, doubled_seconds);
+        suite::add_tallies(&mut self.attacks, &o.attacks);
     }
     /// `count / n`.
     pub fn acc(&self, count: usize) -> f64 {
@@ -511,6 +554,9 @@ fn one_sample(
 ) -> SampleResult {
     let (px, label, index) = (s.px, s.label, s.index);
     counts.n += 1;
+    if counts.attacks.is_empty() {
+        counts.attacks = suite::tallies(&cfg.suite.attacks);
+    }
     let mut res = SampleResult {
         index,
         label,
@@ -555,35 +601,26 @@ fn one_sample(
             ] {
                 *c += 1;
             }
+            suite::record_certified(&mut counts.attacks);
             return res;
         }
         Verdict::Unknown => counts.clean += 1,
     }
     let t1 = Instant::now();
     let mut rng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0x5EED_0000_0000);
-    let pgd_cfg = PgdConfig {
-        steps: cfg.pgd_steps,
-        restarts: cfg.pgd_restarts,
-        step_size: cfg.pgd_step_size,
-        ..PgdConfig::default()
-    };
-    let sq_cfg = SquareConfig { queries: cfg.square_queries, ..SquareConfig::default() };
-    let results = [
-        ("pgd", att.pgd(px, label, k, &pgd_cfg, &mut rng)),
-        ("fgsm", att.fgsm(px, label, k)),
-        ("square", att.square(px, label, k, &sq_cfg, &mut rng)),
-        ("random", att.random_sampling(px, label, k, cfg.random_samples, &mut rng)),
-    ];
+    let budgets = cfg.budgets();
+    let runs = suite::run_suite(att, px, label, k, &budgets, &mut rng);
     counts.attack_seconds += t1.elapsed().as_secs_f64();
-    let ok = |name: &str| !results.iter().any(|(n, r)| *n == name && r.success());
-    counts.fgsm += usize::from(ok("fgsm"));
-    counts.pgd += usize::from(ok("pgd"));
-    counts.square += usize::from(ok("square"));
-    counts.random += usize::from(ok("random"));
-    counts.square_not_pgd += usize::from(!ok("square") && ok("pgd"));
-    for (name, r) in results {
-        if let Some(cx) = r.counterexample {
-            res.broken_by.push(name.to_string());
+    let ok = |name: suite::AttackName| !runs.iter().any(|r| r.attack == name && r.broke());
+    counts.fgsm += usize::from(ok(suite::AttackName::Fgsm));
+    counts.pgd += usize::from(ok(suite::AttackName::Pgd));
+    counts.square += usize::from(ok(suite::AttackName::Square));
+    counts.random += usize::from(ok(suite::AttackName::Random));
+    counts.square_not_pgd += usize::from(suite::masking_sign(&runs));
+    suite::record(&mut counts.attacks, &runs);
+    for r in runs {
+        if let Some(cx) = r.result.and_then(|r| r.counterexample) {
+            res.broken_by.push(r.attack.to_string());
             if res.counterexample.is_none() {
                 res.counterexample = Some(cx);
             }
@@ -597,6 +634,13 @@ fn one_sample(
     } else {
         res.verdict = SampleVerdict::Unknown;
         counts.empirical += 1;
+        if cfg.suite.double_check && k == cfg.k {
+            let t = Instant::now();
+            let mut rng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0xD0B1_ED00_0000);
+            let runs = suite::run_suite(att, px, label, k, &budgets.doubled(), &mut rng);
+            counts.doubled_broke += usize::from(runs.iter().any(suite::AttackRun::broke));
+            counts.doubled_seconds += t.elapsed().as_secs_f64();
+        }
         if cfg.bound == BoundMethod::Bab {
             let t2 = Instant::now();
             let bab = crown.bab_margin(px, label, k, cfg.bab_branches);
@@ -735,16 +779,19 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
         }
     }
     for l in &o.levels {
-        if l.pgd > l.fgsm {
-            w.push(format!(
-                "at k={}, PGD leaves {} samples standing but FGSM only {}: PGD is weaker than FGSM",
-                l.k, l.pgd, l.fgsm
-            ));
-        }
+        w.extend(suite::tally_warnings(l.k, l.clean, &l.attacks, (l.pgd, l.fgsm)));
         if l.square_not_pgd > 0 {
             w.push(format!(
-                "at k={}, the gradient-free Square Attack broke {} sample(s) that PGD did not: a sign of gradient masking",
+                "at k={}, a gradient-free attack (Square, random) broke {} sample(s) that no gradient attack did: a sign of gradient masking",
                 l.k, l.square_not_pgd
+            ));
+        }
+        if l.doubled_broke * 100 > l.n {
+            w.push(format!(
+                "at k={}, doubling the attacks' steps, restarts and queries broke {} more sample(s) ({:.2} points): the attacks have not converged",
+                l.k,
+                l.doubled_broke,
+                100.0 * l.acc(l.doubled_broke)
             ));
         }
     }

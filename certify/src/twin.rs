@@ -68,13 +68,70 @@ pub enum Loss {
     /// Carlini-Wagner margin: `max_{j != y} z_j - z_y` (positive iff misclassified).
     #[default]
     Margin,
+    /// Difference of logits ratio (Croce & Hein 2020), untargeted:
+    /// `-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`, with `z_pi1 >= z_pi2 >= ...` the
+    /// sorted logits (invariant to shifting and scaling the logits). With fewer than three
+    /// classes the missing sorted logits are the smallest one.
+    Dlr,
+    /// Targeted difference of logits ratio (APGD-T):
+    /// `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)` for target class `t`. With fewer
+    /// than four classes the missing sorted logits are the smallest one.
+    DlrTargeted {
+        /// The target class `t`.
+        target: usize,
+    },
+}
+
+/// Classes by descending logit (ties to the lowest index first).
+fn sorted_desc(logits: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx
+}
+
+/// The class with the largest logit other than `label` (lowest index among ties).
+fn best_other(logits: &[f32], label: usize) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (j, &z) in logits.iter().enumerate() {
+        if j != label && best.is_none_or(|b| z > logits[b]) {
+            best = Some(j);
+        }
+    }
+    best
+}
+
+/// The DLR numerator's two classes `(y, other)`, its denominator's classes with their
+/// weights, for the untargeted (`target = None`) or targeted loss.
+fn dlr_terms(logits: &[f32], label: usize, target: Option<usize>) -> (usize, usize, [(usize, f32); 3]) {
+    let s = sorted_desc(logits);
+    let at = |i: usize| s[i.min(s.len() - 1)];
+    match target {
+        None => {
+            let other = best_other(logits, label).unwrap_or(label);
+            (other, label, [(at(0), 1.0), (at(2), -1.0), (at(2), 0.0)])
+        }
+        Some(t) => (t, label, [(at(0), 1.0), (at(2), -0.5), (at(3), -0.5)]),
+    }
+}
+
+/// Value and d/dz of `(z_a - z_y) / (Σ w_i z_i + 1e-12)`, the DLR losses' common form.
+fn dlr(logits: &[f32], (a, y, den): (usize, usize, [(usize, f32); 3])) -> (f32, Vec<f32>) {
+    let n = logits[a] - logits[y];
+    let d = den.iter().map(|&(i, w)| w * logits[i]).sum::<f32>() + 1e-12;
+    let mut g = vec![0.0; logits.len()];
+    g[a] += 1.0 / d;
+    g[y] -= 1.0 / d;
+    for &(i, w) in &den {
+        g[i] -= n * w / (d * d);
+    }
+    (n / d, g)
 }
 
 impl Loss {
     /// The loss value for `logits` and true class `label`.
     ///
     /// # Panics
-    /// If `label` is out of range.
+    /// If `label` (or a DLR target) is out of range.
     pub fn value(self, logits: &[f32], label: usize) -> f32 {
         let zy = logits[label];
         match self {
@@ -91,6 +148,8 @@ impl Loss {
                     .fold(f32::NEG_INFINITY, |a, (_, &b)| a.max(b));
                 other - zy
             }
+            Loss::Dlr => dlr(logits, dlr_terms(logits, label, None)).0,
+            Loss::DlrTargeted { target } => dlr(logits, dlr_terms(logits, label, Some(target))).0,
         }
     }
 
@@ -105,18 +164,14 @@ impl Loss {
             }
             Loss::Margin => {
                 let mut g = vec![0.0; logits.len()];
-                let mut best: Option<usize> = None;
-                for (j, &z) in logits.iter().enumerate() {
-                    if j != label && best.is_none_or(|b| z > logits[b]) {
-                        best = Some(j);
-                    }
-                }
-                if let Some(b) = best {
+                if let Some(b) = best_other(logits, label) {
                     g[b] = 1.0;
                     g[label] = -1.0;
                 }
                 g
             }
+            Loss::Dlr => dlr(logits, dlr_terms(logits, label, None)).1,
+            Loss::DlrTargeted { target } => dlr(logits, dlr_terms(logits, label, Some(target))).1,
         }
     }
 }
@@ -461,7 +516,7 @@ mod tests {
             let blob = consistent(random_model(shape, 4, &layers, 70 + i as u64)).emit();
             let model = Model::parse(&blob).unwrap();
             let twin = FloatTwin::from_model(&model).unwrap();
-            for loss in [Loss::CrossEntropy, Loss::Margin] {
+            for loss in [Loss::CrossEntropy, Loss::Margin, Loss::Dlr, Loss::DlrTargeted { target: 3 }] {
                 for _ in 0..3 {
                     let px: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
                     let x = FloatTwin::input_from_pixels(&px);
