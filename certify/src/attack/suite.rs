@@ -232,7 +232,9 @@ pub fn run_suite(
             AttackName::Fgsm => Some(att.fgsm(pixels, label, k)),
             AttackName::Square => Some(att.square(pixels, label, k, &b.square, rng)),
             AttackName::Random => Some(att.random_sampling(pixels, label, k, b.random, rng)),
-            AttackName::ApgdCe => Some(att.apgd(pixels, label, k, &ApgdConfig { loss: ApgdLoss::CrossEntropy, ..b.apgd }, rng)),
+            AttackName::ApgdCe => {
+                Some(att.apgd(pixels, label, k, &ApgdConfig { loss: ApgdLoss::CrossEntropy, ..b.apgd }, rng))
+            }
             AttackName::ApgdDlr => Some(att.apgd(pixels, label, k, &ApgdConfig { loss: ApgdLoss::Dlr, ..b.apgd }, rng)),
             AttackName::ApgdT => Some(att.apgd(
                 pixels,
