@@ -1323,6 +1323,52 @@ mod tests {
         }
     }
 
+    /// Issue 12: a standard-suite report has a column per attack and the running robust
+    /// accuracy, its per-attack counts add up to the verdicts, survive a merge, and a report
+    /// whose per-attack counts were tampered with is refused.
+    #[test]
+    fn issue12_per_attack_counts_are_reported_merged_and_checked() {
+        use crate::attack::suite::{AttackSuite, STANDARD};
+        let (blob, data) = fixture();
+        let cfg = |shard| GateConfig {
+            suite: AttackSuite {
+                attacks: STANDARD.to_vec(),
+                apgd_iterations: 5,
+                apgd_targets: 2,
+                search_queries: 30,
+                ..AttackSuite::default()
+            },
+            ..config(shard, 1)
+        };
+        let whole = report(&blob, &data, cfg((0, 1)));
+        whole.check_consistent().unwrap();
+        let md = whole.markdown();
+        assert!(md.contains("| apgd-ce | apgd-t | square | search |"), "{md}");
+        assert!(
+            md.contains("| k | clean | after apgd-ce | after apgd-t | after square | after search | final |"),
+            "{md}"
+        );
+        let at = whole.outcome.at(40).unwrap();
+        let first: usize = whole.result.attacks.iter().map(|a| a.broke_first).sum();
+        assert_eq!(first, at.clean - at.empirical);
+        assert!(first > 0, "the fixture breaks nothing");
+        let parts: Vec<CertifyReport> = (0..2).map(|i| report(&blob, &data, cfg((i, 2)))).collect();
+        assert_eq!(merge_reports(&parts).unwrap().outcome.levels, {
+            let mut l = whole.outcome.levels.clone();
+            let m = merge_reports(&parts).unwrap();
+            for (a, b) in l.iter_mut().zip(&m.outcome.levels) {
+                (a.bound_seconds, a.attack_seconds) = (b.bound_seconds, b.attack_seconds);
+            }
+            l
+        });
+        let mut tampered = whole.clone();
+        tampered.outcome.levels.iter_mut().for_each(|l| l.attacks[0].robust_after = l.clean + 1);
+        assert!(tampered.check_consistent().unwrap_err().contains("per-attack"));
+        let mut renamed = whole.clone();
+        renamed.outcome.levels.iter_mut().for_each(|l| l.attacks.reverse());
+        assert!(renamed.check_consistent().is_err());
+    }
+
     fn shard_report(split_len: usize, shard: (usize, usize)) -> CertifyReport {
         let config = GateConfig {
             k: 0,
