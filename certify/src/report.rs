@@ -72,6 +72,9 @@ pub struct AttackSummary {
     pub robust_acc: f64,
     /// Samples this attack broke first (no earlier attack of the suite broke them).
     pub broke_first: usize,
+    /// Samples per second of this attack over the samples it ran on (per thread).
+    #[serde(default)]
+    pub samples_per_s: f64,
 }
 
 impl LevelSummary {
@@ -101,6 +104,7 @@ impl LevelSummary {
                         alone_acc: c.acc(c.clean.saturating_sub(t.broke)),
                         robust_acc: c.acc(t.robust_after),
                         broke_first: first,
+                        samples_per_s: t.ran as f64 / t.seconds.max(1e-9),
                     })
                 })
                 .collect(),
@@ -1358,6 +1362,9 @@ mod tests {
             let m = merge_reports(&parts).unwrap();
             for (a, b) in l.iter_mut().zip(&m.outcome.levels) {
                 (a.bound_seconds, a.attack_seconds) = (b.bound_seconds, b.attack_seconds);
+                for (x, y) in a.attacks.iter_mut().zip(&b.attacks) {
+                    x.seconds = y.seconds;
+                }
             }
             l
         });

@@ -543,6 +543,23 @@ mod tests {
         }
     }
 
+    /// Issue 12: the DLR losses are AutoAttack's formulas, invariant to shifting and scaling
+    /// the logits, and positive exactly when the sample is misclassified (resp. the target wins).
+    #[test]
+    fn dlr_losses_follow_the_reference_formulas() {
+        let z = [3.0f32, 1.0, 2.0, -1.0, 0.5];
+        // Sorted: 3 (0), 2 (2), 1 (1), 0.5 (4), -1 (3).
+        assert!((Loss::Dlr.value(&z, 0) - (-(3.0 - 2.0) / (3.0 - 1.0))).abs() < 1e-6);
+        assert!((Loss::Dlr.value(&z, 2) - (-(2.0 - 3.0) / (3.0 - 1.0))).abs() < 1e-6);
+        let t = Loss::DlrTargeted { target: 1 };
+        assert!((t.value(&z, 0) - (-(3.0 - 1.0) / (3.0 - 0.5 * (1.0 + 0.5)))).abs() < 1e-6);
+        for loss in [Loss::Dlr, t] {
+            let moved: Vec<f32> = z.iter().map(|v| 4.0 * v - 7.0).collect();
+            assert!((loss.value(&z, 0) - loss.value(&moved, 0)).abs() < 1e-5, "{loss:?}");
+        }
+        assert!(Loss::Dlr.value(&z, 0) < 0.0 && Loss::Dlr.value(&z, 1) > 0.0);
+    }
+
     #[test]
     fn missing_or_inconsistent_scales_are_reported() {
         // random_model's provenance scales (0.01, 0.05) do not match its multipliers.

@@ -198,12 +198,14 @@ impl Budgets {
 }
 
 /// What one attack of a suite did to one sample.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AttackRun {
     /// The attack.
     pub attack: AttackName,
     /// Its result; `None` when it did not run (the integer search after an earlier success).
     pub result: Option<AttackResult>,
+    /// Wall seconds it took.
+    pub seconds: f64,
 }
 
 impl AttackRun {
@@ -227,6 +229,7 @@ pub fn run_suite(
 ) -> Vec<AttackRun> {
     let mut out: Vec<AttackRun> = Vec::with_capacity(b.attacks.len());
     for &attack in &b.attacks {
+        let t = std::time::Instant::now();
         let result = match attack {
             AttackName::Pgd => Some(att.pgd(pixels, label, k, &b.pgd, rng)),
             AttackName::Fgsm => Some(att.fgsm(pixels, label, k)),
@@ -247,13 +250,13 @@ pub fn run_suite(
                 (!out.iter().any(AttackRun::broke)).then(|| att.integer_search(pixels, label, k, &b.search, rng))
             }
         };
-        out.push(AttackRun { attack, result });
+        out.push(AttackRun { attack, result, seconds: t.elapsed().as_secs_f64() });
     }
     out
 }
 
 /// One attack's counts at one radius (mergeable across shards).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttackTally {
     /// The attack.
     pub attack: AttackName,
@@ -264,11 +267,14 @@ pub struct AttackTally {
     /// Samples robust after it and every earlier attack of the suite (certified included):
     /// AutoAttack's running robust accuracy.
     pub robust_after: usize,
+    /// Seconds it spent, summed over the samples it ran on (and over threads).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Empty tallies for `attacks`, in order.
 pub fn tallies(attacks: &[AttackName]) -> Vec<AttackTally> {
-    attacks.iter().map(|&attack| AttackTally { attack, ran: 0, broke: 0, robust_after: 0 }).collect()
+    attacks.iter().map(|&attack| AttackTally { attack, ran: 0, broke: 0, robust_after: 0, seconds: 0.0 }).collect()
 }
 
 /// Adds `other` into `acc` attack by attack (an empty side takes the other's).
@@ -281,6 +287,7 @@ pub fn add_tallies(acc: &mut Vec<AttackTally>, other: &[AttackTally]) {
         a.ran += o.ran;
         a.broke += o.broke;
         a.robust_after += o.robust_after;
+        a.seconds += o.seconds;
     }
 }
 
@@ -297,6 +304,7 @@ pub fn record(t: &mut [AttackTally], runs: &[AttackRun]) {
         t.broke += usize::from(r.broke());
         standing &= !r.broke();
         t.robust_after += usize::from(standing);
+        t.seconds += r.seconds;
     }
 }
 

@@ -222,6 +222,7 @@ fn issue12_gate_is_deterministic_across_thread_counts() {
         let mut o = pool.install(|| gate::run(&model, &data, &cfg, &|_| {}, &AtomicBool::new(false)).unwrap());
         for l in &mut o.levels {
             (l.bound_seconds, l.attack_seconds, l.doubled_seconds) = (0.0, 0.0, 0.0);
+            l.attacks.iter_mut().for_each(|t| t.seconds = 0.0);
         }
         o
     };
