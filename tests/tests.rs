@@ -1018,7 +1018,7 @@ mod issue12 {
                     &mut rng,
                 ),
                 att.square(p, label, k, &SquareConfig { queries: 5000, ..SquareConfig::default() }, &mut rng),
-                att.integer_search(p, label, k, &SearchConfig::default(), &mut rng),
+                att.integer_search(p, label, k, None, &SearchConfig::default(), &mut rng),
             ];
             suite += usize::from(results[1..].iter().any(|r| r.success()));
             for (b, r) in broke.iter_mut().zip(&results) {

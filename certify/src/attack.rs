@@ -51,6 +51,11 @@ pub struct AttackResult {
     pub queries: usize,
     /// Number of float-twin gradient evaluations spent (0 for gradient-free attacks).
     pub gradients: usize,
+    /// The correctly classified image with the smallest int8 margin ([`margin`]) among those
+    /// the attack queried, with that margin: where a later search can start (`None` when it
+    /// found a counterexample or queried nothing but a misclassified clean image).
+    #[serde(skip)]
+    pub nearest_miss: Option<(i64, Vec<u8>)>,
 }
 
 impl AttackResult {
@@ -173,7 +178,17 @@ impl<'m> Attacker<'m> {
     fn test(&mut self, x: &[u8], label: usize, res: &mut AttackResult) -> bool {
         if self.query(x, res) != label {
             res.counterexample = Some(x.to_vec());
+            res.nearest_miss = None;
             return true;
+        }
+        let m = margin(&self.logits, label);
+        match &mut res.nearest_miss {
+            Some((best, img)) if m < *best => {
+                *best = m;
+                img.copy_from_slice(x);
+            }
+            Some(_) => {}
+            None => res.nearest_miss = Some((m, x.to_vec())),
         }
         false
     }

@@ -9,6 +9,9 @@
 //! `min_{j != y} (z_y - z_j + [j > y])` strictly falls. The image is misclassified iff that
 //! margin is `<= 0`.
 //!
+//! The gate starts it from the nearest miss of the attacks before it (the correctly classified
+//! image with the smallest int8 margin they queried), so it finishes what they almost found.
+//!
 //! Each round orders the pixels by the straight-through gradient of the twin's margin loss
 //! times the room the pixel has in the gradient's direction (the twin only ranks the pixels; it
 //! never decides). A round first tries the far end of every ranked pixel (a vertex move),
@@ -44,16 +47,20 @@ impl Default for SearchConfig {
 
 impl Attacker<'_> {
     /// The integer search on the ball of `k` levels around `pixels` (clipped to `[0, 255]`),
-    /// started from the better (smaller int8 margin) of the clean image and the vertex the
-    /// twin's margin gradient points to. Checks the clean image first, like every attack.
+    /// started from the best (smallest int8 margin) of the clean image, the vertex the twin's
+    /// margin gradient points to and `hint` (an earlier attack's
+    /// [`AttackResult::nearest_miss`], clamped into the ball). Checks the clean image first,
+    /// like every attack.
     ///
     /// # Panics
-    /// If `pixels` does not have `model.input_len()` pixels or `label` is out of range.
+    /// If `pixels` does not have `model.input_len()` pixels, `hint` is not that long, or
+    /// `label` is out of range.
     pub fn integer_search(
         &mut self,
         pixels: &[u8],
         label: usize,
         k: u8,
+        hint: Option<&[u8]>,
         cfg: &SearchConfig,
         rng: &mut SplitMix64,
     ) -> AttackResult {
@@ -76,13 +83,18 @@ impl Attacker<'_> {
                 }
             })
             .collect();
-        let mut start = pixels.to_vec();
-        if vertex != pixels && res.queries < cfg.queries {
-            if self.test(&vertex, label, &mut res) {
+        let (mut start, mut start_margin) = (pixels.to_vec(), clean_margin);
+        let hint = hint.map(|h| (0..pixels.len()).map(|i| h[i].clamp(lo[i], hi[i])).collect::<Vec<u8>>());
+        for cand in [Some(vertex), hint].into_iter().flatten() {
+            if cand == start || res.queries >= cfg.queries {
+                continue;
+            }
+            if self.test(&cand, label, &mut res) {
                 return res;
             }
-            if margin(&self.logits, label) < clean_margin {
-                start = vertex;
+            let m = margin(&self.logits, label);
+            if m < start_margin {
+                (start, start_margin) = (cand, m);
             }
         }
         let sub = SearchConfig { queries: cfg.queries.saturating_sub(res.queries), ..*cfg };
@@ -90,6 +102,7 @@ impl Attacker<'_> {
         res.queries += more.queries;
         res.gradients += more.gradients;
         res.counterexample = more.counterexample;
+        res.nearest_miss = more.nearest_miss;
         res
     }
 

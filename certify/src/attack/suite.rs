@@ -33,7 +33,7 @@ pub enum AttackName {
     /// APGD with the targeted DLR loss over the top target classes (APGD-T).
     ApgdT,
     /// The integer-aware coordinate search ([`Attacker::integer_search`]), run only on the
-    /// samples no earlier attack of the suite broke.
+    /// samples no earlier attack of the suite broke, from their nearest miss.
     Search,
 }
 
@@ -246,9 +246,14 @@ pub fn run_suite(
                 &ApgdConfig { loss: ApgdLoss::TargetedDlr { targets: b.apgd_targets }, ..b.apgd },
                 rng,
             )),
-            AttackName::Search => {
-                (!out.iter().any(AttackRun::broke)).then(|| att.integer_search(pixels, label, k, &b.search, rng))
-            }
+            AttackName::Search => (!out.iter().any(AttackRun::broke)).then(|| {
+                let hint = out
+                    .iter()
+                    .filter_map(|r| r.result.as_ref()?.nearest_miss.as_ref())
+                    .min_by_key(|(m, _)| *m)
+                    .map(|(_, x)| x.clone());
+                att.integer_search(pixels, label, k, hint.as_deref(), &b.search, rng)
+            }),
         };
         out.push(AttackRun { attack, result, seconds: t.elapsed().as_secs_f64() });
     }

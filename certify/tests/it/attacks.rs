@@ -111,11 +111,13 @@ proptest! {
         let mut att = Attacker::new(&model);
         let apgd = |loss| ApgdConfig { iterations: 12, loss, ..ApgdConfig::default() };
         let search = SearchConfig { queries: 150, pixels_per_round: 8 };
+        // A hint from anywhere (here: random pixels) is clamped into the ball.
+        let hint: Vec<u8> = (0..p.len()).map(|_| rng.next_u64() as u8).collect();
         let results = [
             att.apgd(&p, label, k, &apgd(ApgdLoss::CrossEntropy), &mut rng),
             att.apgd(&p, label, k, &apgd(ApgdLoss::Dlr), &mut rng),
             att.apgd(&p, label, k, &apgd(ApgdLoss::TargetedDlr { targets: 9 }), &mut rng),
-            att.integer_search(&p, label, k, &search, &mut rng),
+            att.integer_search(&p, label, k, Some(&hint), &search, &mut rng),
         ];
         for r in &results {
             if verdict == Verdict::Certified {
@@ -177,7 +179,7 @@ fn issue12_new_attacks_break_samples_pgd_breaks() {
                 )
                 .success(),
                 att.apgd(&p, label, k, &ApgdConfig { loss: ApgdLoss::Dlr, ..ApgdConfig::default() }, &mut r).success(),
-                att.integer_search(&p, label, k, &SearchConfig::default(), &mut r).success(),
+                att.integer_search(&p, label, k, None, &SearchConfig::default(), &mut r).success(),
             ];
             for (b, f) in broke.iter_mut().zip(found) {
                 *b += usize::from(f);
