@@ -153,6 +153,52 @@ impl Loss {
         }
     }
 
+    /// The loss value in `f64`. For the cross-entropy it is `ln(1 + Σ_{j != y} e^{z_j - z_y})`,
+    /// which stays positive where the `f32` value of a saturated softmax rounds to 0 (the
+    /// other losses are the `f32` value).
+    ///
+    /// # Panics
+    /// If `label` (or a DLR target) is out of range.
+    pub fn value_f64(self, logits: &[f32], label: usize) -> f64 {
+        match self {
+            Loss::CrossEntropy => {
+                let zy = logits[label] as f64;
+                let others: Vec<f64> =
+                    logits.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &z)| z as f64 - zy).collect();
+                let m = others.iter().fold(0f64, |a, &b| a.max(b));
+                // ln(1 + Σ e^{d}) = m + ln(e^{-m} + Σ e^{d - m}), exact for large and small m.
+                if m > 0.0 {
+                    m + ((-m).exp() + others.iter().map(|&d| (d - m).exp()).sum::<f64>()).ln()
+                } else {
+                    others.iter().map(|&d| d.exp()).sum::<f64>().ln_1p()
+                }
+            }
+            _ => self.value(logits, label) as f64,
+        }
+    }
+
+    /// d loss / d logits up to a positive factor, formed in `f64` and scaled to a largest
+    /// entry of 1: the cross-entropy's `p_j` for `j != y` and `-Σ_{j != y} p_j` for `y` keep
+    /// their signs where `p_y` rounds to 1 in `f32`.
+    fn direction(self, logits: &[f32], label: usize) -> Vec<f32> {
+        let g: Vec<f64> = match self {
+            Loss::CrossEntropy => {
+                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let e: Vec<f64> = logits.iter().map(|&z| (z as f64 - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                let rest: f64 = e.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &v)| v).sum();
+                e.iter().enumerate().map(|(j, &v)| if j == label { -rest / s } else { v / s }).collect()
+            }
+            _ => self.gradient(logits, label).iter().map(|&v| v as f64).collect(),
+        };
+        let top = g.iter().fold(0f64, |a, &b| a.max(b.abs()));
+        if top > 0.0 && top.is_finite() {
+            g.iter().map(|&v| (v / top) as f32).collect()
+        } else {
+            g.iter().map(|&v| v as f32).collect()
+        }
+    }
+
     /// d loss / d logits.
     fn gradient(self, logits: &[f32], label: usize) -> Vec<f32> {
         match self {
@@ -391,6 +437,23 @@ impl FloatTwin {
     /// # Panics
     /// If `x` does not have [`FloatTwin::input_len`] values or `label` is out of range.
     pub fn input_gradient(&self, x: &[f32], label: usize, loss: Loss) -> (Vec<f32>, Vec<f32>) {
+        self.backprop(x, label, |z| loss.gradient(z, label))
+    }
+
+    /// Logits and a positive multiple of the gradient of `loss` with respect to `x` (the
+    /// same direction and signs as [`FloatTwin::input_gradient`]), computed so that a
+    /// saturated softmax does not round it to zero: the logit gradient is formed in `f64`
+    /// ([`Loss::direction`]) and scaled to a largest entry of 1 before the backward pass.
+    /// Sign-gradient attacks use it.
+    ///
+    /// # Panics
+    /// If `x` does not have [`FloatTwin::input_len`] values or `label` is out of range.
+    pub fn input_direction(&self, x: &[f32], label: usize, loss: Loss) -> (Vec<f32>, Vec<f32>) {
+        self.backprop(x, label, |z| loss.direction(z, label))
+    }
+
+    /// The forward pass with a tape, then the backward pass from the logit gradient `dz`.
+    fn backprop(&self, x: &[f32], label: usize, dz: impl Fn(&[f32]) -> Vec<f32>) -> (Vec<f32>, Vec<f32>) {
         assert_eq!(x.len(), self.input_len, "twin input length");
         assert!(label < self.classes, "label {label} out of range");
         // Tape: inputs of every layer and pre-clamp outputs of clamped layers.
@@ -407,7 +470,7 @@ impl FloatTwin {
             pre.push(y);
         }
         let logits = cur;
-        let mut g = loss.gradient(&logits, label);
+        let mut g = dz(&logits);
         for (i, l) in self.layers.iter().enumerate().rev() {
             if let Some((lo, hi)) = l.clamp {
                 for (gi, &v) in g.iter_mut().zip(&pre[i]) {
@@ -558,6 +621,31 @@ mod tests {
             assert!((loss.value(&z, 0) - loss.value(&moved, 0)).abs() < 1e-5, "{loss:?}");
         }
         assert!(Loss::Dlr.value(&z, 0) < 0.0 && Loss::Dlr.value(&z, 1) > 0.0);
+    }
+
+    /// Issue 12: where a saturated softmax rounds the `f32` cross-entropy and its gradient to
+    /// zero, the `f64` value stays positive and increasing, and the direction keeps its signs;
+    /// elsewhere the direction is a positive multiple of the gradient.
+    #[test]
+    fn cross_entropy_direction_survives_saturation() {
+        let ce = Loss::CrossEntropy;
+        let sat = [120.0f32, 0.0, 3.0];
+        assert_eq!(ce.value(&sat, 0), 0.0);
+        assert!(ce.gradient(&sat, 0).iter().all(|&g| g == 0.0));
+        let v = ce.value_f64(&sat, 0);
+        assert!(v > 0.0 && v < 1e-40, "{v}");
+        assert!(ce.value_f64(&[119.0, 0.0, 3.0], 0) > v);
+        let d = ce.direction(&sat, 0);
+        assert!(d[0] < 0.0 && d[1] > 0.0 && d[2] > 0.0 && d[2] > d[1], "{d:?}");
+        let z = [1.0f32, 0.5, -2.0, 0.3];
+        for loss in [ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted { target: 2 }] {
+            let (g, d) = (loss.gradient(&z, 1), loss.direction(&z, 1));
+            let top = g.iter().fold(0f32, |a, &b| a.max(b.abs()));
+            for (a, b) in g.iter().zip(&d) {
+                assert!((a / top - b).abs() < 1e-5, "{loss:?}: {g:?} vs {d:?}");
+            }
+            assert!((loss.value_f64(&z, 1) - loss.value(&z, 1) as f64).abs() < 1e-5);
+        }
     }
 
     #[test]

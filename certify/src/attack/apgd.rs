@@ -17,7 +17,10 @@
 //!   improved since.
 //!
 //! The losses are the twin's (cross-entropy, DLR, targeted DLR): the schedule runs exactly as
-//! published on the differentiable twin. Every iterate is rounded to the integer grid and run
+//! published on the differentiable twin. Loss values and logit gradients are formed in `f64`
+//! ([`Loss::value_f64`], [`crate::twin::FloatTwin::input_direction`]), so that a saturated
+//! softmax (an IBP-trained model's confident logits) does not round the cross-entropy and its
+//! gradient to zero, which would stall APGD-CE. Every iterate is rounded to the integer grid and run
 //! on the int8 model; the first one it misclassifies is the counterexample.
 
 use super::{round_into, unit, AttackResult, Attacker};
@@ -152,7 +155,7 @@ impl Attacker<'_> {
         let mut period_start = 0;
         let mut loss_best_last_check = loss_best;
         let mut reduced_last_check = true;
-        let mut loss_steps: Vec<f32> = Vec::with_capacity(cfg.iterations);
+        let mut loss_steps: Vec<f64> = Vec::with_capacity(cfg.iterations);
         let mut next = vec![0f32; n];
         for i in 0..cfg.iterations {
             let a = if i > 0 { cfg.alpha } else { 1.0 };
@@ -192,7 +195,7 @@ impl Attacker<'_> {
                         cur > prev
                     })
                     .count();
-                let oscillating = rose as f32 <= period as f32 * cfg.rho;
+                let oscillating = rose as f64 <= period as f64 * cfg.rho as f64;
                 let no_improvement = !reduced_last_check && loss_best_last_check >= loss_best;
                 let reduce = oscillating || no_improvement;
                 reduced_last_check = reduce;
@@ -207,12 +210,12 @@ impl Attacker<'_> {
         false
     }
 
-    /// The twin's loss and its gradient at pixel-unit `x`.
-    fn apgd_eval(&mut self, x: &[f32], label: usize, loss: Loss, res: &mut AttackResult) -> (f32, Vec<f32>) {
+    /// The twin's loss (in `f64`) and its gradient's direction at pixel-unit `x`.
+    fn apgd_eval(&mut self, x: &[f32], label: usize, loss: Loss, res: &mut AttackResult) -> (f64, Vec<f32>) {
         let scaled: Vec<f32> = x.iter().map(|&v| v / 255.0).collect();
-        let (logits, g) = self.twin.input_gradient(&scaled, label, loss);
+        let (logits, g) = self.twin.input_direction(&scaled, label, loss);
         res.gradients += 1;
-        (loss.value(&logits, label), g)
+        (loss.value_f64(&logits, label), g)
     }
 
     /// Rounds `x` and runs it on the int8 model unless it is the last image tried.
