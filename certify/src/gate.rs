@@ -2,7 +2,8 @@
 //!
 //! Per sample and radius `k` (pixel levels): the clean image is run through the runtime
 //! (misclassified?), interval bounds over the integer arithmetic try to prove the ball
-//! (certified), and otherwise FGSM, PGD, the Square Attack and random sampling search for a
+//! (certified), and otherwise the attack suite (`--attacks`: FGSM, PGD, the Square Attack and
+//! random sampling by default; APGD and an integer search in `standard`) searches for a
 //! counterexample (falsified) — else the verdict is unknown. Certified accuracy is a lower
 //! bound on the true robust accuracy; empirical (attack) accuracy is an upper bound.
 
@@ -376,7 +377,8 @@ pub struct SampleResult {
     pub predicted: usize,
     /// Verdict.
     pub verdict: SampleVerdict,
-    /// Attacks that broke it (`fgsm`, `pgd`, `square`, `random`).
+    /// Attacks that broke it, in the suite's order (`pgd`, `apgd-t`, ...; the first one broke
+    /// it first and its counterexample is the one stored).
     pub broken_by: Vec<String>,
     /// The counterexample (u8 pixels), if any; in `report.json` only as
     /// [`SampleResult::counterexample_file`] (read back by `CertifyReport::read`).
