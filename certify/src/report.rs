@@ -472,7 +472,15 @@ impl CertifyReport {
 
     /// The accuracy table with a column per attack of the suite (alone).
     fn suite_table(&self, o: &mut String) {
-        let names: Vec<String> = self.config.suite.attacks.iter().map(|a| a.to_string()).collect();
+        let names: Vec<String> = self
+            .config
+            .suite
+            .attacks
+            .iter()
+            .map(
+                |a| if *a == crate::attack::AttackName::Search { format!("{a} (on survivors)") } else { a.to_string() },
+            )
+            .collect();
         let _ = writeln!(o, "\n| k | eps | clean | empirical (upper) | certified (lower) | {} |", names.join(" | "));
         let _ = writeln!(o, "|---|---|---|---|---|{}", "---|".repeat(names.len()));
         for l in &self.curve {
@@ -1347,7 +1355,7 @@ mod tests {
         let whole = report(&blob, &data, cfg((0, 1)));
         whole.check_consistent().unwrap();
         let md = whole.markdown();
-        assert!(md.contains("| apgd-ce | apgd-t | square | search |"), "{md}");
+        assert!(md.contains("| apgd-ce | apgd-t | square | search (on survivors) |"), "{md}");
         assert!(
             md.contains("| k | clean | after apgd-ce | after apgd-t | after square | after search | final |"),
             "{md}"
