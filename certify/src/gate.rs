@@ -788,7 +788,7 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
                 l.k, l.square_not_pgd
             ));
         }
-        if l.doubled_broke * 100 > l.n {
+        if l.doubled_broke.saturating_mul(100) > l.n {
             w.push(format!(
                 "at k={}, doubling the attacks' steps, restarts and queries broke {} more sample(s) ({:.2} points): the attacks have not converged",
                 l.k,

@@ -411,7 +411,7 @@ impl CertifyReport {
             );
         }
         if let Some(at) = self.outcome.at(self.config.k).filter(|_| self.config.suite.double_check) {
-            let standing = at.empirical - at.certified;
+            let standing = at.empirical.saturating_sub(at.certified);
             let _ = writeln!(
                 o,
                 "Doubling check at k = {}: doubled steps, restarts and queries broke {} of the {} samples the attacks left standing ({:.2} points of robust accuracy).",

@@ -339,7 +339,7 @@ pub fn tally_warnings(k: u8, clean: usize, t: &[AttackTally], (pgd, fgsm): (usiz
     t.iter()
         .filter(|t| t.attack.uses_gradients() && !matches!(t.attack, AttackName::Fgsm | AttackName::Search))
         .filter(|t| t.broke < f.broke)
-        .map(|t| weaker(t.attack, clean - t.broke, clean - f.broke))
+        .map(|t| weaker(t.attack, clean.saturating_sub(t.broke), clean.saturating_sub(f.broke)))
         .collect()
 }
 
