@@ -804,6 +804,18 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Issue 12: the doubling check warns when doubled budgets break more than 1 % of the
+    /// samples, and says by how much.
+    #[test]
+    fn issue12_doubling_check_warns_above_one_percent() {
+        let level = |doubled_broke| LevelCounts { k: 4, n: 200, clean: 190, doubled_broke, ..LevelCounts::default() };
+        let warn = |d| protocol_warnings(&GateOutcome { samples: vec![], levels: vec![level(d)] });
+        assert!(warn(2).is_empty());
+        let w = warn(3);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("broke 3 more sample(s) (1.50 points)"), "{w:?}");
+    }
+
     #[test]
     fn choices_parse_and_name_the_alternatives() {
         assert_eq!("empirical".parse::<GateKind>(), Ok(GateKind::Empirical));

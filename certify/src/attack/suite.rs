@@ -347,6 +347,41 @@ pub fn tally_warnings(k: u8, clean: usize, t: &[AttackTally], (pgd, fgsm): (usiz
 mod tests {
     use super::*;
 
+    /// Iterative attacks that break fewer samples than FGSM are named; the search (which runs
+    /// on survivors only) and suites without FGSM raise nothing; old reports use the fields.
+    #[test]
+    fn weaker_than_fgsm_is_flagged_per_attack() {
+        let t = |attack, broke| AttackTally { attack, ran: 10, broke, robust_after: 0, seconds: 0.0 };
+        let tallies = [
+            t(AttackName::Fgsm, 4),
+            t(AttackName::ApgdCe, 3),
+            t(AttackName::Pgd, 4),
+            t(AttackName::ApgdT, 5),
+            t(AttackName::Search, 0),
+        ];
+        let w = tally_warnings(3, 10, &tallies, (0, 0));
+        assert_eq!(w, vec!["at k=3, APGD-CE leaves 7 samples standing but FGSM only 6: APGD-CE is weaker than FGSM"]);
+        assert!(tally_warnings(3, 10, &tallies[1..], (0, 0)).is_empty());
+        assert_eq!(tally_warnings(1, 10, &[], (8, 7)).len(), 1);
+        assert!(tally_warnings(1, 10, &[], (7, 8)).is_empty());
+    }
+
+    /// A sample broken only by a gradient-free attack is a masking sign, unless no gradient
+    /// attack ran.
+    #[test]
+    fn masking_sign_needs_a_gradient_attack_that_failed() {
+        let run = |attack, broke: Option<bool>| AttackRun {
+            attack,
+            result: broke.map(|b| AttackResult { counterexample: b.then(Vec::new), ..AttackResult::default() }),
+            seconds: 0.0,
+        };
+        let sq = run(AttackName::Square, Some(true));
+        assert!(masking_sign(&[run(AttackName::ApgdT, Some(false)), sq.clone()]));
+        assert!(!masking_sign(&[run(AttackName::ApgdT, Some(true)), sq.clone()]));
+        assert!(!masking_sign(&[sq.clone(), run(AttackName::Random, Some(false))]));
+        assert!(!masking_sign(&[run(AttackName::Search, None), sq]));
+    }
+
     #[test]
     fn attack_lists_parse_presets_names_and_mixes() {
         let p = |s: &str| s.parse::<AttackList>();
