@@ -65,6 +65,7 @@ fn shard(index: usize) -> CertifyReport {
                 square_not_pgd: 0,
                 bound_seconds: 0.25,
                 attack_seconds: 0.5,
+                ..LevelCounts::default()
             }
         })
         .collect();

@@ -10,6 +10,20 @@
 //! Every attack first checks the clean image (one query): a misclassified clean image is its
 //! own counterexample. With `k = 0` nothing else is tried. All attacks are deterministic
 //! given their random generator's state.
+//!
+//! - [`apgd`]: APGD with the cross-entropy, DLR and targeted DLR losses (AutoAttack's
+//!   gradient attacks).
+//! - [`search`]: the integer-aware coordinate search over the levels of a box, also a
+//!   falsifier for branch and bound.
+//! - [`suite`]: the `fast` and `standard` suites the gate runs, and their budgets.
+
+pub mod apgd;
+pub mod search;
+pub mod suite;
+
+pub use apgd::{ApgdConfig, ApgdLoss};
+pub use search::SearchConfig;
+pub use suite::{AttackName, AttackSuite};
 
 use crate::ibp::linf_ball;
 use crate::twin::{FloatTwin, Loss};
@@ -37,6 +51,11 @@ pub struct AttackResult {
     pub queries: usize,
     /// Number of float-twin gradient evaluations spent (0 for gradient-free attacks).
     pub gradients: usize,
+    /// The correctly classified image with the smallest int8 margin ([`margin`]) among those
+    /// the attack queried, with that margin: where a later search can start (`None` when it
+    /// found a counterexample or queried nothing but a misclassified clean image).
+    #[serde(skip)]
+    pub nearest_miss: Option<(i64, Vec<u8>)>,
 }
 
 impl AttackResult {
@@ -159,7 +178,17 @@ impl<'m> Attacker<'m> {
     fn test(&mut self, x: &[u8], label: usize, res: &mut AttackResult) -> bool {
         if self.query(x, res) != label {
             res.counterexample = Some(x.to_vec());
+            res.nearest_miss = None;
             return true;
+        }
+        let m = margin(&self.logits, label);
+        match &mut res.nearest_miss {
+            Some((best, img)) if m < *best => {
+                *best = m;
+                img.copy_from_slice(x);
+            }
+            Some(_) => {}
+            None => res.nearest_miss = Some((m, x.to_vec())),
         }
         false
     }

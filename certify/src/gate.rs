@@ -2,7 +2,8 @@
 //!
 //! Per sample and radius `k` (pixel levels): the clean image is run through the runtime
 //! (misclassified?), interval bounds over the integer arithmetic try to prove the ball
-//! (certified), and otherwise FGSM, PGD, the Square Attack and random sampling search for a
+//! (certified), and otherwise the attack suite (`--attacks`: FGSM, PGD, the Square Attack and
+//! random sampling by default; APGD and an integer search in `standard`) searches for a
 //! counterexample (falsified) — else the verdict is unknown. Certified accuracy is a lower
 //! bound on the true robust accuracy; empirical (attack) accuracy is an upper bound.
 
@@ -15,6 +16,7 @@ use iocane_runtime::rng::SplitMix64;
 use iocane_runtime::Model;
 use iocane_trainer::data::Dataset;
 
+use crate::attack::suite::{self, AttackSuite, AttackTally, Budgets};
 use crate::attack::{Attacker, PgdConfig, SquareConfig};
 use crate::crown::{Crown, CrownConfig};
 use crate::ibp::{Bounder, Verdict};
@@ -302,13 +304,42 @@ pub struct GateConfig {
     /// [`CrownConfig::alpha_steps`]) on the margins plain CROWN leaves open; `0`: none.
     #[serde(default)]
     pub alpha_steps: usize,
+    /// The attacks and their other budgets (reports written before suites existed ran the
+    /// `fast` suite).
+    #[serde(default)]
+    pub suite: AttackSuite,
+}
+
+impl GateConfig {
+    /// Every attack budget of a run of this configuration.
+    pub fn budgets(&self) -> Budgets {
+        Budgets {
+            attacks: self.suite.attacks.clone(),
+            pgd: PgdConfig {
+                steps: self.pgd_steps,
+                restarts: self.pgd_restarts,
+                step_size: self.pgd_step_size,
+                ..PgdConfig::default()
+            },
+            square: SquareConfig { queries: self.square_queries, ..SquareConfig::default() },
+            random: self.random_samples,
+            apgd: crate::attack::ApgdConfig {
+                iterations: self.suite.apgd_iterations,
+                restarts: self.suite.apgd_restarts,
+                ..crate::attack::ApgdConfig::default()
+            },
+            apgd_targets: self.suite.apgd_targets,
+            search: crate::attack::SearchConfig { queries: self.suite.search_queries, ..Default::default() },
+        }
+    }
 }
 
 impl Default for GateConfig {
     /// The CLI's defaults (`iocane certify` without flags; its numeric flags take their
     /// defaults from here): radius 4/255, sweep 0,1,2,4,8,
-    /// 500 samples, seed 1, PGD 40 steps x 2 restarts, Square 500 queries, 100 random
-    /// samples, certified gate at threshold 0, CROWN bounds with 10 slope-optimisation steps.
+    /// 500 samples, seed 1, the `fast` attack suite (PGD 40 steps x 2 restarts, FGSM, Square
+    /// 500 queries, 100 random samples), certified gate at threshold 0, CROWN bounds with 10
+    /// slope-optimisation steps.
     fn default() -> Self {
         GateConfig {
             k: 4,
@@ -328,6 +359,7 @@ impl Default for GateConfig {
             bab_branches: 64,
             bab_budget_ms: None,
             alpha_steps: 10,
+            suite: AttackSuite::default(),
         }
     }
 }
@@ -347,7 +379,10 @@ pub enum SampleVerdict {
 }
 
 /// One sample's outcome at the gate radius.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Equality compares the outcome, not the wall time: two results are equal when every field
+/// but [`SampleResult::seconds`] is (runs on other machines, thread counts or shards agree).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SampleResult {
     /// Index in the test split.
     pub index: usize,
@@ -357,7 +392,8 @@ pub struct SampleResult {
     pub predicted: usize,
     /// Verdict.
     pub verdict: SampleVerdict,
-    /// Attacks that broke it (`fgsm`, `pgd`, `square`, `random`).
+    /// Attacks that broke it, in the suite's order (`pgd`, `apgd-t`, ...; the first one broke
+    /// it first and its counterexample is the one stored).
     pub broken_by: Vec<String>,
     /// The counterexample (u8 pixels), if any; in `report.json` only as
     /// [`SampleResult::counterexample_file`] (read back by `CertifyReport::read`).
@@ -383,6 +419,29 @@ pub struct SampleResult {
     /// bound), in seconds.
     #[serde(default)]
     pub seconds: f64,
+}
+
+impl PartialEq for SampleResult {
+    fn eq(&self, o: &Self) -> bool {
+        let SampleResult {
+            index,
+            label,
+            predicted,
+            verdict,
+            broken_by,
+            counterexample,
+            counterexample_file,
+            adversarial_class,
+            clean,
+            bound_margin,
+            certified_by,
+            seconds: _,
+        } = self;
+        (index, label, predicted, verdict, broken_by, counterexample, counterexample_file)
+            == (&o.index, &o.label, &o.predicted, &o.verdict, &o.broken_by, &o.counterexample, &o.counterexample_file)
+            && (adversarial_class, clean, bound_margin, certified_by)
+                == (&o.adversarial_class, &o.clean, &o.bound_margin, &o.certified_by)
+    }
 }
 
 /// Counts at one radius (mergeable across shards).
@@ -414,8 +473,20 @@ pub struct LevelCounts {
     pub square: usize,
     /// Survived random sampling.
     pub random: usize,
-    /// Broken by Square but not by PGD (a gradient-masking sign).
+    /// Broken by a gradient-free attack (Square, random) but by none of the suite's gradient
+    /// attacks (a gradient-masking sign; 0 when the suite has no gradient attack).
     pub square_not_pgd: usize,
+    /// Per attack of the suite, in its order: samples it ran on, broke, and the robust count
+    /// after it and every earlier one (empty in reports written before suites existed).
+    #[serde(default)]
+    pub attacks: Vec<AttackTally>,
+    /// The doubling check (at the gate radius, with [`AttackSuite::double_check`]): samples
+    /// the suite left standing that it breaks with doubled steps, restarts and queries.
+    #[serde(default)]
+    pub doubled_broke: usize,
+    /// Seconds spent on the doubling check.
+    #[serde(default)]
+    pub doubled_seconds: f64,
     /// Seconds spent on bounds.
     pub bound_seconds: f64,
     /// Seconds spent on attacks.
@@ -429,7 +500,8 @@ impl LevelCounts {
             ($($f:ident),*) => { $(self.$f += o.$f;)* };
         }
         add!(n, clean, certified, certified_crown, certified_bab, empirical, fgsm, pgd, square, random, square_not_pgd);
-        add!(bound_seconds, attack_seconds);
+        add!(doubled_broke, bound_seconds, attack_seconds, doubled_seconds);
+        suite::add_tallies(&mut self.attacks, &o.attacks);
     }
     /// `count / n`.
     pub fn acc(&self, count: usize) -> f64 {
@@ -542,6 +614,9 @@ fn decide_sample(
 ) -> SampleResult {
     let (px, label, index) = (s.px, s.label, s.index);
     counts.n += 1;
+    if counts.attacks.is_empty() {
+        counts.attacks = suite::tallies(&cfg.suite.attacks);
+    }
     let mut res = SampleResult {
         index,
         label,
@@ -587,35 +662,26 @@ fn decide_sample(
             ] {
                 *c += 1;
             }
+            suite::record_certified(&mut counts.attacks);
             return res;
         }
         Verdict::Unknown => counts.clean += 1,
     }
     let t1 = Instant::now();
     let mut rng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0x5EED_0000_0000);
-    let pgd_cfg = PgdConfig {
-        steps: cfg.pgd_steps,
-        restarts: cfg.pgd_restarts,
-        step_size: cfg.pgd_step_size,
-        ..PgdConfig::default()
-    };
-    let sq_cfg = SquareConfig { queries: cfg.square_queries, ..SquareConfig::default() };
-    let results = [
-        ("pgd", att.pgd(px, label, k, &pgd_cfg, &mut rng)),
-        ("fgsm", att.fgsm(px, label, k)),
-        ("square", att.square(px, label, k, &sq_cfg, &mut rng)),
-        ("random", att.random_sampling(px, label, k, cfg.random_samples, &mut rng)),
-    ];
+    let budgets = cfg.budgets();
+    let runs = suite::run_suite(att, px, label, k, &budgets, &mut rng);
     counts.attack_seconds += t1.elapsed().as_secs_f64();
-    let ok = |name: &str| !results.iter().any(|(n, r)| *n == name && r.success());
-    counts.fgsm += usize::from(ok("fgsm"));
-    counts.pgd += usize::from(ok("pgd"));
-    counts.square += usize::from(ok("square"));
-    counts.random += usize::from(ok("random"));
-    counts.square_not_pgd += usize::from(!ok("square") && ok("pgd"));
-    for (name, r) in results {
-        if let Some(cx) = r.counterexample {
-            res.broken_by.push(name.to_string());
+    let ok = |name: suite::AttackName| !runs.iter().any(|r| r.attack == name && r.broke());
+    counts.fgsm += usize::from(ok(suite::AttackName::Fgsm));
+    counts.pgd += usize::from(ok(suite::AttackName::Pgd));
+    counts.square += usize::from(ok(suite::AttackName::Square));
+    counts.random += usize::from(ok(suite::AttackName::Random));
+    counts.square_not_pgd += usize::from(suite::masking_sign(&runs));
+    suite::record(&mut counts.attacks, &runs);
+    for r in runs {
+        if let Some(cx) = r.result.and_then(|r| r.counterexample) {
+            res.broken_by.push(r.attack.to_string());
             if res.counterexample.is_none() {
                 res.counterexample = Some(cx);
             }
@@ -629,6 +695,13 @@ fn decide_sample(
     } else {
         res.verdict = SampleVerdict::Unknown;
         counts.empirical += 1;
+        if cfg.suite.double_check && k == cfg.k {
+            let t = Instant::now();
+            let mut rng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0xD0B1_ED00_0000);
+            let runs = suite::run_suite(att, px, label, k, &budgets.doubled(), &mut rng);
+            counts.doubled_broke += usize::from(runs.iter().any(suite::AttackRun::broke));
+            counts.doubled_seconds += t.elapsed().as_secs_f64();
+        }
         if cfg.bound == BoundMethod::Bab {
             let t2 = Instant::now();
             let deadline = cfg.bab_budget_ms.map(|ms| t2 + Duration::from_millis(ms));
@@ -771,16 +844,19 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
         }
     }
     for l in &o.levels {
-        if l.pgd > l.fgsm {
-            w.push(format!(
-                "at k={}, PGD leaves {} samples standing but FGSM only {}: PGD is weaker than FGSM",
-                l.k, l.pgd, l.fgsm
-            ));
-        }
+        w.extend(suite::tally_warnings(l.k, l.clean, &l.attacks, (l.pgd, l.fgsm)));
         if l.square_not_pgd > 0 {
             w.push(format!(
-                "at k={}, the gradient-free Square Attack broke {} sample(s) that PGD did not: a sign of gradient masking",
+                "at k={}, a gradient-free attack (Square, random) broke {} sample(s) that no gradient attack did: a sign of gradient masking",
                 l.k, l.square_not_pgd
+            ));
+        }
+        if l.doubled_broke.saturating_mul(100) > l.n {
+            w.push(format!(
+                "at k={}, doubling the attacks' steps, restarts and queries broke {} more sample(s) ({:.2} points): the attacks have not converged",
+                l.k,
+                l.doubled_broke,
+                100.0 * l.acc(l.doubled_broke)
             ));
         }
     }
@@ -790,6 +866,18 @@ pub fn protocol_warnings(o: &GateOutcome) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: the doubling check warns when doubled budgets break more than 1 % of the
+    /// samples, and says by how much.
+    #[test]
+    fn issue12_doubling_check_warns_above_one_percent() {
+        let level = |doubled_broke| LevelCounts { k: 4, n: 200, clean: 190, doubled_broke, ..LevelCounts::default() };
+        let warn = |d| protocol_warnings(&GateOutcome { samples: vec![], levels: vec![level(d)] });
+        assert!(warn(2).is_empty());
+        let w = warn(3);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("broke 3 more sample(s) (1.50 points)"), "{w:?}");
+    }
 
     #[test]
     fn choices_parse_and_name_the_alternatives() {

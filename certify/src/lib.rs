@@ -10,8 +10,9 @@
 //!   arithmetic, back-substituted to the input pixels; never looser than [`ibp`].
 //! - [`twin`]: the dequantized float twin of an int8 model, used only as a source of
 //!   straight-through gradients for the attacks.
-//! - [`attack`]: FGSM, PGD, the Square Attack and random sampling, all searching valid u8
-//!   images inside the ball and all judged by running `iocane-runtime` on the candidate.
+//! - [`attack`]: FGSM, PGD, APGD (CE, DLR, targeted DLR), the Square Attack, random sampling
+//!   and an integer-aware coordinate search, all searching valid u8 images inside the ball and
+//!   all judged by running `iocane-runtime` on the candidate; the `fast` and `standard` suites.
 //! - [`compare`]: the float-vs-int8 differential (`--compare-float`): the twin's float
 //!   verdicts beside the gate's int8 ones, per sample.
 //! - [`gate`]: the release gate over a dataset (sharded, parallel, deterministic).

@@ -55,6 +55,26 @@ pub struct LevelSummary {
     pub bound_samples_per_s: f64,
     /// Samples per second of the attack pass (over samples that needed attacks).
     pub attack_samples_per_s: f64,
+    /// Per attack of the suite, in its order (empty for reports written before suites).
+    #[serde(default)]
+    pub attacks: Vec<AttackSummary>,
+}
+
+/// One attack's accuracies at one radius.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttackSummary {
+    /// The attack.
+    pub attack: crate::attack::AttackName,
+    /// Accuracy under this attack alone (over the samples it ran on; the integer search runs
+    /// only on what the earlier attacks left).
+    pub alone_acc: f64,
+    /// Robust accuracy after this attack and every earlier one (AutoAttack's running figure).
+    pub robust_acc: f64,
+    /// Samples this attack broke first (no earlier attack of the suite broke them).
+    pub broke_first: usize,
+    /// Samples per second of this attack over the samples it ran on (per thread).
+    #[serde(default)]
+    pub samples_per_s: f64,
 }
 
 impl LevelSummary {
@@ -73,6 +93,21 @@ impl LevelSummary {
             random_acc: c.acc(c.random),
             bound_samples_per_s: c.n as f64 / c.bound_seconds.max(1e-9),
             attack_samples_per_s: attacked as f64 / c.attack_seconds.max(1e-9),
+            attacks: c
+                .attacks
+                .iter()
+                .scan(c.clean, |before, t| {
+                    let first = before.saturating_sub(t.robust_after);
+                    *before = t.robust_after;
+                    Some(AttackSummary {
+                        attack: t.attack,
+                        alone_acc: c.acc(c.clean.saturating_sub(t.broke)),
+                        robust_acc: c.acc(t.robust_after),
+                        broke_first: first,
+                        samples_per_s: t.ran as f64 / t.seconds.max(1e-9),
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -343,11 +378,7 @@ impl CertifyReport {
             self.gate.required,
             if self.config.strict { "; --strict: protocol warnings fail the gate" } else { "" }
         );
-        let _ = writeln!(
-            o,
-            "- attacks: PGD-{} x{} restarts (straight-through gradients, judged on int8), FGSM, Square ({} queries), random ({} samples); seed {}",
-            self.config.pgd_steps, self.config.pgd_restarts, self.config.square_queries, self.config.random_samples, self.config.seed
-        );
+        let _ = writeln!(o, "- attacks: {}; seed {}", self.attacks_text(), self.config.seed);
         let crown = match self.config.alpha_steps {
             0 => "linear relaxation (CROWN)".to_string(),
             n => format!("linear relaxation (CROWN, {n} slope-optimisation steps)"),
@@ -362,10 +393,17 @@ impl CertifyReport {
             ),
         };
         let _ = writeln!(o, "- bounds: {bounds}, all on the int8 arithmetic");
-        let _ =
-            writeln!(o, "\n| k | eps | clean | empirical (upper) | certified (lower) | FGSM | PGD | Square | random |");
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-        for l in &self.curve {
+        let legacy = self.config.suite.attacks == crate::attack::suite::FAST;
+        if legacy {
+            let _ = writeln!(
+                o,
+                "\n| k | eps | clean | empirical (upper) | certified (lower) | FGSM | PGD | Square | random |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+        } else {
+            self.suite_table(&mut o);
+        }
+        for l in self.curve.iter().filter(|_| legacy) {
             let _ = writeln!(
                 o,
                 "| {} | {:.4} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.2}% |",
@@ -380,6 +418,7 @@ impl CertifyReport {
                 100.0 * l.random_acc
             );
         }
+        self.running_table(&mut o);
         let _ = writeln!(
             o,
             "\nVerdicts at k = {}: {} certified, {} falsified, {} unknown, {} misclassified.",
@@ -396,6 +435,17 @@ impl CertifyReport {
                 at.certified - at.certified_crown - at.certified_bab,
                 at.certified_crown,
                 at.certified_bab
+            );
+        }
+        if let Some(at) = self.outcome.at(self.config.k).filter(|_| self.config.suite.double_check) {
+            let standing = at.empirical.saturating_sub(at.certified);
+            let _ = writeln!(
+                o,
+                "Doubling check at k = {}: doubled steps, restarts and queries broke {} of the {} samples the attacks left standing ({:.2} points of robust accuracy).",
+                self.config.k,
+                at.doubled_broke,
+                standing,
+                100.0 * at.acc(at.doubled_broke)
             );
         }
         let shown = crate::gallery::gallery_samples(&self.outcome.samples).len();
@@ -420,6 +470,93 @@ impl CertifyReport {
             }
         }
         o
+    }
+
+    /// The attacks and their budgets in one phrase.
+    pub fn attacks_text(&self) -> String {
+        use crate::attack::AttackName as A;
+        let c = &self.config;
+        let s = &c.suite;
+        let parts: Vec<String> = s
+            .attacks
+            .iter()
+            .map(|a| match a {
+                A::Pgd => format!(
+                    "PGD-{} x{} restarts (straight-through gradients, judged on int8)",
+                    c.pgd_steps, c.pgd_restarts
+                ),
+                A::Fgsm => "FGSM".to_string(),
+                A::Square => format!("Square ({} queries)", c.square_queries),
+                A::Random => format!("random ({} samples)", c.random_samples),
+                A::ApgdCe => format!("APGD-CE ({} iterations x{} restarts)", s.apgd_iterations, s.apgd_restarts),
+                A::ApgdDlr => format!("APGD-DLR ({} iterations x{} restarts)", s.apgd_iterations, s.apgd_restarts),
+                A::ApgdT => format!(
+                    "APGD-T ({} targets x {} iterations x{} restarts)",
+                    s.apgd_targets, s.apgd_iterations, s.apgd_restarts
+                ),
+                A::Search => format!("integer search ({} queries, on the survivors)", s.search_queries),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    /// The accuracy table with a column per attack of the suite (alone).
+    fn suite_table(&self, o: &mut String) {
+        let names: Vec<String> = self
+            .config
+            .suite
+            .attacks
+            .iter()
+            .map(
+                |a| if *a == crate::attack::AttackName::Search { format!("{a} (on survivors)") } else { a.to_string() },
+            )
+            .collect();
+        let _ = writeln!(o, "\n| k | eps | clean | empirical (upper) | certified (lower) | {} |", names.join(" | "));
+        let _ = writeln!(o, "|---|---|---|---|---|{}", "---|".repeat(names.len()));
+        for l in &self.curve {
+            let alone: Vec<String> = l.attacks.iter().map(|a| format!("{:.2}%", 100.0 * a.alone_acc)).collect();
+            let _ = writeln!(
+                o,
+                "| {} | {:.4} | {:.2}% | {:.2}% | {:.2}% | {} |",
+                l.k,
+                l.eps,
+                100.0 * l.clean_acc,
+                100.0 * l.empirical_acc,
+                100.0 * l.certified_acc,
+                alone.join(" | ")
+            );
+        }
+    }
+
+    /// The running robust accuracy in the suite's order (AutoAttack's summary: clean, after
+    /// each attack, final), with the samples each attack broke first.
+    fn running_table(&self, o: &mut String) {
+        let names: Vec<String> = self.config.suite.attacks.iter().map(|a| a.to_string()).collect();
+        if self.curve.iter().all(|l| l.attacks.is_empty()) {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\nRobust accuracy in the suite's order (clean, after each attack, final), with the samples each attack broke first:\n"
+        );
+        let _ = writeln!(
+            o,
+            "| k | clean | {} | final |",
+            names.iter().map(|n| format!("after {n}")).collect::<Vec<_>>().join(" | ")
+        );
+        let _ = writeln!(o, "|---|---|{}---|", "---|".repeat(names.len()));
+        for l in &self.curve {
+            let after: Vec<String> =
+                l.attacks.iter().map(|a| format!("{:.2}% (-{})", 100.0 * a.robust_acc, a.broke_first)).collect();
+            let _ = writeln!(
+                o,
+                "| {} | {:.2}% | {} | {:.2}% |",
+                l.k,
+                100.0 * l.clean_acc,
+                after.join(" | "),
+                100.0 * l.empirical_acc
+            );
+        }
     }
 
     /// Accuracy against eps as an SVG line chart: clean, attacked (upper bound) and certified
@@ -800,6 +937,17 @@ impl CertifyReport {
             || count(SampleVerdict::Certified) + count(SampleVerdict::Unknown) != at.empirical
         {
             return Err(format!("the sample verdicts do not match the counts at k={}", c.k));
+        }
+        for l in &self.outcome.levels {
+            let names: Vec<_> = l.attacks.iter().map(|t| t.attack).collect();
+            let running = l.attacks.windows(2).all(|w| w[1].robust_after <= w[0].robust_after)
+                && l.attacks.iter().all(|t| {
+                    l.certified <= t.robust_after && t.robust_after <= l.clean && t.broke <= t.ran && t.ran <= l.clean
+                })
+                && l.attacks.last().is_none_or(|t| t.robust_after == l.empirical);
+            if !(names.is_empty() || names == c.suite.attacks) || !running {
+                return Err(format!("the per-attack counts at k={} are inconsistent", l.k));
+            }
         }
         for s in &self.outcome.samples {
             if s.label >= self.run.classes || s.predicted >= self.run.classes {
@@ -1218,6 +1366,55 @@ mod tests {
                 assert!((60.0..=500.0).contains(&x), "{p}");
             }
         }
+    }
+
+    /// Issue 12: a standard-suite report has a column per attack and the running robust
+    /// accuracy, its per-attack counts add up to the verdicts, survive a merge, and a report
+    /// whose per-attack counts were tampered with is refused.
+    #[test]
+    fn issue12_per_attack_counts_are_reported_merged_and_checked() {
+        use crate::attack::suite::{AttackSuite, STANDARD};
+        let (blob, data) = fixture();
+        let cfg = |shard| GateConfig {
+            suite: AttackSuite {
+                attacks: STANDARD.to_vec(),
+                apgd_iterations: 5,
+                apgd_targets: 2,
+                search_queries: 30,
+                ..AttackSuite::default()
+            },
+            ..config(shard, 1)
+        };
+        let whole = report(&blob, &data, cfg((0, 1)));
+        whole.check_consistent().unwrap();
+        let md = whole.markdown();
+        assert!(md.contains("| apgd-ce | apgd-t | square | search (on survivors) |"), "{md}");
+        assert!(
+            md.contains("| k | clean | after apgd-ce | after apgd-t | after square | after search | final |"),
+            "{md}"
+        );
+        let at = whole.outcome.at(40).unwrap();
+        let first: usize = whole.result.attacks.iter().map(|a| a.broke_first).sum();
+        assert_eq!(first, at.clean - at.empirical);
+        assert!(first > 0, "the fixture breaks nothing");
+        let parts: Vec<CertifyReport> = (0..2).map(|i| report(&blob, &data, cfg((i, 2)))).collect();
+        assert_eq!(merge_reports(&parts).unwrap().outcome.levels, {
+            let mut l = whole.outcome.levels.clone();
+            let m = merge_reports(&parts).unwrap();
+            for (a, b) in l.iter_mut().zip(&m.outcome.levels) {
+                (a.bound_seconds, a.attack_seconds) = (b.bound_seconds, b.attack_seconds);
+                for (x, y) in a.attacks.iter_mut().zip(&b.attacks) {
+                    x.seconds = y.seconds;
+                }
+            }
+            l
+        });
+        let mut tampered = whole.clone();
+        tampered.outcome.levels.iter_mut().for_each(|l| l.attacks[0].robust_after = l.clean + 1);
+        assert!(tampered.check_consistent().unwrap_err().contains("per-attack"));
+        let mut renamed = whole.clone();
+        renamed.outcome.levels.iter_mut().for_each(|l| l.attacks.reverse());
+        assert!(renamed.check_consistent().is_err());
     }
 
     fn shard_report(split_len: usize, shard: (usize, usize)) -> CertifyReport {

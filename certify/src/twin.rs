@@ -69,13 +69,70 @@ pub enum Loss {
     /// Carlini-Wagner margin: `max_{j != y} z_j - z_y` (positive iff misclassified).
     #[default]
     Margin,
+    /// Difference of logits ratio (Croce & Hein 2020), untargeted:
+    /// `-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`, with `z_pi1 >= z_pi2 >= ...` the
+    /// sorted logits (invariant to shifting and scaling the logits). With fewer than three
+    /// classes the missing sorted logits are the smallest one.
+    Dlr,
+    /// Targeted difference of logits ratio (APGD-T):
+    /// `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)` for target class `t`. With fewer
+    /// than four classes the missing sorted logits are the smallest one.
+    DlrTargeted {
+        /// The target class `t`.
+        target: usize,
+    },
+}
+
+/// Classes by descending logit (ties to the lowest index first).
+fn sorted_desc(logits: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx
+}
+
+/// The class with the largest logit other than `label` (lowest index among ties).
+fn best_other(logits: &[f32], label: usize) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (j, &z) in logits.iter().enumerate() {
+        if j != label && best.is_none_or(|b| z > logits[b]) {
+            best = Some(j);
+        }
+    }
+    best
+}
+
+/// The DLR numerator's two classes `(y, other)`, its denominator's classes with their
+/// weights, for the untargeted (`target = None`) or targeted loss.
+fn dlr_terms(logits: &[f32], label: usize, target: Option<usize>) -> (usize, usize, [(usize, f32); 3]) {
+    let s = sorted_desc(logits);
+    let at = |i: usize| s[i.min(s.len() - 1)];
+    match target {
+        None => {
+            let other = best_other(logits, label).unwrap_or(label);
+            (other, label, [(at(0), 1.0), (at(2), -1.0), (at(2), 0.0)])
+        }
+        Some(t) => (t, label, [(at(0), 1.0), (at(2), -0.5), (at(3), -0.5)]),
+    }
+}
+
+/// Value and d/dz of `(z_a - z_y) / (Σ w_i z_i + 1e-12)`, the DLR losses' common form.
+fn dlr(logits: &[f32], (a, y, den): (usize, usize, [(usize, f32); 3])) -> (f32, Vec<f32>) {
+    let n = logits[a] - logits[y];
+    let d = den.iter().map(|&(i, w)| w * logits[i]).sum::<f32>() + 1e-12;
+    let mut g = vec![0.0; logits.len()];
+    g[a] += 1.0 / d;
+    g[y] -= 1.0 / d;
+    for &(i, w) in &den {
+        g[i] -= n * w / (d * d);
+    }
+    (n / d, g)
 }
 
 impl Loss {
     /// The loss value for `logits` and true class `label`.
     ///
     /// # Panics
-    /// If `label` is out of range.
+    /// If `label` (or a DLR target) is out of range.
     pub fn value(self, logits: &[f32], label: usize) -> f32 {
         let zy = logits[label];
         match self {
@@ -92,6 +149,54 @@ impl Loss {
                     .fold(f32::NEG_INFINITY, |a, (_, &b)| a.max(b));
                 other - zy
             }
+            Loss::Dlr => dlr(logits, dlr_terms(logits, label, None)).0,
+            Loss::DlrTargeted { target } => dlr(logits, dlr_terms(logits, label, Some(target))).0,
+        }
+    }
+
+    /// The loss value in `f64`. For the cross-entropy it is `ln(1 + Σ_{j != y} e^{z_j - z_y})`,
+    /// which stays positive where the `f32` value of a saturated softmax rounds to 0 (the
+    /// other losses are the `f32` value).
+    ///
+    /// # Panics
+    /// If `label` (or a DLR target) is out of range.
+    pub fn value_f64(self, logits: &[f32], label: usize) -> f64 {
+        match self {
+            Loss::CrossEntropy => {
+                let zy = logits[label] as f64;
+                let others: Vec<f64> =
+                    logits.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &z)| z as f64 - zy).collect();
+                let m = others.iter().fold(0f64, |a, &b| a.max(b));
+                // ln(1 + Σ e^{d}) = m + ln(e^{-m} + Σ e^{d - m}), exact for large and small m.
+                if m > 0.0 {
+                    m + ((-m).exp() + others.iter().map(|&d| (d - m).exp()).sum::<f64>()).ln()
+                } else {
+                    others.iter().map(|&d| d.exp()).sum::<f64>().ln_1p()
+                }
+            }
+            _ => self.value(logits, label) as f64,
+        }
+    }
+
+    /// d loss / d logits up to a positive factor, formed in `f64` and scaled to a largest
+    /// entry of 1: the cross-entropy's `p_j` for `j != y` and `-Σ_{j != y} p_j` for `y` keep
+    /// their signs where `p_y` rounds to 1 in `f32`.
+    fn direction(self, logits: &[f32], label: usize) -> Vec<f32> {
+        let g: Vec<f64> = match self {
+            Loss::CrossEntropy => {
+                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let e: Vec<f64> = logits.iter().map(|&z| (z as f64 - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                let rest: f64 = e.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &v)| v).sum();
+                e.iter().enumerate().map(|(j, &v)| if j == label { -rest / s } else { v / s }).collect()
+            }
+            _ => self.gradient(logits, label).iter().map(|&v| v as f64).collect(),
+        };
+        let top = g.iter().fold(0f64, |a, &b| a.max(b.abs()));
+        if top > 0.0 && top.is_finite() {
+            g.iter().map(|&v| (v / top) as f32).collect()
+        } else {
+            g.iter().map(|&v| v as f32).collect()
         }
     }
 
@@ -106,18 +211,14 @@ impl Loss {
             }
             Loss::Margin => {
                 let mut g = vec![0.0; logits.len()];
-                let mut best: Option<usize> = None;
-                for (j, &z) in logits.iter().enumerate() {
-                    if j != label && best.is_none_or(|b| z > logits[b]) {
-                        best = Some(j);
-                    }
-                }
-                if let Some(b) = best {
+                if let Some(b) = best_other(logits, label) {
                     g[b] = 1.0;
                     g[label] = -1.0;
                 }
                 g
             }
+            Loss::Dlr => dlr(logits, dlr_terms(logits, label, None)).1,
+            Loss::DlrTargeted { target } => dlr(logits, dlr_terms(logits, label, Some(target))).1,
         }
     }
 }
@@ -337,6 +438,23 @@ impl FloatTwin {
     /// # Panics
     /// If `x` does not have [`FloatTwin::input_len`] values or `label` is out of range.
     pub fn input_gradient(&self, x: &[f32], label: usize, loss: Loss) -> (Vec<f32>, Vec<f32>) {
+        self.backprop(x, label, |z| loss.gradient(z, label))
+    }
+
+    /// Logits and a positive multiple of the gradient of `loss` with respect to `x` (the
+    /// same direction and signs as [`FloatTwin::input_gradient`]), computed so that a
+    /// saturated softmax does not round it to zero: the logit gradient is formed in `f64`
+    /// ([`Loss::direction`]) and scaled to a largest entry of 1 before the backward pass.
+    /// Sign-gradient attacks use it.
+    ///
+    /// # Panics
+    /// If `x` does not have [`FloatTwin::input_len`] values or `label` is out of range.
+    pub fn input_direction(&self, x: &[f32], label: usize, loss: Loss) -> (Vec<f32>, Vec<f32>) {
+        self.backprop(x, label, |z| loss.direction(z, label))
+    }
+
+    /// The forward pass with a tape, then the backward pass from the logit gradient `dz`.
+    fn backprop(&self, x: &[f32], label: usize, dz: impl Fn(&[f32]) -> Vec<f32>) -> (Vec<f32>, Vec<f32>) {
         assert_eq!(x.len(), self.input_len, "twin input length");
         assert!(label < self.classes, "label {label} out of range");
         // Tape: inputs of every layer and pre-clamp outputs of clamped layers.
@@ -353,7 +471,7 @@ impl FloatTwin {
             pre.push(y);
         }
         let logits = cur;
-        let mut g = loss.gradient(&logits, label);
+        let mut g = dz(&logits);
         for (i, l) in self.layers.iter().enumerate().rev() {
             if let Some((lo, hi)) = l.clamp {
                 for (gi, &v) in g.iter_mut().zip(&pre[i]) {
@@ -563,7 +681,7 @@ mod tests {
             let blob = consistent(random_model(shape, 4, &layers, 70 + i as u64)).emit();
             let model = Model::parse(&blob).unwrap();
             let twin = FloatTwin::from_model(&model).unwrap();
-            for loss in [Loss::CrossEntropy, Loss::Margin] {
+            for loss in [Loss::CrossEntropy, Loss::Margin, Loss::Dlr, Loss::DlrTargeted { target: 3 }] {
                 for _ in 0..3 {
                     let px: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
                     let x = FloatTwin::input_from_pixels(&px);
@@ -587,6 +705,48 @@ mod tests {
                     assert!(bad * 20 <= x.len(), "{bad} of {} coordinates disagree ({loss:?})", x.len());
                 }
             }
+        }
+    }
+
+    /// Issue 12: the DLR losses are AutoAttack's formulas, invariant to shifting and scaling
+    /// the logits, and positive exactly when the sample is misclassified (resp. the target wins).
+    #[test]
+    fn dlr_losses_follow_the_reference_formulas() {
+        let z = [3.0f32, 1.0, 2.0, -1.0, 0.5];
+        // Sorted: 3 (0), 2 (2), 1 (1), 0.5 (4), -1 (3).
+        assert!((Loss::Dlr.value(&z, 0) - (-(3.0 - 2.0) / (3.0 - 1.0))).abs() < 1e-6);
+        assert!((Loss::Dlr.value(&z, 2) - (-(2.0 - 3.0) / (3.0 - 1.0))).abs() < 1e-6);
+        let t = Loss::DlrTargeted { target: 1 };
+        assert!((t.value(&z, 0) - (-(3.0 - 1.0) / (3.0 - 0.5 * (1.0 + 0.5)))).abs() < 1e-6);
+        for loss in [Loss::Dlr, t] {
+            let moved: Vec<f32> = z.iter().map(|v| 4.0 * v - 7.0).collect();
+            assert!((loss.value(&z, 0) - loss.value(&moved, 0)).abs() < 1e-5, "{loss:?}");
+        }
+        assert!(Loss::Dlr.value(&z, 0) < 0.0 && Loss::Dlr.value(&z, 1) > 0.0);
+    }
+
+    /// Issue 12: where a saturated softmax rounds the `f32` cross-entropy and its gradient to
+    /// zero, the `f64` value stays positive and increasing, and the direction keeps its signs;
+    /// elsewhere the direction is a positive multiple of the gradient.
+    #[test]
+    fn cross_entropy_direction_survives_saturation() {
+        let ce = Loss::CrossEntropy;
+        let sat = [120.0f32, 0.0, 3.0];
+        assert_eq!(ce.value(&sat, 0), 0.0);
+        assert!(ce.gradient(&sat, 0).iter().all(|&g| g == 0.0));
+        let v = ce.value_f64(&sat, 0);
+        assert!(v > 0.0 && v < 1e-40, "{v}");
+        assert!(ce.value_f64(&[119.0, 0.0, 3.0], 0) > v);
+        let d = ce.direction(&sat, 0);
+        assert!(d[0] < 0.0 && d[1] > 0.0 && d[2] > 0.0 && d[2] > d[1], "{d:?}");
+        let z = [1.0f32, 0.5, -2.0, 0.3];
+        for loss in [ce, Loss::Margin, Loss::Dlr, Loss::DlrTargeted { target: 2 }] {
+            let (g, d) = (loss.gradient(&z, 1), loss.direction(&z, 1));
+            let top = g.iter().fold(0f32, |a, &b| a.max(b.abs()));
+            for (a, b) in g.iter().zip(&d) {
+                assert!((a / top - b).abs() < 1e-5, "{loss:?}: {g:?} vs {d:?}");
+            }
+            assert!((loss.value_f64(&z, 1) - loss.value(&z, 1) as f64).abs() < 1e-5);
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use iocane_certify::attack::suite::{AttackList, AttackSuite, STANDARD_SQUARE_QUERIES};
 use iocane_certify::gate::{self, BoundMethod, GateConfig, GateError, GateKind, Radius, Threshold};
 use iocane_certify::report::{self, CertifyReport, RunIdentity};
 use iocane_runtime::Model;
@@ -190,12 +191,35 @@ pub struct CertifyArgs {
     /// levels].
     #[arg(long, value_parser = super::train::parse_eps)]
     pub step_size: Option<f32>,
-    /// Square Attack query budget per sample.
-    #[arg(long, default_value_t = GateConfig::default().square_queries)]
-    pub square_queries: usize,
+    /// Square Attack query budget per sample [default: 500, or AutoAttack's 5000 when
+    /// --attacks names `standard`].
+    #[arg(long)]
+    pub square_queries: Option<usize>,
     /// Random samples from the ball per sample.
     #[arg(long, default_value_t = GateConfig::default().random_samples)]
     pub random: usize,
+    /// The attacks, in the order they run and are reported: `fast` (pgd, fgsm, square,
+    /// random), `standard` (AutoAttack's: apgd-ce, apgd-t, square with 5000 queries, then the
+    /// integer search on the survivors), or a comma-separated list of presets and names
+    /// (pgd, fgsm, square, random, apgd-ce, apgd-dlr, apgd-t, search).
+    #[arg(long, default_value = "fast")]
+    pub attacks: AttackList,
+    /// APGD iterations per restart and target class.
+    #[arg(long, default_value_t = AttackSuite::default().apgd_iterations)]
+    pub apgd_iterations: usize,
+    /// APGD restarts.
+    #[arg(long, default_value_t = AttackSuite::default().apgd_restarts)]
+    pub apgd_restarts: usize,
+    /// APGD-T's target classes (those with the largest clean logits).
+    #[arg(long, default_value_t = AttackSuite::default().apgd_targets)]
+    pub apgd_targets: usize,
+    /// The integer search's query budget per sample.
+    #[arg(long, default_value_t = AttackSuite::default().search_queries)]
+    pub search_queries: usize,
+    /// Carlini's check: at the gate radius, rerun the attacks with doubled steps, restarts
+    /// and queries on the samples they left standing; the report says how many more break.
+    #[arg(long)]
+    pub double_check: bool,
     /// Radii for the accuracy curve: k/255, decimals, or bare integers as levels
     /// (e.g. 0,1,2,4,8 or 1/255,2/255 or 0.01,0.02).
     #[arg(long, default_value = "0,1,2,4,8", value_parser = parse_sweep)]
@@ -227,7 +251,11 @@ impl CertifyArgs {
             pgd_steps: self.steps,
             pgd_restarts: self.restarts,
             pgd_step_size: self.step_size.map(|f| f * 255.0),
-            square_queries: self.square_queries,
+            square_queries: self.square_queries.unwrap_or(if self.attacks.standard {
+                STANDARD_SQUARE_QUERIES
+            } else {
+                GateConfig::default().square_queries
+            }),
             random_samples: self.random,
             gate: self.gate.into(),
             threshold: self.threshold,
@@ -236,6 +264,14 @@ impl CertifyArgs {
             bab_branches: self.bab_branches,
             bab_budget_ms: self.budget_ms,
             alpha_steps: self.alpha_steps,
+            suite: AttackSuite {
+                attacks: self.attacks.attacks.clone(),
+                apgd_iterations: self.apgd_iterations,
+                apgd_restarts: self.apgd_restarts,
+                apgd_targets: self.apgd_targets,
+                search_queries: self.search_queries,
+                double_check: self.double_check,
+            },
         }
     }
 }
@@ -351,5 +387,29 @@ mod tests {
     fn flag_defaults_are_the_library_defaults() {
         let Command::Certify(c) = Cli::parse_from(["iocane", "certify", "m.icn"]).command else { panic!("certify") };
         assert_eq!(c.args.config(), GateConfig::default());
+    }
+
+    /// Issue 12: `--attacks` takes presets, names and mixes; `standard` brings AutoAttack's
+    /// Square budget unless `--square-queries` is given; bad names are refused by clap.
+    #[test]
+    fn issue12_attacks_flag_parses_presets_and_lists() {
+        use iocane_certify::attack::suite::{AttackName, FAST, STANDARD};
+        let cfg = |args: &[&str]| {
+            let mut v = vec!["iocane", "certify", "m.icn"];
+            v.extend_from_slice(args);
+            let Command::Certify(c) = Cli::parse_from(v).command else { panic!("certify") };
+            c.args.config()
+        };
+        assert_eq!(cfg(&["--attacks", "fast"]).suite.attacks, FAST.to_vec());
+        let std = cfg(&["--attacks", "standard"]);
+        assert_eq!((std.suite.attacks.as_slice(), std.square_queries), (&STANDARD[..], 5000));
+        assert_eq!(cfg(&["--attacks", "standard", "--square-queries", "50"]).square_queries, 50);
+        let mix = cfg(&["--attacks", "apgd-t,pgd", "--apgd-iterations", "7", "--double-check"]);
+        assert_eq!(mix.suite.attacks, vec![AttackName::ApgdT, AttackName::Pgd]);
+        assert_eq!((mix.suite.apgd_iterations, mix.suite.double_check, mix.square_queries), (7, true, 500));
+        for bad in ["fab-t", "", "pgd,,fgsm"] {
+            let r = Cli::try_parse_from(["iocane", "certify", "m.icn", "--attacks", bad]);
+            assert!(r.is_err(), "{bad:?} accepted");
+        }
     }
 }

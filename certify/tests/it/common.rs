@@ -151,3 +151,24 @@ pub fn check_margins(margins: &[i64], z: &[i32], label: usize) -> Result<(), Tes
     }
     Ok(())
 }
+
+/// A random model over `input` with `classes` classes and a dataset of `n` noise images the
+/// model labels itself (so every sample is correctly classified).
+pub fn noise_dataset(input: Shape, classes: usize, n: usize, seed: u64) -> (Vec<u8>, iocane_trainer::data::Dataset) {
+    let blob = build(input, classes, &[(1, 3, 2, 0, 1, true), (0, 5, 0, 0, 0, true)], seed).emit();
+    let model = Model::parse(&blob).unwrap();
+    let mut rng = SplitMix64(seed);
+    let images: Vec<u8> = (0..n).flat_map(|_| pixels(input.len(), &mut rng)).collect();
+    let labels = (0..n).map(|i| run(&model, &images[i * input.len()..(i + 1) * input.len()]).0 as u8).collect();
+    let data = iocane_trainer::data::Dataset {
+        name: "noise/test".into(),
+        height: input.h,
+        width: input.w,
+        channels: input.c,
+        classes,
+        labels_text: (0..classes).map(|c| c.to_string()).collect(),
+        images,
+        labels,
+    };
+    (blob, data)
+}
