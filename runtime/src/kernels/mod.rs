@@ -7,10 +7,12 @@
 //! worst produce a wrong answer in a unit test, never undefined behaviour.
 //!
 //! [`dense`] and [`conv2d`] dispatch at compile time: x86-64 builds with AVX2 enabled (the
-//! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, the crate's only
-//! `unsafe`, audited in its header: vector loads after explicit length checks), everything
-//! else runs [`portable`]. Both produce identical bytes; the tests check both against
-//! [`reference`](mod@reference).
+//! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, audited in its
+//! header: vector loads after explicit length checks), thumbv7em builds (Cortex-M4/M7) run
+//! [`dsp`] (`SMLAD` / `SXTB16` as single-instruction `asm!`, audited in its header),
+//! everything else runs [`portable`]. All produce identical bytes; the tests check each
+//! against [`reference`](mod@reference) (the DSP loops on the host with the instructions
+//! emulated, the real instructions in the Cortex-M4 parity test).
 
 use crate::quant;
 
@@ -146,28 +148,40 @@ pub const CONV_PATCH_MAX: usize = 512;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 mod avx2;
+/// The Cortex-M4/M7 DSP kernels: run on thumbv7em builds; on the host (tests and the
+/// `testing` feature only) with the instructions emulated, so the same loops are tested
+/// against the reference.
+#[cfg(any(iocane_arm_dsp, test, feature = "testing"))]
+pub mod dsp;
 pub mod portable;
 
 /// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`portable::dense`] elsewhere;
-/// both give identical results.
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, the DSP-extension kernel on
+/// thumbv7em (Cortex-M4/M7), [`portable::dense`] elsewhere; all give identical results.
 pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         avx2::dense(input, layer, &mut out);
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    #[cfg(iocane_arm_dsp)]
+    dsp::dense(input, layer, &mut out);
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx2"), iocane_arm_dsp)))]
     portable::dense(input, layer, &mut out);
 }
 
 /// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled (for `kh * kw * in_c <=`
-/// [`CONV_PATCH_MAX`]), [`portable::conv2d`] otherwise; both give identical results.
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled and the DSP-extension kernel on
+/// thumbv7em (both for `kh * kw * in_c <=` [`CONV_PATCH_MAX`]), [`portable::conv2d`]
+/// otherwise; all give identical results.
 pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     if avx2::conv2d(win, input, layer, &mut out) {
+        return;
+    }
+    #[cfg(iocane_arm_dsp)]
+    if dsp::conv2d(win, input, layer, &mut out) {
         return;
     }
     portable::conv2d(win, input, layer, &mut out);

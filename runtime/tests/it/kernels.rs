@@ -1,7 +1,9 @@
 //! Every kernel against its plain i64 reference, on random shapes, weights, multipliers and
 //! zero points, including saturation edges; and whole models against the reference runner.
 //! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
-//! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
+//! x86-64-v3 hosts), through [`kernels::portable`] (what Cortex-M0 and RISC-V run) and through
+//! [`kernels::dsp`] (what Cortex-M4/M7 run; here with the DSP instructions emulated, the real
+//! ones run in the Cortex-M4 parity test).
 
 use iocane_runtime::kernels::{self, reference, Output, Weights, Window};
 use iocane_runtime::testing::{random_model, ChannelTable as Params, SynthLayer};
@@ -68,6 +70,12 @@ proptest! {
         kernels::portable::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
         kernels::portable::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
+        // The Cortex-M4 DSP kernel's loops (instructions emulated).
+        act.fill(0);
+        logits.fill(0);
+        kernels::dsp::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
+        kernels::dsp::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
     }
 
     #[test]
@@ -87,6 +95,12 @@ proptest! {
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
+        act.fill(0);
+        logits.fill(0);
+        let ran_act = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
+        let ran_logits = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        prop_assert!(ran_act && ran_logits);
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
     }
 
@@ -112,6 +126,16 @@ proptest! {
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
+        // The DSP kernel takes receptive fields up to the patch limit; the others fall back.
+        act.fill(0);
+        logits.fill(0);
+        let fits = k * k * ic <= kernels::CONV_PATCH_MAX;
+        let ran_act = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
+        let ran_logits = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Logits(&mut logits));
+        prop_assert_eq!((ran_act, ran_logits), (fits, fits));
+        if fits {
+            check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
+        }
     }
 
     #[test]

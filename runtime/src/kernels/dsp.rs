@@ -1,0 +1,290 @@
+//! Cortex-M4/M7 (thumbv7em) kernels for the DSP extension: [`dense`] and [`conv2d`] with
+//! `SMLAD` (two 16x16 multiply-accumulates per instruction) on operands unpacked by
+//! `SXTB16` / `SXTAB16` (two sign-extended bytes per instruction, the input offset added in
+//! the same instruction), several output channels per pass so each unpacked activation word
+//! is reused, the way CMSIS-NN's kernels work.
+//!
+//! Compiled for Arm builds of `thumbv7em*` targets (`cfg(iocane_arm_dsp)`, set by the build
+//! script; `IOCANE_PORTABLE_KERNELS=1` at build time turns it off) and, with the instructions
+//! emulated in plain Rust ([`op`]), for the host tests, which run the same loops against the
+//! i64 reference. The device parity test (`.ci/qemu-parity`, Cortex-M4 under qemu) runs the
+//! real instructions against the host's results.
+//!
+//! The arithmetic is the portable kernels' exactly: `(x - zp)` is in [-255, 255] and a weight
+//! in [-127, 127], so each 16-bit lane and each product is exact; `SMLAD` adds two products to
+//! the accumulator modulo 2^32, like `wrapping_add` (and the validator proves no i32
+//! accumulator overflows). Requantization is the shared scalar [`Output::store_with`].
+//!
+//! # Safety audit
+//! `unsafe` appears only in [`op`], around single `asm!` instructions (`sxtb16`, `sxtab16`,
+//! `smlad`) that read and write registers only: `pure, nomem, nostack, preserves_flags`
+//! (`SMLAD` sets the sticky Q flag on signed overflow, which nothing here reads). They exist
+//! only in thumbv7em builds, whose every core has the DSP extension.
+#![cfg_attr(iocane_arm_dsp, allow(unsafe_code))]
+
+use super::{ChannelParams, Output, Weights, Window, CHANNEL_BLOCK, CONV_PATCH_MAX};
+
+/// The DSP instructions used, one function each: inline assembly on thumbv7em, an exact
+/// emulation in Rust elsewhere (host tests).
+pub mod op {
+    /// `SXTB16 rd, rm`: bytes 0 and 2 of `x`, sign-extended, as the low and high halfwords.
+    #[inline(always)]
+    pub fn sxtb16(x: u32) -> u32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: u32;
+            // SAFETY: register-only instruction of the DSP extension, present on thumbv7em.
+            unsafe {
+                core::arch::asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            (x as u8 as i8 as i16 as u16 as u32) | ((((x >> 16) as u8 as i8 as i16 as u16) as u32) << 16)
+        }
+    }
+
+    /// `SXTB16 rd, rm, ROR #8`: bytes 1 and 3 of `x`, sign-extended.
+    #[inline(always)]
+    pub fn sxtb16_ror8(x: u32) -> u32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: u32;
+            // SAFETY: as in `sxtb16`.
+            unsafe {
+                core::arch::asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            sxtb16(x.rotate_right(8))
+        }
+    }
+
+    /// `SXTAB16 rd, rn, rm`: `a`'s halfwords plus bytes 0 and 2 of `x`, sign-extended, each
+    /// modulo 2^16.
+    #[inline(always)]
+    pub fn sxtab16(a: u32, x: u32) -> u32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: u32;
+            // SAFETY: as in `sxtb16`.
+            unsafe {
+                core::arch::asm!("sxtab16 {r}, {a}, {x}", r = lateout(reg) r, a = in(reg) a, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            add16(a, sxtb16(x))
+        }
+    }
+
+    /// `SXTAB16 rd, rn, rm, ROR #8`: `a`'s halfwords plus bytes 1 and 3 of `x`.
+    #[inline(always)]
+    pub fn sxtab16_ror8(a: u32, x: u32) -> u32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: u32;
+            // SAFETY: as in `sxtb16`.
+            unsafe {
+                core::arch::asm!("sxtab16 {r}, {a}, {x}, ror #8", r = lateout(reg) r, a = in(reg) a, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            add16(a, sxtb16_ror8(x))
+        }
+    }
+
+    /// `SMLAD rd, rn, rm, ra`: `acc + lo(x) * lo(y) + hi(x) * hi(y)` (signed halfwords),
+    /// modulo 2^32.
+    #[inline(always)]
+    pub fn smlad(x: u32, y: u32, acc: i32) -> i32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: i32;
+            // SAFETY: as in `sxtb16`; SMLAD's Q flag is not part of the flags LLVM tracks.
+            unsafe {
+                core::arch::asm!("smlad {r}, {x}, {y}, {a}", r = lateout(reg) r, x = in(reg) x, y = in(reg) y, a = in(reg) acc, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            let lo = (x as u16 as i16 as i32) * (y as u16 as i16 as i32);
+            let hi = ((x >> 16) as u16 as i16 as i32) * ((y >> 16) as u16 as i16 as i32);
+            acc.wrapping_add(lo).wrapping_add(hi)
+        }
+    }
+
+    #[cfg(not(iocane_arm_dsp))]
+    fn add16(a: u32, b: u32) -> u32 {
+        (a as u16).wrapping_add(b as u16) as u32 | (((a >> 16) as u16).wrapping_add((b >> 16) as u16) as u32) << 16
+    }
+}
+
+use op::{smlad, sxtab16, sxtab16_ror8, sxtb16, sxtb16_ror8};
+
+/// Four bytes as a little-endian word.
+#[inline(always)]
+fn word(b: &[u8]) -> u32 {
+    match <[u8; 4]>::try_from(b) {
+        Ok(a) => u32::from_le_bytes(a),
+        Err(_) => 0,
+    }
+}
+
+/// Rows of [`dense`] per pass: each activation word is unpacked once for this many rows.
+const DENSE_ROWS: usize = 4;
+
+/// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
+pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
+    let n = input.len();
+    if n == 0 {
+        return;
+    }
+    let zp = in_zp as i32;
+    // -zp in both halfwords: SXTAB16 adds it while unpacking, giving (x - zp) pairs.
+    let off = ((-zp) as u16 as u32) * 0x0001_0001;
+    let body = n & !3;
+    let (xb, xt) = (input.get(..body).unwrap_or(&[]), input.get(body..).unwrap_or(&[]));
+    let mut groups = weights.chunks_exact(DENSE_ROWS * n);
+    let mut o = 0;
+    for g in &mut groups {
+        let mut r = g.chunks_exact(n);
+        let (Some(w0), Some(w1), Some(w2), Some(w3)) = (r.next(), r.next(), r.next(), r.next()) else {
+            break;
+        };
+        let mut acc = [params.bias(o), params.bias(o + 1), params.bias(o + 2), params.bias(o + 3)];
+        let it = xb
+            .chunks_exact(4)
+            .zip(w0.chunks_exact(4))
+            .zip(w1.chunks_exact(4))
+            .zip(w2.chunks_exact(4))
+            .zip(w3.chunks_exact(4));
+        for ((((x, a), b), c), d) in it {
+            let xw = word(x);
+            let (xe, xo) = (sxtab16(off, xw), sxtab16_ror8(off, xw));
+            let (a, b, c, d) = (word(a), word(b), word(c), word(d));
+            acc[0] = smlad(xo, sxtb16_ror8(a), smlad(xe, sxtb16(a), acc[0]));
+            acc[1] = smlad(xo, sxtb16_ror8(b), smlad(xe, sxtb16(b), acc[1]));
+            acc[2] = smlad(xo, sxtb16_ror8(c), smlad(xe, sxtb16(c), acc[2]));
+            acc[3] = smlad(xo, sxtb16_ror8(d), smlad(xe, sxtb16(d), acc[3]));
+        }
+        for (j, wr) in [w0, w1, w2, w3].into_iter().enumerate() {
+            let tail = tail_dot(xt, wr.get(body..).unwrap_or(&[]), zp);
+            out.store(o + j, acc[j].wrapping_add(tail), o + j, params);
+        }
+        o += DENSE_ROWS;
+    }
+    for w in groups.remainder().chunks_exact(n) {
+        let mut acc = params.bias(o);
+        for (x, a) in xb.chunks_exact(4).zip(w.chunks_exact(4)) {
+            let (xw, a) = (word(x), word(a));
+            acc = smlad(sxtab16_ror8(off, xw), sxtb16_ror8(a), smlad(sxtab16(off, xw), sxtb16(a), acc));
+        }
+        out.store(o, acc.wrapping_add(tail_dot(xt, w.get(body..).unwrap_or(&[]), zp)), o, params);
+        o += 1;
+    }
+}
+
+/// `Σ w[i] * (x[i] - zp)` over the last `len % 4` elements.
+#[inline(always)]
+fn tail_dot(x: &[u8], w: &[u8], zp: i32) -> i32 {
+    x.iter().zip(w).fold(0i32, |acc, (&x, &w)| acc.wrapping_add((w as i8 as i32) * (x as i8 as i32 - zp)))
+}
+
+/// Output channels of [`conv2d`] per pass over a gathered patch.
+const CONV_CHANNELS: usize = 4;
+
+/// 2-D convolution with zero padding, weights `[oc][kh][kw][ic]`, for `kh * kw * in_c <=`
+/// [`CONV_PATCH_MAX`] (returns false otherwise; the caller runs the portable kernel).
+///
+/// Each receptive field is gathered once as `(x - zp)` in i16 with every group of four
+/// reordered `p0 p2 p1 p3`, so that the words `(p0, p2)` and `(p1, p3)` line up with
+/// `SXTB16` and `SXTB16 ROR 8` of four weight bytes; four output channels share each pair of
+/// patch loads.
+pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) -> bool {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
+    let (ic, oc) = (win.input.c, win.output.c);
+    let (kh, kw) = win.kernel;
+    let per_oc = kh * kw * ic;
+    if per_oc > CONV_PATCH_MAX || per_oc == 0 {
+        return false;
+    }
+    let body = per_oc & !3;
+    let mut patch = [0i16; CONV_PATCH_MAX];
+    let patch = &mut patch[..per_oc];
+    let mut packed = [0u32; CONV_PATCH_MAX / 2];
+    let packed = &mut packed[..body / 2];
+    let (mut bias, mut mult, mut shift) = ([0i32; CHANNEL_BLOCK], [0i32; CHANNEL_BLOCK], [0i32; CHANNEL_BLOCK]);
+    for c0 in (0..oc).step_by(CHANNEL_BLOCK) {
+        let cn = CHANNEL_BLOCK.min(oc - c0);
+        for j in 0..cn {
+            (bias[j], mult[j], shift[j]) = (params.bias(c0 + j), params.multiplier(c0 + j), params.shift(c0 + j));
+        }
+        let wblock = weights.get(c0 * per_oc..(c0 + cn) * per_oc).unwrap_or(&[]);
+        for oy in 0..win.output.h {
+            for ox in 0..win.output.w {
+                win.gather(input, in_zp as i16, (oy, ox), patch, per_oc);
+                // Pack: word 2k = (p[4k], p[4k+2]), word 2k+1 = (p[4k+1], p[4k+3]).
+                for (q, p) in packed.chunks_exact_mut(2).zip(patch.chunks_exact(4)) {
+                    q[0] = (p[0] as u16 as u32) | ((p[2] as u16 as u32) << 16);
+                    q[1] = (p[1] as u16 as u32) | ((p[3] as u16 as u32) << 16);
+                }
+                let ptail = patch.get(body..).unwrap_or(&[]);
+                let base = (oy * win.output.w + ox) * oc + c0;
+                let mut j = 0;
+                let mut groups = wblock.chunks_exact(CONV_CHANNELS * per_oc);
+                for g in &mut groups {
+                    let mut r = g.chunks_exact(per_oc);
+                    let (Some(w0), Some(w1), Some(w2), Some(w3)) = (r.next(), r.next(), r.next(), r.next()) else {
+                        break;
+                    };
+                    let mut acc = [bias[j], bias[j + 1], bias[j + 2], bias[j + 3]];
+                    let it = packed
+                        .chunks_exact(2)
+                        .zip(w0.chunks_exact(4))
+                        .zip(w1.chunks_exact(4))
+                        .zip(w2.chunks_exact(4))
+                        .zip(w3.chunks_exact(4));
+                    for ((((q, a), b), c), d) in it {
+                        let (pe, po) = (q[0], q[1]);
+                        let (a, b, c, d) = (word(a), word(b), word(c), word(d));
+                        acc[0] = smlad(po, sxtb16_ror8(a), smlad(pe, sxtb16(a), acc[0]));
+                        acc[1] = smlad(po, sxtb16_ror8(b), smlad(pe, sxtb16(b), acc[1]));
+                        acc[2] = smlad(po, sxtb16_ror8(c), smlad(pe, sxtb16(c), acc[2]));
+                        acc[3] = smlad(po, sxtb16_ror8(d), smlad(pe, sxtb16(d), acc[3]));
+                    }
+                    for (k, wr) in [w0, w1, w2, w3].into_iter().enumerate() {
+                        let tail = patch_tail(ptail, wr.get(body..).unwrap_or(&[]));
+                        out.store_with(base + j + k, acc[k].wrapping_add(tail), mult[j + k], shift[j + k]);
+                    }
+                    j += CONV_CHANNELS;
+                }
+                for w in groups.remainder().chunks_exact(per_oc) {
+                    let mut acc = bias[j];
+                    for (q, a) in packed.chunks_exact(2).zip(w.chunks_exact(4)) {
+                        let a = word(a);
+                        acc = smlad(q[1], sxtb16_ror8(a), smlad(q[0], sxtb16(a), acc));
+                    }
+                    let tail = patch_tail(ptail, w.get(body..).unwrap_or(&[]));
+                    out.store_with(base + j, acc.wrapping_add(tail), mult[j], shift[j]);
+                    j += 1;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// `Σ p[i] * w[i]` over the last `per_oc % 4` patch entries (natural order).
+#[inline(always)]
+fn patch_tail(p: &[i16], w: &[u8]) -> i32 {
+    p.iter().zip(w).fold(0i32, |acc, (&p, &w)| acc.wrapping_add((w as i8 as i32) * (p as i32)))
+}
