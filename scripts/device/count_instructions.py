@@ -115,9 +115,12 @@ def write_models(out, models, idx):
     write_atomic(os.path.join(out, "models.h"), ("\n".join(h) + "\n").encode())
 
 
-def build_iocane(out, triple, opt):
+def build_iocane(out, triple, opt, portable):
     fw = os.path.join(ROOT, "firmware", "bench")
     env = dict(os.environ, IOCANE_BENCH_MODELS=out, CARGO_PROFILE_RELEASE_OPT_LEVEL=opt)
+    env.pop("IOCANE_PORTABLE_KERNELS", None)
+    if portable:
+        env["IOCANE_PORTABLE_KERNELS"] = "1"  # the runtime's build script then skips the DSP kernels
     subprocess.run(["cargo", "build", "-q", "--release", "--target", triple], cwd=fw, env=env, check=True)
     return os.path.join(fw, "target", triple, "release", "iocane-bench-fw")
 
@@ -273,6 +276,7 @@ def main():
     ap.add_argument("--idx", default=os.path.join(ROOT, "data", "mnist-small", "t10k-images-idx3-ubyte.gz"))
     ap.add_argument("--cmsis", default=os.path.join(ROOT, "..", "shared", "anchors", "cmsis-nn"))
     ap.add_argument("--opt-level", default="3")
+    ap.add_argument("--portable", action="store_true", help="iocane with the portable kernels on M4 too (the 'before')")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -286,10 +290,10 @@ def main():
         sys.exit(f"CMSIS-NN not found at {cmsis} (--cmsis DIR)")
 
     results = {"method": "unicorn code hook, every executed instruction; marks between layers",
-               "opt_level": args.opt_level, "models": {}}
+               "opt_level": args.opt_level, "portable": args.portable, "models": {}}
     elves = {}
     for core, (triple, flags) in TARGETS.items():
-        elves[("iocane", core)] = build_iocane(out, triple, args.opt_level)
+        elves[("iocane", core)] = build_iocane(out, triple, args.opt_level, args.portable)
         elves[("cmsis", core)] = build_cmsis(out, core, flags, cmsis)
 
     # Validate the counting on the hand-counted loop, on both cores.

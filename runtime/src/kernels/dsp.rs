@@ -265,7 +265,13 @@ fn dense_packed<P: ChannelParams>(
 /// loop of [`dense`] and [`conv2d`], 20 instructions per 12 MACs on Cortex-M4. A function of
 /// its own so that its registers do not depend on what the caller keeps live.
 #[inline(never)]
-fn dot3(packed: &[u32], [w0, w1, w2]: [&[u8]; 3], mut acc: [i32; 3]) -> [i32; 3] {
+fn dot3(packed: &[u32], w: [&[u8]; 3], acc: [i32; 3]) -> [i32; 3] {
+    dot3_inline(packed, w, acc)
+}
+
+/// [`dot3`], inlined into a caller that has registers to spare ([`conv_channels`]).
+#[inline(always)]
+fn dot3_inline(packed: &[u32], [w0, w1, w2]: [&[u8]; 3], mut acc: [i32; 3]) -> [i32; 3] {
     let it = packed.chunks_exact(2).zip(w0.chunks_exact(4)).zip(w1.chunks_exact(4)).zip(w2.chunks_exact(4));
     for (((q, a), b), c) in it {
         let (xe, xo) = (q[0], q[1]);
@@ -330,12 +336,14 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
     let patch = &mut patch[..per_oc];
     let mut packed = [0u32; CONV_PATCH_MAX / 2];
     let packed = &mut packed[..body / 2];
-    let (mut bias, mut mult, mut shift) = ([0i32; CHANNEL_BLOCK], [0i32; CHANNEL_BLOCK], [0i32; CHANNEL_BLOCK]);
+    // (bias, multiplier, shift) of up to CHANNEL_BLOCK channels, read from the layer once.
+    let mut chan = [[0i32; 3]; CHANNEL_BLOCK];
     for c0 in (0..oc).step_by(CHANNEL_BLOCK) {
         let cn = CHANNEL_BLOCK.min(oc - c0);
-        for j in 0..cn {
-            (bias[j], mult[j], shift[j]) = (params.bias(c0 + j), params.multiplier(c0 + j), params.shift(c0 + j));
+        for (j, c) in chan.iter_mut().take(cn).enumerate() {
+            *c = [params.bias(c0 + j), params.multiplier(c0 + j), params.shift(c0 + j)];
         }
+        let chan = chan.get(..cn).unwrap_or(&[]);
         let wblock = weights.get(c0 * per_oc..(c0 + cn) * per_oc).unwrap_or(&[]);
         for oy in 0..win.output.h {
             for ox in 0..win.output.w {
@@ -347,29 +355,97 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
                 }
                 let ptail = patch.get(body..).unwrap_or(&[]);
                 let base = (oy * win.output.w + ox) * oc + c0;
-                let mut j = 0;
-                let mut groups = wblock.chunks_exact(CONV_CHANNELS * per_oc);
-                for g in &mut groups {
-                    let Some([w0, w1, w2]) = split_rows::<CONV_CHANNELS>(g, per_oc) else {
-                        break;
-                    };
-                    let acc = dot3(packed, [w0, w1, w2], [bias[j], bias[j + 1], bias[j + 2]]);
-                    for (k, wr) in [w0, w1, w2].into_iter().enumerate() {
-                        let tail = if ptail.is_empty() { 0 } else { patch_tail(ptail, wr.get(body..).unwrap_or(&[])) };
-                        out.store_with(base + j + k, acc[k].wrapping_add(tail), mult[j + k], shift[j + k]);
+                // One monomorphic loop per output kind: no `match` per stored value.
+                match out {
+                    Output::Act { buf, zero_point, min, max } => {
+                        let mut sink = ActSink { buf, zero_point: *zero_point, min: *min, max: *max };
+                        conv_channels(packed, ptail, wblock, per_oc, chan, &mut sink, base);
                     }
-                    j += CONV_CHANNELS;
-                }
-                for w in groups.remainder().chunks_exact(per_oc) {
-                    let acc = dot1(packed, w, bias[j]);
-                    let tail = patch_tail(ptail, w.get(body..).unwrap_or(&[]));
-                    out.store_with(base + j, acc.wrapping_add(tail), mult[j], shift[j]);
-                    j += 1;
+                    Output::Logits(buf) => {
+                        conv_channels(packed, ptail, wblock, per_oc, chan, &mut LogitSink(buf), base)
+                    }
                 }
             }
         }
     }
     true
+}
+
+/// All output channels of one output pixel of [`conv2d`] (from `base` on): three at a time
+/// through [`dot3`], the rest through [`dot1`], then requantized. Not inlined, so that its
+/// loop keeps its values in registers.
+#[inline(never)]
+fn conv_channels<S: Sink>(
+    packed: &[u32],
+    ptail: &[i16],
+    wblock: &[u8],
+    per_oc: usize,
+    chan: &[[i32; 3]],
+    out: &mut S,
+    base: usize,
+) {
+    let body = packed.len() * 2;
+    let mut groups = wblock.chunks_exact(CONV_CHANNELS * per_oc);
+    let mut cgroups = chan.chunks_exact(CONV_CHANNELS);
+    let mut idx = base;
+    for (g, c) in (&mut groups).zip(&mut cgroups) {
+        let Some([w0, w1, w2]) = split_rows::<CONV_CHANNELS>(g, per_oc) else {
+            break;
+        };
+        let (Ok(c), [w0, w1, w2]) = (<&[[i32; 3]; CONV_CHANNELS]>::try_from(c), [w0, w1, w2]) else {
+            break;
+        };
+        let mut acc = dot3_inline(packed, [w0, w1, w2], [c[0][0], c[1][0], c[2][0]]);
+        if !ptail.is_empty() {
+            for (a, w) in acc.iter_mut().zip([w0, w1, w2]) {
+                *a = a.wrapping_add(patch_tail(ptail, w.get(body..).unwrap_or(&[])));
+            }
+        }
+        out.put(idx, acc[0], c[0][1], c[0][2]);
+        out.put(idx + 1, acc[1], c[1][1], c[1][2]);
+        out.put(idx + 2, acc[2], c[2][1], c[2][2]);
+        idx += CONV_CHANNELS;
+    }
+    for (w, c) in groups.remainder().chunks_exact(per_oc).zip(cgroups.remainder()) {
+        let acc = dot1(packed, w, c[0]).wrapping_add(patch_tail(ptail, w.get(body..).unwrap_or(&[])));
+        out.put(idx, acc, c[1], c[2]);
+        idx += 1;
+    }
+}
+
+/// Where [`conv_channels`] writes a requantized value: [`Output`] split by kind.
+trait Sink {
+    /// Requantizes `acc` with `(m, shift)` into element `idx`.
+    fn put(&mut self, idx: usize, acc: i32, m: i32, shift: i32);
+}
+
+/// [`Output::Act`]'s fields.
+struct ActSink<'b> {
+    buf: &'b mut [u8],
+    zero_point: i8,
+    min: i8,
+    max: i8,
+}
+
+impl Sink for ActSink<'_> {
+    #[inline(always)]
+    fn put(&mut self, idx: usize, acc: i32, m: i32, shift: i32) {
+        if let Some(slot) = self.buf.get_mut(idx) {
+            *slot = crate::quant::requantize(acc, m, shift, self.zero_point, self.min, self.max) as u8;
+        }
+    }
+}
+
+/// [`Output::Logits`]' buffer.
+struct LogitSink<'b, 'o>(&'b mut &'o mut [i32]);
+
+impl Sink for LogitSink<'_, '_> {
+    #[inline(always)]
+    fn put(&mut self, idx: usize, acc: i32, m: i32, shift: i32) {
+        if let Some(slot) = self.0.get_mut(idx) {
+            *slot = crate::quant::requantize_logit(acc, m, shift);
+        }
+    }
 }
 
 /// `Σ p[i] * w[i]` over the last `per_oc % 4` patch entries (natural order).
