@@ -188,28 +188,47 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
+///
+/// Channels are the inner loop (contiguous in NHWC input and in the weights), in blocks of
+/// [`CHANNEL_BLOCK`] accumulators on the stack; the block's biases and requantization
+/// parameters are read from the layer once.
 pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let c_n = win.input.c;
     let kw = win.kernel.1;
     let zp = in_zp as i32;
-    for oy in 0..win.output.h {
-        let (ky0, ky1, iy0) = win.rows(oy);
-        for ox in 0..win.output.w {
-            let (kx0, kx1, ix0) = win.cols(ox);
-            let base = (oy * win.output.w + ox) * c_n;
-            for c in 0..c_n {
-                let mut acc = params.bias(c);
+    let mut chan = [[0i32; 3]; CHANNEL_BLOCK];
+    let mut acc = [0i32; CHANNEL_BLOCK];
+    for c0 in (0..c_n).step_by(CHANNEL_BLOCK) {
+        let cn = CHANNEL_BLOCK.min(c_n - c0);
+        for (j, c) in chan.iter_mut().take(cn).enumerate() {
+            *c = [params.bias(c0 + j), params.multiplier(c0 + j), params.shift(c0 + j)];
+        }
+        let (chan, acc) = (&chan[..cn], &mut acc[..cn]);
+        for oy in 0..win.output.h {
+            let (ky0, ky1, iy0) = win.rows(oy);
+            for ox in 0..win.output.w {
+                let (kx0, kx1, ix0) = win.cols(ox);
+                for (a, c) in acc.iter_mut().zip(chan) {
+                    *a = c[0];
+                }
                 for ky in ky0..ky1 {
                     let iy = (iy0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (ix0 + kx as isize) as usize;
-                        let x = input.get((iy * win.input.w + ix) * c_n + c).map_or(0, |&v| v as i8 as i32);
-                        let w = weights.get((ky * kw + kx) * c_n + c).map_or(0, |&v| v as i8 as i32);
-                        acc = acc.wrapping_add(w * (x - zp));
+                        let xi = (iy * win.input.w + ix) * c_n + c0;
+                        let wi = (ky * kw + kx) * c_n + c0;
+                        if let (Some(x), Some(w)) = (input.get(xi..xi + cn), weights.get(wi..wi + cn)) {
+                            for ((a, &x), &w) in acc.iter_mut().zip(x).zip(w) {
+                                *a = a.wrapping_add((w as i8 as i32) * (x as i8 as i32 - zp));
+                            }
+                        }
                     }
                 }
-                out.store(base + c, acc, c, params);
+                let base = (oy * win.output.w + ox) * c_n + c0;
+                for (j, (&a, c)) in acc.iter().zip(chan).enumerate() {
+                    out.store_with(base + j, a, c[1], c[2]);
+                }
             }
         }
     }
@@ -217,31 +236,52 @@ pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &We
 
 /// Max pooling without padding (no requantization: output shares the input's scale).
 pub fn max_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
-    pool(win, input, out, |vals| vals.fold(i8::MIN, |m, v| m.max(v)))
+    pool(win, input, out, i8::MIN as i32, |m, v| m.max(v), |m, _| m as i8)
 }
 
 /// Average pooling without padding: `average(Σ window, kh*kw)`, rounded half up.
 pub fn avg_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
-    let count = (win.kernel.0 * win.kernel.1) as i32;
-    pool(win, input, out, |vals| quant::average(vals.map(|v| v as i32).sum(), count))
+    pool(win, input, out, 0, |s, v| s + v, |s, n| quant::average(s, n))
 }
 
+/// A pooling window folded per channel (`fold` from `init` over the window's values), then
+/// finished (`finish(acc, kh * kw)`); channels are the inner loop, in blocks of
+/// [`CHANNEL_BLOCK`] accumulators.
 #[inline(always)]
-fn pool(win: &Window, input: &[u8], out: &mut [u8], f: impl Fn(&mut dyn Iterator<Item = i8>) -> i8) {
+fn pool(
+    win: &Window,
+    input: &[u8],
+    out: &mut [u8],
+    init: i32,
+    fold: impl Fn(i32, i32) -> i32,
+    finish: impl Fn(i32, i32) -> i8,
+) {
     let c_n = win.input.c;
     let (kh, kw) = win.kernel;
-    for oy in 0..win.output.h {
-        for ox in 0..win.output.w {
-            for c in 0..c_n {
+    let count = (kh * kw) as i32;
+    let mut acc = [0i32; CHANNEL_BLOCK];
+    for c0 in (0..c_n).step_by(CHANNEL_BLOCK) {
+        let cn = CHANNEL_BLOCK.min(c_n - c0);
+        let acc = &mut acc[..cn];
+        for oy in 0..win.output.h {
+            for ox in 0..win.output.w {
+                acc.fill(init);
                 let (iy0, ix0) = (oy * win.stride.0, ox * win.stride.1);
-                let mut it = (0..kh).flat_map(|ky| {
-                    (0..kw).map(move |kx| {
-                        let idx = ((iy0 + ky) * win.input.w + ix0 + kx) * c_n + c;
-                        input.get(idx).map_or(0, |&v| v as i8)
-                    })
-                });
-                if let Some(slot) = out.get_mut((oy * win.output.w + ox) * c_n + c) {
-                    *slot = f(&mut it) as u8;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let xi = ((iy0 + ky) * win.input.w + ix0 + kx) * c_n + c0;
+                        if let Some(x) = input.get(xi..xi + cn) {
+                            for (a, &x) in acc.iter_mut().zip(x) {
+                                *a = fold(*a, x as i8 as i32);
+                            }
+                        }
+                    }
+                }
+                let oi = (oy * win.output.w + ox) * c_n + c0;
+                if let Some(o) = out.get_mut(oi..oi + cn) {
+                    for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                        *o = finish(a, count) as u8;
+                    }
                 }
             }
         }

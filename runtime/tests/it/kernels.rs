@@ -142,9 +142,12 @@ proptest! {
     #[test]
     fn depthwise_matches_reference(
         (win, _) in geometry(),
+        // Channel counts past the kernels' 32-channel block too.
+        wide in prop_oneof![3 => Just(None), 1 => (30usize..70).prop_map(Some)],
         seed in any::<u64>(), zp in any::<i8>(), ozp in any::<i8>(),
     ) {
-        let win = Window { output: Shape { c: win.input.c, ..win.output }, ..win };
+        let c = wide.unwrap_or(win.input.c);
+        let win = Window { input: Shape { c, ..win.input }, output: Shape { c, ..win.output }, ..win };
         let c = win.input.c;
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
@@ -160,8 +163,8 @@ proptest! {
 
     #[test]
     fn pools_match_reference(
-        (h, w, c, k, s) in (1usize..10, 1usize..10, 1usize..4, 1usize..4, 1usize..4),
-        x in bytes(400),
+        (h, w, c, k, s) in (1usize..10, 1usize..10, prop_oneof![3 => 1usize..4, 1 => 30usize..70], 1usize..4, 1usize..4),
+        x in bytes(9 * 9 * 70),
     ) {
         prop_assume!(h >= k && w >= k);
         let input = Shape::new(h, w, c);
