@@ -14,7 +14,7 @@ for opt in s 3; do
         CARGO_PROFILE_RELEASE_OPT_LEVEL=$opt make -s -C examples/c-firmware MODEL_DIR="$model" >/dev/null
         log=$(mktemp)
         timeout 60 qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
-            -semihosting-config enable=on,target=native -kernel examples/c-firmware/build/firmware.elf </dev/null >"$log"
+            -semihosting-config enable=on,target=native -kernel examples/c-firmware/build/firmware.elf </dev/null >"$log" 2>&1
         echo "opt-level $opt, $([ "$portable" = 1 ] && echo portable || echo DSP) kernels:"
         python3 scripts/device/footprint.py examples/c-firmware/build/firmware.map "$log"
         python3 scripts/device/check_logits.py "$host" "$log" "  logits"
