@@ -114,8 +114,11 @@ fn inputs(n: usize, seed: u64, count: usize) -> Vec<u8> {
     px
 }
 
+/// Writes `dir/name` atomically: a temporary file, then a rename.
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    std::fs::rename(&tmp, dir.join(name)).unwrap_or_else(|e| panic!("rename {name}: {e}"));
 }
 
 fn main() {
