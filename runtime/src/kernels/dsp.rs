@@ -336,6 +336,10 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
     let patch = &mut patch[..per_oc];
     let mut packed = [0u32; CONV_PATCH_MAX / 2];
     let packed = &mut packed[..body / 2];
+    // Rows of whole words: a whole window can be unpacked straight from the input, four bytes
+    // at a time (`gather_words`).
+    let span4 = (kw * ic) % 4 == 0;
+    let off = ((-(in_zp as i32)) as u16 as u32) * 0x0001_0001;
     // (bias, multiplier, shift) of up to CHANNEL_BLOCK channels, read from the layer once.
     let mut chan = [[0i32; 3]; CHANNEL_BLOCK];
     for c0 in (0..oc).step_by(CHANNEL_BLOCK) {
@@ -347,13 +351,17 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
         let wblock = weights.get(c0 * per_oc..(c0 + cn) * per_oc).unwrap_or(&[]);
         for oy in 0..win.output.h {
             for ox in 0..win.output.w {
-                win.gather(input, in_zp as i16, (oy, ox), patch, per_oc);
-                // Pack: word 2k = (p[4k], p[4k+2]), word 2k+1 = (p[4k+1], p[4k+3]).
-                for (q, p) in packed.chunks_exact_mut(2).zip(patch.chunks_exact(4)) {
-                    q[0] = (p[0] as u16 as u32) | ((p[2] as u16 as u32) << 16);
-                    q[1] = (p[1] as u16 as u32) | ((p[3] as u16 as u32) << 16);
-                }
-                let ptail = patch.get(body..).unwrap_or(&[]);
+                let ptail = if span4 && gather_words(win, input, off, (oy, ox), packed) {
+                    &[][..]
+                } else {
+                    win.gather(input, in_zp as i16, (oy, ox), patch, per_oc);
+                    // Pack: word 2k = (p[4k], p[4k+2]), word 2k+1 = (p[4k+1], p[4k+3]).
+                    for (q, p) in packed.chunks_exact_mut(2).zip(patch.chunks_exact(4)) {
+                        q[0] = (p[0] as u16 as u32) | ((p[2] as u16 as u32) << 16);
+                        q[1] = (p[1] as u16 as u32) | ((p[3] as u16 as u32) << 16);
+                    }
+                    patch.get(body..).unwrap_or(&[])
+                };
                 let base = (oy * win.output.w + ox) * oc + c0;
                 // One monomorphic loop per output kind: no `match` per stored value.
                 match out {
@@ -365,6 +373,35 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
                         conv_channels(packed, ptail, wblock, per_oc, chan, &mut LogitSink(buf), base)
                     }
                 }
+            }
+        }
+    }
+    true
+}
+
+/// For a window inside the image whose rows are whole words (`kw * in_c` a multiple of 4):
+/// unpacks the receptive field of `(oy, ox)` straight from the input into `packed` (`SXTAB16`
+/// adds `-zp`: the words [`conv2d`]'s pack step would make from the gathered patch) and
+/// returns true; returns false, touching nothing, for a window cut by padding.
+#[inline(always)]
+fn gather_words(win: &Window, input: &[u8], off: u32, (oy, ox): (usize, usize), packed: &mut [u32]) -> bool {
+    let (kh, kw) = win.kernel;
+    let (ky0, ky1, iy0) = win.rows(oy);
+    let (kx0, kx1, ix0) = win.cols(ox);
+    if ky1 - ky0 != kh || kx1 - kx0 != kw {
+        return false;
+    }
+    let span = kw * win.input.c;
+    let mut words = packed.chunks_exact_mut(2);
+    for ky in 0..kh {
+        let iy = (iy0 + ky as isize) as usize;
+        let xi = (iy * win.input.w + ix0 as usize) * win.input.c;
+        if let Some(src) = input.get(xi..xi + span) {
+            // Source first: when a row ends, `zip` stops before taking another word.
+            for (x, q) in src.chunks_exact(4).zip(&mut words) {
+                let xw = word(x);
+                q[0] = sxtab16(off, xw);
+                q[1] = sxtab16_ror8(off, xw);
             }
         }
     }
