@@ -241,7 +241,7 @@ pub fn max_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
 
 /// Average pooling without padding: `average(Σ window, kh*kw)`, rounded half up.
 pub fn avg_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
-    pool(win, input, out, 0, |s, v| s + v, |s, n| quant::average(s, n))
+    pool(win, input, out, 0, |s, v| s + v, quant::average)
 }
 
 /// A pooling window folded per channel (`fold` from `init` over the window's values), then
