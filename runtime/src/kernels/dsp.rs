@@ -13,7 +13,8 @@
 //! The arithmetic is the portable kernels' exactly: `(x - zp)` is in [-255, 255] and a weight
 //! in [-127, 127], so each 16-bit lane and each product is exact; `SMLAD` adds two products to
 //! the accumulator modulo 2^32, like `wrapping_add` (and the validator proves no i32
-//! accumulator overflows). Requantization is the shared scalar [`Output::store_with`].
+//! accumulator overflows). Requantization is the shared scalar `quant::requantize` /
+//! `quant::requantize_logit`, once per output.
 //!
 //! # Safety audit
 //! `unsafe` appears only in [`op`], around single `asm!` instructions (`sxtb16`, `sxtab16`,
