@@ -266,13 +266,7 @@ fn dense_packed<P: ChannelParams>(
 /// loop of [`dense`] and [`conv2d`], 20 instructions per 12 MACs on Cortex-M4. A function of
 /// its own so that its registers do not depend on what the caller keeps live.
 #[inline(never)]
-fn dot3(packed: &[u32], w: [&[u8]; 3], acc: [i32; 3]) -> [i32; 3] {
-    dot3_inline(packed, w, acc)
-}
-
-/// [`dot3`], inlined into a caller that has registers to spare ([`conv_channels`]).
-#[inline(always)]
-fn dot3_inline(packed: &[u32], [w0, w1, w2]: [&[u8]; 3], mut acc: [i32; 3]) -> [i32; 3] {
+fn dot3(packed: &[u32], [w0, w1, w2]: [&[u8]; 3], mut acc: [i32; 3]) -> [i32; 3] {
     let it = packed.chunks_exact(2).zip(w0.chunks_exact(4)).zip(w1.chunks_exact(4)).zip(w2.chunks_exact(4));
     for (((q, a), b), c) in it {
         let (xe, xo) = (q[0], q[1]);
@@ -410,9 +404,10 @@ fn gather_words(win: &Window, input: &[u8], off: u32, (oy, ox): (usize, usize), 
 }
 
 /// All output channels of one output pixel of [`conv2d`] (from `base` on): three at a time
-/// through [`dot3`], the rest through [`dot1`], then requantized. Not inlined, so that its
-/// loop keeps its values in registers.
-#[inline(never)]
+/// through [`dot3`], the rest through [`dot1`], then requantized. Inlined into the pixel
+/// loop (its setup is then loop-invariant); the dot products are not (their loops keep
+/// every value in registers).
+#[inline(always)]
 fn conv_channels<S: Sink>(
     packed: &[u32],
     ptail: &[i16],
@@ -433,7 +428,7 @@ fn conv_channels<S: Sink>(
         let (Ok(c), [w0, w1, w2]) = (<&[[i32; 3]; CONV_CHANNELS]>::try_from(c), [w0, w1, w2]) else {
             break;
         };
-        let mut acc = dot3_inline(packed, [w0, w1, w2], [c[0][0], c[1][0], c[2][0]]);
+        let mut acc = dot3(packed, [w0, w1, w2], [c[0][0], c[1][0], c[2][0]]);
         if !ptail.is_empty() {
             for (a, w) in acc.iter_mut().zip([w0, w1, w2]) {
                 *a = a.wrapping_add(patch_tail(ptail, w.get(body..).unwrap_or(&[])));
