@@ -1,6 +1,9 @@
 //! Writes the fixtures of the device/host parity test (`firmware/qemu-parity`, run by
 //! `.ci/qemu-parity`): model blobs, inputs, and the logits this host computes for them:
-//! `cargo run -p iocane-runtime --features testing --example parity_fixtures -- OUT_DIR`.
+//! `cargo run -p iocane-runtime --features testing --example parity_fixtures -- OUT_DIR
+//! [IMAGES [MAX_ARENA]]`: IMAGES per model (default and at most 16; the first four are the
+//! fixed patterns), and only the models whose arena fits MAX_ARENA bytes (default: all), for
+//! cores with little flash and RAM (the Cortex-M0 of qemu's micro:bit has 256 KiB and 16 KiB).
 //!
 //! Everything is deterministic (fixed seeds). For model `i`, `OUT_DIR` gets `model{i}.icn`,
 //! `input{i}.bin` (16 images, pixels concatenated), `expected{i}.bin` (their logits,
@@ -14,7 +17,7 @@ use iocane_runtime::{Model, OpKind, Shape};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Images per model.
+/// Images per model, at most.
 const INPUTS: usize = 16;
 
 /// FNV-1a over the little-endian bytes of the logits; the firmware computes the same.
@@ -96,8 +99,8 @@ fn models() -> Vec<(&'static str, ModelRepr)> {
     vec![("cnn_s", random_cnn_s(1)), ("mlp", random_mlp(2)), ("dw_pool", dw_pool), ("odd_9x7x3", odd), ("large", large)]
 }
 
-/// 16 images of `n` pixels: the extremes, two patterns, then SplitMix64 bytes.
-fn inputs(n: usize, seed: u64) -> Vec<u8> {
+/// `count` images of `n` pixels: the extremes, two patterns, then SplitMix64 bytes.
+fn inputs(n: usize, seed: u64, count: usize) -> Vec<u8> {
     let mut rng = SplitMix64(seed);
     let mut px = Vec::with_capacity(INPUTS * n);
     px.extend(std::iter::repeat_n(0u8, n));
@@ -107,16 +110,24 @@ fn inputs(n: usize, seed: u64) -> Vec<u8> {
     for _ in 4..INPUTS {
         px.extend((0..n).map(|_| rng.next_u64() as u8));
     }
+    px.truncate(count * n);
     px
 }
 
+/// Writes `dir/name` atomically: a temporary file, then a rename.
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    std::fs::rename(&tmp, dir.join(name)).unwrap_or_else(|e| panic!("rename {name}: {e}"));
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: parity_fixtures OUT_DIR");
-    let dir = Path::new(&dir);
+    let usage = "usage: parity_fixtures OUT_DIR [IMAGES [MAX_ARENA]]";
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = Path::new(args.first().expect(usage));
+    let count: usize = args.get(1).map_or(INPUTS, |a| a.parse().expect(usage));
+    let arena_limit: usize = args.get(2).map_or(usize::MAX, |a| a.parse().expect(usage));
+    assert!((1..=INPUTS).contains(&count), "IMAGES must be in 1..={INPUTS}");
     std::fs::create_dir_all(dir).expect("create output dir");
     let avx2 = cfg!(all(target_arch = "x86_64", target_feature = "avx2"));
     println!("host kernels: {}", if avx2 { "AVX2" } else { "portable (this host build has no AVX2)" });
@@ -147,8 +158,12 @@ fn main() {
     for (i, (name, repr)) in models().into_iter().enumerate() {
         let blob = repr.emit();
         let model = Model::parse(&blob).unwrap_or_else(|e| panic!("model {i} ({name}) does not parse: {e}"));
+        if model.arena_size() > arena_limit {
+            println!("model {i} ({name}): arena {} bytes > {arena_limit}, left out", model.arena_size());
+            continue;
+        }
         let (n, classes) = (model.input_len(), model.num_classes());
-        let px = inputs(n, 0x1000 + i as u64);
+        let px = inputs(n, 0x1000 + i as u64, count);
         let mut arena = vec![0u8; model.arena_size()];
         let mut logits = vec![0i32; classes];
         let (mut expected, mut class) = (Vec::new(), Vec::new());
@@ -165,7 +180,7 @@ fn main() {
         write(dir, &format!("class{i}.bin"), &class);
         let s = model.input_shape();
         println!(
-            "model {i} ({name}, {}x{}x{}, {} layers, {classes} classes): blob {} bytes, arena {} bytes, {INPUTS} inputs, host checksum {checksum:08x}",
+            "model {i} ({name}, {}x{}x{}, {} layers, {classes} classes): blob {} bytes, arena {} bytes, {count} inputs, host checksum {checksum:08x}",
             s.h,
             s.w,
             s.c,
@@ -190,6 +205,7 @@ fn main() {
     writeln!(src, "\n/// Every model.\npub static MODELS: &[Fixture] = &[\n{entries}];").unwrap();
     writeln!(src, "\n/// The largest arena any model needs.\npub const MAX_ARENA: usize = {max_arena};").unwrap();
     writeln!(src, "\n/// The largest class count.\npub const MAX_CLASSES: usize = {max_classes};").unwrap();
+    assert!(total_blob > 0, "no model fits an arena of {arena_limit} bytes");
     write(dir, "fixtures.rs", src.as_bytes());
     println!("blobs: {total_blob} bytes in total; wrote {}", dir.join("fixtures.rs").display());
 }

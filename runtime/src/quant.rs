@@ -63,13 +63,23 @@ pub const fn rescale(acc: i32, m: i32, shift: i32) -> i64 {
 /// `[zero_point, 127]` for ReLU, `[zero_point, min(127, zero_point + round(6 / s))]` for ReLU6.
 #[inline(always)]
 pub const fn requantize(acc: i32, m: i32, shift: i32, zero_point: i8, act_min: i8, act_max: i8) -> i8 {
+    let (lo, hi) = (act_min as i32, act_max as i32);
+    if shift < 0 {
+        // The common case (real multiplier below 1/2): all in 32 bits, see `rescale_hi`.
+        let v = rescale_hi(acc, m, shift) + zero_point as i32;
+        return (if v < lo {
+            lo
+        } else if v > hi {
+            hi
+        } else {
+            v
+        }) as i8;
+    }
     let v = rescale(acc, m, shift) + zero_point as i64;
-    let lo = act_min as i64;
-    let hi = act_max as i64;
-    (if v < lo {
-        lo
-    } else if v > hi {
-        hi
+    (if v < lo as i64 {
+        lo as i64
+    } else if v > hi as i64 {
+        hi as i64
     } else {
         v
     }) as i8
@@ -79,6 +89,9 @@ pub const fn requantize(acc: i32, m: i32, shift: i32, zero_point: i8, act_min: i
 /// (logit zero point is 0, there is no activation).
 #[inline(always)]
 pub const fn requantize_logit(acc: i32, m: i32, shift: i32) -> i32 {
+    if shift < 0 {
+        return rescale_hi(acc, m, shift);
+    }
     let v = rescale(acc, m, shift);
     if v < i32::MIN as i64 {
         i32::MIN
@@ -86,6 +99,27 @@ pub const fn requantize_logit(acc: i32, m: i32, shift: i32) -> i32 {
         i32::MAX
     } else {
         v as i32
+    }
+}
+
+/// [`rescale`] for `shift < 0` (a total right shift `31 - shift` of 32 to 62 bits), computed
+/// from the high word of the product only, so that 32-bit cores need no 64-bit shift or
+/// compare (on Cortex-M4: one `SMULL`, an add and an arithmetic shift). Equal to `rescale`
+/// for every input (tested against it, and against the exact rule, in this module):
+/// with `prod = hi * 2^32 + lo`, `0 <= lo < 2^32` and `t = total - 32 >= 1`,
+/// `floor((prod + 2^(total-1)) / 2^total) = floor((hi + 2^(t-1) + lo / 2^32) / 2^t)`
+/// `= floor((hi + 2^(t-1)) / 2^t)` because `hi + 2^(t-1)` is an integer and `lo / 2^32 < 1`;
+/// for `t = 0` (`shift = -1`) it is `hi + [lo >= 2^31]`. `|prod| < 2^62`, so `|hi| < 2^30`
+/// and nothing overflows; the result is within `±2^30`.
+#[inline(always)]
+const fn rescale_hi(acc: i32, m: i32, shift: i32) -> i32 {
+    let prod = acc as i64 * m as i64;
+    let hi = (prod >> 32) as i32;
+    if shift == -1 {
+        hi + ((prod as u32) >> 31) as i32
+    } else {
+        let t = (-1 - shift) as u32;
+        (hi + (1 << (t - 1))) >> t
     }
 }
 
@@ -328,6 +362,38 @@ mod tests {
                     assert_eq!(rescale(a, m, s) as i128, rescale_exact(a, m, s), "a={a} m={m} s={s}");
                 }
             }
+        }
+    }
+
+    /// The 32-bit path of `requantize` / `requantize_logit` (`shift < 0`) against the i64
+    /// `rescale` and the exact i128 rule, on edges and 200,000 random cases.
+    #[test]
+    fn rescale_hi_equals_rescale() {
+        let accs = [i32::MIN, i32::MIN + 1, -(1 << 30), -1_000_001, -2, -1, 0, 1, 2, 1 << 20, 999_999, i32::MAX];
+        let ms = [1, 2, 3, 1 << 30, (1 << 30) + 1, (1 << 30) + 12345, i32::MAX - 1, i32::MAX];
+        let check = |a: i32, m: i32, s: i32| {
+            let want = rescale(a, m, s);
+            assert_eq!(rescale_hi(a, m, s) as i64, want, "a={a} m={m} s={s}");
+            assert_eq!(want as i128, rescale_exact(a, m, s));
+            assert_eq!(requantize_logit(a, m, s) as i64, want);
+            for (zp, lo, hi) in [(0i8, -128i8, 127i8), (-128, -128, 127), (127, -128, 127), (-5, -5, 40)] {
+                let v = (want + zp as i64).clamp(lo as i64, hi as i64) as i8;
+                assert_eq!(requantize(a, m, s, zp, lo, hi), v, "a={a} m={m} s={s} zp={zp}");
+            }
+        };
+        for &a in &accs {
+            for &m in &ms {
+                for s in SHIFT_MIN..0 {
+                    check(a, m, s);
+                }
+            }
+        }
+        let mut r = crate::rng::SplitMix64(0x5eed);
+        for _ in 0..200_000 {
+            let a = r.next_u64() as i32;
+            let m = ((r.next_u64() as u32) >> 1).max(1) as i32;
+            let s = -1 - (r.next_u64() % 31) as i32;
+            check(a, m, s);
         }
     }
 

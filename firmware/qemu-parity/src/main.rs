@@ -1,22 +1,52 @@
 //! Device side of the parity test: runs every fixture model on every fixture image with the
-//! portable kernels (this is a Thumb build) and compares each logit and predicted class with
-//! the host's (AVX2) results, bit for bit. Reports over semihosting; exits qemu with
-//! `EXIT_SUCCESS` only if everything matched.
+//! device's kernels (portable Rust) and compares
+//! each logit and predicted class with the host's (AVX2) results, bit for bit. Reports over
+//! semihosting; exits qemu with `EXIT_SUCCESS` only if everything matched.
 //!
-//! The fixtures come from `runtime/examples/parity_fixtures.rs`, written into `generated/`
-//! (see `README.md`). No heap: the arena and the logits live on the stack.
+//! One source for three cores: Cortex-M4 (thumbv7em-none-eabihf, qemu mps2-an386), Cortex-M0
+//! (thumbv6m-none-eabi, qemu microbit) and RV32IMC (riscv32imc-unknown-none-elf, qemu virt).
+//! The fixtures come from `runtime/examples/parity_fixtures.rs`, written into the directory
+//! `IOCANE_PARITY_FIXTURES` names at build time (default `generated/`; see `README.md`). No
+//! heap: the arena and the logits live on the stack.
 #![no_std]
 #![no_main]
 
+#[cfg(target_arch = "arm")]
 use cortex_m_rt::entry;
+#[cfg(target_arch = "arm")]
 use cortex_m_semihosting::{debug, hprintln};
 use iocane_runtime::Model;
+#[cfg(target_arch = "arm")]
 use panic_semihosting as _;
+#[cfg(target_arch = "riscv32")]
+use riscv_rt::entry;
+#[cfg(target_arch = "riscv32")]
+use riscv_semihosting::{debug, hprintln};
+
+/// RISC-V has no panic-semihosting crate: report and exit with failure the same way.
+#[cfg(target_arch = "riscv32")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        core::hint::spin_loop();
+    }
+}
 
 mod fixtures {
-    include!("../generated/fixtures.rs");
+    include!(env!("IOCANE_PARITY_FIXTURES_RS"));
 }
 use fixtures::{Fixture, MAX_ARENA, MAX_CLASSES, MODELS};
+
+/// The core this build runs on, for the report.
+const CORE: &str = if cfg!(target_arch = "riscv32") {
+    "RV32IMC"
+} else if cfg!(target_abi = "eabihf") {
+    "Cortex-M4"
+} else {
+    "Cortex-M0"
+};
 
 /// Mismatch details printed at most, over the whole run.
 const MAX_REPORTS: usize = 10;
@@ -129,8 +159,12 @@ fn main() -> ! {
             _ => failed += 1,
         }
     }
+    if MODELS.is_empty() {
+        hprintln!("FAIL: no fixture models (regenerate the fixtures)");
+        failed = 1;
+    }
     if failed == 0 {
-        hprintln!("PASS: {} models bit-exact with the host", MODELS.len());
+        hprintln!("PASS: {} models bit-exact with the host on {}", MODELS.len(), CORE);
         debug::exit(debug::EXIT_SUCCESS);
     } else {
         hprintln!("FAIL: {} of {} models differ from the host or did not run", failed, MODELS.len());

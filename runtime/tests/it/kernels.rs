@@ -1,7 +1,9 @@
 //! Every kernel against its plain i64 reference, on random shapes, weights, multipliers and
 //! zero points, including saturation edges; and whole models against the reference runner.
 //! The weighted kernels are checked both through the dispatching entry points (the AVX2 path on
-//! x86-64-v3 hosts) and through [`kernels::portable`] (what Cortex-M and RISC-V run).
+//! x86-64-v3 hosts), through [`kernels::portable`] (what Cortex-M0 and RISC-V run) and through
+//! [`kernels::dsp`] (what Cortex-M4/M7 run; here with the DSP instructions emulated, the real
+//! ones run in the Cortex-M4 parity test).
 
 use iocane_runtime::kernels::{self, reference, Output, Weights, Window};
 use iocane_runtime::testing::{random_model, ChannelTable as Params, SynthLayer};
@@ -49,7 +51,8 @@ proptest! {
 
     #[test]
     fn dense_matches_reference(
-        (n, oc) in (1usize..200, 1usize..20),
+        // Past kernels::dsp::X_PACK (1024) too: the DSP kernel's unpack-per-row-group path.
+        (n, oc) in prop_oneof![4 => (1usize..200, 1usize..20), 1 => (1020usize..1100, 1usize..8)],
         seed in any::<u64>(),
         zp in any::<i8>(), ozp in any::<i8>(), relu in any::<bool>(),
     ) {
@@ -67,6 +70,12 @@ proptest! {
         // The portable kernel (what Cortex-M and RISC-V run) on the same case.
         kernels::portable::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
         kernels::portable::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
+        // The Cortex-M4 DSP kernel's loops (instructions emulated).
+        act.fill(0);
+        logits.fill(0);
+        kernels::dsp::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: clamp.0, max: clamp.1 });
+        kernels::dsp::dense(&as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, ozp, clamp, &act, &logits);
     }
 
@@ -87,6 +96,12 @@ proptest! {
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
+        act.fill(0);
+        logits.fill(0);
+        let ran_act = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: ozp, max: 127 });
+        let ran_logits = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        prop_assert!(ran_act && ran_logits);
         check_weighted(&acc, &p, oc, ozp, (ozp, 127), &act, &logits);
     }
 
@@ -112,14 +127,27 @@ proptest! {
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
         kernels::portable::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Logits(&mut logits));
         check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
+        // The DSP kernel takes receptive fields up to the patch limit; the others fall back.
+        act.fill(0);
+        logits.fill(0);
+        let fits = k * k * ic <= kernels::CONV_PATCH_MAX;
+        let ran_act = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Act { buf: &mut act, zero_point: 3, min: -128, max: 127 });
+        let ran_logits = kernels::dsp::conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&wts), zp, &p), &mut Output::Logits(&mut logits));
+        prop_assert_eq!((ran_act, ran_logits), (fits, fits));
+        if fits {
+            check_weighted(&acc, &p, oc, 3, (-128, 127), &act, &logits);
+        }
     }
 
     #[test]
     fn depthwise_matches_reference(
         (win, _) in geometry(),
+        // Channel counts past the kernels' 32-channel block too.
+        wide in prop_oneof![3 => Just(None), 1 => (30usize..70).prop_map(Some)],
         seed in any::<u64>(), zp in any::<i8>(), ozp in any::<i8>(),
     ) {
-        let win = Window { output: Shape { c: win.input.c, ..win.output }, ..win };
+        let c = wide.unwrap_or(win.input.c);
+        let win = Window { input: Shape { c, ..win.input }, output: Shape { c, ..win.output }, ..win };
         let c = win.input.c;
         let mut r = iocane_runtime::rng::SplitMix64(seed);
         let x: Vec<i8> = (0..win.input.len()).map(|_| r.range(-128, 127) as i8).collect();
@@ -135,8 +163,8 @@ proptest! {
 
     #[test]
     fn pools_match_reference(
-        (h, w, c, k, s) in (1usize..10, 1usize..10, 1usize..4, 1usize..4, 1usize..4),
-        x in bytes(400),
+        (h, w, c, k, s) in (1usize..10, 1usize..10, prop_oneof![3 => 1usize..4, 1 => 30usize..70], 1usize..4, 1usize..4),
+        x in bytes(9 * 9 * 70),
     ) {
         prop_assume!(h >= k && w >= k);
         let input = Shape::new(h, w, c);
