@@ -214,17 +214,7 @@ impl<'m> Attacker<'m> {
         let (lo, hi) = linf_ball(pixels, k);
         let (_, g) = self.twin.input_gradient(&FloatTwin::input_from_pixels(pixels), label, Loss::CrossEntropy);
         res.gradients += 1;
-        let x: Vec<u8> = (0..pixels.len())
-            .map(|i| {
-                if g[i] > 0.0 {
-                    hi[i]
-                } else if g[i] < 0.0 {
-                    lo[i]
-                } else {
-                    pixels[i]
-                }
-            })
-            .collect();
+        let x = sign_vertex(pixels, &lo, &hi, &g);
         if x != pixels {
             self.test(&x, label, &mut res);
         }
@@ -433,6 +423,23 @@ fn round_into(x: &[f32], out: &mut [u8]) {
 }
 
 /// Tie-aware integer margin of `label`: `min_{j != y} (z_y - z_j + [j > y])`; the runtime's
+/// The vertex of the box `lo..=hi` that the gradient `g` points to: `hi` where `g > 0`, `lo`
+/// where `g < 0`, the pixel itself where `g = 0` (FGSM's step, and the integer search's
+/// first candidate).
+pub(crate) fn sign_vertex(pixels: &[u8], lo: &[u8], hi: &[u8], g: &[f32]) -> Vec<u8> {
+    (0..pixels.len())
+        .map(|i| {
+            if g[i] > 0.0 {
+                hi[i]
+            } else if g[i] < 0.0 {
+                lo[i]
+            } else {
+                pixels[i]
+            }
+        })
+        .collect()
+}
+
 /// argmax differs from `label` iff this is `<= 0`.
 pub fn margin(logits: &[i32], label: usize) -> i64 {
     let zy = logits[label] as i64;

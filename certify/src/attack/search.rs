@@ -72,17 +72,7 @@ impl Attacker<'_> {
         let (lo, hi) = linf_ball(pixels, k);
         let (_, g) = self.twin.input_gradient(&FloatTwin::input_from_pixels(pixels), label, Loss::Margin);
         res.gradients += 1;
-        let vertex: Vec<u8> = (0..pixels.len())
-            .map(|i| {
-                if g[i] > 0.0 {
-                    hi[i]
-                } else if g[i] < 0.0 {
-                    lo[i]
-                } else {
-                    pixels[i]
-                }
-            })
-            .collect();
+        let vertex = super::sign_vertex(pixels, &lo, &hi, &g);
         let (mut start, mut start_margin) = (pixels.to_vec(), clean_margin);
         let hint = hint.map(|h| (0..pixels.len()).map(|i| h[i].clamp(lo[i], hi[i])).collect::<Vec<u8>>());
         for cand in [Some(vertex), hint].into_iter().flatten() {

@@ -172,3 +172,36 @@ pub fn noise_dataset(input: Shape, classes: usize, n: usize, seed: u64) -> (Vec<
     };
     (blob, data)
 }
+
+/// Raises the logits layer's shifts by `bits` (a larger logit scale, so that a tighter
+/// real-valued bound shows in the integer margins).
+pub fn scale_logits(repr: &mut ModelRepr, bits: i32) {
+    let last = repr.layers.len() - 1;
+    for s in &mut repr.layers[last].shift {
+        *s = (*s + bits).min(iocane_runtime::quant::SHIFT_MAX);
+    }
+}
+
+/// Point `t` of a sample of the box `lo..=hi`: the low corner, the high corner, then points
+/// whose pixels are at either end or uniform in between (a third each).
+pub fn box_point(lo: &[u8], hi: &[u8], t: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    (0..lo.len())
+        .map(|i| match (t, rng.next_u64() % 3) {
+            (0, _) => lo[i],
+            (1, _) => hi[i],
+            (_, 0) => lo[i],
+            (_, 1) => hi[i],
+            _ => rng.range(lo[i] as i64, hi[i] as i64) as u8,
+        })
+        .collect()
+}
+
+/// The true worst margin of logits `z` in [`iocane_certify::ibp::worst_margin`]'s convention:
+/// `min_j z_y - z_j - [j < y]`.
+pub fn true_margin(z: &[i32], label: usize) -> i64 {
+    (0..z.len())
+        .filter(|&j| j != label)
+        .map(|j| z[label] as i64 - z[j] as i64 - i64::from(j < label))
+        .min()
+        .unwrap_or(i64::MAX)
+}
