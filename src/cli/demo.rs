@@ -72,7 +72,10 @@ pub fn run(d: &DemoArgs) -> Result<u8> {
         println!("\n== {}/6 export: int8 post-training quantization", 3 * i + 2);
         let export =
             super::export::run(&flags::<ExportArgs>(&["export", &run, "--out", &export_dir.to_string_lossy()])?)?;
-        println!("\n== {}/6 certify the int8 model (attacks + interval bounds on the integer arithmetic)", 3 * i + 3);
+        println!(
+            "\n== {}/6 certify the int8 model (attacks + interval and linear bounds on the integer arithmetic)",
+            3 * i + 3
+        );
         let blob = std::fs::read(&export.blob)?;
         let test = iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall)?.test;
         let mut reports = Vec::new();
