@@ -727,16 +727,21 @@ impl<'m> Crown<'m> {
         self.obj_row = e;
     }
 
-    /// A lower bound on `s_y acc_y - s_j acc_j` of the logits layer `last`.
-    fn difference_lower_bound(&mut self, last: usize, y: usize, j: usize) -> f64 {
+    /// The objective row `s_y acc_y - s_j acc_j` over the accumulators of the logits layer
+    /// `last`, written into `e`.
+    fn difference_row(&self, last: usize, y: usize, j: usize, e: &mut Row) {
         let layer = self.layers[last];
-        let n = layer.output_shape().c;
         let sc = |c: usize| scale_of(layer.multiplier(c), layer.shift(c));
-        let mut e = std::mem::take(&mut self.obj_row);
-        e.reset(n);
+        e.reset(layer.output_shape().c);
         e.c[y] = sc(y);
         e.c[j] = -sc(j);
         e.touch(y.min(j), y.max(j) + 1);
+    }
+
+    /// A lower bound on `s_y acc_y - s_j acc_j` of the logits layer `last`.
+    fn difference_lower_bound(&mut self, last: usize, y: usize, j: usize) -> f64 {
+        let mut e = std::mem::take(&mut self.obj_row);
+        self.difference_row(last, y, j, &mut e);
         let b = self.back_substitute(last, &e);
         self.obj_row = e;
         b
@@ -745,15 +750,11 @@ impl<'m> Crown<'m> {
     /// [`Crown::difference_lower_bound`] with optimised slopes
     /// ([`Crown::optimize_objective`]), stopping once it reaches `need`.
     fn optimize_difference(&mut self, last: usize, y: usize, j: usize, need: i64) -> f64 {
-        let layer = self.layers[last];
-        let n = layer.output_shape().c;
-        let sc = |c: usize| scale_of(layer.multiplier(c), layer.shift(c));
-        let mut e = Row::default();
-        e.reset(n);
-        e.c[y] = sc(y);
-        e.c[j] = -sc(j);
-        e.touch(y.min(j), y.max(j) + 1);
-        self.optimize_objective(last, &e, need as f64)
+        let mut e = std::mem::take(&mut self.obj_row);
+        self.difference_row(last, y, j, &mut e);
+        let b = self.optimize_objective(last, &e, need as f64);
+        self.obj_row = e;
+        b
     }
 
     /// Alpha-CROWN: the best lower bound of the objective `e` over weighted layer `top`'s

@@ -205,3 +205,21 @@ pub fn true_margin(z: &[i32], label: usize) -> i64 {
         .min()
         .unwrap_or(i64::MAX)
 }
+
+/// `n` random images for a 4x4x2, 3-class `model`, each labelled with the model's own class
+/// (so every sample is correctly classified and reaches the bounds and attacks).
+pub fn labelled_by_model(model: &Model<'_>, n: usize, rng: &mut SplitMix64) -> iocane_trainer::data::Dataset {
+    let images: Vec<u8> = (0..n).flat_map(|_| pixels(32, rng)).collect();
+    let labels = images.chunks(32).map(|x| run(model, x).0 as u8).collect();
+    let labels_text = vec!["a".into(), "b".into(), "c".into()];
+    iocane_trainer::data::Dataset {
+        name: "t".into(),
+        height: 4,
+        width: 4,
+        channels: 2,
+        classes: 3,
+        labels_text,
+        images,
+        labels,
+    }
+}

@@ -293,7 +293,6 @@ fn beta_branch_and_bound_is_exact_on_enumerated_balls() {
 #[test]
 fn gate_with_crown_certifies_a_superset_and_never_a_falsified_sample() {
     use iocane_certify::gate::{self, BoundMethod, GateConfig, SampleVerdict};
-    use iocane_trainer::data::Dataset;
     use std::sync::atomic::AtomicBool;
     let (mut extra, mut falsified) = (0, 0);
     let mut rng = SplitMix64(2024);
@@ -303,11 +302,7 @@ fn gate_with_crown_certifies_a_superset_and_never_a_falsified_sample() {
         let blob = build(input, 3, &ops, seed).emit();
         let model = Model::parse(&blob).unwrap();
         let n = 12;
-        let images: Vec<u8> = (0..n).flat_map(|_| pixels(32, &mut rng)).collect();
-        let labels = images.chunks(32).map(|x| run(&model, x).0 as u8).collect();
-        let labels_text = vec!["a".into(), "b".into(), "c".into()];
-        let data =
-            Dataset { name: "t".into(), height: 4, width: 4, channels: 2, classes: 3, labels_text, images, labels };
+        let data = labelled_by_model(&model, n, &mut rng);
         let cfg = |bound| GateConfig {
             k: 6,
             sweep: vec![2],
@@ -351,7 +346,6 @@ fn gate_with_crown_certifies_a_superset_and_never_a_falsified_sample() {
 #[test]
 fn verdicts_agree_across_bounds_runs_and_thread_counts() {
     use iocane_certify::gate::{self, BoundMethod, GateConfig, GateOutcome, SampleVerdict};
-    use iocane_trainer::data::Dataset;
     use std::sync::atomic::AtomicBool;
     let mut rng = SplitMix64(77);
     let mut decided = [0usize; 2];
@@ -361,11 +355,7 @@ fn verdicts_agree_across_bounds_runs_and_thread_counts() {
         let blob = build(input, 3, &ops, seed).emit();
         let model = Model::parse(&blob).unwrap();
         let n = 10;
-        let images: Vec<u8> = (0..n).flat_map(|_| pixels(32, &mut rng)).collect();
-        let labels = images.chunks(32).map(|x| run(&model, x).0 as u8).collect();
-        let labels_text = vec!["a".into(), "b".into(), "c".into()];
-        let data =
-            Dataset { name: "t".into(), height: 4, width: 4, channels: 2, classes: 3, labels_text, images, labels };
+        let data = labelled_by_model(&model, n, &mut rng);
         let go = |bound, threads| -> GateOutcome {
             let cfg = GateConfig {
                 k: 5,
