@@ -37,6 +37,9 @@ fn unit(rng: &mut SplitMix64) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+/// Images [`Attacker::random_sampling`] draws and runs as one batch ([`Model::run_batch`]).
+const RANDOM_BATCH: usize = 32;
+
 /// Uniform index in `[0, n)` (`n > 0`).
 fn below(rng: &mut SplitMix64, n: usize) -> usize {
     (rng.next_u64() % n as u64) as usize
@@ -176,21 +179,8 @@ impl<'m> Attacker<'m> {
 
     /// Queries `x`; on misclassification records it as the counterexample and returns true.
     fn test(&mut self, x: &[u8], label: usize, res: &mut AttackResult) -> bool {
-        if self.query(x, res) != label {
-            res.counterexample = Some(x.to_vec());
-            res.nearest_miss = None;
-            return true;
-        }
-        let m = margin(&self.logits, label);
-        match &mut res.nearest_miss {
-            Some((best, img)) if m < *best => {
-                *best = m;
-                img.copy_from_slice(x);
-            }
-            Some(_) => {}
-            None => res.nearest_miss = Some((m, x.to_vec())),
-        }
-        false
+        let class = self.query(x, res);
+        judge(x, class, &self.logits, label, res)
     }
 
     /// Checks the clean image (one query); the flag says the attack is already over (clean
@@ -396,23 +386,64 @@ impl<'m> Attacker<'m> {
             return res;
         }
         let (lo, hi) = linf_ball(pixels, k);
-        let mut x = vec![0u8; pixels.len()];
-        for s in 0..n {
-            for i in 0..x.len() {
-                x[i] = if s % 4 == 3 {
-                    lo[i] + below(rng, (hi[i] - lo[i]) as usize + 1) as u8
-                } else if rng.next_u64() & 1 == 1 {
-                    hi[i]
-                } else {
-                    lo[i]
-                };
+        let (d, classes) = (pixels.len(), self.model.num_classes());
+        let mut xs = vec![0u8; RANDOM_BATCH.min(n) * d];
+        let mut logits = vec![0i32; RANDOM_BATCH.min(n) * classes];
+        let mut predicted = vec![0usize; RANDOM_BATCH.min(n)];
+        // The generator's state after each sample of the batch: a success at sample `s`
+        // leaves `rng` where one-at-a-time sampling would have stopped.
+        let mut after = vec![rng.clone(); RANDOM_BATCH.min(n)];
+        for s0 in (0..n).step_by(RANDOM_BATCH) {
+            let m = RANDOM_BATCH.min(n - s0);
+            for (j, x) in xs.chunks_exact_mut(d).take(m).enumerate() {
+                for i in 0..d {
+                    x[i] = if (s0 + j) % 4 == 3 {
+                        lo[i] + below(rng, (hi[i] - lo[i]) as usize + 1) as u8
+                    } else if rng.next_u64() & 1 == 1 {
+                        hi[i]
+                    } else {
+                        lo[i]
+                    };
+                }
+                after[j] = rng.clone();
             }
-            if self.test(&x, label, &mut res) {
-                return res;
+            let run = self.model.run_batch(&xs[..m * d], &mut logits[..m * classes], &mut predicted[..m]);
+            if let Err(e) = run {
+                panic!("cannot run the model on the sample: {e}");
+            }
+            for j in 0..m {
+                res.queries += 1;
+                let (x, z) = (&xs[j * d..(j + 1) * d], &logits[j * classes..(j + 1) * classes]);
+                if judge(x, predicted[j], z, label, &mut res) {
+                    *rng = after[j].clone();
+                    return res;
+                }
             }
         }
         res
     }
+}
+
+/// Records the outcome of querying `x` (the int8 model's `class` and `logits`): on
+/// misclassification `x` becomes the counterexample and the result is true; otherwise `x`
+/// becomes the nearest miss if its margin is the smallest so far.
+fn judge(x: &[u8], class: usize, logits: &[i32], label: usize, res: &mut AttackResult) -> bool {
+    if class != label {
+        res.counterexample = Some(x.to_vec());
+        res.nearest_miss = None;
+        return true;
+    }
+    let m = margin(logits, label);
+
+    match &mut res.nearest_miss {
+        Some((best, img)) if m < *best => {
+            *best = m;
+            img.copy_from_slice(x);
+        }
+        Some(_) => {}
+        None => res.nearest_miss = Some((m, x.to_vec())),
+    }
+    false
 }
 
 /// Rounds float pixel values (already inside `[lo, hi]` with integer ends) to u8.
@@ -488,6 +519,67 @@ mod tests {
             att.square(p, label, k, &SquareConfig { queries: 300, p_init: 0.05 }, &mut rng),
             att.random_sampling(p, label, k, 100, &mut rng),
         ]
+    }
+
+    /// Random sampling in batches gives what drawing and querying one image at a time does
+    /// (the same counterexample, query count, nearest miss and generator state afterwards),
+    /// whether it succeeds early, late or never, and for budgets around the batch size.
+    #[test]
+    fn batched_random_sampling_is_one_at_a_time_sampling() {
+        fn one_at_a_time(
+            att: &mut Attacker<'_>,
+            pixels: &[u8],
+            label: usize,
+            k: u8,
+            n: usize,
+            rng: &mut SplitMix64,
+        ) -> AttackResult {
+            let (mut res, done) = att.start(pixels, label, k);
+            if done {
+                return res;
+            }
+            let (lo, hi) = linf_ball(pixels, k);
+            let mut x = vec![0u8; pixels.len()];
+            for s in 0..n {
+                for i in 0..x.len() {
+                    x[i] = if s % 4 == 3 {
+                        lo[i] + below(rng, (hi[i] - lo[i]) as usize + 1) as u8
+                    } else if rng.next_u64() & 1 == 1 {
+                        hi[i]
+                    } else {
+                        lo[i]
+                    };
+                }
+                if att.test(&x, label, &mut res) {
+                    return res;
+                }
+            }
+            res
+        }
+        let mut img_rng = SplitMix64(5);
+        let (mut broke, mut held) = (0, 0);
+        for seed in 0..12 {
+            let bytes = model_bytes(seed);
+            let model = Model::parse(&bytes).unwrap();
+            let mut att = Attacker::new(&model);
+            for (case, &n) in [1usize, 31, 32, 33, 100].iter().enumerate() {
+                let p = random_image(&model, &mut img_rng);
+                let label = att.classify(&p);
+                let k = [8u8, 30, 60][case % 3];
+                let (mut r1, mut r2) = (SplitMix64(seed * 7 + case as u64), SplitMix64(seed * 7 + case as u64));
+                let want = one_at_a_time(&mut att, &p, label, k, n, &mut r1);
+                let got = att.random_sampling(&p, label, k, n, &mut r2);
+                assert_eq!(got, want, "seed {seed} n {n} k {k}");
+                assert_eq!(got.nearest_miss, want.nearest_miss, "seed {seed} n {n} k {k}");
+                assert_eq!(r2, r1, "generator state after seed {seed} n {n}");
+                if got.success() {
+                    broke += 1;
+                } else {
+                    held += 1;
+                }
+            }
+        }
+        assert!(broke > 0 && held > 0, "the cases must include successes and failures: {broke} / {held}");
     }
 
     #[test]

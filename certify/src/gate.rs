@@ -769,19 +769,21 @@ pub fn run(
     ks.sort_unstable();
     ks.dedup();
     let done = AtomicUsize::new(0);
+    let predicted = clean_classes(model, test, &idx);
     let per: Vec<Option<(Vec<LevelCounts>, SampleResult)>> = idx
         .par_iter()
+        .zip(&predicted)
         .map_init(
             || {
                 let crown_cfg = CrownConfig { alpha_steps: cfg.alpha_steps, ..CrownConfig::default() };
                 (Attacker::new(model), Bounder::new(model), Crown::with_config(model, crown_cfg))
             },
-            |(att, bnd, crown), &i| {
+            |(att, bnd, crown), (&i, &predicted)| {
                 if cancel.load(Ordering::Relaxed) {
                     return None;
                 }
                 let px = test.image(i);
-                let sample = Sample { px, label: test.label(i), index: i, predicted: att.classify(px) };
+                let sample = Sample { px, label: test.label(i), index: i, predicted };
                 let mut levels = Vec::with_capacity(ks.len());
                 let mut main = None;
                 for &k in &ks {
@@ -810,6 +812,28 @@ pub fn run(
         samples.push(s);
     }
     Ok(GateOutcome { samples, levels })
+}
+
+/// Test images per [`Model::run_batch`] call of the clean pass.
+const CLEAN_BATCH: usize = 256;
+
+/// The int8 model's class of each test image in `idx`, in order: batches of [`CLEAN_BATCH`]
+/// images spread over the threads.
+fn clean_classes(model: &Model<'_>, test: &Dataset, idx: &[usize]) -> Vec<usize> {
+    let parts: Vec<Vec<usize>> = idx
+        .par_chunks(CLEAN_BATCH)
+        .map(|chunk| {
+            let px: Vec<u8> = chunk.iter().flat_map(|&i| test.image(i).iter().copied()).collect();
+            let mut logits = vec![0i32; chunk.len() * model.num_classes()];
+            let mut classes = vec![0usize; chunk.len()];
+            if let Err(e) = model.run_batch(&px, &mut logits, &mut classes) {
+                // `validate` has checked the image length against the model's input.
+                panic!("cannot run the model on the test images: {e}");
+            }
+            classes
+        })
+        .collect();
+    parts.concat()
 }
 
 /// Merges shard outcomes (samples re-sorted by index, counts summed). This only adds up:

@@ -47,6 +47,8 @@
 #![deny(missing_docs)]
 
 #[cfg(feature = "std")]
+mod batch;
+#[cfg(feature = "std")]
 pub mod emit;
 pub mod format;
 pub mod geometry;

@@ -165,7 +165,7 @@ pub fn window(layer: &Layer<'_>) -> Window {
     }
 }
 
-fn run_layer(layer: &Layer<'_>, input: &[u8], out: Output<'_>) {
+pub(crate) fn run_layer(layer: &Layer<'_>, input: &[u8], out: Output<'_>) {
     let w = kernels::Weights::new(layer.weight_bytes(), layer.input_zero_point(), layer);
     match layer.op() {
         OpKind::Dense => kernels::dense(input, &w, out),
@@ -175,7 +175,7 @@ fn run_layer(layer: &Layer<'_>, input: &[u8], out: Output<'_>) {
     }
 }
 
-fn run_pool(layer: &Layer<'_>, input: &[u8], out: &mut [u8]) {
+pub(crate) fn run_pool(layer: &Layer<'_>, input: &[u8], out: &mut [u8]) {
     match layer.op() {
         OpKind::MaxPool2d => kernels::max_pool2d(&window(layer), input, out),
         OpKind::AvgPool2d => kernels::avg_pool2d(&window(layer), input, out),

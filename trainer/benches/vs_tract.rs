@@ -6,8 +6,12 @@
 //!
 //! `cargo bench -p iocane-trainer --bench vs_tract`
 //!
-//! Bench ids: `tract_f32/PRESET` and `iocane_int8/PRESET`;
-//! throughput is in MACs (criterion "elements"). The setup prints, per model, the MAC count,
+//! Then the same at batch [`BATCH`] on one thread: tract's plan for `[BATCH, 1, 28, 28]`
+//! against `Model::run_batch` on the same images.
+//!
+//! Bench ids: `tract_f32/PRESET` and `iocane_int8/PRESET` (one image; throughput in MACs,
+//! criterion "elements"), `tract_f32_batch/PRESET` and `iocane_int8_batch/PRESET` (throughput
+//! in images). The setup prints, per model, the MAC count,
 //! the ONNX and blob sizes and the top-1 agreement of the two on 500 test images.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -20,6 +24,9 @@ use std::hint::black_box;
 use tract_onnx::prelude::*;
 
 const SHAPE: [usize; 4] = [1, 1, 28, 28];
+/// Images per batch in the batch groups.
+const BATCH: usize = 128;
+const BATCH_SHAPE: [usize; 4] = [BATCH, 1, 28, 28];
 
 fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
     (1..v.len()).fold(0, |best, j| if v[j] > v[best] { j } else { best })
@@ -69,12 +76,18 @@ fn bench(c: &mut Criterion) {
             blob.len(),
             model.arena_size()
         );
-        tract_group.push((preset, macs, plan));
+        let batch_plan = tract_onnx::onnx()
+            .model_for_read(&mut &onnx[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact(BATCH_SHAPE).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract batch plan");
+        tract_group.push((preset, macs, plan, batch_plan));
         int8_group.push((preset, macs, blob));
     }
 
     let mut g = c.benchmark_group("tract_f32");
-    for (preset, macs, plan) in &tract_group {
+    for (preset, macs, plan, _) in &tract_group {
         let mut state = plan.spawn().expect("tract state");
         g.throughput(Throughput::Elements(*macs));
         g.bench_function(*preset, |b| b.iter(|| state.run(tvec!(black_box(&input).clone())).unwrap()));
@@ -88,6 +101,29 @@ fn bench(c: &mut Criterion) {
         let mut logits = vec![0i32; model.num_classes()];
         g.throughput(Throughput::Elements(*macs));
         g.bench_function(*preset, |b| b.iter(|| model.run(black_box(&pixels), &mut arena, &mut logits).unwrap()));
+    }
+    g.finish();
+
+    let batch_pixels: Vec<u8> = (0..BATCH).flat_map(|i| splits.test.image(i % splits.test.len()).to_vec()).collect();
+    let batch_floats: Vec<f32> = batch_pixels.iter().map(|&b| b as f32 / 255.0).collect();
+    let batch_input = Tensor::from_shape(&BATCH_SHAPE, &batch_floats).expect("batch input").into_tvalue();
+    let mut g = c.benchmark_group("tract_f32_batch");
+    for (preset, _, _, plan) in &tract_group {
+        let mut state = plan.spawn().expect("tract state");
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(*preset, |b| b.iter(|| state.run(tvec!(black_box(&batch_input).clone())).unwrap()));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("iocane_int8_batch");
+    for (preset, _, blob) in &int8_group {
+        let model = Model::parse(blob).expect("blob parses");
+        let mut logits = vec![0i32; BATCH * model.num_classes()];
+        let mut classes = vec![0usize; BATCH];
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(*preset, |b| {
+            b.iter(|| model.run_batch(black_box(&batch_pixels), &mut logits, &mut classes).unwrap())
+        });
     }
     g.finish();
 }

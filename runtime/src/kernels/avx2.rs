@@ -368,6 +368,106 @@ fn dense_avx2<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, out: &mut 
     }
 }
 
+/// Inputs per block of [`dense_batch`] (with [`BATCH_ROWS`], twelve accumulators in
+/// registers).
+#[cfg(any(test, feature = "std"))]
+const BATCH_INPUTS: usize = 3;
+/// Weight rows per block of [`dense_batch`].
+#[cfg(any(test, feature = "std"))]
+const BATCH_ROWS: usize = 4;
+
+/// AVX2 [`super::dense_batch`]: `n` inputs of `k = input.len() / n` values, output `o` of
+/// input `i` at `i * rows + o`. Same results as [`dense`] on each input.
+///
+/// Activations (`x - zp`) and weights are widened to i16 once per call, each row padded with
+/// zeros to a multiple of sixteen (zeros add nothing). Then every block of
+/// [`BATCH_INPUTS`] inputs by [`BATCH_ROWS`] rows keeps its twelve accumulators in registers
+/// and reads each sixteen-value slice of the four rows once for the three inputs: `vpmaddwd`
+/// forms exact pairs of products, the i32 lanes wrap like the portable `wrapping_add` chain.
+/// A partial block repeats its last input or row (those results are not stored). The sums
+/// are requantized one by one with [`Output::store_with`], the scalar rule of every kernel.
+#[cfg(any(test, feature = "std"))]
+pub(super) fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
+    unsafe { dense_batch_avx2(input, n, layer, out) }
+}
+
+#[cfg(any(test, feature = "std"))]
+#[target_feature(enable = "avx2")]
+fn dense_batch_avx2<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    use std::vec;
+    let k = if n == 0 { 0 } else { input.len() / n };
+    if k == 0 {
+        return;
+    }
+    let (weights, params) = (layer.bytes, layer.params);
+    let rows = weights.len() / k;
+    if rows == 0 {
+        return;
+    }
+    let kp = k.div_ceil(16) * 16;
+    let zp = layer.input_zero_point as i16;
+    let mut xs = vec![0i16; n * kp];
+    for (d, s) in xs.chunks_exact_mut(kp).zip(input.chunks_exact(k)) {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = s as i8 as i16 - zp;
+        }
+    }
+    let mut ws = vec![0i16; rows * kp];
+    for (d, s) in ws.chunks_exact_mut(kp).zip(weights.chunks_exact(k)) {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = s as i8 as i16;
+        }
+    }
+    fn slice(buf: &[i16], kp: usize, r: usize, count: usize) -> &[i16] {
+        let r = r.min(count - 1);
+        buf.get(r * kp..(r + 1) * kp).unwrap_or(&[])
+    }
+    for i0 in (0..n).step_by(BATCH_INPUTS) {
+        let xr: [&[i16]; BATCH_INPUTS] = core::array::from_fn(|a| slice(&xs, kp, i0 + a, n));
+        for r0 in (0..rows).step_by(BATCH_ROWS) {
+            let wr: [&[i16]; BATCH_ROWS] = core::array::from_fn(|b| slice(&ws, kp, r0 + b, rows));
+            if xr.iter().chain(&wr).any(|v| v.len() != kp) {
+                continue;
+            }
+            let mut acc = [[_mm256_setzero_si256(); BATCH_ROWS]; BATCH_INPUTS];
+            let mut j = 0;
+            while j < kp {
+                // SAFETY: j + 16 <= kp (kp is a multiple of 16) and every slice has kp values
+                // (checked above).
+                let wv: [__m256i; BATCH_ROWS] =
+                    core::array::from_fn(|b| unsafe { _mm256_loadu_si256(wr[b].as_ptr().add(j).cast()) });
+                for (acc, x) in acc.iter_mut().zip(xr) {
+                    // SAFETY: as above.
+                    let xv = unsafe { _mm256_loadu_si256(x.as_ptr().add(j).cast()) };
+                    for (a, &w) in acc.iter_mut().zip(&wv) {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, w));
+                    }
+                }
+                j += 16;
+            }
+            for (a, acc) in acc.iter().enumerate().take(n - i0) {
+                for (b, &v) in acc.iter().enumerate().take(rows - r0) {
+                    let r = r0 + b;
+                    let sum = params.bias(r).wrapping_add(hsum1(v));
+                    out.store_with((i0 + a) * rows + r, sum, params.multiplier(r), params.shift(r));
+                }
+            }
+        }
+    }
+}
+
+/// The wrapping sum of the eight i32 lanes of `v`.
+#[cfg(any(test, feature = "std"))]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum1(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
 /// Gathers the receptive field of output pixel `(oy, ox)` into `patch` as `(x - zp)`, in the
 /// weights' `[kh][kw][ic]` order. Whole windows take [`gather_whole`]; windows cut by
 /// padding (and any the vector path cannot do in bounds) take the scalar path, which first
@@ -826,6 +926,32 @@ mod tests {
             prop_assert_eq!(&patches, &want, "patches");
             let dispatched = outputs(n, act, |o| assert!(conv2d(&win, &x, &Weights::new(&w, zp, &p), o)));
             prop_assert_eq!(&dispatched, &want, "dispatch");
+        }
+
+        #[test]
+        fn dense_batch_matches_portable(
+            (n, k, x, w, p) in (1usize..8, 1usize..300, 1usize..13).prop_flat_map(|(n, k, o)| (
+                Just(n),
+                Just(k),
+                prop::collection::vec(any::<u8>(), n * k),
+                prop::collection::vec(any::<u8>(), k * o),
+                params(o),
+            )),
+            zp in any::<i8>(),
+            act in (any::<i8>(), any::<i8>(), any::<i8>()).prop_map(|(z, a, b)| (z, a.min(b), a.max(b))),
+        ) {
+            let o = w.len() / k;
+            let want = outputs(n * o, act, |out| {
+                for (i, xi) in x.chunks_exact(k).enumerate() {
+                    let (act, logits) = outputs(o, act, |one| portable::dense(xi, &Weights::new(&w, zp, &p), one));
+                    match out {
+                        Output::Act { buf, .. } => buf[i * o..(i + 1) * o].copy_from_slice(&act),
+                        Output::Logits(buf) => buf[i * o..(i + 1) * o].copy_from_slice(&logits),
+                    }
+                }
+            });
+            let got = outputs(n * o, act, |out| dense_batch(&x, n, &Weights::new(&w, zp, &p), out));
+            prop_assert_eq!(got, want);
         }
 
         #[test]

@@ -129,6 +129,12 @@ fn prepare(d: &Dims, n: usize, x: &[f32], aux: &mut Aux) {
     }
 }
 
+/// The state [`backward`] and [`depthwise_backward`] read from `aux` for the input gradient
+/// (padded input, pixel and tap offsets), without running the forward pass.
+pub(crate) fn prepare_state(g: &Geom, n: usize, x: &[f32], aux: &mut Aux) {
+    prepare(&Dims::new(g), n, x, aux);
+}
+
 /// Every `base + off` is inside a buffer of `len` values (checked once so the micro-kernels
 /// can index without bounds checks).
 fn check_bounds(pix: &[usize], off: &[usize], len: usize) {

@@ -554,6 +554,16 @@ pub fn backward(
 /// Checks a backward call's shapes and recomputes the forward pass for the state backward
 /// needs (im2col / argmax).
 fn replay_forward(spec: &LayerSpec, params: &LayerParams, x: &Tensor, dy: &Tensor) -> Result<(Geom, Aux), NnError> {
+    let g = check_backward(spec, params, x, dy)?;
+    let n = x.n();
+    let mut aux = Aux::default();
+    let mut y = vec![0.0; n * g.out_len()];
+    forward_raw(&g, params, n, &x.data, &mut y, &mut aux);
+    Ok((g, aux))
+}
+
+/// Checks a backward call's shapes: the layer's on `x`, and `dy` of the layer's output shape.
+fn check_backward(spec: &LayerSpec, params: &LayerParams, x: &Tensor, dy: &Tensor) -> Result<Geom, NnError> {
     let g = check_layer(spec, params, x)?;
     let n = x.n();
     if dy.shape != [n, g.out[0], g.out[1], g.out[2]] || dy.data.len() != n * g.out_len() {
@@ -563,18 +573,35 @@ fn replay_forward(spec: &LayerSpec, params: &LayerParams, x: &Tensor, dy: &Tenso
             [n, g.out[0], g.out[1], g.out[2]]
         )));
     }
+    Ok(g)
+}
+
+/// What [`backward_raw`] needs in `aux` to form the input gradient only: the direct
+/// convolutions' offsets (and padded input), max pooling's argmax (a forward pass). Dense
+/// layers, convolutions on the gemm path (their input gradient is `dy * W`, then col2im),
+/// average pooling and the activations need nothing, so no forward pass is replayed.
+fn input_gradient_state(g: &Geom, params: &LayerParams, n: usize, x: &[f32]) -> Aux {
     let mut aux = Aux::default();
-    let mut y = vec![0.0; n * g.out_len()];
-    forward_raw(&g, params, n, &x.data, &mut y, &mut aux);
-    Ok((g, aux))
+    match g.spec {
+        LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. } if use_direct(g) => {
+            conv::prepare_state(g, n, x, &mut aux)
+        }
+        LayerSpec::MaxPool2d { .. } => {
+            let mut y = vec![0.0; n * g.out_len()];
+            forward_raw(g, params, n, x, &mut y, &mut aux);
+        }
+        _ => {}
+    }
+    aux
 }
 
 /// The input gradient of one layer on a batch: given the forward input `x` and the gradient
 /// `dy` of some scalar loss with respect to the layer output, returns `d loss / d x` (what
 /// [`backward`] returns with `want_input`, without computing the parameter gradients).
 pub fn input_gradient(spec: &LayerSpec, params: &LayerParams, x: &Tensor, dy: &Tensor) -> Result<Tensor, NnError> {
-    let (g, aux) = replay_forward(spec, params, x, dy)?;
+    let g = check_backward(spec, params, x, dy)?;
     let n = x.n();
+    let aux = input_gradient_state(&g, params, n, &x.data);
     let mut dx = Tensor::zeros(x.shape);
     backward_raw(&g, params, n, &x.data, &aux, &dy.data, None, Some(dx.data.as_mut_slice()), &mut Scratch::default());
     Ok(dx)
@@ -643,6 +670,45 @@ mod tests {
             close(&dx1.data, &dx2.data, &format!("{what} dx"));
             close(&g1.weights, &g2.weights, &format!("{what} dw"));
             close(&g1.bias, &g2.bias, &format!("{what} db"));
+        }
+    }
+
+    /// `input_gradient` (which replays only the state the input gradient needs) gives
+    /// bit-identical results to the full `backward` (which replays the forward pass), for
+    /// every layer kind, both conv paths, a single sample (the attacks' case, where Dense
+    /// takes the matrix-vector path) and a batch.
+    #[test]
+    fn input_gradient_is_backwards_input_gradient() {
+        let mut rng = Rng::new(7);
+        let specs = [
+            (LayerSpec::Dense { units: 10 }, [1, 1, 60]),
+            (LayerSpec::Conv2d { filters: 8, kernel: [3, 3], stride: [2, 2], padding: [1, 1, 1, 1] }, [7, 7, 3]),
+            (LayerSpec::Conv2d { filters: 16, kernel: [3, 3], stride: [1, 1], padding: [0, 0, 0, 0] }, [6, 5, 2]),
+            (LayerSpec::Conv2d { filters: 5, kernel: [1, 1], stride: [1, 1], padding: [0, 0, 0, 0] }, [4, 4, 3]),
+            (LayerSpec::DepthwiseConv2d { kernel: [3, 3], stride: [1, 1], padding: [1, 1, 1, 1] }, [5, 5, 8]),
+            (LayerSpec::MaxPool2d { kernel: [2, 2], stride: [2, 2] }, [6, 6, 3]),
+            (LayerSpec::AvgPool2d { kernel: [2, 2], stride: [2, 2] }, [6, 6, 3]),
+            (LayerSpec::Relu, [4, 4, 2]),
+            (LayerSpec::Relu6, [4, 4, 2]),
+            (LayerSpec::Flatten, [4, 4, 2]),
+        ];
+        for gemm_only in [false, true] {
+            for (spec, inp) in specs {
+                for n in [1, 3] {
+                    let g = Geom::new(spec, inp).unwrap();
+                    let (wl, bl) = spec.param_lens(inp);
+                    let mut v = |len: usize| (0..len).map(|_| rng.uniform_range_f32(-4.0, 4.0)).collect::<Vec<_>>();
+                    let p = LayerParams { weights: v(wl), bias: v(bl) };
+                    let x = Tensor::new([n, inp[0], inp[1], inp[2]], v(n * g.in_len())).unwrap();
+                    let dy = Tensor::new([n, g.out[0], g.out[1], g.out[2]], v(n * g.out_len())).unwrap();
+                    FORCE_GEMM_CONV.with(|f| f.set(gemm_only));
+                    let (full, _) = backward(&spec, &p, &x, &dy, true).unwrap();
+                    let only = input_gradient(&spec, &p, &x, &dy).unwrap();
+                    FORCE_GEMM_CONV.with(|f| f.set(false));
+                    let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&only), bits(&full.unwrap()), "{spec} on {inp:?}, n = {n}, gemm only {gemm_only}");
+                }
+            }
         }
     }
 }
