@@ -597,24 +597,106 @@ fn conv_pair<S: Sink>(
 }
 
 /// Two weight rows against two pixels' interleaved words (see [`conv2d`]): `acc` is
-/// `[row 0 pixel A, row 0 pixel B, row 1 pixel A, row 1 pixel B]`. Per four taps: two weight
-/// loads, four `SXTB16`, four patch loads and eight `SMLAD` for 16 MACs. Not inlined, so that
-/// the loop has every register (inlined, LLVM spilled three values per iteration).
+/// `[row 0 pixel A, row 0 pixel B, row 1 pixel A, row 1 pixel B]`, over the whole groups of
+/// four taps (`min(packed.len() / 4, w0.len() / 4, w1.len() / 4)` of them). Per four taps:
+/// one `LDM` of the four patch words, two weight loads, four `SXTB16` and eight `SMLAD` for
+/// 16 MACs. On thumbv7em the loop is [`dot_pair_asm`] (20 instructions per 16 MACs; LLVM's
+/// own allocation of the same loop spilled three values and took 28); elsewhere the same
+/// arithmetic in Rust with the instructions emulated. Not inlined, so that the loop has every
+/// register.
 #[inline(never)]
-fn dot_pair(packed: &[u32], [w0, w1]: [&[u8]; 2], mut acc: [i32; 4]) -> [i32; 4] {
-    let it = packed.chunks_exact(4).zip(w0.chunks_exact(4)).zip(w1.chunks_exact(4));
-    for ((q, a), b) in it {
-        let (a, b) = (word(a), word(b));
-        let (ae, ao) = (sxtb16(a), sxtb16_ror8(a));
-        let (be, bo) = (sxtb16(b), sxtb16_ror8(b));
-        if let [xa, ya, xb, yb] = *q {
-            acc[0] = smlad(ya, ao, smlad(xa, ae, acc[0]));
-            acc[1] = smlad(yb, ao, smlad(xb, ae, acc[1]));
-            acc[2] = smlad(ya, bo, smlad(xa, be, acc[2]));
-            acc[3] = smlad(yb, bo, smlad(xb, be, acc[3]));
+fn dot_pair(packed: &[u32], [w0, w1]: [&[u8]; 2], acc: [i32; 4]) -> [i32; 4] {
+    let groups = (packed.len() / 4).min(w0.len() / 4).min(w1.len() / 4);
+    #[cfg(iocane_arm_dsp)]
+    {
+        if groups == 0 {
+            return acc;
         }
+        // SAFETY: `packed` holds at least 4 * groups words and each row at least 4 * groups
+        // bytes, which is all the loop reads (see `dot_pair_asm`).
+        unsafe { dot_pair_asm(packed.as_ptr(), w0.as_ptr(), w1.as_ptr(), groups, acc) }
     }
-    acc
+    #[cfg(not(iocane_arm_dsp))]
+    {
+        let mut acc = acc;
+        let it = packed.chunks_exact(4).zip(w0.chunks_exact(4)).zip(w1.chunks_exact(4)).take(groups);
+        for ((q, a), b) in it {
+            let (a, b) = (word(a), word(b));
+            let (ae, ao) = (sxtb16(a), sxtb16_ror8(a));
+            let (be, bo) = (sxtb16(b), sxtb16_ror8(b));
+            if let [xa, ya, xb, yb] = *q {
+                acc[0] = smlad(ya, ao, smlad(xa, ae, acc[0]));
+                acc[1] = smlad(yb, ao, smlad(xb, ae, acc[1]));
+                acc[2] = smlad(ya, bo, smlad(xa, be, acc[2]));
+                acc[3] = smlad(yb, bo, smlad(xb, be, acc[3]));
+            }
+        }
+        acc
+    }
+}
+
+/// The loop of [`dot_pair`] in assembly, every value in a register of its own: accumulators
+/// r0-r3, the four patch words r4 r5 r8 r9 (one `LDM`, registers in ascending order), the
+/// weight word and its unpacked halves r10 r12, the patch pointer lr and the row-0 pointer
+/// r11. Row 1 is addressed from row 0 (`[r11, d]`), and `d` and the end of the patch sit in
+/// 8 bytes of stack the block reserves and releases itself, as twelve registers are all
+/// inline assembly may name on Thumb (r6 and r7 belong to LLVM).
+///
+/// # Safety
+/// `groups >= 1`; `x` is 4-byte aligned and valid for reading `4 * groups` words, `w0` and
+/// `w1` for `4 * groups` bytes each (any alignment: Cortex-M4 `LDR` reads unaligned words, as
+/// the [`word`] loads elsewhere in this module compile to). The block reads only those
+/// bytes and writes only its own stack slots.
+#[cfg(iocane_arm_dsp)]
+#[inline(always)]
+unsafe fn dot_pair_asm(x: *const u32, w0: *const u8, w1: *const u8, groups: usize, acc: [i32; 4]) -> [i32; 4] {
+    let [mut a0, mut a1, mut a2, mut a3] = acc;
+    // Row 1 relative to row 0 after row 0's post-increment; the patch's end.
+    let d = (w1 as usize).wrapping_sub(w0 as usize).wrapping_sub(4);
+    let end = (x as usize).wrapping_add(16 * groups);
+    // SAFETY: see the function's contract; registers are declared (clobbers included) and
+    // the stack is restored before the block ends.
+    unsafe {
+        core::arch::asm!(
+            "sub sp, sp, #8",
+            "str r10, [sp]",
+            "str r12, [sp, #4]",
+            "2:",
+            "ldm lr!, {{r4, r5, r8, r9}}",
+            "ldr r10, [r11], #4",
+            "sxtb16 r12, r10, ror #8",
+            "sxtb16 r10, r10",
+            "smlad r0, r4, r10, r0",
+            "smlad r0, r5, r12, r0",
+            "smlad r1, r8, r10, r1",
+            "smlad r1, r9, r12, r1",
+            "ldr r12, [sp]",
+            "ldr r10, [r11, r12]",
+            "sxtb16 r12, r10, ror #8",
+            "sxtb16 r10, r10",
+            "smlad r2, r4, r10, r2",
+            "smlad r2, r5, r12, r2",
+            "smlad r3, r8, r10, r3",
+            "smlad r3, r9, r12, r3",
+            "ldr r12, [sp, #4]",
+            "cmp lr, r12",
+            "bne 2b",
+            "add sp, sp, #8",
+            inout("r0") a0,
+            inout("r1") a1,
+            inout("r2") a2,
+            inout("r3") a3,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            inout("r10") d => _,
+            inout("r12") end => _,
+            inout("r11") w0 => _,
+            inout("lr") x => _,
+        );
+    }
+    [a0, a1, a2, a3]
 }
 
 /// Where [`conv_pair`] writes a requantized value: [`Output`] split by kind.
