@@ -123,13 +123,49 @@ pub mod op {
         }
     }
 
+    /// `SMLABB rd, rn, rm, ra`: `acc + lo(x) * lo(y)` (signed halfwords), modulo 2^32.
+    #[inline(always)]
+    pub fn smlabb(x: u32, y: u32, acc: i32) -> i32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: i32;
+            // SAFETY: as in `smlad`.
+            unsafe {
+                core::arch::asm!("smlabb {r}, {x}, {y}, {a}", r = lateout(reg) r, x = in(reg) x, y = in(reg) y, a = in(reg) acc, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            acc.wrapping_add((x as u16 as i16 as i32) * (y as u16 as i16 as i32))
+        }
+    }
+
+    /// `SMLATT rd, rn, rm, ra`: `acc + hi(x) * hi(y)` (signed halfwords), modulo 2^32.
+    #[inline(always)]
+    pub fn smlatt(x: u32, y: u32, acc: i32) -> i32 {
+        #[cfg(iocane_arm_dsp)]
+        {
+            let r: i32;
+            // SAFETY: as in `smlad`.
+            unsafe {
+                core::arch::asm!("smlatt {r}, {x}, {y}, {a}", r = lateout(reg) r, x = in(reg) x, y = in(reg) y, a = in(reg) acc, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+        #[cfg(not(iocane_arm_dsp))]
+        {
+            acc.wrapping_add(((x >> 16) as u16 as i16 as i32) * ((y >> 16) as u16 as i16 as i32))
+        }
+    }
+
     #[cfg(not(iocane_arm_dsp))]
     fn add16(a: u32, b: u32) -> u32 {
         (a as u16).wrapping_add(b as u16) as u32 | (((a >> 16) as u16).wrapping_add((b >> 16) as u16) as u32) << 16
     }
 }
 
-use op::{smlad, sxtab16, sxtab16_ror8, sxtb16, sxtb16_ror8};
+use op::{smlabb, smlad, smlatt, sxtab16, sxtab16_ror8, sxtb16, sxtb16_ror8};
 
 /// Four bytes as a little-endian word.
 #[inline(always)]
@@ -510,7 +546,7 @@ fn tap_table(win: &Window, taps: &mut [u16]) -> bool {
                     return false;
                 };
                 // Swap positions 1 and 2 of each whole group of four.
-                let slot = if k < body { k ^ (((k >> 1) ^ k) & 1) * 3 } else { k };
+                let slot = if k < body { k ^ ((((k >> 1) ^ k) & 1) * 3) } else { k };
                 if let Some(t) = taps.get_mut(slot) {
                     *t = o;
                 }
@@ -652,10 +688,7 @@ fn conv_pair<S: Sink>(
     let body = packed.len();
     let mut rows = wblock.chunks_exact(per_oc).zip(chan);
     let mut j = 0;
-    loop {
-        let (Some((w0, c0)), next) = (rows.next(), rows.next()) else {
-            break;
-        };
+    while let (Some((w0, c0)), next) = (rows.next(), rows.next()) {
         let Some((w1, c1)) = next else {
             // Odd last channel: the pair loop with both channels the same row.
             let mut acc = dot_pair(packed, [w0, w0], [c0.0; 4]);
@@ -787,6 +820,97 @@ unsafe fn dot_pair_asm(x: *const u32, w0: *const u8, w1: *const u8, groups: usiz
         );
     }
     [a0, a1, a2, a3]
+}
+
+/// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
+///
+/// Four neighbouring channels per pass: at each tap one word of input and one of weights
+/// (the channels are contiguous in both), unpacked by `SXTAB16` (input, `-zp` added) and
+/// `SXTB16` (weights) into even and odd channels, then one `SMLABB` / `SMLATT` per channel
+/// (depthwise products do not pair up, so no `SMLAD`); the four accumulators stay in
+/// registers over the whole receptive field. Channels past the last group of four take the
+/// same arithmetic one at a time. Padding taps are skipped (they contribute nothing).
+#[inline(never)]
+pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    match out {
+        Output::Act { buf, zero_point, min, max } => {
+            let mut sink = ActSink { buf, zero_point: *zero_point, min: *min, max: *max };
+            depthwise_into(win, input, layer, &mut sink);
+        }
+        Output::Logits(buf) => depthwise_into(win, input, layer, &mut LogitSink(buf)),
+    }
+}
+
+/// [`depthwise_conv2d`] for one output kind.
+#[inline(always)]
+fn depthwise_into<P: ChannelParams, S: Sink>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut S) {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
+    let c_n = win.input.c;
+    let kw = win.kernel.1;
+    let zp = in_zp as i32;
+    let off = ((-zp) as u16 as u32) * 0x0001_0001;
+    let mut chan = [(0i32, Requantizer::default()); CHANNEL_BLOCK];
+    for c0 in (0..c_n).step_by(CHANNEL_BLOCK) {
+        let cn = CHANNEL_BLOCK.min(c_n - c0);
+        for (j, c) in chan.iter_mut().take(cn).enumerate() {
+            *c = (params.bias(c0 + j), Requantizer::new(params.multiplier(c0 + j), params.shift(c0 + j)));
+        }
+        let chan = chan.get(..cn).unwrap_or(&[]);
+        for oy in 0..win.output.h {
+            let (ky0, ky1, iy0) = win.rows(oy);
+            for ox in 0..win.output.w {
+                let (kx0, kx1, ix0) = win.cols(ox);
+                let base = (oy * win.output.w + ox) * c_n + c0;
+                // Input and weight index of tap (ky, kx0) of channel c0.
+                let tap = |ky: usize| {
+                    let iy = (iy0 + ky as isize) as usize;
+                    (((iy * win.input.w) as isize + ix0 + kx0 as isize) as usize * c_n + c0, (ky * kw + kx0) * c_n + c0)
+                };
+                let mut groups = chan.chunks_exact(4);
+                let mut j = 0;
+                for g in &mut groups {
+                    let [(b0, r0), (b1, r1), (b2, r2), (b3, r3)] = *g else {
+                        break;
+                    };
+                    let mut acc = [b0, b1, b2, b3];
+                    for ky in ky0..ky1 {
+                        let (mut xi, mut wi) = tap(ky);
+                        for _ in kx0..kx1 {
+                            let x = word(input.get(xi + j..xi + j + 4).unwrap_or(&[]));
+                            let w = word(weights.get(wi + j..wi + j + 4).unwrap_or(&[]));
+                            let (xe, xo, we, wo) = (sxtab16(off, x), sxtab16_ror8(off, x), sxtb16(w), sxtb16_ror8(w));
+                            acc[0] = smlabb(xe, we, acc[0]);
+                            acc[1] = smlabb(xo, wo, acc[1]);
+                            acc[2] = smlatt(xe, we, acc[2]);
+                            acc[3] = smlatt(xo, wo, acc[3]);
+                            xi += c_n;
+                            wi += c_n;
+                        }
+                    }
+                    out.put(base + j, acc[0], &r0);
+                    out.put(base + j + 1, acc[1], &r1);
+                    out.put(base + j + 2, acc[2], &r2);
+                    out.put(base + j + 3, acc[3], &r3);
+                    j += 4;
+                }
+                for &(b, r) in groups.remainder() {
+                    let mut acc = b;
+                    for ky in ky0..ky1 {
+                        let (mut xi, mut wi) = tap(ky);
+                        for _ in kx0..kx1 {
+                            let (x, w) =
+                                (input.get(xi + j).copied().unwrap_or(0), weights.get(wi + j).copied().unwrap_or(0));
+                            acc = acc.wrapping_add((w as i8 as i32) * (x as i8 as i32 - zp));
+                            xi += c_n;
+                            wi += c_n;
+                        }
+                    }
+                    out.put(base + j, acc, &r);
+                    j += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Where [`conv_pair`] writes a requantized value: [`Output`] split by kind.
