@@ -1,7 +1,8 @@
-//! Cortex-M4/M7 (thumbv7em) kernels for the DSP extension: [`dense`] and [`conv2d`] with
-//! `SMLAD` (two 16x16 multiply-accumulates per instruction) on operands unpacked by
-//! `SXTB16` / `SXTAB16` (two sign-extended bytes per instruction, the input offset added in
-//! the same instruction), several output channels per pass so each unpacked activation word
+//! Cortex-M4/M7 (thumbv7em) kernels for the DSP extension: [`dense`], [`conv2d`] and
+//! [`depthwise_conv2d`] with `SMLAD` (two 16x16 multiply-accumulates per instruction) or
+//! `SMLABB` / `SMLATT` (one, for depthwise) on operands unpacked by `SXTB16` / `SXTAB16` (two
+//! sign-extended bytes per instruction, the input offset added in the same instruction),
+//! several output channels (and, for conv, two output pixels) per pass so each unpacked word
 //! is reused, the way CMSIS-NN's kernels work.
 //!
 //! Compiled for Arm builds of `thumbv7em*` targets (`cfg(iocane_arm_dsp)`, set by the build
@@ -13,14 +14,24 @@
 //! The arithmetic is the portable kernels' exactly: `(x - zp)` is in [-255, 255] and a weight
 //! in [-127, 127], so each 16-bit lane and each product is exact; `SMLAD` adds two products to
 //! the accumulator modulo 2^32, like `wrapping_add` (and the validator proves no i32
-//! accumulator overflows). Requantization is the shared scalar `quant::requantize` /
-//! `quant::requantize_logit`, once per output.
+//! accumulator overflows). Requantization is `quant`'s: [`crate::quant::Requantizer`] (a channel's
+//! constants computed once, equal to `quant::requantize` / `quant::requantize_logit`) in conv
+//! and depthwise, `quant::requantize` through [`Output`] in dense, once per output.
 //!
 //! # Safety audit
-//! `unsafe` appears only in [`op`], around single `asm!` instructions (`sxtb16`, `sxtab16`,
-//! `smlad`) that read and write registers only: `pure, nomem, nostack, preserves_flags`
-//! (`SMLAD` sets the sticky Q flag on signed overflow, which nothing here reads). They exist
-//! only in thumbv7em builds, whose every core has the DSP extension.
+//! `unsafe` appears in two places, only in thumbv7em builds, whose every core has the DSP
+//! extension:
+//! - [`op`]: single `asm!` instructions (`sxtb16`, `sxtab16`, `smlad`, `smlabb`, `smlatt`)
+//!   that read and write registers only: `pure, nomem, nostack, preserves_flags` (`SMLAD` sets
+//!   the sticky Q flag on signed overflow, which nothing here reads).
+//! - the two inner loops in assembly, `dot_pair_asm` (conv) and `dot3_asm` (dense): `unsafe
+//!   fn`s whose `# Safety` sections state exactly which words they read; their one caller
+//!   each (`dot_pair`, `dot3`) derives the pointers from slices and the iteration count from
+//!   those slices' lengths, and calls them only for a count of at least one. Every register
+//!   they write is declared; `dot_pair_asm` reserves 8 bytes of stack and releases them
+//!   before it ends. Weight words may be unaligned (`LDR` reads them on Cortex-M4, as the
+//!   safe `word` loads compile to); `LDM` / `LDRD` read only the `u32` buffers, which are
+//!   aligned. On the host, the same loops in Rust run instead.
 #![cfg_attr(iocane_arm_dsp, allow(unsafe_code))]
 
 use super::{ChannelParams, Output, Weights, Window, CHANNEL_BLOCK, CONV_PATCH_MAX};
