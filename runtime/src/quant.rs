@@ -123,6 +123,68 @@ const fn rescale_hi(acc: i32, m: i32, shift: i32) -> i32 {
     }
 }
 
+/// One output channel's requantization, [`requantize`] and [`requantize_logit`] with what
+/// depends only on `(m, shift)` computed once: for a kernel that requantizes many outputs of
+/// the same channel. Equal to those functions for every input (tested in this module).
+///
+/// For `shift < 0` (total right shift `31 - shift` = `32 + t`, `t` in [0, 30]) the rescale is
+/// `((acc * m + 2^(31 - shift - 1)) >> 32) >> t`: the rounding constant is added to the
+/// 64-bit product (one `SMLAL` on Cortex-M4), then the high word is shifted; floor of a floor
+/// is the floor of the whole quotient, so this is [`rescale`] exactly. `|acc * m| < 2^62` and
+/// the constant is at most `2^61`, so the sum fits in i64. Other shifts take [`rescale`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requantizer {
+    /// `2^(30 - shift)` for `shift < 0`, else unused.
+    round: i64,
+    /// The Q0.31 multiplier.
+    m: i32,
+    /// The shift, in [`SHIFT_MIN`, `SHIFT_MAX`].
+    shift: i32,
+}
+
+impl Requantizer {
+    /// The requantization of a channel with multiplier `m` (positive) and `shift` (in
+    /// [`SHIFT_MIN`, `SHIFT_MAX`]), as the model validator guarantees them.
+    #[inline(always)]
+    pub const fn new(m: i32, shift: i32) -> Self {
+        let round = if shift < 0 && shift >= SHIFT_MIN { 1i64 << (30 - shift) } else { 0 };
+        Requantizer { round, m, shift }
+    }
+
+    /// `rescale(acc, m, shift)` for `shift < 0`, within `±2^30`.
+    #[inline(always)]
+    const fn rescale_neg(&self, acc: i32) -> i32 {
+        let t = (-1 - self.shift) as u32;
+        (((acc as i64 * self.m as i64 + self.round) >> 32) as i32) >> t
+    }
+
+    /// [`requantize`]`(acc, m, shift, zero_point, act_min, act_max)`.
+    #[inline(always)]
+    pub const fn requantize(&self, acc: i32, zero_point: i8, act_min: i8, act_max: i8) -> i8 {
+        if self.shift >= 0 || self.shift < SHIFT_MIN {
+            return requantize(acc, self.m, self.shift, zero_point, act_min, act_max);
+        }
+        let (lo, hi) = (act_min as i32, act_max as i32);
+        let v = self.rescale_neg(acc) + zero_point as i32;
+        (if v < lo {
+            lo
+        } else if v > hi {
+            hi
+        } else {
+            v
+        }) as i8
+    }
+
+    /// [`requantize_logit`]`(acc, m, shift)`.
+    #[inline(always)]
+    pub const fn requantize_logit(&self, acc: i32) -> i32 {
+        if self.shift >= 0 || self.shift < SHIFT_MIN {
+            return requantize_logit(acc, self.m, self.shift);
+        }
+        self.rescale_neg(acc)
+    }
+}
+
 /// Average of `count` int8 values given their sum, rounded half up: `floor(sum / count + 1/2)`.
 ///
 /// Monotone non-decreasing in `sum`. `count` must be positive (the validator guarantees it).
@@ -376,9 +438,12 @@ mod tests {
             assert_eq!(rescale_hi(a, m, s) as i64, want, "a={a} m={m} s={s}");
             assert_eq!(want as i128, rescale_exact(a, m, s));
             assert_eq!(requantize_logit(a, m, s) as i64, want);
+            let r = Requantizer::new(m, s);
+            assert_eq!(r.requantize_logit(a) as i64, want);
             for (zp, lo, hi) in [(0i8, -128i8, 127i8), (-128, -128, 127), (127, -128, 127), (-5, -5, 40)] {
                 let v = (want + zp as i64).clamp(lo as i64, hi as i64) as i8;
                 assert_eq!(requantize(a, m, s, zp, lo, hi), v, "a={a} m={m} s={s} zp={zp}");
+                assert_eq!(r.requantize(a, zp, lo, hi), v, "a={a} m={m} s={s} zp={zp}");
             }
         };
         for &a in &accs {
@@ -394,6 +459,30 @@ mod tests {
             let m = ((r.next_u64() as u32) >> 1).max(1) as i32;
             let s = -1 - (r.next_u64() % 31) as i32;
             check(a, m, s);
+        }
+    }
+
+    /// [`Requantizer`] against [`requantize`] / [`requantize_logit`] for every shift (the
+    /// negative ones are also checked against the exact rule above).
+    #[test]
+    fn requantizer_equals_requantize() {
+        let mut r = crate::rng::SplitMix64(0x0e0e);
+        for _ in 0..200_000 {
+            let a = r.next_u64() as i32;
+            let m = ((r.next_u64() as u32) >> 1).max(1) as i32;
+            let s = SHIFT_MIN + (r.next_u64() % (SHIFT_MAX - SHIFT_MIN + 1) as u64) as i32;
+            let (zp, lo) = (r.next_u64() as i8, r.next_u64() as i8);
+            let hi = lo.max(r.next_u64() as i8);
+            let q = Requantizer::new(m, s);
+            assert_eq!(q.requantize(a, zp, lo, hi), requantize(a, m, s, zp, lo, hi), "a={a} m={m} s={s}");
+            assert_eq!(q.requantize_logit(a), requantize_logit(a, m, s), "a={a} m={m} s={s}");
+        }
+        for s in SHIFT_MIN..=SHIFT_MAX {
+            for a in [i32::MIN, -1, 0, 1, i32::MAX] {
+                let q = Requantizer::new(i32::MAX, s);
+                assert_eq!(q.requantize_logit(a), requantize_logit(a, i32::MAX, s));
+                assert_eq!(q.requantize(a, 0, -128, 127), requantize(a, i32::MAX, s, 0, -128, 127));
+            }
         }
     }
 

@@ -225,14 +225,17 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`portable::depthwise_conv2d`]
-/// elsewhere; both give identical results.
+/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, the DSP-extension kernel on
+/// thumbv7em (Cortex-M4/M7), [`portable::depthwise_conv2d`] elsewhere; all give identical
+/// results.
 pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, mut out: Output<'_>) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         avx2::depthwise_conv2d(win, input, layer, &mut out);
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    #[cfg(iocane_arm_dsp)]
+    dsp::depthwise_conv2d(win, input, layer, &mut out);
+    #[cfg(not(any(all(target_arch = "x86_64", target_feature = "avx2"), iocane_arm_dsp)))]
     portable::depthwise_conv2d(win, input, layer, &mut out);
 }
 

@@ -159,6 +159,15 @@ proptest! {
         kernels::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Act { buf: &mut act, zero_point: ozp, min: -128, max: 127 });
         kernels::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), Output::Logits(&mut logits));
         check_weighted(&acc, &p, c, ozp, (-128, 127), &act, &logits);
+        // The portable kernel and the Cortex-M4 DSP kernel's loops (instructions emulated).
+        kernels::portable::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: -128, max: 127 });
+        kernels::portable::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, c, ozp, (-128, 127), &act, &logits);
+        act.fill(0);
+        logits.fill(0);
+        kernels::dsp::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Act { buf: &mut act, zero_point: ozp, min: -128, max: 127 });
+        kernels::dsp::depthwise_conv2d(&win, &as_bytes(&x), &Weights::new(&as_bytes(&w), zp, &p), &mut Output::Logits(&mut logits));
+        check_weighted(&acc, &p, c, ozp, (-128, 127), &act, &logits);
     }
 
     #[test]
