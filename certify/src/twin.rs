@@ -259,7 +259,7 @@ impl TwinLayer {
 
     /// The layer's output before its clamp.
     fn forward(&self, x: &[f32]) -> Vec<f32> {
-        layers::forward(&self.spec, &self.params, &self.tensor(x))
+        layers::forward_sample(&self.spec, &self.params, &self.tensor(x))
             .expect("the twin's layers match the validated model")
             .data
     }

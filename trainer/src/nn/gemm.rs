@@ -1,7 +1,12 @@
 //! Thin wrapper around `ndarray::linalg::general_mat_mul` (matrixmultiply's sgemm) on
-//! row-major slices, with a direct matrix-vector path for a single row (`m == 1`): the
-//! float twin and the attacks run one image at a time, and sgemm would pack the whole
-//! weight matrix on every call for one row of output (it was ~20 % of an attack pass).
+//! row-major slices, and [`gemv`], a direct product of one row with a matrix.
+//!
+//! [`gemm`] is used wherever results must not depend on the batch size (a sample's forward
+//! pass gives the same bits alone or in a batch: sgemm computes each output the same way
+//! whatever `m` is). [`gemv`] sums in another order, so it is used only where that property
+//! is not needed and a single row is the common case: the input gradient of a Dense layer for
+//! one sample (the float twin's attacks), where sgemm would pack the whole weight matrix on
+//! every call for one row of output.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
@@ -45,9 +50,6 @@ pub(crate) fn gemm(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], m: usiz
     if m == 0 || n == 0 {
         return;
     }
-    if m == 1 {
-        return gemv(alpha, a, b, beta, &mut c[..n]);
-    }
     let mut cv = ArrayViewMut2::from_shape((m, n).strides((n, 1)), &mut c[..m * n]).expect("gemm: output shape");
     general_mat_mul(alpha, &av, &bv, beta, &mut cv);
 }
@@ -56,7 +58,7 @@ pub(crate) fn gemm(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], m: usiz
 /// round: its data is the row). A transposed `b` (stored `n x k`) takes one dot product per
 /// output, a plain one (`k x n`) one scaled row addition per input. With `beta == 0`, `c` is
 /// overwritten without being read (as sgemm does).
-fn gemv(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
+pub(crate) fn gemv(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
     let n = c.len();
     let k = if b.trans { b.cols } else { b.rows };
     let x = &a.data[..k];
@@ -100,8 +102,9 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The single-row path against a plain triple loop (in f64), for every combination of
-    /// transposes and for `beta` zero (c holding NaN, which must not leak) and non-zero.
+    /// [`gemv`] and [`gemm`] with one row against a plain triple loop (in f64), for every
+    /// combination of transposes and for `beta` zero (c holding NaN, which must not leak)
+    /// and non-zero.
     #[test]
     fn single_row_matches_the_definition() {
         let (k, n) = (37, 13);
@@ -121,8 +124,11 @@ mod tests {
         ] {
             for (beta, c0) in [(0.0f32, f32::NAN), (0.5, 2.0)] {
                 let mut c = vec![c0; n];
-                gemm(1.5, a, b, beta, &mut c, 1, n);
-                for (j, &cj) in c.iter().enumerate() {
+                gemv(1.5, a, b, beta, &mut c);
+                let mut c2 = vec![c0; n];
+                gemm(1.5, a, b, beta, &mut c2, 1, n);
+                for (j, (&cj, &c2j)) in c.iter().zip(&c2).enumerate() {
+                    assert!((cj - c2j).abs() < 1e-4, "gemv {cj} vs gemm {c2j}");
                     let s: f64 = (0..k).map(|l| a.data[l] as f64 * bn[l * n + j] as f64).sum();
                     let want = 1.5 * s + if beta == 0.0 { 0.0 } else { beta as f64 * c0 as f64 };
                     assert!(

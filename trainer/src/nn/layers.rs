@@ -10,7 +10,7 @@
 //! over NHWC with the channel loop innermost.
 
 use super::conv;
-use super::gemm::{gemm, Mat};
+use super::gemm::{gemm, gemv, Mat};
 use super::{LayerSpec, NnError, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -263,7 +263,12 @@ pub(crate) fn backward_raw(
                 col_sums(dy, units, &mut gr.bias);
             }
             if let Some(dx) = dx {
-                gemm(1.0, Mat::n(dy, n, units), Mat::n(&p.weights, units, k), 0.0, dx, n, k);
+                if n == 1 {
+                    // One sample (the float twin's attacks): no sgemm packing of the weights.
+                    gemv(1.0, Mat::n(dy, 1, units), Mat::n(&p.weights, units, k), 0.0, dx);
+                } else {
+                    gemm(1.0, Mat::n(dy, n, units), Mat::n(&p.weights, units, k), 0.0, dx, n, k);
+                }
             }
         }
         LayerSpec::Conv2d { .. } if use_direct(g) => {
@@ -521,6 +526,26 @@ pub fn forward(spec: &LayerSpec, params: &LayerParams, x: &Tensor) -> Result<Ten
     Ok(y)
 }
 
+/// [`forward`] of a single sample, faster for Dense layers (a direct row-times-matrix
+/// product instead of sgemm, which packs the whole weight matrix on every call). The sum runs
+/// in another order, so a Dense output can differ from [`forward`]'s in the last bits: for
+/// callers that run one sample at a time and never compare with a batch (the certifier's
+/// float twin). Any other layer, or a batch, is [`forward`].
+pub fn forward_sample(spec: &LayerSpec, params: &LayerParams, x: &Tensor) -> Result<Tensor, NnError> {
+    let LayerSpec::Dense { units } = *spec else {
+        return forward(spec, params, x);
+    };
+    let g = check_layer(spec, params, x)?;
+    if x.n() != 1 {
+        return forward(spec, params, x);
+    }
+    let mut y = Tensor::zeros([1, g.out[0], g.out[1], g.out[2]]);
+    fill_bias(&mut y.data, &params.bias);
+    let k = g.in_len();
+    gemv(1.0, Mat::n(&x.data, 1, k), Mat::t(&params.weights, units, k), 1.0, &mut y.data);
+    Ok(y)
+}
+
 /// Runs one layer backward on a batch: given the forward input `x` and the gradient `dy`
 /// of some scalar loss with respect to the layer output, returns the input gradient (if
 /// `want_input`) and the parameter gradients (empty buffers for parameterless layers).
@@ -670,6 +695,22 @@ mod tests {
             close(&dx1.data, &dx2.data, &format!("{what} dx"));
             close(&g1.weights, &g2.weights, &format!("{what} dw"));
             close(&g1.bias, &g2.bias, &format!("{what} db"));
+        }
+    }
+
+    /// `forward_sample` is `forward` up to float rounding, for one sample and for a batch.
+    #[test]
+    fn forward_sample_is_forward() {
+        let mut rng = Rng::new(3);
+        for (spec, inp) in [(LayerSpec::Dense { units: 13 }, [1, 1, 70]), (LayerSpec::Relu, [2, 3, 4])] {
+            for n in [1, 2] {
+                let g = Geom::new(spec, inp).unwrap();
+                let (wl, bl) = spec.param_lens(inp);
+                let mut v = |len: usize| (0..len).map(|_| rng.uniform_range_f32(-2.0, 2.0)).collect::<Vec<_>>();
+                let p = LayerParams { weights: v(wl), bias: v(bl) };
+                let x = Tensor::new([n, inp[0], inp[1], inp[2]], v(n * g.in_len())).unwrap();
+                close(&forward_sample(&spec, &p, &x).unwrap().data, &forward(&spec, &p, &x).unwrap().data, "y");
+            }
         }
     }
 
