@@ -62,6 +62,7 @@ pub fn glyph(c: char) -> [u8; 7] {
         ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
         '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
         '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
+        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
         _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
     }
 }
@@ -255,7 +256,7 @@ mod tests {
 
     #[test]
     fn every_caption_character_has_a_distinct_glyph() {
-        let chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ #->:/.,()=+";
+        let chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ #->:/.,()=+_";
         let glyphs: Vec<[u8; 7]> = chars.chars().map(glyph).collect();
         for (i, a) in glyphs.iter().enumerate() {
             assert!(a.iter().all(|&r| r < 0x20), "{:?} wider than 5 columns", chars.as_bytes()[i] as char);

@@ -70,10 +70,10 @@ pub struct CommonArgs {
     /// L-infinity radius of adversarial training and of the evaluation attacks (decimal or k/255).
     #[arg(long, default_value = "0.1", value_parser = super::train::parse_eps)]
     pub eps: f32,
-    /// Training epochs of every model [default: quick 2, full 20].
+    /// Training epochs of every model [default: quick 4, full 20].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Train on the first N training images (0 = all) [default: quick 1000, full all].
+    /// Train on the first N training images (0 = all) [default: quick 2000, full all].
     #[arg(long)]
     pub train_samples: Option<usize>,
     /// Evaluate on the first N test images (0 = all) [default: quick 200, full all].
@@ -122,12 +122,12 @@ impl Setup {
             0 => usize::MAX,
             n => n,
         };
-        let train = train.take(pick(args.train_samples, 1000));
+        let train = train.take(pick(args.train_samples, 2000));
         let test = test.take(pick(args.test_samples, 200));
         if train.is_empty() || test.is_empty() {
             bail!("the dataset {} has no training or no test images", args.dataset);
         }
-        let epochs = args.epochs.unwrap_or(if args.quick { 2 } else { 20 });
+        let epochs = args.epochs.unwrap_or(if args.quick { 4 } else { 20 });
         if epochs == 0 {
             bail!("--epochs must be at least 1");
         }
@@ -157,7 +157,7 @@ impl Setup {
             warmup_epochs: warmup,
             ramp_epochs: 2.min(self.epochs - warmup).max(1),
             seed: self.args.seed,
-            eval_samples: self.test.len().min(200),
+            eval_samples: self.test.len().min(100),
             train_samples: 0,
             ..TrainConfig::new(&self.args.dataset, arch, method, self.args.eps, self.epochs)
         }
