@@ -47,8 +47,13 @@ const LEGEND_W: f64 = 170.0;
 
 fn marker(o: &mut String, i: usize, cx: f64, cy: f64, color: &str) {
     let _ = match i % 4 {
-        0 => writeln!(o, "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"4\" fill=\"white\" stroke=\"{color}\" stroke-width=\"2\"/>"),
-        1 => writeln!(o, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\" fill=\"{color}\"/>", cx - 3.5, cy - 3.5),
+        0 => writeln!(
+            o,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"4\" fill=\"white\" stroke=\"{color}\" stroke-width=\"2\"/>"
+        ),
+        1 => {
+            writeln!(o, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\" fill=\"{color}\"/>", cx - 3.5, cy - 3.5)
+        }
         2 => writeln!(
             o,
             "<path d=\"M{cx:.1},{:.1} L{:.1},{cy:.1} L{cx:.1},{:.1} L{:.1},{cy:.1} Z\" fill=\"{color}\"/>",
@@ -85,26 +90,62 @@ fn panel(o: &mut String, c: &LineChart, ox: f64, oy: f64) {
     let n = c.x_ticks.len().max(1);
     let x = |i: usize| if n == 1 { (left + right) / 2.0 } else { left + (right - left) * i as f64 / (n - 1) as f64 };
     let y = |v: f64| bottom - (bottom - top) * ((v.clamp(lo, hi.max(lo)) - lo) / span);
-    let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>", (left + right) / 2.0, oy + 18.0, esc(&c.title));
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
+        (left + right) / 2.0,
+        oy + 18.0,
+        esc(&c.title)
+    );
     for t in 0..=4 {
         let v = lo + span * t as f64 / 4.0;
-        let _ = writeln!(o, "<line x1=\"{left:.1}\" y1=\"{0:.1}\" x2=\"{right:.1}\" y2=\"{0:.1}\" stroke=\"#e5e5e5\"/>", y(v));
-        let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", left - 5.0, y(v) + 4.0, tick(v, c.percent));
+        let _ = writeln!(
+            o,
+            "<line x1=\"{left:.1}\" y1=\"{0:.1}\" x2=\"{right:.1}\" y2=\"{0:.1}\" stroke=\"#e5e5e5\"/>",
+            y(v)
+        );
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left - 5.0,
+            y(v) + 4.0,
+            tick(v, c.percent)
+        );
     }
-    let _ = writeln!(o, "<line x1=\"{left:.1}\" y1=\"{bottom:.1}\" x2=\"{right:.1}\" y2=\"{bottom:.1}\" stroke=\"black\"/>");
-    let _ = writeln!(o, "<line x1=\"{left:.1}\" y1=\"{top:.1}\" x2=\"{left:.1}\" y2=\"{bottom:.1}\" stroke=\"black\"/>");
+    let _ = writeln!(
+        o,
+        "<line x1=\"{left:.1}\" y1=\"{bottom:.1}\" x2=\"{right:.1}\" y2=\"{bottom:.1}\" stroke=\"black\"/>"
+    );
+    let _ =
+        writeln!(o, "<line x1=\"{left:.1}\" y1=\"{top:.1}\" x2=\"{left:.1}\" y2=\"{bottom:.1}\" stroke=\"black\"/>");
     for (i, t) in c.x_ticks.iter().enumerate() {
-        let _ = writeln!(o, "<line x1=\"{0:.1}\" y1=\"{bottom:.1}\" x2=\"{0:.1}\" y2=\"{1:.1}\" stroke=\"black\"/>", x(i), bottom + 4.0);
-        let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", x(i), bottom + 17.0, esc(t));
+        let _ = writeln!(
+            o,
+            "<line x1=\"{0:.1}\" y1=\"{bottom:.1}\" x2=\"{0:.1}\" y2=\"{1:.1}\" stroke=\"black\"/>",
+            x(i),
+            bottom + 4.0
+        );
+        let _ =
+            writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", x(i), bottom + 17.0, esc(t));
     }
-    let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", (left + right) / 2.0, bottom + 34.0, esc(&c.x_label));
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+        (left + right) / 2.0,
+        bottom + 34.0,
+        esc(&c.x_label)
+    );
     for (si, s) in c.series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
         // Consecutive finite points form one polyline; a NaN breaks the line.
         let mut run: Vec<String> = Vec::new();
         let flush = |run: &mut Vec<String>, o: &mut String| {
             if run.len() > 1 {
-                let _ = writeln!(o, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", run.join(" "));
+                let _ = writeln!(
+                    o,
+                    "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                    run.join(" ")
+                );
             }
             run.clear();
         };
@@ -133,7 +174,12 @@ pub fn panels_svg(title: &str, charts: &[LineChart], columns: usize) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"11\">");
     let _ = writeln!(o, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(o, "<text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>", PANEL_W * cols as f64 / 2.0, esc(title));
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>",
+        PANEL_W * cols as f64 / 2.0,
+        esc(title)
+    );
     for (i, c) in charts.iter().enumerate() {
         panel(&mut o, c, PANEL_W * (i % cols) as f64, 36.0 + PANEL_H * (i / cols) as f64);
     }
@@ -164,15 +210,34 @@ pub fn bars_svg(title: &str, bars: &[&str], groups: &[(String, Vec<f64>)]) -> St
     let mut o = String::new();
     let _ = writeln!(o, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"11\">");
     let _ = writeln!(o, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(o, "<text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>", w / 2.0, esc(title));
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>",
+        w / 2.0,
+        esc(title)
+    );
     for t in 0..=4 {
         let v = t as f64 / 4.0;
-        let _ = writeln!(o, "<line x1=\"{left:.1}\" y1=\"{0:.1}\" x2=\"{right:.1}\" y2=\"{0:.1}\" stroke=\"#e5e5e5\"/>", y(v));
-        let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>", left - 5.0, y(v) + 4.0, 100.0 * v);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{left:.1}\" y1=\"{0:.1}\" x2=\"{right:.1}\" y2=\"{0:.1}\" stroke=\"#e5e5e5\"/>",
+            y(v)
+        );
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>",
+            left - 5.0,
+            y(v) + 4.0,
+            100.0 * v
+        );
     }
     for (bi, name) in bars.iter().enumerate() {
         let lx = left + 10.0 + 130.0 * bi as f64;
-        let _ = writeln!(o, "<rect x=\"{lx:.1}\" y=\"32\" width=\"12\" height=\"12\" fill=\"{}\"/>", PALETTE[bi % PALETTE.len()]);
+        let _ = writeln!(
+            o,
+            "<rect x=\"{lx:.1}\" y=\"32\" width=\"12\" height=\"12\" fill=\"{}\"/>",
+            PALETTE[bi % PALETTE.len()]
+        );
         let _ = writeln!(o, "<text x=\"{:.1}\" y=\"42\">{}</text>", lx + 17.0, esc(name));
     }
     for (gi, (label, values)) in groups.iter().enumerate() {
@@ -187,11 +252,26 @@ pub fn bars_svg(title: &str, bars: &[&str], groups: &[(String, Vec<f64>)]) -> St
                 bottom - y(v),
                 PALETTE[bi % PALETTE.len()]
             );
-            let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{:.1}</text>", bx + 15.0, y(v) - 3.0, 100.0 * v);
+            let _ = writeln!(
+                o,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{:.1}</text>",
+                bx + 15.0,
+                y(v) - 3.0,
+                100.0 * v
+            );
         }
-        let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", gx + 17.0 * nb as f64, bottom + 18.0, esc(label));
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + 17.0 * nb as f64,
+            bottom + 18.0,
+            esc(label)
+        );
     }
-    let _ = writeln!(o, "<line x1=\"{left:.1}\" y1=\"{bottom:.1}\" x2=\"{right:.1}\" y2=\"{bottom:.1}\" stroke=\"black\"/>");
+    let _ = writeln!(
+        o,
+        "<line x1=\"{left:.1}\" y1=\"{bottom:.1}\" x2=\"{right:.1}\" y2=\"{bottom:.1}\" stroke=\"black\"/>"
+    );
     let _ = writeln!(o, "</svg>");
     o
 }

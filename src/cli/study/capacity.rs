@@ -100,7 +100,8 @@ pub fn run(a: &CapacityArgs) -> Result<()> {
         for method in METHODS {
             let cfg = s.config(arch.clone(), method);
             let (_, m) = s.train(&format!("{method}-x{w}"), &cfg, &train)?;
-            let fe = m.final_eval.clone().ok_or_else(|| anyhow::anyhow!("training {method}-x{w}: no final evaluation"))?;
+            let fe =
+                m.final_eval.clone().ok_or_else(|| anyhow::anyhow!("training {method}-x{w}: no final evaluation"))?;
             let last = m.epochs.last().ok_or_else(|| anyhow::anyhow!("training {method}-x{w}: no epoch"))?;
             let passes = 1 + cfg.attack(cfg.eps).map_or(0, |at| at.gradient_passes());
             let adv_epochs = (0..cfg.epochs).filter(|&e| cfg.eps_at(e) > 0.0).count();
@@ -240,6 +241,9 @@ pub fn run(a: &CapacityArgs) -> Result<()> {
     md.push_str(&s.timings_markdown());
     s.write("summary.md", md.as_bytes())?;
     s.write_timings()?;
-    s.say(&format!("wrote capacity.csv, capacity.json, capacity.svg, summary.md and timings.json to {}", a.common.out.display()));
+    s.say(&format!(
+        "wrote capacity.csv, capacity.json, capacity.svg, summary.md and timings.json to {}",
+        a.common.out.display()
+    ));
     Ok(())
 }

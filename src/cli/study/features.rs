@@ -135,19 +135,31 @@ pub fn run(a: &FeaturesArgs) -> Result<()> {
         bail!("the features study needs at least 2 classes");
     }
     let arch = study_arch(a.arch.as_deref(), input, classes)?;
+    // D_R needs a representation: checked before any training.
+    let has_representation = |net: &Network, what: &str| -> Result<()> {
+        match net.try_representation(&Tensor::zeros([1, input[0], input[1], input[2]])) {
+            Ok(_) => Ok(()),
+            Err(e) => bail!("{what}: {e}"),
+        }
+    };
+    has_representation(&Network::new(arch.clone(), c.seed)?, "--arch")?;
     let train = s.train.clone();
-    let (natural, natural_from) = match &a.natural {
-        Some(p) => (load_network(p, input, classes)?, p.display().to_string()),
+    // Checkpoints given on the command line are loaded (and checked) before any training.
+    let given_natural =
+        a.natural.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
+    let given_robust = a.robust.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
+    let (given_natural, given_robust) = (given_natural.transpose()?, given_robust.transpose()?);
+    if let Some((net, _)) = &given_robust {
+        has_representation(net, "the --robust model")?;
+    }
+    let (natural, natural_from) = match given_natural {
+        Some(given) => given,
         None => (s.train("natural", &s.config(arch.clone(), Method::Natural), &train)?.0, "trained here".into()),
     };
-    let (robust, robust_from) = match &a.robust {
-        Some(p) => (load_network(p, input, classes)?, p.display().to_string()),
+    let (robust, robust_from) = match given_robust {
+        Some(given) => given,
         None => (s.train("robust", &s.config(arch.clone(), Method::Pgd), &train)?.0, "trained here (PGD-7)".into()),
     };
-    // The representation must exist before any generation work.
-    if let Err(e) = robust.try_representation(&Tensor::zeros([1, input[0], input[1], input[2]])) {
-        bail!("the robust model: {e}");
-    }
 
     let dr_steps = a.dr_steps.unwrap_or(if c.quick { 40 } else { 200 });
     let nr_steps = a.nr_steps.unwrap_or(if c.quick { 10 } else { 20 }).max(1);

@@ -114,9 +114,7 @@ pub fn gradient_picture(g: &[f32]) -> Vec<u8> {
     let mut mags: Vec<f32> = g.iter().map(|v| v.abs()).collect();
     mags.sort_by(f32::total_cmp);
     let s = mags.get((mags.len() * 99 / 100).min(mags.len().saturating_sub(1))).copied().unwrap_or(0.0);
-    g.iter()
-        .map(|&v| if s > 0.0 { (128.0 + 127.0 * (v / s).clamp(-1.0, 1.0)).round() as u8 } else { 128 })
-        .collect()
+    g.iter().map(|&v| if s > 0.0 { (128.0 + 127.0 * (v / s).clamp(-1.0, 1.0)).round() as u8 } else { 128 }).collect()
 }
 
 /// Input gradients of the loss of `net` for the images `idx` of the test set (per image,
@@ -138,12 +136,17 @@ pub fn run(a: &SaliencyArgs) -> Result<()> {
     let (input, classes) = (s.input(), s.train.classes);
     let arch = study_arch(a.arch.as_deref(), input, classes)?;
     let train = s.train.clone();
-    let (natural, natural_from) = match &a.natural {
-        Some(p) => (load_network(p, input, classes)?, p.display().to_string()),
+    // Checkpoints given on the command line are loaded (and checked) before any training.
+    let given_natural =
+        a.natural.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
+    let given_robust = a.robust.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
+    let (given_natural, given_robust) = (given_natural.transpose()?, given_robust.transpose()?);
+    let (natural, natural_from) = match given_natural {
+        Some(given) => given,
         None => (s.train("natural", &s.config(arch.clone(), Method::Natural), &train)?.0, "trained here".into()),
     };
-    let (robust, robust_from) = match &a.robust {
-        Some(p) => (load_network(p, input, classes)?, p.display().to_string()),
+    let (robust, robust_from) = match given_robust {
+        Some(given) => given,
         None => (s.train("robust", &s.config(arch.clone(), Method::Pgd), &train)?.0, "trained here (PGD-7)".into()),
     };
     let n = a.images.unwrap_or(if c.quick { 64 } else { 1000 }).min(s.test.len());
@@ -221,7 +224,10 @@ pub fn run(a: &SaliencyArgs) -> Result<()> {
     let header = ["index", "label", "natural_pred", "robust_pred", "natural_alignment", "robust_alignment"];
     s.write("saliency.csv", csv(&header, &lines).as_bytes())?;
     s.write("saliency.json", serde_json::to_string_pretty(&json)?.as_bytes())?;
-    s.write("saliency.png", &grid_png(&["IMAGE", "NATURAL GRADIENT", "ROBUST GRADIENT"], &pictures, (input[0], input[1], input[2]))?)?;
+    s.write(
+        "saliency.png",
+        &grid_png(&["IMAGE", "NATURAL GRADIENT", "ROBUST GRADIENT"], &pictures, (input[0], input[1], input[2]))?,
+    )?;
     let md = format!(
         "# Saliency (Tsipras et al. 2019, Fig. 2): {}\n\nArchitecture `{}`; natural model: {}; robust model (PGD, eps {:.4}): {}. \
          {} test images; alignment = Pearson correlation of |gradient| with the mask of pixels > {}.\n\n\

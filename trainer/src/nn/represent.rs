@@ -144,7 +144,8 @@ mod tests {
 
     #[test]
     fn representation_is_the_input_of_the_last_layer() {
-        for arch in ["conv2k3,relu,flatten,dense5,relu,dense3", "flatten,dense4,relu,dense3", "conv3k3,flatten,dense3"] {
+        for arch in ["conv2k3,relu,flatten,dense5,relu,dense3", "flatten,dense4,relu,dense3", "conv3k3,flatten,dense3"]
+        {
             let (net, x) = net_and_batch(arch, 5);
             let r = net.try_representation(&x).unwrap();
             let acts = net.activations(&x);
