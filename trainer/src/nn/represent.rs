@@ -76,14 +76,14 @@ impl Network {
                 with_workspace(|ws| {
                     let r = forward_chunk(&plan, &self.params.layers, cn, xc, ws);
                     let mut dr = vec![0.0f32; cn * d];
-                    for s in 0..cn {
+                    for (s, out) in dc.iter_mut().enumerate().take(cn) {
                         let mut sum = 0.0f64;
                         for j in s * d..(s + 1) * d {
                             let e = r[j] - tc[j];
                             dr[j] = 2.0 * e;
                             sum += (e as f64) * (e as f64);
                         }
-                        dc[s] = sum as f32;
+                        *out = sum as f32;
                     }
                     backward_chunk(&plan, &self.params.layers, cn, xc, &dr, None, Some(gc), ws);
                 });
