@@ -91,6 +91,18 @@ impl Canvas {
         crate::report::png_bytes(&self.px, (self.h, self.w, 3))
     }
 
+    /// The canvas as PNG bytes, grayscale (a third of the data) when every pixel is grey,
+    /// RGB otherwise.
+    pub fn png_gray_if_grey(&self) -> Result<Vec<u8>, String> {
+        let px = &self.px;
+        if px.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]) {
+            let grey: Vec<u8> = px.chunks_exact(3).map(|p| p[0]).collect();
+            crate::report::png_bytes(&grey, (self.h, self.w, 1))
+        } else {
+            self.png()
+        }
+    }
+
     /// Sets one pixel; pixels outside the canvas are ignored.
     pub fn set(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
         if x < self.w && y < self.h {

@@ -276,7 +276,8 @@ pub fn dataset_from(like: &Dataset, name: &str, images: &Tensor, labels: Vec<usi
 }
 
 /// A picture grid: a title row of `titles`, then one row per entry of `rows`, each a list
-/// of (caption, u8 image of `shape` = (h, w, c)) tiles scaled to about 84 pixels.
+/// of (caption, u8 image of `shape` = (h, w, c)) tiles scaled to about 84 pixels; a
+/// grayscale PNG when every pixel is grey.
 pub fn grid_png(titles: &[&str], rows: &[Vec<(String, Vec<u8>)>], shape: (usize, usize, usize)) -> Result<Vec<u8>> {
     let cols = titles.len().max(rows.iter().map(Vec::len).max().unwrap_or(0)).max(1);
     let (tw, th, _) = to_rgb(&vec![0; shape.0 * shape.1 * shape.2], shape);
@@ -307,7 +308,7 @@ pub fn grid_png(titles: &[&str], rows: &[Vec<(String, Vec<u8>)>], shape: (usize,
             cv.tile(x, y + caption_h, (tw, th), &rgb, scale);
         }
     }
-    cv.png().map_err(anyhow::Error::msg)
+    cv.png_gray_if_grey().map_err(anyhow::Error::msg)
 }
 
 /// A CSV file: the header line and one line per row, fields joined by commas.
