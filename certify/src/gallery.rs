@@ -62,31 +62,58 @@ pub fn glyph(c: char) -> [u8; 7] {
         ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
         '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
         '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
+        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
         _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
     }
 }
 
-/// An RGB canvas.
-struct Canvas {
+/// A white RGB canvas for picture grids with captions in the built-in font: the gallery,
+/// and the picture grids of `iocane study` (saliency maps, generated datasets).
+pub struct Canvas {
     w: usize,
     h: usize,
     px: Vec<u8>,
 }
 
 impl Canvas {
-    fn new(w: usize, h: usize) -> Canvas {
+    /// A white canvas of `w` x `h` pixels.
+    pub fn new(w: usize, h: usize) -> Canvas {
         Canvas { w, h, px: vec![255; w * h * 3] }
     }
 
-    fn set(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
+    /// Width and height in pixels.
+    pub fn size(&self) -> (usize, usize) {
+        (self.w, self.h)
+    }
+
+    /// The canvas as PNG bytes (RGB).
+    pub fn png(&self) -> Result<Vec<u8>, String> {
+        crate::report::png_bytes(&self.px, (self.h, self.w, 3))
+    }
+
+    /// The canvas as PNG bytes, grayscale (a third of the data) when every pixel is grey,
+    /// RGB otherwise.
+    pub fn png_gray_if_grey(&self) -> Result<Vec<u8>, String> {
+        let px = &self.px;
+        if px.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]) {
+            let grey: Vec<u8> = px.chunks_exact(3).map(|p| p[0]).collect();
+            crate::report::png_bytes(&grey, (self.h, self.w, 1))
+        } else {
+            self.png()
+        }
+    }
+
+    /// Sets one pixel; pixels outside the canvas are ignored.
+    pub fn set(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
         if x < self.w && y < self.h {
             let i = (y * self.w + x) * 3;
             self.px[i..i + 3].copy_from_slice(&rgb);
         }
     }
 
-    /// Draws `text` with its top-left corner at (x, y), each font pixel `scale` pixels wide.
-    fn text(&mut self, x: usize, y: usize, text: &str, scale: usize, rgb: [u8; 3]) {
+    /// Draws `text` with its top-left corner at (x, y), each font pixel `scale` pixels wide
+    /// (a character is 6 font pixels wide and 7 high).
+    pub fn text(&mut self, x: usize, y: usize, text: &str, scale: usize, rgb: [u8; 3]) {
         for (n, c) in text.chars().enumerate() {
             let g = glyph(c);
             for (row, bits) in g.iter().enumerate() {
@@ -104,8 +131,8 @@ impl Canvas {
     }
 
     /// Draws a `tw` x `th` tile of RGB pixels at (x, y), each pixel a `scale`-pixel square,
-    /// with a one-pixel grey frame around it.
-    fn tile(&mut self, x: usize, y: usize, (tw, th): (usize, usize), rgb: &[[u8; 3]], scale: usize) {
+    /// with a one-pixel grey frame around it (`x` and `y` must be at least 1).
+    pub fn tile(&mut self, x: usize, y: usize, (tw, th): (usize, usize), rgb: &[[u8; 3]], scale: usize) {
         for ty in 0..th {
             for tx in 0..tw {
                 for d in 0..scale * scale {
@@ -127,7 +154,7 @@ impl Canvas {
 
 /// An NHWC image as RGB tiles: 1 channel grey, 3 channels RGB, any other count its channels
 /// side by side in grey (as the counterexample PNGs). Returns (width, height, pixels).
-fn to_rgb(px: &[u8], (h, w, c): (usize, usize, usize)) -> (usize, usize, Vec<[u8; 3]>) {
+pub fn to_rgb(px: &[u8], (h, w, c): (usize, usize, usize)) -> (usize, usize, Vec<[u8; 3]>) {
     match c {
         1 => (w, h, px.iter().map(|&v| [v; 3]).collect()),
         3 => (w, h, px.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect()),
@@ -206,7 +233,7 @@ pub fn gallery_png(samples: &[SampleResult], shape: (usize, usize, usize), k: u8
             cv.tile(gap + i * (col + gap), y + caption_h, (tw, th), &rgb, scale);
         }
     }
-    Some(crate::report::png_bytes(&cv.px, (cv.h, cv.w, 3)))
+    Some(cv.png())
 }
 
 #[cfg(test)]
@@ -241,7 +268,7 @@ mod tests {
 
     #[test]
     fn every_caption_character_has_a_distinct_glyph() {
-        let chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ #->:/.,()=+";
+        let chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ #->:/.,()=+_";
         let glyphs: Vec<[u8; 7]> = chars.chars().map(glyph).collect();
         for (i, a) in glyphs.iter().enumerate() {
             assert!(a.iter().all(|&r| r < 0x20), "{:?} wider than 5 columns", chars.as_bytes()[i] as char);

@@ -17,7 +17,9 @@
 //!   verdicts beside the gate's int8 ones, per sample.
 //! - [`gate`]: the release gate over a dataset (sharded, parallel, deterministic).
 //! - [`report`]: report.json, junit.xml, summary.md, curve.svg and counterexamples.
-//! - [`gallery`]: `gallery.png`, the broken samples' clean, adversarial and difference images.
+//! - [`gallery`]: `gallery.png`, the broken samples' clean, adversarial and difference images,
+//!   drawn on a captioned picture [`gallery::Canvas`] that `iocane study` reuses.
+//! - [`plot`]: generic SVG line-chart panels and grouped bar charts (`iocane study`).
 //! - `proptest` (feature `proptest`): strategies over L-infinity balls (`linf_ball`,
 //!   `dataset_images`) and robustness assertions (`assert_robust`, `prop_robust!`) for
 //!   property tests of a user's own exported model.
@@ -29,6 +31,7 @@ pub mod crown;
 pub mod gallery;
 pub mod gate;
 pub mod ibp;
+pub mod plot;
 #[cfg(feature = "proptest")]
 pub mod proptest;
 pub mod report;

@@ -1061,7 +1061,8 @@ fn describe_indices(v: &[usize]) -> String {
 }
 
 /// Escapes text for XML.
-fn esc(s: &str) -> String {
+/// Escapes text for XML (SVG, JUnit).
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

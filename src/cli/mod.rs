@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod predict;
 pub mod progress;
 pub mod replay;
+pub mod study;
 pub mod train;
 
 /// Exit code: success, or the release gate passed.
@@ -91,6 +92,8 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// End-to-end demo on the embedded data: train cnn-s with PGD and with IBP, export both to int8, certify at 4/255 and 0.1.
     Demo(demo::DemoArgs),
+    /// The findings behind adversarial training on your data: capacity (Madry et al.), robust vs non-robust features (Ilyas et al.), saliency (Tsipras et al.).
+    Study(study::StudyCmd),
 }
 
 /// Parses arguments and runs; maps errors to exit code 2 with the whole error chain.
@@ -127,7 +130,7 @@ fn run(cli: Cli) -> Result<u8> {
     // The long commands (which check the flag at safe points and exit 130) install the
     // handler before any work, so a Ctrl-C while their data loads is not lost; the short ones
     // keep the default (Ctrl-C ends the process at once).
-    if matches!(cli.command, Command::Train(_) | Command::Certify(_) | Command::Demo(_)) {
+    if matches!(cli.command, Command::Train(_) | Command::Certify(_) | Command::Demo(_) | Command::Study(_)) {
         let _ = interrupt_flag("the command");
     }
     match cli.command {
@@ -154,5 +157,6 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Predict(p) => predict::run(&p),
         Command::Replay(r) => replay::run(&r),
         Command::Demo(d) => demo::run(&d),
+        Command::Study(s) => study::run(&s),
     }
 }

@@ -6,6 +6,7 @@
 //! - [`Attack::Pgd`]: projected gradient descent (Madry et al. 2018) with optional random
 //!   start and restarts; with several restarts each sample keeps its worst example (the
 //!   first misclassified one found, otherwise the highest-loss one).
+//! - [`pgd_targeted`]: PGD towards a chosen class per sample (descends that class's loss).
 //!
 //! Every iterate is projected onto the eps-ball around the clean input **and** onto
 //! `[0, 1]`. With `snap` the result is finally rounded to the 8-bit pixel grid
@@ -147,6 +148,37 @@ impl Attack {
 /// FGSM: `clip(x + eps * sign(grad_x loss))` (deterministic, so no `Rng`).
 pub fn fgsm(net: &Network, x: &Tensor, labels: &[usize], eps: f32, snap: bool) -> Tensor {
     let mut adv = sign_step(net, x, labels, eps, x, eps);
+    if snap {
+        snap_to_grid(&mut adv, x, eps);
+    }
+    adv
+}
+
+/// Targeted PGD: `steps` signed steps of size `step_size` that **descend** the cross-entropy
+/// of `targets` (one class per sample), from a uniform random start in the eps-ball around
+/// `x` (one `u64` drawn from `rng`), each iterate projected onto the ball and `[0, 1]`; with
+/// `snap` the result is rounded to the 8-bit grid inside the ball. The non-robust dataset
+/// D_NR of Ilyas et al. 2019 is made of such examples relabelled with their target.
+///
+/// # Panics
+/// If the batch or targets do not fit the network (see [`Network::check_batch`]).
+#[allow(clippy::too_many_arguments)]
+pub fn pgd_targeted(
+    net: &Network,
+    x: &Tensor,
+    targets: &[usize],
+    eps: f32,
+    step_size: f32,
+    steps: usize,
+    snap: bool,
+    rng: &mut Rng,
+) -> Tensor {
+    let mut adv = random_start(x, eps, rng);
+    let mut grad = Tensor::zeros(x.shape);
+    for _ in 0..steps {
+        // A negative step moves against the gradient of the targets' loss.
+        sign_step_in_place(net, &mut adv, targets, -step_size, x, eps, &mut grad);
+    }
     if snap {
         snap_to_grid(&mut adv, x, eps);
     }

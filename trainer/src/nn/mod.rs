@@ -1,7 +1,9 @@
 //! The float neural-network core: tensors, layer specs, layers with forward/backward
 //! passes, the [`Network`] container with its (deterministically parallel) training entry
 //! point, optimizers with LR schedules, the adversarial attacks used for training, and
-//! interval bound propagation ([`ibp`]) for certified training.
+//! interval bound propagation ([`ibp`]) for certified training, and the learned
+//! representation (the input of the last layer) with input optimisation towards a target
+//! representation ([`represent`]).
 //!
 //! # Conventions (shared with the int8 exporter and runtime)
 //! - Layout is NHWC: a batch is a [`Tensor`] with `shape = [n, h, w, c]`; dense outputs are
@@ -30,6 +32,7 @@ pub mod ibp;
 pub mod layers;
 mod network;
 mod optim;
+pub mod represent;
 mod spec;
 mod tensor;
 

@@ -573,6 +573,26 @@ fn pgd_beats_fgsm_and_stays_in_ball() {
 }
 
 #[test]
+fn targeted_pgd_reaches_its_targets_and_stays_in_ball() {
+    // issue 16: D_NR (Ilyas et al.) is made of targeted examples relabelled with the target.
+    let (net, x, labels) = trained_tiny();
+    let targets: Vec<usize> = labels.iter().map(|&l| (l + 1) % 4).collect();
+    let eps = 0.3;
+    let hits = |adv: &Tensor| net.predict(adv).iter().zip(&targets).filter(|(p, t)| p == t).count();
+    let mut xg = x.clone();
+    xg.snap_to_u8_grid();
+    let adv = attack::pgd_targeted(&net, &xg, &targets, eps, eps / 4.0, 20, true, &mut Rng::new(3));
+    assert_in_ball(&adv, &xg, eps);
+    assert!(adv.data.iter().all(|v| ((v * 255.0) - (v * 255.0).round()).abs() < 1e-3), "snapped");
+    // Untargeted PGD of the same budget hits the chosen class far less often.
+    let untargeted = Attack::pgd(eps, 20).perturb(&net, &xg, &labels, &mut Rng::new(3));
+    let (t, u, clean) = (hits(&adv), hits(&untargeted), hits(&xg));
+    assert!(t > u && t >= x.n() / 2 && t > clean, "targeted {t}, untargeted {u}, clean {clean} of {}", x.n());
+    let again = attack::pgd_targeted(&net, &xg, &targets, eps, eps / 4.0, 20, true, &mut Rng::new(3));
+    assert_eq!(bits(&again.data), bits(&adv.data));
+}
+
+#[test]
 fn snapped_attacks_are_on_grid_and_in_ball() {
     let (net, x, labels) = trained_tiny();
     // Clean inputs on the 8-bit grid, as from a dataset.
