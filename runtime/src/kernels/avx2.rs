@@ -396,7 +396,7 @@ pub(super) fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weig
 #[target_feature(enable = "avx2")]
 fn dense_batch_avx2<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     use std::vec;
-    let k = if n == 0 { 0 } else { input.len() / n };
+    let k = input.len().checked_div(n).unwrap_or(0);
     if k == 0 {
         return;
     }

@@ -199,7 +199,7 @@ pub fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_,
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
     {
         let k = input.len() / n;
-        let rows = if k == 0 { 0 } else { layer.bytes.len() / k };
+        let rows = layer.bytes.len().checked_div(k).unwrap_or(0);
         for (i, x) in input.chunks_exact(k.max(1)).take(n).enumerate() {
             dense(x, layer, out.part(i * rows, rows));
         }
