@@ -7,7 +7,7 @@
 //!
 //! Compiled for Arm builds of `thumbv7em*` targets (`cfg(iocane_arm_dsp)`, set by the build
 //! script; `IOCANE_PORTABLE_KERNELS=1` at build time turns it off) and, with the instructions
-//! emulated in plain Rust ([`op`]), for the host tests, which run the same loops against the
+//! emulated in plain Rust (`op`), for the host tests, which run the same loops against the
 //! i64 reference. The device parity test (`.ci/qemu-parity`, Cortex-M4 under qemu) runs the
 //! real instructions against the host's results.
 //!
@@ -21,7 +21,7 @@
 //! # Safety audit
 //! `unsafe` appears in two places, only in thumbv7em builds, whose every core has the DSP
 //! extension:
-//! - [`op`]: single `asm!` instructions (`sxtb16`, `sxtab16`, `smlad`, `smlabb`, `smlatt`)
+//! - `op`: single `asm!` instructions (`sxtb16`, `sxtab16`, `smlad`, `smlabb`, `smlatt`)
 //!   that read and write registers only: `pure, nomem, nostack, preserves_flags` (`SMLAD` sets
 //!   the sticky Q flag on signed overflow, which nothing here reads).
 //! - the two inner loops in assembly, `dot_pair_asm` (conv) and `dot3_asm` (dense): `unsafe
@@ -455,7 +455,7 @@ const TAPS_MAX: usize = 256;
 /// their receptive fields are unpacked into one buffer as `(x - zp)` halfword pairs, each
 /// group of four taps `p0 p1 p2 p3` as the words `(p0, p2)` and `(p1, p3)` that line up with
 /// `SXTB16` and `SXTB16 ROR 8` of four weight bytes, the two pixels' words interleaved:
-/// `A(p0,p2) A(p1,p3) B(p0,p2) B(p1,p3)`. [`conv_pair`] then runs two output channels over
+/// `A(p0,p2) A(p1,p3) B(p0,p2) B(p1,p3)`. `conv_pair` then runs two output channels over
 /// both pixels at once, so each weight word is loaded and unpacked once for four
 /// accumulators (CMSIS-NN's im2col + 2x2 matrix kernel, in safe Rust). An odd last pixel runs
 /// as a pair whose second pixel is not stored.

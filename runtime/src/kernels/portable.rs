@@ -130,7 +130,7 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
 ///
 /// Channels are the inner loop (contiguous in NHWC input and in the weights), in blocks of
-/// [`CHANNEL_BLOCK`] accumulators on the stack; the block's biases and requantization
+/// `CHANNEL_BLOCK` accumulators on the stack; the block's biases and requantization
 /// parameters are read from the layer once.
 pub fn depthwise_conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
