@@ -385,7 +385,7 @@ const BATCH_ROWS: usize = 4;
 /// and reads each sixteen-value slice of the four rows once for the three inputs: `vpmaddwd`
 /// forms exact pairs of products, the i32 lanes wrap like the portable `wrapping_add` chain.
 /// A partial block repeats its last input or row (those results are not stored). The sums
-/// are requantized one by one with [`Output::store_with`], the scalar rule of every kernel.
+/// are then requantized eight outputs of one input at a time by [`store8`], as in [`dense`].
 #[cfg(any(test, feature = "std"))]
 pub(super) fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
@@ -423,6 +423,7 @@ fn dense_batch_avx2<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_
         let r = r.min(count - 1);
         buf.get(r * kp..(r + 1) * kp).unwrap_or(&[])
     }
+    let mut sums = vec![0i32; n * rows];
     for i0 in (0..n).step_by(BATCH_INPUTS) {
         let xr: [&[i16]; BATCH_INPUTS] = core::array::from_fn(|a| slice(&xs, kp, i0 + a, n));
         for r0 in (0..rows).step_by(BATCH_ROWS) {
@@ -448,11 +449,24 @@ fn dense_batch_avx2<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_
             }
             for (a, acc) in acc.iter().enumerate().take(n - i0) {
                 for (b, &v) in acc.iter().enumerate().take(rows - r0) {
-                    let r = r0 + b;
-                    let sum = params.bias(r).wrapping_add(hsum1(v));
-                    out.store_with((i0 + a) * rows + r, sum, params.multiplier(r), params.shift(r));
+                    if let Some(s) = sums.get_mut((i0 + a) * rows + r0 + b) {
+                        *s = hsum1(v);
+                    }
                 }
             }
+        }
+    }
+    // Eight outputs of one input at a time, through the single-image kernels' requantization.
+    for c in (0..rows).step_by(8) {
+        let (q, count) = (Requant8::new(params, c, rows), 8.min(rows - c));
+        for i in 0..n {
+            let mut lanes = [0i32; 8];
+            if let Some(src) = sums.get(i * rows + c..i * rows + c + count) {
+                lanes[..count].copy_from_slice(src);
+            }
+            let [l0, l1, l2, l3, l4, l5, l6, l7] = lanes;
+            let v = _mm256_setr_epi32(l0, l1, l2, l3, l4, l5, l6, l7);
+            store8(out, i * rows + c, count, v, &q, c, params);
         }
     }
 }
