@@ -37,6 +37,21 @@ fn unit(rng: &mut SplitMix64) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+/// Sample `s` of [`Attacker::random_sampling`] into `x`: for three in four samples a random
+/// vertex of the box `lo..=hi` (every pixel at `lo` or `hi`), for the fourth a uniform point of
+/// the integer box.
+fn random_point(lo: &[u8], hi: &[u8], s: usize, rng: &mut SplitMix64, x: &mut [u8]) {
+    for ((x, &l), &h) in x.iter_mut().zip(lo).zip(hi) {
+        *x = if s % 4 == 3 {
+            l + below(rng, (h - l) as usize + 1) as u8
+        } else if rng.next_u64() & 1 == 1 {
+            h
+        } else {
+            l
+        };
+    }
+}
+
 /// Images [`Attacker::random_sampling`] draws and runs as one batch ([`Model::run_batch`]).
 const RANDOM_BATCH: usize = 32;
 
@@ -396,15 +411,7 @@ impl<'m> Attacker<'m> {
         for s0 in (0..n).step_by(RANDOM_BATCH) {
             let m = RANDOM_BATCH.min(n - s0);
             for (j, x) in xs.chunks_exact_mut(d).take(m).enumerate() {
-                for i in 0..d {
-                    x[i] = if (s0 + j) % 4 == 3 {
-                        lo[i] + below(rng, (hi[i] - lo[i]) as usize + 1) as u8
-                    } else if rng.next_u64() & 1 == 1 {
-                        hi[i]
-                    } else {
-                        lo[i]
-                    };
-                }
+                random_point(&lo, &hi, s0 + j, rng, x);
                 after[j] = rng.clone();
             }
             let run = self.model.run_batch(&xs[..m * d], &mut logits[..m * classes], &mut predicted[..m]);
@@ -541,15 +548,7 @@ mod tests {
             let (lo, hi) = linf_ball(pixels, k);
             let mut x = vec![0u8; pixels.len()];
             for s in 0..n {
-                for i in 0..x.len() {
-                    x[i] = if s % 4 == 3 {
-                        lo[i] + below(rng, (hi[i] - lo[i]) as usize + 1) as u8
-                    } else if rng.next_u64() & 1 == 1 {
-                        hi[i]
-                    } else {
-                        lo[i]
-                    };
-                }
+                random_point(&lo, &hi, s, rng, &mut x);
                 if att.test(&x, label, &mut res) {
                     return res;
                 }

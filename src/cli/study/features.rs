@@ -16,8 +16,6 @@
 //! D_NR model generalises to the real test set although every label looks wrong to a human.
 //! Generated images are rounded to the 8-bit grid, like every dataset.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use clap::Args;
 use iocane_certify::plot::bars_svg;
@@ -26,7 +24,7 @@ use iocane_trainer::rng::Rng;
 use iocane_trainer::train::Method;
 use serde::Serialize;
 
-use super::{batch, csv, dataset_from, grid_png, load_network, pct, round4, CommonArgs, Setup};
+use super::{batch, csv, dataset_from, grid_png, natural_and_robust, pct, round4, CommonArgs, PairArgs, Setup};
 
 /// The default architecture of the features and saliency studies: `cnn-s` with a 64-unit
 /// hidden layer, so the representation is a 64-value bottleneck as in Ilyas et al.
@@ -50,12 +48,9 @@ pub struct FeaturesArgs {
     /// [default: conv8k3s2p1,relu,conv16k3s2p1,relu,flatten,dense64,relu,dense<classes>].
     #[arg(long)]
     pub arch: Option<String>,
-    /// Use this naturally trained checkpoint (run dir or model.ckpt) instead of training one.
-    #[arg(long)]
-    pub natural: Option<PathBuf>,
-    /// Use this robust (PGD-trained) checkpoint instead of training one.
-    #[arg(long)]
-    pub robust: Option<PathBuf>,
+    /// Checkpoints to use instead of training the pair.
+    #[command(flatten)]
+    pub pair: PairArgs,
     /// D_R: input-optimisation steps per image [default: quick 40, full 200].
     #[arg(long)]
     pub dr_steps: Option<usize>,
@@ -145,21 +140,11 @@ pub fn run(a: &FeaturesArgs) -> Result<()> {
     has_representation(&Network::new(arch.clone(), c.seed)?, "--arch")?;
     let train = s.train.clone();
     // Checkpoints given on the command line are loaded (and checked) before any training.
-    let given_natural =
-        a.natural.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
-    let given_robust = a.robust.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
-    let (given_natural, given_robust) = (given_natural.transpose()?, given_robust.transpose()?);
-    if let Some((net, _)) = &given_robust {
+    let given = a.pair.load(input, classes)?;
+    if let Some((net, _)) = &given.1 {
         has_representation(net, "the --robust model")?;
     }
-    let (natural, natural_from) = match given_natural {
-        Some(given) => given,
-        None => (s.train("natural", &s.config(arch.clone(), Method::Natural), &train)?.0, "trained here".into()),
-    };
-    let (robust, robust_from) = match given_robust {
-        Some(given) => given,
-        None => (s.train("robust", &s.config(arch.clone(), Method::Pgd), &train)?.0, "trained here (PGD-7)".into()),
-    };
+    let ((natural, natural_from), (robust, robust_from)) = natural_and_robust(&mut s, &arch, &train, given)?;
 
     let dr_steps = a.dr_steps.unwrap_or(if c.quick { 40 } else { 200 });
     let nr_steps = a.nr_steps.unwrap_or(if c.quick { 10 } else { 20 }).max(1);

@@ -49,6 +49,50 @@ pub enum Study {
     Saliency(saliency::SaliencyArgs),
 }
 
+/// `--natural` / `--robust`: checkpoints to study instead of training the natural and robust
+/// pair (`features` and `saliency`).
+#[derive(Clone, Debug, Args)]
+pub struct PairArgs {
+    /// Use this naturally trained checkpoint (run dir or model.ckpt) instead of training one.
+    #[arg(long)]
+    pub natural: Option<PathBuf>,
+    /// Use this robust (PGD-trained) checkpoint instead of training one.
+    #[arg(long)]
+    pub robust: Option<PathBuf>,
+}
+
+/// A model of the pair and where it came from (a checkpoint path, or "trained here").
+pub type Sourced = (Network, String);
+
+impl PairArgs {
+    /// Loads (and checks) the checkpoints given on the command line, before any training.
+    pub fn load(&self, input: [usize; 3], classes: usize) -> Result<(Option<Sourced>, Option<Sourced>)> {
+        let one = |p: &Option<PathBuf>| -> Result<Option<Sourced>> {
+            p.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string()))).transpose()
+        };
+        Ok((one(&self.natural)?, one(&self.robust)?))
+    }
+}
+
+/// The natural and the robust (PGD-7) model of a study: the given ones, else trained here on
+/// `train_set` with `arch`.
+pub fn natural_and_robust(
+    s: &mut Setup,
+    arch: &ArchSpec,
+    train_set: &Dataset,
+    (natural, robust): (Option<Sourced>, Option<Sourced>),
+) -> Result<(Sourced, Sourced)> {
+    let natural = match natural {
+        Some(given) => given,
+        None => (s.train("natural", &s.config(arch.clone(), Method::Natural), train_set)?.0, "trained here".into()),
+    };
+    let robust = match robust {
+        Some(given) => given,
+        None => (s.train("robust", &s.config(arch.clone(), Method::Pgd), train_set)?.0, "trained here (PGD-7)".into()),
+    };
+    Ok((natural, robust))
+}
+
 /// Flags every study takes.
 #[derive(Clone, Debug, Args)]
 pub struct CommonArgs {

@@ -10,16 +10,13 @@
 //! (mid grey 0, white positive, black negative) and scaled per tile to its 99th percentile
 //! of `|gradient|`.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use clap::Args;
 use iocane_trainer::nn::{Network, Want};
-use iocane_trainer::train::Method;
 use serde::Serialize;
 
 use super::features::study_arch;
-use super::{batch, csv, grid_png, load_network, round4, CommonArgs, Setup};
+use super::{batch, csv, grid_png, natural_and_robust, round4, CommonArgs, PairArgs, Setup};
 
 /// Flags of `iocane study saliency`.
 #[derive(Debug, Args)]
@@ -30,12 +27,9 @@ pub struct SaliencyArgs {
     /// Architecture of both models [default: conv8k3s2p1,relu,conv16k3s2p1,relu,flatten,dense64,relu,dense<classes>].
     #[arg(long)]
     pub arch: Option<String>,
-    /// Use this naturally trained checkpoint (run dir or model.ckpt) instead of training one.
-    #[arg(long)]
-    pub natural: Option<PathBuf>,
-    /// Use this robust (PGD-trained) checkpoint instead of training one.
-    #[arg(long)]
-    pub robust: Option<PathBuf>,
+    /// Checkpoints to use instead of training the pair.
+    #[command(flatten)]
+    pub pair: PairArgs,
     /// Test images scored (the first ones) [default: quick 64, full 1000].
     #[arg(long)]
     pub images: Option<usize>,
@@ -137,18 +131,8 @@ pub fn run(a: &SaliencyArgs) -> Result<()> {
     let arch = study_arch(a.arch.as_deref(), input, classes)?;
     let train = s.train.clone();
     // Checkpoints given on the command line are loaded (and checked) before any training.
-    let given_natural =
-        a.natural.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
-    let given_robust = a.robust.as_ref().map(|p| load_network(p, input, classes).map(|n| (n, p.display().to_string())));
-    let (given_natural, given_robust) = (given_natural.transpose()?, given_robust.transpose()?);
-    let (natural, natural_from) = match given_natural {
-        Some(given) => given,
-        None => (s.train("natural", &s.config(arch.clone(), Method::Natural), &train)?.0, "trained here".into()),
-    };
-    let (robust, robust_from) = match given_robust {
-        Some(given) => given,
-        None => (s.train("robust", &s.config(arch.clone(), Method::Pgd), &train)?.0, "trained here (PGD-7)".into()),
-    };
+    let given = a.pair.load(input, classes)?;
+    let ((natural, natural_from), (robust, robust_from)) = natural_and_robust(&mut s, &arch, &train, given)?;
     let n = a.images.unwrap_or(if c.quick { 64 } else { 1000 }).min(s.test.len());
     if n == 0 {
         bail!("--images must be at least 1");
