@@ -1324,3 +1324,137 @@ mod issue16 {
         assert!(!out.join("models").exists(), "nothing was trained");
     }
 }
+
+/// Issue 15: TRADES and model selection from the command line.
+mod issue15 {
+    use super::*;
+
+    fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Writes `images` (28x28) and `labels` as an IDX folder whose train and test splits are
+    /// both these images.
+    fn write_idx(dir: &Path, images: &[u8], labels: &[u8]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let n = labels.len();
+        for split in ["train", "t10k"] {
+            let mut img = vec![0, 0, 8, 3];
+            for d in [n, 28, 28] {
+                img.extend((d as u32).to_be_bytes());
+            }
+            img.extend_from_slice(images);
+            std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+            let mut lab = vec![0, 0, 8, 1];
+            lab.extend((n as u32).to_be_bytes());
+            lab.extend_from_slice(labels);
+            std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+        }
+    }
+
+    /// `train --method trades --select certified` keeps the best epoch by the int8 model's
+    /// certified accuracy on held-out training images; `export RUN` exports that epoch, and
+    /// the certifier run on the same held-out images agrees with the recorded score.
+    #[test]
+    fn issue15_select_certified_scores_the_exported_int8_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let r = run_dir.to_str().unwrap();
+        let out = run(&[
+            "train",
+            "--arch",
+            "cnn-s",
+            "--method",
+            "trades",
+            "--eps",
+            "2/255",
+            "--epochs",
+            "3",
+            "--train-samples",
+            "1500",
+            "--select",
+            "certified",
+            "--select-holdout",
+            "300",
+            "--eval-samples",
+            "100",
+            "--eval-steps",
+            "3",
+            "--lr",
+            "3e-3",
+            "--out",
+            r,
+        ]);
+        assert_exit_code(&out, 0);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("held-certified") && stdout.contains("selected epoch"), "{stdout}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run_dir.join("metrics.json")).unwrap()).unwrap();
+        let scores: Vec<f64> =
+            m["epochs"].as_array().unwrap().iter().map(|e| e["select_score"].as_f64().unwrap()).collect();
+        let best = scores.iter().copied().fold(f64::MIN, f64::max);
+        let want = scores.iter().rposition(|&v| v == best).unwrap() + 1;
+        assert_eq!(m["selected_epoch"].as_u64(), Some(want as u64), "{scores:?}");
+        assert!(best > 0.3, "certified on held-out images at 2/255: {scores:?}");
+        // Export picks selected.ckpt.
+        let ex = dir.path().join("export");
+        let out = run(&["export", r, "--out", ex.to_str().unwrap()]);
+        assert_exit_code(&out, 0);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("selected.ckpt"));
+        // The certifier on the held-out images (the last 300 of the first 1,500 training
+        // images) gives the recorded score of the selected epoch.
+        let s = iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall).unwrap();
+        let held = s.train.subset(&(1200..1500).collect::<Vec<_>>());
+        let idx = dir.path().join("held");
+        write_idx(&idx, &held.images, &held.labels);
+        let report = dir.path().join("report");
+        let dataset = format!("idx:{}", idx.display());
+        let out = run(&[
+            "certify",
+            ex.join("model.icn").to_str().unwrap(),
+            "--dataset",
+            &dataset,
+            "--eps",
+            "2/255",
+            "--samples",
+            "0",
+            "--bound",
+            "crown",
+            "--gate",
+            "certified",
+            "--threshold",
+            "0",
+            "--quiet",
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert_exit_code(&out, 0);
+        let rep = iocane_certify::report::CertifyReport::read(&report.join("report.json")).unwrap();
+        let lv = rep.outcome.at(2).unwrap();
+        assert_eq!(lv.n, 300);
+        let certified = lv.acc(lv.certified);
+        assert!((certified - best).abs() < 1e-6, "certify says {certified}, selection recorded {best}");
+    }
+
+    #[test]
+    fn issue15_bad_selection_and_trades_flags_exit_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path().join("run");
+        let r = r.to_str().unwrap();
+        for (args, msg) in [
+            (vec!["--select-holdout", "10"], "--select"),
+            (vec!["--select", "best"], "certified or pgd"),
+            (vec!["--select", "pgd", "--select-holdout", "0"], "holds out"),
+            (vec!["--select", "pgd", "--select-holdout", "9000"], "holds out"),
+            (vec!["--method", "trades", "--trades-beta=-1"], "beta"),
+            (vec!["--method", "trades", "--trades-beta", "NaN"], "beta"),
+        ] {
+            let mut a = vec!["train", "--epochs", "1", "--train-samples", "200", "--quiet", "--out", r];
+            a.extend(args.iter());
+            let out = run(&a);
+            assert_exit_code(&out, 2);
+            assert!(stderr(&out).contains(msg), "{args:?}: {}", stderr(&out));
+            assert!(!dir.path().join("run/model.ckpt").exists(), "{args:?} trained");
+        }
+    }
+}

@@ -30,7 +30,7 @@ pub struct ExportArgs {
 
 /// Runs `iocane export`; returns what was written.
 pub fn run(a: &ExportArgs) -> Result<Exported> {
-    let ckpt_path = if a.run.is_dir() { a.run.join("model.ckpt") } else { a.run.clone() };
+    let ckpt_path = checkpoint::run_checkpoint(&a.run);
     let ck = checkpoint::load(&ckpt_path).context("loading the checkpoint")?;
     let cfg: Option<TrainConfig> = serde_json::from_value(ck.train_config.clone()).ok();
     let dataset =

@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
-use iocane_trainer::train::{self, Method, Metrics, RunOptions, TrainConfig, DEFAULT_IBP_KAPPA, IBP_TRAIN_EPS_FACTOR};
+use iocane_trainer::train::{
+    self, Method, Metrics, RunOptions, Scorer, SelectCriterion, Selection, TrainConfig, DEFAULT_IBP_KAPPA,
+    DEFAULT_SELECT_HOLDOUT, IBP_TRAIN_EPS_FACTOR,
+};
 
 /// `--optimizer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,7 +44,8 @@ pub struct TrainArgs {
     /// (e.g. conv8k3s2p1,relu,flatten,dense10) or a JSON file.
     #[arg(long, default_value = "cnn-s")]
     pub arch: String,
-    /// Training method: natural, fgsm, fgsm-rs, pgd, or ibp (interval bound propagation
+    /// Training method: natural, fgsm, fgsm-rs, pgd, trades (KL-regularised adversarial
+    /// training, Zhang et al. 2019; see --trades-beta), or ibp (interval bound propagation
     /// certified training, Gowal et al. 2018: trains for the interval verifier that
     /// `iocane certify` runs on the int8 model; see docs/ibp.md).
     #[arg(long, default_value = "pgd")]
@@ -92,6 +96,10 @@ pub struct TrainArgs {
     /// Evaluation and IBP-verified accuracy always use --eps.
     #[arg(long, value_parser = parse_eps)]
     pub ibp_train_eps: Option<f32>,
+    /// TRADES: weight β of KL(clean ‖ adversarial prediction) beside the clean
+    /// cross-entropy; larger trades clean accuracy for robustness.
+    #[arg(long, default_value_t = iocane_trainer::train::DEFAULT_TRADES_BETA)]
+    pub trades_beta: f32,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -107,6 +115,17 @@ pub struct TrainArgs {
     /// Train on the first N samples only (0 = all).
     #[arg(long, default_value_t = 0)]
     pub train_samples: usize,
+    /// Model selection: after every epoch, quantize the network to int8 and score it on
+    /// held-out training images (never the test split), `certified` (the certifier's
+    /// accuracy at --eps, interval and linear bounds) or `pgd` (int8 accuracy under the
+    /// certifier's PGD at --eps); the best epoch is saved as OUT/selected.ckpt, which
+    /// `iocane export OUT` then exports.
+    #[arg(long)]
+    pub select: Option<SelectCriterion>,
+    /// Held-out images for --select: the last N of the training images in use, which are
+    /// then not trained on.
+    #[arg(long, default_value_t = DEFAULT_SELECT_HOLDOUT, requires = "select")]
+    pub select_holdout: usize,
     /// Output directory (model.ckpt, metrics.json).
     #[arg(long)]
     pub out: PathBuf,
@@ -199,6 +218,8 @@ pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize, train_len: usize
         qat: a.qat,
         ibp_kappa: a.ibp_kappa,
         ibp_train_eps: a.ibp_train_eps,
+        trades_beta: a.trades_beta,
+        select: a.select.map(|criterion| Selection { criterion, holdout: a.select_holdout }),
     })
 }
 
@@ -292,7 +313,7 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
     let init = match &a.init {
         None => None,
         Some(p) => {
-            let path = if p.is_dir() { p.join("model.ckpt") } else { p.clone() };
+            let path = iocane_trainer::train::checkpoint::run_checkpoint(p);
             let ck = iocane_trainer::train::checkpoint::load(&path).context("loading the --init checkpoint")?;
             cfg.arch = ck.network.spec().clone();
             Some(ck.network)
@@ -339,19 +360,87 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
         }
     }
     check_out_dir(a, &cfg)?;
-    let opts =
-        RunOptions { progress: !a.quiet, resume: a.resume, interrupt: Some(super::interrupt_flag("training")), init };
+    let scorer = cfg.select.map(|sel| selection_scorer(sel.criterion, cfg.eps, std::sync::Arc::new(t.clone())));
+    let opts = RunOptions {
+        progress: !a.quiet,
+        resume: a.resume,
+        interrupt: Some(super::interrupt_flag("training")),
+        init,
+        scorer,
+    };
     let m = train::train(&cfg, t, &splits.test, &a.out, &opts)?;
     print_summary(&m, &a.out);
     Ok(m)
 }
 
+/// Calibration images of the int8 model [`selection_scorer`] scores (`iocane export`'s
+/// default `--calib`, so the scored model is the one export writes).
+pub const SELECT_CALIB: usize = 1000;
+
+/// The score of `--select`: quantizes the network exactly as `iocane export` does (the first
+/// [`SELECT_CALIB`] images of `calib` set the activation ranges) and runs the certifier's gate
+/// on the held-out images at `floor(eps * 255)` levels: the certified fraction (interval and
+/// linear bounds, no attacks) or the fraction PGD does not break on the int8 model.
+pub fn selection_scorer(
+    criterion: SelectCriterion,
+    eps: f32,
+    calib: std::sync::Arc<iocane_trainer::data::Dataset>,
+) -> Scorer {
+    use iocane_certify::attack::{AttackName, AttackSuite};
+    use iocane_certify::gate::{self, BoundMethod, GateConfig, GateKind};
+    // f32 eps of k/255 can land a hair below k: absorb that before flooring.
+    let k = (eps as f64 * 255.0 + 1e-4).floor().clamp(0.0, 255.0) as u8;
+    Scorer(std::sync::Arc::new(move |net, holdout| {
+        if k == 0 {
+            return Err("--select needs --eps of at least 1/255".into());
+        }
+        let repr = iocane_trainer::quant::quantize(net, &calib, SELECT_CALIB.min(calib.len()), vec![], vec![])
+            .map_err(|e| format!("quantizing: {e}"))?;
+        let blob = repr.emit();
+        let model = iocane_runtime::Model::parse(&blob).map_err(|e| format!("the quantized model: {e}"))?;
+        let (gate_kind, attacks) = match criterion {
+            SelectCriterion::Certified => (GateKind::Certified, vec![]),
+            SelectCriterion::Pgd => (GateKind::Empirical, vec![AttackName::Pgd]),
+        };
+        let cfg = GateConfig {
+            k,
+            sweep: vec![],
+            samples: 0,
+            gate: gate_kind,
+            bound: BoundMethod::Crown,
+            random_samples: 0,
+            square_queries: 0,
+            suite: AttackSuite { attacks, ..AttackSuite::default() },
+            ..GateConfig::default()
+        };
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let out = gate::run(&model, holdout, &cfg, &|_| {}, &never).map_err(|e| e.to_string())?;
+        let lv = out.at(k).ok_or("the gate reported no counts at the radius")?;
+        Ok(lv.acc(match criterion {
+            SelectCriterion::Certified => lv.certified,
+            SelectCriterion::Pgd => lv.empirical,
+        }) as f32)
+    }))
+}
+
 /// Prints the per-epoch table and the final evaluation.
 pub fn print_summary(m: &Metrics, out: &std::path::Path) {
-    println!("\n epoch  train-eps      lr   loss  train-acc  clean  pgd@eps  ibp@eps  samples/s");
+    let select = m.config.select;
+    let held_out = match select {
+        Some(sel) => format!("  {:>9}", format!("held-{}", sel.criterion)),
+        None => String::new(),
+    };
+    println!("\n epoch  train-eps      lr   loss  train-acc  clean  pgd@eps  ibp@eps{held_out}  samples/s");
     for e in &m.epochs {
+        let score = match (select, e.select_score) {
+            (Some(_), Some(v)) => {
+                format!("  {:>8.3}{}", v, if m.selected_epoch == Some(e.epoch) { "*" } else { " " })
+            }
+            (Some(_), None) => format!("  {:>9}", "-"),
+            _ => String::new(),
+        };
         println!(
-            " {:>5}  {:>9.4}  {:.1e}  {:.3}  {:>9.3}  {:.3}  {:>7.3}  {:>7.3}  {:>9.0}",
+            " {:>5}  {:>9.4}  {:.1e}  {:.3}  {:>9.3}  {:.3}  {:>7.3}  {:>7.3}{score}  {:>9.0}",
             e.epoch,
             e.train_eps,
             e.lr,
@@ -361,6 +450,16 @@ pub fn print_summary(m: &Metrics, out: &std::path::Path) {
             e.robust_acc,
             e.ibp_verified_acc,
             e.samples_per_s
+        );
+    }
+    if let (Some(sel), Some(best)) = (select, m.selected_epoch) {
+        println!(
+            "selected epoch {best} (* above: best int8 {} accuracy on {} held-out training images); \
+             the final evaluation is of it and `iocane export` exports it ({}/{})",
+            sel.criterion,
+            sel.holdout,
+            out.display(),
+            train::SELECTED_CKPT
         );
     }
     if let Some(f) = &m.final_eval {

@@ -225,6 +225,7 @@ impl Setup {
             resume: false,
             interrupt: Some(super::interrupt_flag("the study")),
             init: None,
+            scorer: None,
         };
         let m = train::train(cfg, train_set, &self.test, &dir, &opts).with_context(|| format!("training {name}"))?;
         let ck = iocane_trainer::checkpoint::load(&dir.join("model.ckpt"))?;
@@ -284,7 +285,7 @@ pub fn round4(x: f64) -> f64 {
 /// Loads the network of a checkpoint given as a run directory or a `model.ckpt` file, and
 /// checks it takes the dataset's images and classes.
 pub fn load_network(path: &Path, input: [usize; 3], classes: usize) -> Result<Network> {
-    let file = if path.is_dir() { path.join("model.ckpt") } else { path.to_path_buf() };
+    let file = iocane_trainer::train::checkpoint::run_checkpoint(path);
     let ck = iocane_trainer::checkpoint::load(&file).with_context(|| format!("loading {}", file.display()))?;
     if ck.network.input_shape() != input || ck.network.classes() != classes {
         bail!(

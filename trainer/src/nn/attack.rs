@@ -307,6 +307,12 @@ fn sign_step_in_place(
     grad: &mut Tensor,
 ) {
     net.loss_and_input_grad_into(x, labels, grad);
+    signed_update(x, grad, step, x0, eps);
+}
+
+/// `x = clamp_ball(x + step * sign(grad), x0, eps)` element-wise (the update of every
+/// signed-gradient attack, whatever loss `grad` is of).
+pub(crate) fn signed_update(x: &mut Tensor, grad: &Tensor, step: f32, x0: &Tensor, eps: f32) {
     const BLOCK: usize = 8192;
     x.data.par_chunks_mut(BLOCK).zip(grad.data.par_chunks(BLOCK)).zip(x0.data.par_chunks(BLOCK)).for_each(
         |((xs, gs), cs)| {

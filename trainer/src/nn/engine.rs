@@ -208,3 +208,30 @@ pub(crate) fn softmax_xent(logits: &[f32], label: usize, scale: f32, dlogits: Op
     }
     (loss, best)
 }
+
+/// Cross-entropy of one sample against the probability vector `target`:
+/// `-Σ_j t_j log softmax(z)_j` (numerically stable). Writes `(softmax - target) * scale` into
+/// `dlogits` if given; returns `(loss, argmax)` (ties -> lowest index). With a one-hot
+/// `target` it equals [`softmax_xent`].
+pub(crate) fn soft_xent(logits: &[f32], target: &[f32], scale: f32, dlogits: Option<&mut [f32]>) -> (f32, usize) {
+    let (mut best, mut m) = (0usize, logits[0]);
+    for (j, &z) in logits.iter().enumerate().skip(1) {
+        if z > m {
+            m = z;
+            best = j;
+        }
+    }
+    let mut sum = 0.0f32;
+    for &z in logits {
+        sum += (z - m).exp();
+    }
+    let lse = m + sum.ln();
+    let loss = target.iter().zip(logits).map(|(&t, &z)| t * (lse - z)).sum();
+    if let Some(d) = dlogits {
+        let inv = 1.0 / sum;
+        for ((dv, &z), &t) in d.iter_mut().zip(logits).zip(target) {
+            *dv = ((z - m).exp() * inv - t) * scale;
+        }
+    }
+    (loss, best)
+}

@@ -35,12 +35,14 @@ mod optim;
 pub mod represent;
 mod spec;
 mod tensor;
+pub mod trades;
 
 pub use ibp::{linf_box, IbpLossGrads};
 pub use network::{chunk_size_for, Grads, LayerParams, LossGrads, Network, Params, Want};
 pub use optim::{LrSchedule, NamedBuffer, Optimizer, OptimizerConfig, OptimizerState};
 pub use spec::{ArchSpec, LayerSpec, MAX_ACTIVATION, MAX_MACS, MAX_PARAMS, PRESETS};
 pub use tensor::Tensor;
+pub use trades::TradesLossGrads;
 
 use thiserror::Error;
 

@@ -1,7 +1,7 @@
 //! [`Network`]: an [`ArchSpec`] plus parameters, with batched forward passes and the
 //! training entry point [`Network::loss_and_grads`].
 
-use super::engine::{backward_chunk, forward_chunk, softmax_xent, with_workspace, Plan};
+use super::engine::{backward_chunk, forward_chunk, soft_xent, softmax_xent, with_workspace, Plan};
 use super::layers::Geom;
 pub use super::layers::LayerParams;
 use super::{ArchSpec, LayerSpec, NnError, Tensor};
@@ -426,7 +426,7 @@ impl Network {
     /// label `< classes` per sample (see [`Network::check_batch`]).
     pub fn loss_and_grads(&self, x: &Tensor, labels: &[usize], want: Want) -> LossGrads {
         let mut input_grad = want.input.then(|| Tensor::zeros(x.shape));
-        let mut r = self.run_batch(x, labels, want.params, input_grad.as_mut().map(|t| t.data.as_mut_slice()));
+        let mut r = self.run_batch(x, labels, None, want.params, input_grad.as_mut().map(|t| t.data.as_mut_slice()));
         r.input_grad = input_grad;
         r
     }
@@ -441,10 +441,40 @@ impl Network {
     pub fn loss_and_input_grad_into(&self, x: &Tensor, labels: &[usize], grad: &mut Tensor) -> LossGrads {
         grad.shape = x.shape;
         grad.data.resize(x.data.len(), 0.0);
-        self.run_batch(x, labels, false, Some(grad.data.as_mut_slice()))
+        self.run_batch(x, labels, None, false, Some(grad.data.as_mut_slice()))
     }
 
-    fn run_batch(&self, x: &Tensor, labels: &[usize], want_params: bool, input_grad: Option<&mut [f32]>) -> LossGrads {
+    /// Like [`Network::loss_and_input_grad_into`], but the loss of sample `s` is the
+    /// cross-entropy against the probability vector `targets[s * classes..(s + 1) * classes]`
+    /// instead of a one-hot label: `-Σ_j p_j log softmax(z)_j`, whose logit gradient is
+    /// `softmax(z) - p`. Up to the constant `Σ_j p_j log p_j` this is `KL(p || softmax(z))`,
+    /// the inner objective of TRADES ([`super::trades`]). `labels` only score the
+    /// predictions (`correct`).
+    ///
+    /// # Panics
+    /// As [`Network::loss_and_grads`], or if `targets` does not hold `classes` values per
+    /// sample.
+    pub fn soft_loss_and_input_grad_into(
+        &self,
+        x: &Tensor,
+        labels: &[usize],
+        targets: &[f32],
+        grad: &mut Tensor,
+    ) -> LossGrads {
+        assert_eq!(targets.len(), x.n() * self.spec.classes, "soft targets: classes values per sample");
+        grad.shape = x.shape;
+        grad.data.resize(x.data.len(), 0.0);
+        self.run_batch(x, labels, Some(targets), false, Some(grad.data.as_mut_slice()))
+    }
+
+    fn run_batch(
+        &self,
+        x: &Tensor,
+        labels: &[usize],
+        soft: Option<&[f32]>,
+        want_params: bool,
+        input_grad: Option<&mut [f32]>,
+    ) -> LossGrads {
         self.check_batch(x, Some(labels)).unwrap_or_else(|e| panic!("Network::loss_and_grads: {e}"));
         let n = x.n();
         let k = self.spec.classes;
@@ -460,43 +490,49 @@ impl Network {
             grads: Option<Params>,
         }
 
-        let run = |xc: &[f32], lc: &[usize], dxc: Option<&mut [f32]>, lossc: &mut [f32], predc: &mut [usize]| {
-            let cn = lc.len();
-            with_workspace(|ws| {
-                let logits = forward_chunk(&self.plan, &self.params.layers, cn, xc, ws);
-                let need_back = want_params || want_input;
-                let mut dlogits = if need_back { vec![0.0f32; cn * k] } else { Vec::new() };
-                let mut loss_sum = 0.0f64;
-                for s in 0..cn {
-                    let d = if need_back { Some(&mut dlogits[s * k..(s + 1) * k]) } else { None };
-                    let (loss, pred) = softmax_xent(&logits[s * k..(s + 1) * k], lc[s], scale, d);
-                    lossc[s] = loss;
-                    predc[s] = pred;
-                    loss_sum += loss as f64;
-                }
-                // Every parameter buffer is overwritten by the backward pass, so recycled
-                // buffers need no zeroing.
-                let mut grads = want_params.then(|| {
-                    self.grad_pool
-                        .take()
-                        .filter(|g| same_structure(g, &self.params))
-                        .unwrap_or_else(|| self.params.zeros_like())
-                });
-                if need_back {
-                    backward_chunk(
-                        &self.plan,
-                        &self.params.layers,
-                        cn,
-                        xc,
-                        &dlogits,
-                        grads.as_mut().map(|g| g.layers.as_mut_slice()),
-                        dxc,
-                        ws,
-                    );
-                }
-                ChunkOut { loss_sum, grads }
-            })
-        };
+        let run =
+            |ci: usize, xc: &[f32], lc: &[usize], dxc: Option<&mut [f32]>, lossc: &mut [f32], predc: &mut [usize]| {
+                let cn = lc.len();
+                let softc = soft.map(|t| &t[ci * chunk * k..(ci * chunk + cn) * k]);
+                with_workspace(|ws| {
+                    let logits = forward_chunk(&self.plan, &self.params.layers, cn, xc, ws);
+                    let need_back = want_params || want_input;
+                    let mut dlogits = if need_back { vec![0.0f32; cn * k] } else { Vec::new() };
+                    let mut loss_sum = 0.0f64;
+                    for s in 0..cn {
+                        let d = if need_back { Some(&mut dlogits[s * k..(s + 1) * k]) } else { None };
+                        let z = &logits[s * k..(s + 1) * k];
+                        let (loss, pred) = match softc {
+                            Some(t) => soft_xent(z, &t[s * k..(s + 1) * k], scale, d),
+                            None => softmax_xent(z, lc[s], scale, d),
+                        };
+                        lossc[s] = loss;
+                        predc[s] = pred;
+                        loss_sum += loss as f64;
+                    }
+                    // Every parameter buffer is overwritten by the backward pass, so recycled
+                    // buffers need no zeroing.
+                    let mut grads = want_params.then(|| {
+                        self.grad_pool
+                            .take()
+                            .filter(|g| same_structure(g, &self.params))
+                            .unwrap_or_else(|| self.params.zeros_like())
+                    });
+                    if need_back {
+                        backward_chunk(
+                            &self.plan,
+                            &self.params.layers,
+                            cn,
+                            xc,
+                            &dlogits,
+                            grads.as_mut().map(|g| g.layers.as_mut_slice()),
+                            dxc,
+                            ws,
+                        );
+                    }
+                    ChunkOut { loss_sum, grads }
+                })
+            };
 
         let outs: Vec<ChunkOut> = match input_grad {
             Some(ig) => x
@@ -506,7 +542,8 @@ impl Network {
                 .zip(ig.par_chunks_mut(chunk * il))
                 .zip(sample_losses.par_chunks_mut(chunk))
                 .zip(predictions.par_chunks_mut(chunk))
-                .map(|((((xc, lc), dxc), lossc), predc)| run(xc, lc, Some(dxc), lossc, predc))
+                .enumerate()
+                .map(|(ci, ((((xc, lc), dxc), lossc), predc))| run(ci, xc, lc, Some(dxc), lossc, predc))
                 .collect(),
             None => x
                 .data
@@ -514,7 +551,8 @@ impl Network {
                 .zip(labels.par_chunks(chunk))
                 .zip(sample_losses.par_chunks_mut(chunk))
                 .zip(predictions.par_chunks_mut(chunk))
-                .map(|(((xc, lc), lossc), predc)| run(xc, lc, None, lossc, predc))
+                .enumerate()
+                .map(|(ci, (((xc, lc), lossc), predc))| run(ci, xc, lc, None, lossc, predc))
                 .collect(),
         };
 

@@ -151,6 +151,22 @@ pub struct Checkpoint {
     pub metrics: Value,
 }
 
+/// The checkpoint a run directory stands for: its `selected.ckpt` (the network model
+/// selection kept, see [`super::TrainConfig::select`]) if there is one, else its `model.ckpt`
+/// (the last epoch). A path that is not a directory is taken as the checkpoint file itself.
+/// Export, fine-tuning (`--init`) and the studies all load runs through this one rule.
+pub fn run_checkpoint(path: &Path) -> PathBuf {
+    if !path.is_dir() {
+        return path.to_path_buf();
+    }
+    let selected = path.join(super::SELECTED_CKPT);
+    if selected.is_file() {
+        selected
+    } else {
+        path.join("model.ckpt")
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 /// A killed process leaves either the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -51,6 +51,10 @@ pub enum Method {
     /// Interval bound propagation certified training (Gowal et al. 2018): the loss mixes the
     /// clean cross-entropy with that of the IBP worst-case logits.
     Ibp,
+    /// TRADES (Zhang et al. 2019): clean cross-entropy plus `β` times the KL divergence
+    /// between the clean and the adversarial prediction, the adversarial example maximising
+    /// that KL ([`crate::nn::trades`]).
+    Trades,
 }
 
 impl std::str::FromStr for Method {
@@ -62,7 +66,8 @@ impl std::str::FromStr for Method {
             "fgsm-rs" | "fast" => Method::FgsmRs,
             "pgd" => Method::Pgd,
             "ibp" => Method::Ibp,
-            _ => return Err(format!("unknown method `{s}`: expected natural, fgsm, fgsm-rs, pgd or ibp")),
+            "trades" => Method::Trades,
+            _ => return Err(format!("unknown method `{s}`: expected natural, fgsm, fgsm-rs, pgd, ibp or trades")),
         })
     }
 }
@@ -75,6 +80,7 @@ impl std::fmt::Display for Method {
             Method::FgsmRs => "fgsm-rs",
             Method::Pgd => "pgd",
             Method::Ibp => "ibp",
+            Method::Trades => "trades",
         })
     }
 }
@@ -126,6 +132,89 @@ pub struct TrainConfig {
     /// IBP: the eps trained on (`None`: [`IBP_TRAIN_EPS_FACTOR`] times `eps`, capped at 1).
     #[serde(default)]
     pub ibp_train_eps: Option<f32>,
+    /// TRADES: weight `β` of the KL term (the robustness/accuracy trade-off).
+    #[serde(default = "default_trades_beta", skip_serializing_if = "is_default_trades_beta")]
+    pub trades_beta: f32,
+    /// Model selection: score every epoch's network on a held-out slice of the training
+    /// split and keep the best as `selected.ckpt` (`None`: the last epoch is the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Selection>,
+}
+
+/// What [`TrainConfig::select`] maximises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectCriterion {
+    /// The int8 model's certified accuracy at `eps` on the held-out slice.
+    Certified,
+    /// The int8 model's accuracy under PGD at `eps` on the held-out slice.
+    Pgd,
+}
+
+impl std::str::FromStr for SelectCriterion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "certified" => Ok(SelectCriterion::Certified),
+            "pgd" => Ok(SelectCriterion::Pgd),
+            _ => Err(format!("unknown selection criterion `{s}`: expected certified or pgd")),
+        }
+    }
+}
+
+impl std::fmt::Display for SelectCriterion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SelectCriterion::Certified => "certified",
+            SelectCriterion::Pgd => "pgd",
+        })
+    }
+}
+
+/// Model selection on a held-out slice of the training split (never the test split).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The score.
+    pub criterion: SelectCriterion,
+    /// Held-out images: the last `holdout` of the training images in use (after
+    /// `train_samples`); training uses the ones before them.
+    pub holdout: usize,
+}
+
+/// Default [`Selection::holdout`].
+pub const DEFAULT_SELECT_HOLDOUT: usize = 500;
+
+/// The file the selected network is saved in, beside `model.ckpt` (the last epoch, which
+/// `--resume` continues from).
+pub const SELECTED_CKPT: &str = "selected.ckpt";
+
+/// Scores a network on the held-out images for [`TrainConfig::select`] (higher is better):
+/// the trainer cannot quantize-and-certify by itself (the certifier depends on the trainer,
+/// not the other way round), so the caller supplies the score, e.g. `iocane train --select`
+/// the int8 model's certified or PGD accuracy through `iocane-certify`.
+#[derive(Clone)]
+pub struct Scorer(pub Arc<ScoreFn>);
+
+/// The function inside a [`Scorer`]: the network and the held-out images to a score, or
+/// why it could not be computed.
+pub type ScoreFn = dyn Fn(&Network, &Dataset) -> Result<f32, String> + Send + Sync;
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scorer")
+    }
+}
+
+fn is_default_trades_beta(b: &f32) -> bool {
+    *b == DEFAULT_TRADES_BETA
+}
+
+/// Default TRADES `β` (the authors' setting for CIFAR-10 and the usual choice; their MNIST
+/// script uses 1).
+pub const DEFAULT_TRADES_BETA: f32 = 6.0;
+
+fn default_trades_beta() -> f32 {
+    DEFAULT_TRADES_BETA
 }
 
 /// Default final κ of IBP training (Gowal et al. 2018).
@@ -171,6 +260,8 @@ impl TrainConfig {
             qat: false,
             ibp_kappa: DEFAULT_IBP_KAPPA,
             ibp_train_eps: None,
+            trades_beta: DEFAULT_TRADES_BETA,
+            select: None,
         }
     }
 
@@ -211,7 +302,8 @@ impl TrainConfig {
             return None;
         }
         Some(match self.method {
-            Method::Natural | Method::Ibp => return None,
+            // TRADES runs its own KL attack ([`TrainConfig::trades_step`]).
+            Method::Natural | Method::Ibp | Method::Trades => return None,
             Method::Fgsm => Attack::fgsm(eps),
             Method::FgsmRs => Attack::fgsm_rs(eps),
             Method::Pgd => {
@@ -220,6 +312,16 @@ impl TrainConfig {
                 Attack::Pgd { eps, step_size, steps, random_start: true, restarts: 1, snap: false }
             }
         })
+    }
+
+    /// TRADES' inner attack at radius `eps`: `(step_size, steps)`, the training PGD's
+    /// (`steps`, `step_size` or `2.5 * eps / steps`); `None` for other methods or `eps = 0`.
+    pub fn trades_step(&self, eps: f32) -> Option<(f32, usize)> {
+        if self.method != Method::Trades || eps <= 0.0 {
+            return None;
+        }
+        let steps = self.steps.max(1);
+        Some((self.step_size.unwrap_or(2.5 * eps / steps as f32), steps))
     }
 
     /// The evaluation attack (PGD, `eval_steps`, `eval_restarts`) at radius `eps`.
@@ -257,6 +359,9 @@ pub struct EpochMetrics {
     /// float model (every elided margin lower bound `> 0`); any training method.
     #[serde(default)]
     pub ibp_verified_acc: f32,
+    /// The selection score on the held-out images ([`TrainConfig::select`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_score: Option<f32>,
     /// Training throughput.
     pub samples_per_s: f32,
     /// Wall time of the epoch (training and evaluation).
@@ -299,6 +404,10 @@ pub struct Metrics {
     pub final_eval: Option<FinalMetrics>,
     /// Total training wall time in seconds (over all sessions of a resumed run).
     pub wall_seconds: f32,
+    /// With [`TrainConfig::select`]: the 1-based epoch saved as [`SELECTED_CKPT`] (the best
+    /// score, the latest of equal ones); the final evaluation is of that network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_epoch: Option<usize>,
 }
 
 impl Metrics {
@@ -382,6 +491,8 @@ pub struct RunOptions {
     /// Start from these weights instead of a fresh initialisation (fine-tuning, QAT,
     /// imported ONNX models). Must have the configuration's architecture.
     pub init: Option<Network>,
+    /// The score of [`TrainConfig::select`] (required when it is set).
+    pub scorer: Option<Scorer>,
 }
 
 /// Accuracy of `net` on `data` (first `limit` samples, 0 = all), clean and under `attack`.
@@ -452,6 +563,9 @@ pub fn train(
     if !(0.0..=1.0).contains(&cfg.ibp_kappa) {
         return Err(TrainError::Config(format!("IBP kappa {} is outside [0, 1]", cfg.ibp_kappa)));
     }
+    if !(cfg.trades_beta.is_finite() && cfg.trades_beta >= 0.0) {
+        return Err(TrainError::Config(format!("TRADES beta {} must be a finite number >= 0", cfg.trades_beta)));
+    }
     if !(0.0..=1.0).contains(&cfg.ibp_train_eps()) {
         return Err(TrainError::Config(format!("IBP training eps {} is outside [0, 1]", cfg.ibp_train_eps())));
     }
@@ -480,6 +594,7 @@ pub fn train(
         epochs: Vec::new(),
         final_eval: None,
         wall_seconds: 0.0,
+        selected_epoch: None,
     };
     let mut start_epoch = 0;
     if opts.resume && ckpt_path.exists() {
@@ -506,7 +621,45 @@ pub fn train(
         start_epoch = ck.epoch;
     }
 
-    let n_train = if cfg.train_samples == 0 { train.len() } else { cfg.train_samples.min(train.len()) };
+    let n_used = if cfg.train_samples == 0 { train.len() } else { cfg.train_samples.min(train.len()) };
+    let (n_train, holdout) = match &cfg.select {
+        None => (n_used, None),
+        Some(sel) => {
+            if sel.holdout == 0 || sel.holdout >= n_used {
+                return Err(TrainError::Config(format!(
+                    "model selection holds out {} of {n_used} training images: it needs at least 1 and must leave some to train on",
+                    sel.holdout
+                )));
+            }
+            if opts.scorer.is_none() {
+                return Err(TrainError::Config("model selection needs a scorer (RunOptions::scorer)".into()));
+            }
+            (n_used - sel.holdout, Some(train.subset(&(n_used - sel.holdout..n_used).collect::<Vec<_>>())))
+        }
+    };
+    let selected_path = out_dir.join(SELECTED_CKPT);
+    let mut selected: Option<Network> = None;
+    match (&cfg.select, metrics.selected_epoch) {
+        // Resumed where the last completed epoch is the selected one: model.ckpt is written
+        // before selected.ckpt, so a run killed between the two has it only there.
+        (Some(_), Some(best)) if best == start_epoch => {
+            save_selected(&selected_path, &net, best, cfg, &metrics)?;
+            selected = Some(net.clone());
+        }
+        // Resumed: the selected network of the epochs already run is on disk.
+        (Some(_), Some(best)) => {
+            let ck = checkpoint::load(&selected_path)?;
+            if ck.epoch != best {
+                return Err(TrainError::Config(format!(
+                    "{} holds epoch {} but the run selected epoch {best}",
+                    selected_path.display(),
+                    ck.epoch
+                )));
+            }
+            selected = Some(ck.network);
+        }
+        _ => {}
+    }
     let steps_per_epoch = n_train.div_ceil(cfg.batch_size);
     let root = Rng::new(cfg.seed);
     for epoch in start_epoch..cfg.epochs {
@@ -541,11 +694,18 @@ pub fn train(
             };
             let grad_net = qnet.as_ref().unwrap_or(&net);
             let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
-            let (loss, n_correct, grads, shown_eps) = match ibp {
-                Some((ibp_eps, kappa)) if ibp_eps > 0.0 => {
+            let trades = cfg.trades_step(eps);
+            let (loss, n_correct, grads, shown_eps) = match (ibp, trades) {
+                (Some((ibp_eps, kappa)), _) if ibp_eps > 0.0 => {
                     let r = grad_net.ibp_loss_and_grads(&x, &labels, ibp_eps, kappa, true);
                     verified += r.verified;
                     (r.loss, r.correct, r.param_grads, ibp_eps)
+                }
+                (_, Some((step_size, steps))) => {
+                    let mut rng = root.fork(ATTACK + ((epoch as u64) << 20) + b as u64);
+                    let adv = crate::nn::trades::trades_attack(grad_net, &x, &labels, eps, step_size, steps, &mut rng);
+                    let r = grad_net.trades_loss_and_grads(&x, &adv, &labels, cfg.trades_beta, true);
+                    (r.loss, r.correct, r.param_grads, eps)
                 }
                 _ => {
                     let x = match &attack {
@@ -590,6 +750,13 @@ pub fn train(
         let (clean_acc, robust_acc) =
             evaluate(&net, test, cfg.eval_samples, if cfg.eps > 0.0 { Some(&eval_attack) } else { None }, cfg.seed);
         let ibp_verified_acc = verified_accuracy(&net, test, cfg.eval_samples, cfg.eps);
+        let select_score = match (&holdout, &opts.scorer) {
+            (Some(h), Some(score)) => Some(
+                (score.0)(&net, h)
+                    .map_err(|e| TrainError::Config(format!("model selection in epoch {}: {e}", epoch + 1)))?,
+            ),
+            _ => None,
+        };
         let em = EpochMetrics {
             epoch: epoch + 1,
             train_eps: eps,
@@ -599,12 +766,28 @@ pub fn train(
             clean_acc,
             robust_acc: if robust_acc.is_nan() { clean_acc } else { robust_acc },
             ibp_verified_acc,
+            select_score,
             samples_per_s: (seen as f64 / train_secs.max(1e-9)) as f32,
             seconds: t0.elapsed().as_secs_f32(),
         };
+        let best_before = metrics.selected_epoch.and_then(|e| metrics.epochs.iter().find(|m| m.epoch == e));
+        let improved = match (select_score, best_before.and_then(|m| m.select_score)) {
+            (Some(_), None) => true,
+            (Some(s), Some(b)) => s >= b,
+            _ => false,
+        };
         let summary = format!(
-            "loss {:.4} clean {:.3} pgd {:.3} ibp-verified {:.3} ({:.0} samples/s)",
-            em.train_loss, em.clean_acc, em.robust_acc, em.ibp_verified_acc, em.samples_per_s
+            "loss {:.4} clean {:.3} pgd {:.3} ibp-verified {:.3}{} ({:.0} samples/s)",
+            em.train_loss,
+            em.clean_acc,
+            em.robust_acc,
+            em.ibp_verified_acc,
+            match (select_score, &cfg.select) {
+                (Some(s), Some(sel)) =>
+                    format!(" held-out {} {s:.3}{}", sel.criterion, if improved { " (selected)" } else { "" }),
+                _ => String::new(),
+            },
+            em.samples_per_s
         );
         if opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             // No bar is drawn without a terminal (CI logs): one line per epoch instead.
@@ -613,6 +796,9 @@ pub fn train(
         bar.finish_with_message(summary);
         metrics.wall_seconds += em.seconds;
         metrics.epochs.push(em);
+        if improved {
+            metrics.selected_epoch = Some(epoch + 1);
+        }
         let ck = Checkpoint {
             network: net.clone(),
             optimizer: Some(opt.state()),
@@ -621,6 +807,11 @@ pub fn train(
             metrics: serde_json::to_value(metrics.without_timings()).map_err(|e| TrainError::Config(e.to_string()))?,
         };
         checkpoint::save(&ckpt_path, &ck)?;
+        if improved {
+            // After model.ckpt, which then records the selection (see the resume above).
+            save_selected(&selected_path, &net, epoch + 1, cfg, &metrics)?;
+            selected = Some(net.clone());
+        }
         write_json(&metrics_path, &metrics)?;
     }
     if metrics.final_eval.is_none() {
@@ -632,7 +823,7 @@ pub fn train(
             eprintln!("final evaluation on {} test samples (clean, FGSM, PGD, IBP)", test.len());
         }
         let t0 = Instant::now();
-        let fe = final_eval(&net, test, cfg, 0);
+        let fe = final_eval(selected.as_ref().unwrap_or(&net), test, cfg, 0);
         // A Ctrl-C during the final evaluation stops the run without recording it: the
         // checkpoint of every epoch is already saved; --resume runs the evaluation again.
         if interrupted() {
@@ -643,6 +834,24 @@ pub fn train(
         write_json(&metrics_path, &metrics)?;
     }
     Ok(metrics)
+}
+
+/// Writes the selected network (of 1-based `epoch`) to `path` atomically.
+fn save_selected(
+    path: &Path,
+    net: &Network,
+    epoch: usize,
+    cfg: &TrainConfig,
+    metrics: &Metrics,
+) -> Result<(), TrainError> {
+    let ck = Checkpoint {
+        network: net.clone(),
+        optimizer: None,
+        epoch,
+        train_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
+        metrics: serde_json::to_value(metrics.without_timings()).map_err(|e| TrainError::Config(e.to_string()))?,
+    };
+    Ok(checkpoint::save(path, &ck)?)
 }
 
 /// Clean, FGSM and PGD (`cfg.eval_steps`) accuracy and the IBP-verified fraction at `cfg.eps`

@@ -31,6 +31,8 @@ pub fn train_config(method: Method, epochs: usize) -> TrainConfig {
         qat: false,
         ibp_kappa: 0.5,
         ibp_train_eps: None,
+        trades_beta: iocane_trainer::train::DEFAULT_TRADES_BETA,
+        select: None,
     }
 }
 

@@ -7,4 +7,5 @@ mod nn;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod quantize;
+mod select;
 mod train;
