@@ -1458,3 +1458,77 @@ mod issue15 {
         }
     }
 }
+
+/// Issue 15, full QAT: the float view full QAT trains (weights, biases and activations
+/// fake-quantized) is the shipped int8 model to the verifier too: float IBP on it proves the
+/// same samples as the int8 certifier's interval bounds on the exported model.
+mod issue15_qat {
+    use super::*;
+    use iocane_certify::gate::{self, BoundMethod, GateConfig, GateKind};
+    use iocane_trainer::quant::{fake_quant, Calibration};
+
+    #[test]
+    fn issue15_full_qat_float_ibp_proves_what_the_int8_certifier_proves() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path().join("run");
+        let out = run(&[
+            "train",
+            "--arch",
+            "cnn-s",
+            "--method",
+            "ibp",
+            "--eps",
+            "8/255",
+            "--epochs",
+            "5",
+            "--ramp-epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--train-samples",
+            "2000",
+            "--qat",
+            "--qat-activations",
+            "--eval-samples",
+            "100",
+            "--eval-steps",
+            "3",
+            "--lr",
+            "3e-3",
+            "--quiet",
+            "--out",
+            r.to_str().unwrap(),
+        ]);
+        assert_exit_code(&out, 0);
+        let ex = dir.path().join("export");
+        assert_exit_code(&run(&["export", r.to_str().unwrap(), "--out", ex.to_str().unwrap()]), 0);
+        let s = iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall).unwrap();
+        let net = iocane_trainer::checkpoint::load(&r.join("model.ckpt")).unwrap().network;
+        // The export's calibration: the first 1,000 training images.
+        let fq = fake_quant(&net, &Calibration::new(&net, &s.train, 1000).unwrap()).unwrap();
+        let test = s.test.take(500);
+        let (x, labels) = iocane_trainer::train::batch(&test, &(0..test.len()).collect::<Vec<_>>());
+        let float_proved = fq.ibp_verified(&x, &labels, 8.0 / 255.0);
+        let blob = std::fs::read(ex.join("model.icn")).unwrap();
+        let model = iocane_runtime::Model::parse(&blob).unwrap();
+        let cfg = GateConfig {
+            k: 8,
+            sweep: vec![],
+            samples: 0,
+            gate: GateKind::Certified,
+            bound: BoundMethod::Ibp,
+            random_samples: 0,
+            square_queries: 0,
+            suite: iocane_certify::attack::AttackSuite { attacks: vec![], ..Default::default() },
+            ..GateConfig::default()
+        };
+        let o = gate::run(&model, &test, &cfg, &|_| {}, &std::sync::atomic::AtomicBool::new(false)).unwrap();
+        let int8_proved: Vec<bool> = o.samples.iter().map(|s| s.certified_by.is_some()).collect();
+        let n_float = float_proved.iter().filter(|&&v| v).count();
+        let n_int8 = int8_proved.iter().filter(|&&v| v).count();
+        let differ = float_proved.iter().zip(&int8_proved).filter(|(a, b)| a != b).count();
+        eprintln!("float IBP on the full-QAT view proves {n_float}, the int8 certifier {n_int8}; {differ} differ");
+        assert!(n_int8 > 100, "the IBP-trained model proves only {n_int8} of 500 at 8/255");
+        assert!(differ * 100 <= test.len(), "{differ} of {} samples differ ({n_float} vs {n_int8})", test.len());
+    }
+}

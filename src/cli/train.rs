@@ -133,6 +133,11 @@ pub struct TrainArgs {
     /// typically a few epochs fine-tuning a run given with --init.
     #[arg(long)]
     pub qat: bool,
+    /// Full QAT: with --qat, fake-quantize the activations too (the runtime's int8 grid,
+    /// rounding and clamps at every layer output), so the float model trains, is attacked
+    /// and is bounded with the int8 model's arithmetic.
+    #[arg(long, requires = "qat")]
+    pub qat_activations: bool,
     /// Start from the weights of this checkpoint (a run dir or model.ckpt), e.g. to fine-tune.
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -216,6 +221,7 @@ pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize, train_len: usize
         eval_restarts: a.eval_restarts,
         train_samples: a.train_samples,
         qat: a.qat,
+        qat_activations: a.qat_activations,
         ibp_kappa: a.ibp_kappa,
         ibp_train_eps: a.ibp_train_eps,
         trades_beta: a.trades_beta,

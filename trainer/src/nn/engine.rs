@@ -6,7 +6,7 @@
 //! [`Workspace`] (thread-local) so steady-state training does not allocate activations.
 
 use super::layers::{backward_raw, forward_raw, Aux, Geom, LayerParams, Scratch};
-use super::LayerSpec;
+use super::{FakeQuant, LayerSpec};
 use std::cell::RefCell;
 
 /// Static execution plan of a network.
@@ -21,6 +21,8 @@ pub(crate) struct Plan {
     /// Index of the first layer with parameters.
     pub first_param: usize,
     pub classes: usize,
+    /// Per layer, the fake-quantizer of its output (full QAT; all `None` otherwise).
+    pub act_quant: Vec<Option<FakeQuant>>,
 }
 
 impl Plan {
@@ -40,7 +42,7 @@ impl Plan {
             buf_in[i + 1] = if ip { buf_in[i] } else { i + 1 };
         }
         let first_param = geoms.iter().position(|g| g.spec.has_params()).unwrap_or(l);
-        Plan { geoms, buf_in, inplace, first_param, classes }
+        Plan { act_quant: vec![None; l], geoms, buf_in, inplace, first_param, classes }
     }
 
     pub fn in_len(&self) -> usize {
@@ -94,15 +96,22 @@ pub(crate) fn forward_chunk<'w>(
                 LayerSpec::Relu6 => ws.acts[bi][..n * g.in_len()].iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
                 _ => {}
             }
-            continue;
+        } else {
+            let mut y = std::mem::take(&mut ws.acts[i + 1]);
+            y.resize(n * g.out_len(), 0.0);
+            {
+                let xin: &[f32] = if bi == 0 { x } else { &ws.acts[bi][..n * g.in_len()] };
+                forward_raw(g, p, n, xin, &mut y, &mut ws.aux[i]);
+            }
+            ws.acts[i + 1] = y;
         }
-        let mut y = std::mem::take(&mut ws.acts[i + 1]);
-        y.resize(n * g.out_len(), 0.0);
-        {
-            let xin: &[f32] = if bi == 0 { x } else { &ws.acts[bi][..n * g.in_len()] };
-            forward_raw(g, p, n, xin, &mut y, &mut ws.aux[i]);
+        if let Some(q) = &plan.act_quant[i] {
+            let ob = plan.buf_in[i + 1];
+            debug_assert!(ob != 0, "a quantized output never aliases the caller's input");
+            if ob != 0 {
+                q.apply_all(&mut ws.acts[ob][..n * g.out_len()]);
+            }
         }
-        ws.acts[i + 1] = y;
     }
     &ws.acts[plan.buf_in[l]][..n * plan.classes]
 }
@@ -134,6 +143,13 @@ pub(crate) fn backward_chunk(
         let need_params = want_params && g.spec.has_params();
         if !need_dx && !need_params {
             break;
+        }
+        if let Some(q) = &plan.act_quant[i] {
+            // Straight-through: no gradient where the quantized output saturated.
+            let ob = plan.buf_in[i + 1];
+            if ob != 0 {
+                q.mask_grad(&ws.acts[ob][..n * g.out_len()], &mut cur[..n * g.out_len()]);
+            }
         }
         let bi = plan.buf_in[i];
         if plan.inplace[i] {

@@ -210,6 +210,14 @@ fn forward(plan: &Plan, params: &[LayerParams], abs: &[LayerParams], upto: usize
                 }
             }
         }
+        if let Some(q) = &plan.act_quant[i] {
+            // Fake quantization is monotone: quantize both ends.
+            for (c, r) in co.iter_mut().zip(ro.iter_mut()) {
+                let (l, u) = (q.apply(*c - *r), q.apply(*c + *r));
+                *c = 0.5 * (u + l);
+                *r = 0.5 * (u - l);
+            }
+        }
         ws.c[i + 1] = co;
         ws.r[i + 1] = ro;
     }
@@ -232,6 +240,16 @@ fn backward(
         let need_dx = i > plan.first_param;
         let (il, ol) = (n * g.in_len(), n * g.out_len());
         let IbpWorkspace { c, r, aux_c, aux_r, dc, dr, dc_next, dr_next, t, gc, gr, scratch, .. } = &mut *ws;
+        if let Some(q) = &plan.act_quant[i] {
+            // Straight-through at each end: no gradient where that end saturated.
+            for k in 0..ol {
+                let (cv, rv) = (c[i + 1][k], r[i + 1][k]);
+                let dl = if q.passes(cv - rv) { 0.5 * (dc[k] - dr[k]) } else { 0.0 };
+                let du = if q.passes(cv + rv) { 0.5 * (dc[k] + dr[k]) } else { 0.0 };
+                dc[k] = du + dl;
+                dr[k] = du - dl;
+            }
+        }
         let (ci, ri, dco, dro) = (&c[i][..il], &r[i][..il], &dc[..ol], &dr[..ol]);
         if need_dx {
             dc_next.resize(il, 0.0);

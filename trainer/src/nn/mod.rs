@@ -27,6 +27,7 @@
 pub mod attack;
 mod conv;
 mod engine;
+pub mod fakequant;
 mod gemm;
 pub mod ibp;
 pub mod layers;
@@ -37,6 +38,7 @@ mod spec;
 mod tensor;
 pub mod trades;
 
+pub use fakequant::FakeQuant;
 pub use ibp::{linf_box, IbpLossGrads};
 pub use network::{chunk_size_for, Grads, LayerParams, LossGrads, Network, Params, Want};
 pub use optim::{LrSchedule, NamedBuffer, Optimizer, OptimizerConfig, OptimizerState};

@@ -226,6 +226,31 @@ impl Network {
         Ok(Network { spec, params, shapes, plan, chunk, grad_pool: GradPool::default() })
     }
 
+    /// The same network with output fake-quantizers installed (full quantization-aware
+    /// training, see [`super::fakequant`]): `quant[i]` rounds the output of layer `i` to its
+    /// int8 grid in every batched forward pass and stops the gradient where it saturates.
+    /// They are a training-time view: not serialised, not part of equality.
+    pub fn with_activation_quant(mut self, quant: Vec<Option<super::FakeQuant>>) -> Result<Network, NnError> {
+        if quant.len() != self.spec.layers.len() {
+            return Err(NnError::Shape(format!(
+                "{} activation quantizers for {} layers",
+                quant.len(),
+                self.spec.layers.len()
+            )));
+        }
+        if quant.last().is_some_and(Option::is_some) {
+            return Err(NnError::Shape("the logits are not fake-quantized".into()));
+        }
+        self.plan.act_quant = quant;
+        Ok(self)
+    }
+
+    /// The installed output fake-quantizers, one entry per layer (all `None` unless
+    /// [`Network::with_activation_quant`] set them).
+    pub fn activation_quant(&self) -> &[Option<super::FakeQuant>] {
+        &self.plan.act_quant
+    }
+
     /// Serialises to JSON (spec and parameters).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("Network serialises")

@@ -17,7 +17,7 @@ use iocane_runtime::{quant, OpKind, Shape};
 use thiserror::Error;
 
 use crate::data::Dataset;
-use crate::nn::{LayerSpec, Network};
+use crate::nn::{FakeQuant, LayerSpec, Network};
 use crate::train::batch;
 
 /// Errors of quantization.
@@ -332,6 +332,59 @@ pub fn fake_quant_weights(net: &Network, cal: &Calibration) -> Result<Network, Q
         }
     }
     Ok(q)
+}
+
+/// Full fake-quantization for quantization-aware training: [`fake_quant_weights`], biases
+/// rounded to their int32 grid `s_in · s_w[c]` (clamped to the accumulator-safe limit, as
+/// [`quantize_with`] stores them), and an output [`FakeQuant`] at every point the runtime
+/// stores an int8 activation: after each fused Conv / Depthwise / Dense (+ ReLU / ReLU6) unit
+/// but the logits, with the scale, zero point and clamp [`quantize_with`] exports for the
+/// ranges `cal`, and after average pooling (which rounds its mean on its input's grid). Max
+/// pooling and flatten move int8 values unchanged and need none. The input pixels are already
+/// on their grid (`byte / 255`).
+pub fn fake_quant(net: &Network, cal: &Calibration) -> Result<Network, QuantError> {
+    let units = units(net)?;
+    let scales = weight_scales(net, cal)?;
+    let mut q = fake_quant_weights(net, cal)?;
+    let mut act: Vec<Option<FakeQuant>> = vec![None; net.layers().len()];
+    let mut s_in: f64 = 1.0 / 255.0;
+    let mut zp_in: i8 = quant::INPUT_ZERO_POINT;
+    let last_unit = units.len() - 1;
+    for (u_i, u) in units.iter().enumerate() {
+        match *u {
+            Unit::Passive { index } => {
+                if matches!(net.layers()[index], LayerSpec::AvgPool2d { .. }) {
+                    act[index] =
+                        FakeQuant::new(s_in as f32, zp_in as i32, -128, 127).map(FakeQuant::rounding_exact_halves);
+                }
+            }
+            Unit::Weighted { index, act: a, out_index } => {
+                let is_last = u_i == last_unit;
+                let (s_out, zp_out, clamp) = cal.output(index, out_index, a, is_last);
+                let s_w = scales[index].as_ref().expect("weighted layers have weight scales");
+                let oc = s_w.len();
+                let depthwise = matches!(net.layers()[index], LayerSpec::DepthwiseConv2d { .. });
+                let p = &mut q.params_mut().layers[index];
+                for (c, &swc) in s_w.iter().enumerate() {
+                    let sb = s_in * swc as f64;
+                    let abs_w: u64 = quant::channel_taps(depthwise, p.weights.len(), oc, c)
+                        .map(|i| quant::quantize_weight(p.weights[i], swc).unsigned_abs() as u64)
+                        .sum();
+                    let limit = quant::bias_limit(abs_w) as f64;
+                    p.bias[c] = (quant::round_half_away(p.bias[c] as f64 / sb).clamp(-limit, limit) * sb) as f32;
+                }
+                if !is_last {
+                    act[out_index] = FakeQuant::new(s_out as f32, zp_out as i32, clamp.0 as i32, clamp.1 as i32);
+                    if act[out_index].is_none() {
+                        return Err(QuantError::Multiplier { index, value: s_out });
+                    }
+                }
+                s_in = s_out;
+                zp_in = zp_out;
+            }
+        }
+    }
+    Ok(q.with_activation_quant(act)?)
 }
 
 #[cfg(test)]

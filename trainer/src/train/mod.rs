@@ -126,6 +126,12 @@ pub struct TrainConfig {
     /// int8-fake-quantized weights and applied to the float weights (straight-through).
     #[serde(default)]
     pub qat: bool,
+    /// Full QAT (with `qat`): the activations are fake-quantized too, at every point the
+    /// runtime stores int8 values, with its rounding and clamps
+    /// ([`crate::quant::fake_quant`]), so training, its attacks and its interval bounds see the
+    /// int8 model's arithmetic (up to float rounding of the accumulator).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qat_activations: bool,
     /// IBP: final weight κ of the clean loss (κ ramps from 1 to this value together with eps).
     #[serde(default = "default_ibp_kappa")]
     pub ibp_kappa: f32,
@@ -258,6 +264,7 @@ impl TrainConfig {
             eval_restarts: 1,
             train_samples: 0,
             qat: false,
+            qat_activations: false,
             ibp_kappa: DEFAULT_IBP_KAPPA,
             ibp_train_eps: None,
             trades_beta: DEFAULT_TRADES_BETA,
@@ -563,6 +570,9 @@ pub fn train(
     if !(0.0..=1.0).contains(&cfg.ibp_kappa) {
         return Err(TrainError::Config(format!("IBP kappa {} is outside [0, 1]", cfg.ibp_kappa)));
     }
+    if cfg.qat_activations && !cfg.qat {
+        return Err(TrainError::Config("activation fake-quantization is part of QAT: it needs qat".into()));
+    }
     if !(cfg.trades_beta.is_finite() && cfg.trades_beta >= 0.0) {
         return Err(TrainError::Config(format!("TRADES beta {} must be a finite number >= 0", cfg.trades_beta)));
     }
@@ -687,8 +697,12 @@ pub fn train(
             let (x, labels) = batch(train, idx);
             let qnet = match &qat {
                 Some(cal) => Some(
-                    crate::quant::fake_quant_weights(&net, cal)
-                        .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
+                    if cfg.qat_activations {
+                        crate::quant::fake_quant(&net, cal)
+                    } else {
+                        crate::quant::fake_quant_weights(&net, cal)
+                    }
+                    .map_err(|e| TrainError::Config(format!("quantization-aware training: {e}")))?,
                 ),
                 None => None,
             };

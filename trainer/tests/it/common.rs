@@ -29,6 +29,7 @@ pub fn train_config(method: Method, epochs: usize) -> TrainConfig {
         eval_restarts: 1,
         train_samples: 2500,
         qat: false,
+        qat_activations: false,
         ibp_kappa: 0.5,
         ibp_train_eps: None,
         trades_beta: iocane_trainer::train::DEFAULT_TRADES_BETA,

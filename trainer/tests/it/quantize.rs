@@ -6,7 +6,7 @@ use iocane_runtime::kernels::reference::run_model;
 use iocane_runtime::Model;
 use iocane_trainer::data::{load, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, Network, PRESETS};
-use iocane_trainer::quant::{fake_quant_weights, quantize, weight_scales, Calibration};
+use iocane_trainer::quant::{fake_quant, fake_quant_weights, quantize, quantize_with, weight_scales, Calibration};
 
 #[test]
 fn quantized_presets_are_bit_exact_with_the_reference_runner() {
@@ -61,6 +61,7 @@ fn quantized_model_keeps_the_float_models_decisions() {
         eval_restarts: 1,
         train_samples: 3000,
         qat: false,
+        qat_activations: false,
         ibp_kappa: 0.5,
         ibp_train_eps: None,
         trades_beta: iocane_trainer::train::DEFAULT_TRADES_BETA,
@@ -233,5 +234,90 @@ fn spec_gap_4_and_5_exporter_follows_the_documented_precision() {
     for c in 0..3 {
         let want = quant::quantize_multiplier(1.0 / 255.0 * l.weight_scale[c] as f64 / s_out).unwrap();
         assert_eq!((l.multiplier[c], l.shift[c]), want, "channel {c}");
+    }
+}
+
+/// Full QAT's float network computes the runtime's int8 model: with weights, biases and
+/// every stored activation fake-quantized, its logits are the device's int32 logits (times
+/// the logit scale) up to float rounding, far closer than with fake-quantized weights alone;
+/// and its interval bounds contain it on sampled points of a box.
+#[test]
+fn full_fake_quantization_computes_the_int8_model() {
+    let splits = load(&DatasetSpec::MnistSmall).unwrap();
+    let n = 300;
+    let (x, labels) = iocane_trainer::train::batch(&splits.test, &(0..n).collect::<Vec<_>>());
+    let archs: Vec<ArchSpec> = PRESETS
+        .iter()
+        .map(|p| ArchSpec::preset(p, [28, 28, 1], 10).unwrap())
+        .chain(
+            [
+                "conv6k3,relu6,conv8k3s2,flatten,dense10",
+                "conv6k3,relu,avgpool2,flatten,dense10",
+                "conv6k3,relu6,avgpool2,conv8k3s2,flatten,dense10",
+            ]
+            .map(|a| ArchSpec::from_compact(a, [28, 28, 1], 10).unwrap()),
+        )
+        .collect();
+    for spec in archs {
+        let name = spec.to_compact();
+        let net = Network::new(spec, 9).unwrap();
+        let cal = Calibration::new(&net, &splits.train, 200).unwrap();
+        let full = fake_quant(&net, &cal).unwrap();
+        assert!(full.activation_quant().iter().any(Option::is_some), "{name}");
+        let weights_only = fake_quant_weights(&net, &cal).unwrap();
+        let repr = quantize_with(&net, &cal, vec![], vec![]).unwrap();
+        let s_logit = repr.layers.last().unwrap().out_scale as f64;
+        let blob = repr.emit();
+        let model = Model::parse(&blob).unwrap();
+        let mut arena = vec![0u8; model.arena_size()];
+        let mut logits = vec![0i32; 10];
+        let (zf, zw) = (full.forward(&x), weights_only.forward(&x));
+        let (mut close_full, mut close_w, mut agree_full) = (0, 0, 0);
+        for i in 0..n {
+            let c = model.run(splits.test.image(i), &mut arena, &mut logits).unwrap();
+            let dev = |z: &[f32]| {
+                z.iter().zip(&logits).map(|(&a, &b)| (a as f64 / s_logit - b as f64).abs()).fold(0.0, f64::max)
+            };
+            let (df, dw) = (dev(&zf.data[i * 10..(i + 1) * 10]), dev(&zw.data[i * 10..(i + 1) * 10]));
+            close_full += usize::from(df <= 2.0);
+            close_w += usize::from(dw <= 2.0);
+            let zi = &zf.data[i * 10..(i + 1) * 10];
+            let pf = (0..10).fold(0, |b, j| if zi[j] > zi[b] { j } else { b });
+            agree_full += usize::from(pf == c);
+        }
+        eprintln!(
+            "{name}: within 2 logit units full {close_full}/{n}, weights only {close_w}/{n}; argmax {agree_full}"
+        );
+        assert!(close_full * 100 >= 95 * n, "{name}: only {close_full} of {n} within 2 units");
+        assert!(close_full > close_w, "{name}: {close_full} vs weights-only {close_w}");
+        assert!(agree_full * 100 >= 99 * n, "{name}: argmax agrees on {agree_full} of {n}");
+        // The interval bounds of the quantized network hold on sampled points of the box.
+        let eps = 0.05;
+        let (lo, hi) = iocane_trainer::nn::linf_box(&x, eps);
+        let m = full.margin_lower_bounds(&lo, &hi, &labels).unwrap();
+        let mut rng = iocane_trainer::rng::Rng::new(4);
+        for _ in 0..4 {
+            let mut p = x.clone();
+            for ((v, &l), &h) in p.data.iter_mut().zip(&lo.data).zip(&hi.data) {
+                *v = if rng.below(3) == 0 {
+                    l
+                } else if rng.below(2) == 0 {
+                    h
+                } else {
+                    rng.uniform_range_f32(l, h)
+                };
+            }
+            let z = full.forward(&p);
+            for s in 0..n {
+                for j in 0..10 {
+                    let actual = z.data[s * 10 + labels[s]] - z.data[s * 10 + j];
+                    assert!(
+                        actual >= m[s * 10 + j] - 1e-4,
+                        "{name}: margin {actual} below its bound {}",
+                        m[s * 10 + j]
+                    );
+                }
+            }
+        }
     }
 }
