@@ -291,6 +291,24 @@ fn full_fake_quantization_computes_the_int8_model() {
         assert!(close_full * 100 >= 95 * n, "{name}: only {close_full} of {n} within 2 units");
         assert!(close_full > close_w, "{name}: {close_full} vs weights-only {close_w}");
         assert!(agree_full * 100 >= 99 * n, "{name}: argmax agrees on {agree_full} of {n}");
+        // A point box: the interval bounds are the quantized forward pass itself, and the
+        // interval loss's straight-through gradient is the engine's (at eps 0 with kappa 0 the
+        // IBP loss is the cross-entropy of the same logits).
+        let (plo, phi) = full.interval_bounds(&x, &x).unwrap();
+        for ((a, b), &z) in plo.data.iter().zip(&phi.data).zip(&zf.data) {
+            assert!(
+                (a - z).abs() <= 1e-4 * z.abs().max(1.0) && (b - z).abs() <= 1e-4 * z.abs().max(1.0),
+                "{name}: [{a}, {b}] vs {z}"
+            );
+        }
+        let few = iocane_trainer::train::batch(&splits.test, &(0..64).collect::<Vec<_>>());
+        let gi = full.ibp_loss_and_grads(&few.0, &few.1, 0.0, 0.0, true).param_grads.unwrap();
+        let ge = full.loss_and_grads(&few.0, &few.1, iocane_trainer::nn::Want::PARAMS).param_grads.unwrap();
+        for (li, (a, b)) in gi.layers.iter().zip(&ge.layers).enumerate() {
+            for (u, v) in a.weights.iter().chain(&a.bias).zip(b.weights.iter().chain(&b.bias)) {
+                assert!((u - v).abs() <= 1e-4 + 1e-3 * v.abs(), "{name} layer {li}: IBP gradient {u} vs engine {v}");
+            }
+        }
         // The interval bounds of the quantized network hold on sampled points of the box.
         let eps = 0.05;
         let (lo, hi) = iocane_trainer::nn::linf_box(&x, eps);
