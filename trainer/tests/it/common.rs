@@ -31,6 +31,8 @@ pub fn train_config(method: Method, epochs: usize) -> TrainConfig {
         qat: false,
         ibp_kappa: 0.5,
         ibp_train_eps: None,
+        crown_ibp_beta_start: 1.0,
+        crown_ibp_beta_end: 0.0,
     }
 }
 
