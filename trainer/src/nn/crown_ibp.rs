@@ -701,6 +701,25 @@ mod tests {
         }
     }
 
+    /// The lines chosen in each case: the adaptive lower slope of ReLU, the mirrored choice
+    /// at Relu6's upper kink, exact stable neurons.
+    #[test]
+    fn relaxation_choices() {
+        let inf = f32::INFINITY;
+        let r5 = |v: f32| (v * 1e5).round() / 1e5;
+        let st = |l: Line| (r5(l.s), r5(l.t));
+        assert_eq!((st(relax(inf, -1.0, 2.0).0), st(relax(inf, -1.0, 2.0).1)), ((1.0, 0.0), (0.66667, 0.66667)));
+        assert_eq!(st(relax(inf, -2.0, 1.0).0), (0.0, 0.0));
+        assert_eq!((st(relax(inf, -3.0, -1.0).0), st(relax(inf, -3.0, -1.0).1)), ((0.0, 0.0), (0.0, 0.0)));
+        assert_eq!((st(relax(6.0, 1.0, 5.0).0), st(relax(6.0, 1.0, 5.0).1)), ((1.0, 0.0), (1.0, 0.0)));
+        assert_eq!((st(relax(6.0, 7.0, 9.0).0), st(relax(6.0, 7.0, 9.0).1)), ((0.0, 6.0), (0.0, 6.0)));
+        // Upper kink on [2, 8]: lower chord through (2, 2) and (8, 6); 6 - 2 > 8 - 6: upper z.
+        assert_eq!((st(relax(6.0, 2.0, 8.0).0), st(relax(6.0, 2.0, 8.0).1)), ((0.66667, 0.66667), (1.0, 0.0)));
+        assert_eq!(st(relax(6.0, 5.0, 9.0).1), (0.0, 6.0));
+        // Both kinks on [-2, 10]: upper through (-2, 0) and (6, 6), lower through (0, 0), (10, 6).
+        assert_eq!((st(relax(6.0, -2.0, 10.0).0), st(relax(6.0, -2.0, 10.0).1)), ((0.6, 0.0), (0.75, 1.5)));
+    }
+
     /// The CROWN-IBP margin lower bound is below the true margin at the clean input, at
     /// random points and at random corners of the box, for dense and conv networks with ReLU
     /// and Relu6 (scaled up so Relu6 saturates), radii from tiny to huge.
