@@ -421,8 +421,7 @@ pub(super) fn backward(
                 for s in 0..n {
                     let ls = &lines[i][s * il..(s + 1) * il];
                     let (dls, dus) = (&mut dli[s * il..(s + 1) * il], &mut dui[s * il..(s + 1) * il]);
-                    for row in s * k..(s + 1) * k {
-                        let gr = gm[row];
+                    for (row, &gr) in gm.iter().enumerate().take((s + 1) * k).skip(s * k) {
                         let span = row * il..(row + 1) * il;
                         let (ar, cr, nr) = (&above[span.clone()], &cu[span.clone()], &mut nx[span]);
                         for q in 0..il {
@@ -443,8 +442,7 @@ pub(super) fn backward(
     // The elided specification: A = W_y - W_j, const = b_y - b_j.
     let kp = plan.geoms[upto].in_len();
     let acc = &mut grads[upto];
-    for s in 0..n {
-        let y = labels[s];
+    for (s, &y) in labels.iter().enumerate().take(n) {
         for j in 0..k {
             let row = s * k + j;
             if j == y {
