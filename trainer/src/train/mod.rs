@@ -255,7 +255,7 @@ impl TrainConfig {
     /// during the warm-up, where eps is 0 and β unused).
     pub fn crown_ibp_beta(&self, epoch: usize, batch: usize, steps_per_epoch: usize) -> f32 {
         let t = if epoch < self.warmup_epochs { 0.0 } else { self.ramp_progress(epoch, batch, steps_per_epoch) };
-        self.crown_ibp_beta_start + t * (self.crown_ibp_beta_end - self.crown_ibp_beta_start)
+        (1.0 - t) * self.crown_ibp_beta_start + t * self.crown_ibp_beta_end
     }
 
     /// Fraction of the eps ramp done after batch `batch` of epoch `epoch >= warmup_epochs`.
