@@ -1448,6 +1448,8 @@ mod issue15 {
             (vec!["--select", "pgd", "--select-holdout", "9000"], "holds out"),
             (vec!["--method", "trades", "--trades-beta=-1"], "beta"),
             (vec!["--method", "trades", "--trades-beta", "NaN"], "beta"),
+            (vec!["--method", "crown-ibp", "--qat", "--qat-activations"], "not supported"),
+            (vec!["--qat-activations"], "--qat"),
         ] {
             let mut a = vec!["train", "--epochs", "1", "--train-samples", "200", "--quiet", "--out", r];
             a.extend(args.iter());

@@ -1,4 +1,5 @@
-//! `iocane train`: train a classifier naturally, adversarially or with IBP certified training.
+//! `iocane train`: train a classifier naturally, adversarially or with IBP or CROWN-IBP
+//! certified training.
 
 use std::path::PathBuf;
 
@@ -7,8 +8,8 @@ use clap::Args;
 use iocane_trainer::data::{self, DatasetSpec};
 use iocane_trainer::nn::{ArchSpec, LrSchedule, OptimizerConfig};
 use iocane_trainer::train::{
-    self, Method, Metrics, RunOptions, Scorer, SelectCriterion, Selection, TrainConfig, DEFAULT_IBP_KAPPA,
-    DEFAULT_SELECT_HOLDOUT, IBP_TRAIN_EPS_FACTOR,
+    self, Method, Metrics, RunOptions, Scorer, SelectCriterion, Selection, TrainConfig, DEFAULT_CROWN_IBP_BETA_END,
+    DEFAULT_CROWN_IBP_BETA_START, DEFAULT_IBP_KAPPA, DEFAULT_SELECT_HOLDOUT, IBP_TRAIN_EPS_FACTOR,
 };
 
 /// `--optimizer`.
@@ -45,9 +46,10 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cnn-s")]
     pub arch: String,
     /// Training method: natural, fgsm, fgsm-rs, pgd, trades (KL-regularised adversarial
-    /// training, Zhang et al. 2019; see --trades-beta), or ibp (interval bound propagation
+    /// training, Zhang et al. 2019; see --trades-beta), ibp (interval bound propagation
     /// certified training, Gowal et al. 2018: trains for the interval verifier that
-    /// `iocane certify` runs on the int8 model; see docs/ibp.md).
+    /// `iocane certify` runs on the int8 model; see docs/ibp.md), or crown-ibp (Zhang et al.
+    /// 2020: IBP mixed with CROWN back-substitution bounds during the ramp; no maxpool).
     #[arg(long, default_value = "pgd")]
     pub method: Method,
     /// Target L-infinity radius: a decimal (0.1) or levels (8/255).
@@ -83,7 +85,7 @@ pub struct TrainArgs {
     /// Natural epochs before adversarial training.
     #[arg(long, default_value_t = 1)]
     pub warmup_epochs: usize,
-    /// Epochs over which eps ramps up after the warm-up [default: 2; with --method ibp, a
+    /// Epochs over which eps ramps up after the warm-up [default: 2; with --method ibp or crown-ibp, a
     /// quarter of the epochs after the warm-up but at least 200 steps, and the ramp
     /// advances every step].
     #[arg(long)]
@@ -100,6 +102,13 @@ pub struct TrainArgs {
     /// cross-entropy; larger trades clean accuracy for robustness.
     #[arg(long, default_value_t = iocane_trainer::train::DEFAULT_TRADES_BETA)]
     pub trades_beta: f32,
+    /// CROWN-IBP: weight β of the CROWN-IBP margins at the start of the eps ramp (the loss
+    /// uses β·m_CROWN-IBP + (1-β)·m_IBP); β moves linearly to --crown-ibp-beta-end over the ramp.
+    #[arg(long, default_value_t = DEFAULT_CROWN_IBP_BETA_START)]
+    pub crown_ibp_beta_start: f32,
+    /// CROWN-IBP: β at the end of the ramp and after it (0: pure IBP once eps is reached).
+    #[arg(long, default_value_t = DEFAULT_CROWN_IBP_BETA_END)]
+    pub crown_ibp_beta_end: f32,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -226,6 +235,8 @@ pub fn config(a: &TrainArgs, input: [usize; 3], classes: usize, train_len: usize
         ibp_train_eps: a.ibp_train_eps,
         trades_beta: a.trades_beta,
         select: a.select.map(|criterion| Selection { criterion, holdout: a.select_holdout }),
+        crown_ibp_beta_start: a.crown_ibp_beta_start,
+        crown_ibp_beta_end: a.crown_ibp_beta_end,
     })
 }
 
@@ -236,7 +247,7 @@ pub const IBP_MIN_RAMP_STEPS: usize = 100;
 /// The default IBP ramp is never shorter than this many steps (if the run is long enough).
 pub const IBP_DEFAULT_MIN_RAMP_STEPS: usize = 200;
 
-/// `--ramp-epochs` when not given: 2; for IBP a quarter of the epochs after the warm-up
+/// `--ramp-epochs` when not given: 2; for IBP and CROWN-IBP a quarter of the epochs after the warm-up
 /// (rounded up), but at least [`IBP_DEFAULT_MIN_RAMP_STEPS`] steps of `steps_per_epoch` and
 /// at most all epochs after the warm-up. IBP needs a gradual ramp (Gowal et al. 2018), but
 /// on cnn-s / mnist-small (40 epochs) a quarter-run ramp certified ~1 point more than a
@@ -244,7 +255,7 @@ pub const IBP_DEFAULT_MIN_RAMP_STEPS: usize = 200;
 /// matters too. See docs/ibp.md.
 pub fn default_ramp_epochs(method: Method, epochs: usize, warmup_epochs: usize, steps_per_epoch: usize) -> usize {
     match method {
-        Method::Ibp => {
+        Method::Ibp | Method::CrownIbp => {
             let after = epochs.saturating_sub(warmup_epochs).max(1);
             let min = IBP_DEFAULT_MIN_RAMP_STEPS.div_ceil(steps_per_epoch.max(1));
             after.div_ceil(4).max(min).min(after)
@@ -328,6 +339,16 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
     if !(0.0..=1.0).contains(&a.ibp_kappa) {
         bail!("--ibp-kappa {} is outside [0, 1]", a.ibp_kappa);
     }
+    for (flag, b) in
+        [("--crown-ibp-beta-start", a.crown_ibp_beta_start), ("--crown-ibp-beta-end", a.crown_ibp_beta_end)]
+    {
+        if !(0.0..=1.0).contains(&b) {
+            bail!("{flag} {b} is outside [0, 1]");
+        }
+    }
+    if cfg.method == Method::CrownIbp {
+        iocane_trainer::nn::crown_ibp::check_supported(&cfg.arch).with_context(|| format!("--arch {}", a.arch))?;
+    }
     if !a.quiet {
         eprintln!(
             "training {} on {} ({} train / {} test), method {}, eps {:.4}, {} params, {} MACs",
@@ -340,9 +361,10 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             cfg.arch.param_count(),
             cfg.arch.mac_count()
         );
-        if cfg.method == Method::Ibp {
+        if cfg.method.is_bound_training() {
             eprintln!(
-                "IBP: {} natural warm-up epoch(s), then eps 0 -> {:.4} and kappa 1 -> {} over {} epoch(s){}",
+                "{}: {} natural warm-up epoch(s), then eps 0 -> {:.4} and kappa 1 -> {} over {} epoch(s){}",
+                if cfg.method == Method::CrownIbp { "CROWN-IBP" } else { "IBP" },
                 cfg.warmup_epochs,
                 cfg.ibp_train_eps(),
                 cfg.ibp_kappa,
@@ -353,9 +375,15 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
                     String::new()
                 }
             );
+            if cfg.method == Method::CrownIbp {
+                eprintln!(
+                    "CROWN-IBP: beta {} -> {} over the ramp (margins beta * CROWN-IBP + (1 - beta) * IBP)",
+                    cfg.crown_ibp_beta_start, cfg.crown_ibp_beta_end
+                );
+            }
         }
     }
-    if cfg.method == Method::Ibp && cfg.eps > 0.0 {
+    if cfg.method.is_bound_training() && cfg.eps > 0.0 {
         let n_train = if cfg.train_samples == 0 { t.len() } else { cfg.train_samples.min(t.len()) };
         let ramp_steps = cfg.ramp_epochs * n_train.div_ceil(cfg.batch_size.max(1));
         if ramp_steps < IBP_MIN_RAMP_STEPS {

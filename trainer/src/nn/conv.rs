@@ -103,8 +103,8 @@ fn filter_block(f: usize) -> usize {
 
 /// Fills `aux.cols` with the padded input (if there is padding), `aux.pix` with the pixel
 /// base offsets and `aux.off` with the tap offsets.
-fn prepare(d: &Dims, n: usize, x: &[f32], aux: &mut Aux) {
-    if d.padded() {
+fn prepare(d: &Dims, n: usize, x: Option<&[f32]>, aux: &mut Aux) {
+    if let (true, Some(x)) = (d.padded(), x) {
         let xp = &mut aux.cols;
         xp.clear();
         xp.resize(n * d.in_len(), 0.0);
@@ -132,7 +132,13 @@ fn prepare(d: &Dims, n: usize, x: &[f32], aux: &mut Aux) {
 /// The state [`backward`] and [`depthwise_backward`] read from `aux` for the input gradient
 /// (padded input, pixel and tap offsets), without running the forward pass.
 pub(crate) fn prepare_state(g: &Geom, n: usize, x: &[f32], aux: &mut Aux) {
-    prepare(&Dims::new(g), n, x, aux);
+    prepare(&Dims::new(g), n, Some(x), aux);
+}
+
+/// The pixel and tap offsets only: all the input gradient of [`backward`] and
+/// [`depthwise_backward`] reads from `aux` (it never reads the padded input).
+pub(crate) fn prepare_offsets(g: &Geom, n: usize, aux: &mut Aux) {
+    prepare(&Dims::new(g), n, None, aux);
 }
 
 /// Every `base + off` is inside a buffer of `len` values (checked once so the micro-kernels
@@ -146,7 +152,7 @@ fn check_bounds(pix: &[usize], off: &[usize], len: usize) {
 /// Forward pass (`y` receives `n * oh * ow * f` values).
 pub(crate) fn forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
     let d = Dims::new(g);
-    prepare(&d, n, x, aux);
+    prepare(&d, n, Some(x), aux);
     // Weights transposed to [K][F].
     let (f, k) = (d.f, d.k);
     aux.wt.resize(k * f, 0.0);
@@ -400,7 +406,7 @@ fn dx_impl<const MR: usize, const KV: usize>(
 pub(crate) fn depthwise_forward(g: &Geom, p: &LayerParams, n: usize, x: &[f32], y: &mut [f32], aux: &mut Aux) {
     const MR: usize = 4;
     let d = Dims::new(g);
-    prepare(&d, n, x, aux);
+    prepare(&d, n, Some(x), aux);
     let xp: &[f32] = if d.padded() { &aux.cols } else { x };
     let c = d.c;
     // Every tap reads 8 channels from `base + off + cb` with `cb + 8 <= c`.

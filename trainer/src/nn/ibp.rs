@@ -31,6 +31,7 @@
 //! Batches are cut into the same fixed chunks as [`Network::loss_and_grads`] and combined in
 //! chunk order, so every result is bit-identical whatever the number of threads.
 
+use super::crown_ibp::{self, CrownWorkspace};
 use super::engine::{backward_chunk, forward_chunk, softmax_xent, with_workspace, Plan};
 use super::layers::{backward_raw, forward_raw, Aux, LayerParams, Scratch};
 use super::network::same_structure;
@@ -64,7 +65,7 @@ pub fn linf_box(x: &Tensor, eps: f32) -> (Tensor, Tensor) {
 }
 
 /// `|W|` with a zero bias for every layer (the radius pass).
-fn abs_params(params: &Params) -> Vec<LayerParams> {
+pub(super) fn abs_params(params: &Params) -> Vec<LayerParams> {
     params.layers.iter().map(abs_layer).collect()
 }
 
@@ -77,8 +78,8 @@ pub fn abs_layer(l: &LayerParams) -> LayerParams {
 #[derive(Default)]
 pub(crate) struct IbpWorkspace {
     /// `c[i]`, `r[i]`: center and radius of the input of layer `i`.
-    c: Vec<Vec<f32>>,
-    r: Vec<Vec<f32>>,
+    pub(super) c: Vec<Vec<f32>>,
+    pub(super) r: Vec<Vec<f32>>,
     /// Forward state of the center (or lower-end) pass and of the radius (upper-end) pass.
     aux_c: Vec<Aux>,
     aux_r: Vec<Aux>,
@@ -93,13 +94,15 @@ pub(crate) struct IbpWorkspace {
     margins: Vec<f32>,
     dzhat: Vec<f32>,
     zhat: Vec<f32>,
+    /// CROWN-IBP's buffers (see [`super::crown_ibp`]).
+    pub(super) crown: CrownWorkspace,
 }
 
 thread_local! {
     static IBP_WORKSPACE: RefCell<IbpWorkspace> = RefCell::new(IbpWorkspace::default());
 }
 
-fn with_ibp_workspace<R>(f: impl FnOnce(&mut IbpWorkspace) -> R) -> R {
+pub(super) fn with_ibp_workspace<R>(f: impl FnOnce(&mut IbpWorkspace) -> R) -> R {
     IBP_WORKSPACE.with(|cell| match cell.try_borrow_mut() {
         Ok(mut ws) => f(&mut ws),
         Err(_) => f(&mut IbpWorkspace::default()),
@@ -107,7 +110,7 @@ fn with_ibp_workspace<R>(f: impl FnOnce(&mut IbpWorkspace) -> R) -> R {
 }
 
 impl IbpWorkspace {
-    fn ensure_layers(&mut self, l: usize) {
+    pub(super) fn ensure_layers(&mut self, l: usize) {
         if self.c.len() < l + 1 {
             self.c.resize_with(l + 1, Vec::new);
             self.r.resize_with(l + 1, Vec::new);
@@ -119,7 +122,7 @@ impl IbpWorkspace {
     }
 
     /// Loads the box `[max(0, x - eps), min(1, x + eps)]` as the input interval.
-    fn load_eps(&mut self, x: &[f32], eps: f32) {
+    pub(super) fn load_eps(&mut self, x: &[f32], eps: f32) {
         let (c, r) = (&mut self.c[0], &mut self.r[0]);
         c.clear();
         r.clear();
@@ -131,7 +134,7 @@ impl IbpWorkspace {
     }
 
     /// Loads the box `[lo, hi]` as the input interval.
-    fn load_box(&mut self, lo: &[f32], hi: &[f32]) {
+    pub(super) fn load_box(&mut self, lo: &[f32], hi: &[f32]) {
         let (c, r) = (&mut self.c[0], &mut self.r[0]);
         c.clear();
         r.clear();
@@ -154,7 +157,7 @@ fn act_on(v: f32, cap: f32) -> bool {
     v > 0.0 && v < cap
 }
 
-fn cap_of(spec: &LayerSpec) -> f32 {
+pub(super) fn cap_of(spec: &LayerSpec) -> f32 {
     if matches!(spec, LayerSpec::Relu6) {
         6.0
     } else {
@@ -164,7 +167,14 @@ fn cap_of(spec: &LayerSpec) -> f32 {
 
 /// Propagates the input interval in `ws.c[0]`, `ws.r[0]` through layers `0..upto`; the
 /// result is in `ws.c[upto]`, `ws.r[upto]`.
-fn forward(plan: &Plan, params: &[LayerParams], abs: &[LayerParams], upto: usize, n: usize, ws: &mut IbpWorkspace) {
+pub(super) fn forward(
+    plan: &Plan,
+    params: &[LayerParams],
+    abs: &[LayerParams],
+    upto: usize,
+    n: usize,
+    ws: &mut IbpWorkspace,
+) {
     ws.ensure_layers(upto);
     for i in 0..upto {
         let g = &plan.geoms[i];
@@ -225,8 +235,11 @@ fn forward(plan: &Plan, params: &[LayerParams], abs: &[LayerParams], upto: usize
 
 /// Backward of [`forward`]: `ws.dc`, `ws.dr` hold the gradient with respect to
 /// `ws.c[upto]`, `ws.r[upto]`; parameter gradients are **added** to `grads`. Stops at the
-/// first layer with parameters (no input gradient).
-fn backward(
+/// first layer with parameters (no input gradient). Before layer `i` is passed,
+/// `inject(i + 1, dc, dr)` may add further gradients with respect to `c[i + 1]`, `r[i + 1]`
+/// (CROWN-IBP's dependence on the intermediate bounds).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
     plan: &Plan,
     params: &[LayerParams],
     abs: &[LayerParams],
@@ -234,11 +247,13 @@ fn backward(
     n: usize,
     grads: &mut [LayerParams],
     ws: &mut IbpWorkspace,
+    mut inject: impl FnMut(usize, &mut [f32], &mut [f32]),
 ) {
     for i in (plan.first_param..upto).rev() {
         let g = &plan.geoms[i];
         let need_dx = i > plan.first_param;
         let (il, ol) = (n * g.in_len(), n * g.out_len());
+        inject(i + 1, &mut ws.dc[..ol], &mut ws.dr[..ol]);
         let IbpWorkspace { c, r, aux_c, aux_r, dc, dr, dc_next, dr_next, t, gc, gr, scratch, .. } = &mut *ws;
         if let Some(q) = &plan.act_quant[i] {
             // Straight-through at each end: no gradient where that end saturated.
@@ -361,7 +376,7 @@ pub fn elided_margins(
 /// gradients with respect to `c` and `r` into `dc`, `dr` and **adds** the parameter
 /// gradients to `acc`.
 #[allow(clippy::too_many_arguments)]
-fn elided_backward(
+pub(super) fn elided_backward(
     last: &LayerParams,
     classes: usize,
     n: usize,
@@ -417,7 +432,7 @@ struct ChunkOut {
 }
 
 impl Network {
-    fn check_box(&self, lo: &Tensor, hi: &Tensor) -> Result<(), NnError> {
+    pub(super) fn check_box(&self, lo: &Tensor, hi: &Tensor) -> Result<(), NnError> {
         self.check_batch(lo, None)?;
         if hi.shape != lo.shape || hi.data.len() != lo.data.len() {
             return Err(NnError::Shape(format!("box ends have shapes {:?} and {:?}", lo.shape, hi.shape)));
@@ -531,6 +546,24 @@ impl Network {
         want_params: bool,
     ) -> IbpLossGrads {
         self.check_batch(x, Some(labels)).unwrap_or_else(|e| panic!("Network::ibp_loss_and_grads: {e}"));
+        self.bound_loss_and_grads(x, labels, eps, kappa, None, want_params)
+    }
+
+    /// The IBP loss ([`Network::ibp_loss_and_grads`]) or, with `crown = Some(β)`, the
+    /// CROWN-IBP loss whose margins are `β · m_CROWN-IBP + (1 - β) · m_IBP` (see
+    /// [`super::crown_ibp`]). The batch and labels are checked by the caller (and, for
+    /// CROWN-IBP, the architecture: no max pooling).
+    pub(super) fn bound_loss_and_grads(
+        &self,
+        x: &Tensor,
+        labels: &[usize],
+        eps: f32,
+        kappa: f32,
+        crown: Option<f32>,
+        want_params: bool,
+    ) -> IbpLossGrads {
+        let beta = crown.map(|b| b.clamp(0.0, 1.0));
+        let nobias = if beta.is_some() { crown_ibp::no_bias_params(&self.params) } else { Vec::new() };
         let n = x.n();
         let k = self.spec.classes;
         let il = self.plan.in_len();
@@ -578,10 +611,27 @@ impl Network {
                 zhat.resize(k, 0.0);
                 dzhat.resize(k, 0.0);
                 elided_margins(&params[upto], k, cn, lc, &ws.c[upto], &ws.r[upto], &mut margins);
+                let mut crown = std::mem::take(&mut ws.crown);
+                if beta.is_some() {
+                    crown_ibp::margins(plan, params, k, cn, lc, &ws.c, &ws.r, &mut crown);
+                }
                 for s in 0..cn {
                     let ms = &mut margins[s * k..(s + 1) * k];
                     let y = lc[s];
-                    out.verified += usize::from(ms.iter().enumerate().all(|(j, &v)| j == y || v > 0.0));
+                    match beta {
+                        None => out.verified += usize::from(ms.iter().enumerate().all(|(j, &v)| j == y || v > 0.0)),
+                        Some(beta) => {
+                            // Both bounds are sound: verified if either one is positive.
+                            let mc = &crown.margins[s * k..(s + 1) * k];
+                            let ok = ms.iter().zip(mc).enumerate().all(|(j, (&a, &b))| j == y || a.max(b) > 0.0);
+                            out.verified += usize::from(ok);
+                            for (j, (m, &b)) in ms.iter_mut().zip(mc).enumerate() {
+                                if j != y {
+                                    *m = beta * b + (1.0 - beta) * *m;
+                                }
+                            }
+                        }
+                    }
                     for (z, &m) in zhat.iter_mut().zip(ms.iter()) {
                         *z = -m; // -0 at y
                     }
@@ -602,6 +652,12 @@ impl Network {
                     let mut dr = std::mem::take(&mut ws.dr);
                     dc.resize(pl, 0.0);
                     dr.resize(pl, 0.0);
+                    if let Some(beta) = beta {
+                        // dL/dm_CROWN = β dL/dm, dL/dm_IBP = (1 - β) dL/dm.
+                        crown.g.clear();
+                        crown.g.extend(margins.iter().map(|&d| beta * d));
+                        margins.iter_mut().for_each(|d| *d *= 1.0 - beta);
+                    }
                     elided_backward(
                         &params[upto],
                         k,
@@ -616,8 +672,28 @@ impl Network {
                     );
                     ws.dc = dc;
                     ws.dr = dr;
-                    backward(plan, params, &abs, upto, cn, &mut g.layers, ws);
+                    match beta {
+                        None => backward(plan, params, &abs, upto, cn, &mut g.layers, ws, |_, _, _| {}),
+                        Some(_) => {
+                            crown_ibp::backward(
+                                plan,
+                                params,
+                                &nobias,
+                                k,
+                                cn,
+                                lc,
+                                &ws.c,
+                                &ws.r,
+                                &mut crown,
+                                &mut g.layers,
+                            );
+                            backward(plan, params, &abs, upto, cn, &mut g.layers, ws, |j, dc, dr| {
+                                crown.inject(j, dc, dr)
+                            });
+                        }
+                    }
                 }
+                ws.crown = crown;
                 ws.margins = margins;
                 ws.zhat = zhat;
                 ws.dzhat = dzhat;

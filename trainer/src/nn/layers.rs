@@ -308,7 +308,9 @@ pub(crate) fn backward_raw(
                 d.fill(0.0);
             }
             for i in 0..n {
-                let xs = &x[i * h * w * c..(i + 1) * h * w * c];
+                // The input is read for the weight gradient only (the input gradient runs
+                // without one, see `affine_input_gradient`).
+                let xs = if grads.is_some() { &x[i * h * w * c..(i + 1) * h * w * c] } else { &[][..] };
                 let dys = &dy[i * oh * ow * c..(i + 1) * oh * ow * c];
                 for oy in 0..oh {
                     let (ky0, ky1) = valid_range(oy, stride[0], padding[0], kernel[0], h);
@@ -386,6 +388,34 @@ pub(crate) fn backward_raw(
             }
         }
     }
+}
+
+/// The input gradient of an affine layer (Dense, Conv2d, DepthwiseConv2d, AvgPool2d) on `n`
+/// rows without a forward pass or a layer input: `dx = dy · ∂y/∂x`, the transpose of the
+/// layer's linear map applied to every row of `dy`. Rows need not be samples: CROWN passes
+/// its bound matrices (one row per sample and specification) backwards with it. `aux` only
+/// receives the convolutions' offsets.
+///
+/// # Panics
+/// On a layer that is not affine (its input gradient depends on the input).
+pub(crate) fn affine_input_gradient(
+    g: &Geom,
+    p: &LayerParams,
+    n: usize,
+    dy: &[f32],
+    dx: &mut [f32],
+    aux: &mut Aux,
+    scratch: &mut Scratch,
+) {
+    match g.spec {
+        LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. } if use_direct(g) => {
+            conv::prepare_offsets(g, n, aux)
+        }
+        LayerSpec::Dense { .. } | LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. } => {}
+        LayerSpec::AvgPool2d { .. } => {}
+        _ => panic!("affine_input_gradient on {}", g.spec),
+    }
+    backward_raw(g, p, n, &[], aux, dy, None, Some(dx), scratch);
 }
 
 /// Valid kernel taps `[k0, k1)` along one axis: the runtime's receptive-field walk

@@ -1,7 +1,8 @@
 //! The float neural-network core: tensors, layer specs, layers with forward/backward
 //! passes, the [`Network`] container with its (deterministically parallel) training entry
 //! point, optimizers with LR schedules, the adversarial attacks used for training, and
-//! interval bound propagation ([`ibp`]) for certified training, and the learned
+//! interval bound propagation ([`ibp`]) and CROWN-IBP ([`crown_ibp`]) for certified
+//! training, and the learned
 //! representation (the input of the last layer) with input optimisation towards a target
 //! representation ([`represent`]).
 //!
@@ -26,6 +27,7 @@
 
 pub mod attack;
 mod conv;
+pub mod crown_ibp;
 mod engine;
 pub mod fakequant;
 mod gemm;

@@ -1,6 +1,6 @@
 //! The training loop: natural, FGSM, fast-FGSM and PGD adversarial training (Madry et al.
-//! 2018) and IBP certified training (Gowal et al. 2018) with a natural warm-up and an eps
-//! ramp (curriculum), per-epoch clean, PGD and IBP-verified evaluation, atomic per-epoch
+//! 2018) and IBP (Gowal et al. 2018) and CROWN-IBP (Zhang et al. 2020) certified training
+//! with a natural warm-up and an eps ramp (curriculum), per-epoch clean, PGD and IBP-verified evaluation, atomic per-epoch
 //! checkpoints and bit-identical `--resume`.
 //!
 //! # IBP certified training
@@ -9,7 +9,10 @@
 //! `[max(0, x - eps), min(1, x + eps)]` with the last layer elided (see
 //! [`crate::nn::ibp`]). After `warmup_epochs` natural epochs, eps ramps linearly **per
 //! step** from 0 to [`TrainConfig::ibp_train_eps`] over `ramp_epochs` epochs while κ ramps
-//! from 1 to [`TrainConfig::ibp_kappa`]; both then stay put.
+//! from 1 to [`TrainConfig::ibp_kappa`]; both then stay put. [`Method::CrownIbp`] follows
+//! the same schedule and mixes CROWN-IBP margins into the worst case with a weight β that
+//! ramps from [`TrainConfig::crown_ibp_beta_start`] (1) to
+//! [`TrainConfig::crown_ibp_beta_end`] (0) over the same ramp (see [`crate::nn::crown_ibp`]).
 //!
 //! Every random choice derives from the seed: the shuffle of epoch `e` uses stream
 //! `SHUFFLE + e`, the attack of batch `b` in epoch `e` uses stream `ATTACK + e * 2^20 + b`,
@@ -55,6 +58,19 @@ pub enum Method {
     /// between the clean and the adversarial prediction, the adversarial example maximising
     /// that KL ([`crate::nn::trades`]).
     Trades,
+    /// CROWN-IBP certified training (Zhang et al. 2020): as IBP, with the worst-case margins
+    /// `β · m_CROWN-IBP + (1 - β) · m_IBP`, β ramping from
+    /// [`TrainConfig::crown_ibp_beta_start`] to [`TrainConfig::crown_ibp_beta_end`] together
+    /// with eps (see [`crate::nn::crown_ibp`]).
+    CrownIbp,
+}
+
+impl Method {
+    /// Whether the method trains on bounds of a box (IBP, CROWN-IBP) rather than on examples:
+    /// the per-step eps and κ ramp of [`TrainConfig::ibp_schedule`], no training attack.
+    pub fn is_bound_training(self) -> bool {
+        matches!(self, Method::Ibp | Method::CrownIbp)
+    }
 }
 
 impl std::str::FromStr for Method {
@@ -67,7 +83,12 @@ impl std::str::FromStr for Method {
             "pgd" => Method::Pgd,
             "ibp" => Method::Ibp,
             "trades" => Method::Trades,
-            _ => return Err(format!("unknown method `{s}`: expected natural, fgsm, fgsm-rs, pgd, ibp or trades")),
+            "crown-ibp" => Method::CrownIbp,
+            _ => {
+                return Err(format!(
+                    "unknown method `{s}`: expected natural, fgsm, fgsm-rs, pgd, trades, ibp or crown-ibp"
+                ))
+            }
         })
     }
 }
@@ -81,6 +102,7 @@ impl std::fmt::Display for Method {
             Method::Pgd => "pgd",
             Method::Ibp => "ibp",
             Method::Trades => "trades",
+            Method::CrownIbp => "crown-ibp",
         })
     }
 }
@@ -145,6 +167,14 @@ pub struct TrainConfig {
     /// split and keep the best as `selected.ckpt` (`None`: the last epoch is the model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<Selection>,
+    /// CROWN-IBP: β (the weight of the CROWN-IBP margins) at the start of the eps ramp; β
+    /// moves linearly to [`TrainConfig::crown_ibp_beta_end`] over the ramp and stays there.
+    /// Not serialised at its default, so other methods' configurations are unchanged.
+    #[serde(default = "default_beta_start", skip_serializing_if = "is_default_beta_start")]
+    pub crown_ibp_beta_start: f32,
+    /// CROWN-IBP: β at the end of the eps ramp (and after it).
+    #[serde(default, skip_serializing_if = "is_default_beta_end")]
+    pub crown_ibp_beta_end: f32,
 }
 
 /// What [`TrainConfig::select`] maximises.
@@ -223,6 +253,24 @@ fn default_trades_beta() -> f32 {
     DEFAULT_TRADES_BETA
 }
 
+/// Default β at the start of the CROWN-IBP ramp (Zhang et al. 2020).
+pub const DEFAULT_CROWN_IBP_BETA_START: f32 = 1.0;
+
+/// Default β at the end of the CROWN-IBP ramp (Zhang et al. 2020): pure IBP after the ramp.
+pub const DEFAULT_CROWN_IBP_BETA_END: f32 = 0.0;
+
+fn default_beta_start() -> f32 {
+    DEFAULT_CROWN_IBP_BETA_START
+}
+
+fn is_default_beta_start(v: &f32) -> bool {
+    *v == DEFAULT_CROWN_IBP_BETA_START
+}
+
+fn is_default_beta_end(v: &f32) -> bool {
+    *v == DEFAULT_CROWN_IBP_BETA_END
+}
+
 /// Default final κ of IBP training (Gowal et al. 2018).
 pub const DEFAULT_IBP_KAPPA: f32 = 0.5;
 
@@ -269,22 +317,24 @@ impl TrainConfig {
             ibp_train_eps: None,
             trades_beta: DEFAULT_TRADES_BETA,
             select: None,
+            crown_ibp_beta_start: DEFAULT_CROWN_IBP_BETA_START,
+            crown_ibp_beta_end: DEFAULT_CROWN_IBP_BETA_END,
         }
     }
 
-    /// eps used in epoch `epoch` (0-based): 0 during warm-up, then a linear ramp (for IBP,
-    /// whose ramp advances per step, the eps of the epoch's last step).
+    /// eps used in epoch `epoch` (0-based): 0 during warm-up, then a linear ramp (for IBP and
+    /// CROWN-IBP, whose ramp advances per step, the eps of the epoch's last step).
     pub fn eps_at(&self, epoch: usize) -> f32 {
         if self.method == Method::Natural || epoch < self.warmup_epochs {
             return 0.0;
         }
         let into = (epoch - self.warmup_epochs + 1) as f32;
         let ramp = self.ramp_epochs.max(1) as f32;
-        let target = if self.method == Method::Ibp { self.ibp_train_eps() } else { self.eps };
+        let target = if self.method.is_bound_training() { self.ibp_train_eps() } else { self.eps };
         target * (into / ramp).min(1.0)
     }
 
-    /// The eps IBP trains on at the end of the ramp: `ibp_train_eps`, or
+    /// The eps IBP (and CROWN-IBP) trains on at the end of the ramp: `ibp_train_eps`, or
     /// [`IBP_TRAIN_EPS_FACTOR`] times `eps` (capped at 1).
     pub fn ibp_train_eps(&self) -> f32 {
         self.ibp_train_eps.unwrap_or((self.eps * IBP_TRAIN_EPS_FACTOR).min(1.0))
@@ -297,10 +347,24 @@ impl TrainConfig {
         if epoch < self.warmup_epochs {
             return (0.0, 1.0);
         }
+        let t = self.ramp_progress(epoch, batch, steps_per_epoch);
+        (self.ibp_train_eps() * t, self.ibp_kappa + (1.0 - t) * (1.0 - self.ibp_kappa))
+    }
+
+    /// CROWN-IBP's β of batch `batch` of epoch `epoch`: from
+    /// [`TrainConfig::crown_ibp_beta_start`] to [`TrainConfig::crown_ibp_beta_end`],
+    /// linearly per step over the ramp of [`TrainConfig::ibp_schedule`] (the start value
+    /// during the warm-up, where eps is 0 and β unused).
+    pub fn crown_ibp_beta(&self, epoch: usize, batch: usize, steps_per_epoch: usize) -> f32 {
+        let t = if epoch < self.warmup_epochs { 0.0 } else { self.ramp_progress(epoch, batch, steps_per_epoch) };
+        (1.0 - t) * self.crown_ibp_beta_start + t * self.crown_ibp_beta_end
+    }
+
+    /// Fraction of the eps ramp done after batch `batch` of epoch `epoch >= warmup_epochs`.
+    fn ramp_progress(&self, epoch: usize, batch: usize, steps_per_epoch: usize) -> f32 {
         let spe = steps_per_epoch.max(1);
         let done = ((epoch - self.warmup_epochs) * spe + batch + 1) as f64;
-        let t = if self.ramp_epochs == 0 { 1.0 } else { (done / (self.ramp_epochs * spe) as f64).min(1.0) } as f32;
-        (self.ibp_train_eps() * t, self.ibp_kappa + (1.0 - t) * (1.0 - self.ibp_kappa))
+        (if self.ramp_epochs == 0 { 1.0 } else { (done / (self.ramp_epochs * spe) as f64).min(1.0) }) as f32
     }
 
     /// The training attack at radius `eps`.
@@ -310,7 +374,7 @@ impl TrainConfig {
         }
         Some(match self.method {
             // TRADES runs its own KL attack ([`TrainConfig::trades_step`]).
-            Method::Natural | Method::Ibp | Method::Trades => return None,
+            Method::Natural | Method::Ibp | Method::CrownIbp | Method::Trades => return None,
             Method::Fgsm => Attack::fgsm(eps),
             Method::FgsmRs => Attack::fgsm_rs(eps),
             Method::Pgd => {
@@ -573,11 +637,27 @@ pub fn train(
     if cfg.qat_activations && !cfg.qat {
         return Err(TrainError::Config("activation fake-quantization is part of QAT: it needs qat".into()));
     }
+    if cfg.qat_activations && cfg.method == Method::CrownIbp {
+        // The back-substitution has no linear relaxation of the quantizers' staircase.
+        return Err(TrainError::Config(
+            "crown-ibp with activation fake-quantization is not supported (no linear relaxation of the int8 \
+             rounding); use --method ibp with --qat-activations, or crown-ibp with --qat alone"
+                .into(),
+        ));
+    }
     if !(cfg.trades_beta.is_finite() && cfg.trades_beta >= 0.0) {
         return Err(TrainError::Config(format!("TRADES beta {} must be a finite number >= 0", cfg.trades_beta)));
     }
     if !(0.0..=1.0).contains(&cfg.ibp_train_eps()) {
         return Err(TrainError::Config(format!("IBP training eps {} is outside [0, 1]", cfg.ibp_train_eps())));
+    }
+    for (name, b) in [("start", cfg.crown_ibp_beta_start), ("end", cfg.crown_ibp_beta_end)] {
+        if !(0.0..=1.0).contains(&b) {
+            return Err(TrainError::Config(format!("CROWN-IBP beta {name} {b} is outside [0, 1]")));
+        }
+    }
+    if cfg.method == Method::CrownIbp {
+        crate::nn::crown_ibp::check_supported(&cfg.arch).map_err(|e| TrainError::Config(e.to_string()))?;
     }
     if cfg.arch.input != [train.height, train.width, train.channels] || cfg.arch.classes != train.classes {
         return Err(TrainError::Config(format!(
@@ -707,11 +787,15 @@ pub fn train(
                 None => None,
             };
             let grad_net = qnet.as_ref().unwrap_or(&net);
-            let ibp = (cfg.method == Method::Ibp).then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
+            let ibp = cfg.method.is_bound_training().then(|| cfg.ibp_schedule(epoch, b, steps_per_epoch));
+            let beta = (cfg.method == Method::CrownIbp).then(|| cfg.crown_ibp_beta(epoch, b, steps_per_epoch));
             let trades = cfg.trades_step(eps);
             let (loss, n_correct, grads, shown_eps) = match (ibp, trades) {
                 (Some((ibp_eps, kappa)), _) if ibp_eps > 0.0 => {
-                    let r = grad_net.ibp_loss_and_grads(&x, &labels, ibp_eps, kappa, true);
+                    let r = match beta {
+                        Some(beta) => grad_net.crown_ibp_loss_and_grads(&x, &labels, ibp_eps, kappa, beta, true)?,
+                        None => grad_net.ibp_loss_and_grads(&x, &labels, ibp_eps, kappa, true),
+                    };
                     verified += r.verified;
                     (r.loss, r.correct, r.param_grads, ibp_eps)
                 }
@@ -742,7 +826,11 @@ pub fn train(
             seen += idx.len();
             let sps = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             let ibp_msg = match ibp {
-                Some((_, kappa)) => format!(" kappa {kappa:.3} verified {:.3}", verified as f64 / seen as f64),
+                Some((_, kappa)) => format!(
+                    "{} kappa {kappa:.3} verified {:.3}",
+                    beta.map_or(String::new(), |b| format!(" beta {b:.3}")),
+                    verified as f64 / seen as f64
+                ),
                 None => String::new(),
             };
             bar.set_message(format!(

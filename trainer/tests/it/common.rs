@@ -34,6 +34,8 @@ pub fn train_config(method: Method, epochs: usize) -> TrainConfig {
         ibp_train_eps: None,
         trades_beta: iocane_trainer::train::DEFAULT_TRADES_BETA,
         select: None,
+        crown_ibp_beta_start: 1.0,
+        crown_ibp_beta_end: 0.0,
     }
 }
 

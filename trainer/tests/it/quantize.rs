@@ -66,6 +66,8 @@ fn quantized_model_keeps_the_float_models_decisions() {
         ibp_train_eps: None,
         trades_beta: iocane_trainer::train::DEFAULT_TRADES_BETA,
         select: None,
+        crown_ibp_beta_start: 1.0,
+        crown_ibp_beta_end: 0.0,
     };
     let dir = tempfile::tempdir().unwrap();
     let m = train(&cfg, &splits.train, &splits.test, dir.path(), &RunOptions::default()).unwrap();
