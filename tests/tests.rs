@@ -74,6 +74,25 @@ fn exported() -> &'static PathBuf {
     })
 }
 
+/// Writes `h x w` gray `images` and their `labels` as an IDX folder whose train and test
+/// (t10k) splits are both these images.
+fn write_idx(dir: &Path, h: usize, w: usize, images: &[u8], labels: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let n = labels.len();
+    for split in ["train", "t10k"] {
+        let mut img = vec![0, 0, 8, 3];
+        for d in [n, h, w] {
+            img.extend((d as u32).to_be_bytes());
+        }
+        img.extend_from_slice(images);
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend((n as u32).to_be_bytes());
+        lab.extend_from_slice(labels);
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+    }
+}
+
 fn model() -> String {
     exported().join("model.icn").to_str().unwrap().to_string()
 }
@@ -527,19 +546,9 @@ mod issue10 {
 
     /// Writes an IDX folder (train and t10k) of `n` `h x w` gray images with labels `i % classes`.
     fn write_idx_dir(dir: &Path, h: usize, w: usize, n: usize, classes: usize) {
-        std::fs::create_dir_all(dir).unwrap();
-        for split in ["train", "t10k"] {
-            let mut img = vec![0, 0, 8, 3];
-            for d in [n, h, w] {
-                img.extend((d as u32).to_be_bytes());
-            }
-            img.extend((0..n * h * w).map(|i| (i * 7 % 256) as u8));
-            std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
-            let mut lab = vec![0, 0, 8, 1];
-            lab.extend((n as u32).to_be_bytes());
-            lab.extend((0..n).map(|i| (i % classes) as u8));
-            std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
-        }
+        let images: Vec<u8> = (0..n * h * w).map(|i| (i * 7 % 256) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % classes) as u8).collect();
+        write_idx(dir, h, w, &images, &labels);
     }
 
     /// 5. Thresholds that are not fractions in [0, 1] are usage errors.
@@ -1333,25 +1342,6 @@ mod issue15 {
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
-    /// Writes `images` (28x28) and `labels` as an IDX folder whose train and test splits are
-    /// both these images.
-    fn write_idx(dir: &Path, images: &[u8], labels: &[u8]) {
-        std::fs::create_dir_all(dir).unwrap();
-        let n = labels.len();
-        for split in ["train", "t10k"] {
-            let mut img = vec![0, 0, 8, 3];
-            for d in [n, 28, 28] {
-                img.extend((d as u32).to_be_bytes());
-            }
-            img.extend_from_slice(images);
-            std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
-            let mut lab = vec![0, 0, 8, 1];
-            lab.extend((n as u32).to_be_bytes());
-            lab.extend_from_slice(labels);
-            std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
-        }
-    }
-
     /// `train --method trades --select certified` keeps the best epoch by the int8 model's
     /// certified accuracy on held-out training images; `export RUN` exports that epoch, and
     /// the certifier run on the same held-out images agrees with the recorded score.
@@ -1406,7 +1396,7 @@ mod issue15 {
         let s = iocane_trainer::data::load(&iocane_trainer::data::DatasetSpec::MnistSmall).unwrap();
         let held = s.train.subset(&(1200..1500).collect::<Vec<_>>());
         let idx = dir.path().join("held");
-        write_idx(&idx, &held.images, &held.labels);
+        write_idx(&idx, 28, 28, &held.images, &held.labels);
         let report = dir.path().join("report");
         let dataset = format!("idx:{}", idx.display());
         let out = run(&[

@@ -238,13 +238,20 @@ fn pgd(
 /// (`Rng::new(seed).fork(sample_index)`), so the noise is deterministic and generated in
 /// parallel.
 pub fn random_start(x0: &Tensor, eps: f32, rng: &mut Rng) -> Tensor {
+    noisy_copy(x0, rng, |c, r| clamp_ball(c + r.uniform_range_f32(-eps, eps), c, eps))
+}
+
+/// `f(c, r)` for every value `c` of `x0`, where `r` is sample `i`'s own stream
+/// `Rng::new(seed).fork(i)` and `seed` is one `u64` drawn from `rng`: deterministic noise
+/// generated in parallel (the random starts of PGD and TRADES).
+pub(crate) fn noisy_copy(x0: &Tensor, rng: &mut Rng, f: impl Fn(f32, &mut Rng) -> f32 + Sync) -> Tensor {
     let base = Rng::new(rng.next_u64());
     let mut x = x0.clone();
     let len = x0.sample_len().max(1);
     x.data.par_chunks_mut(len).zip(x0.data.par_chunks(len)).enumerate().for_each(|(i, (xs, cs))| {
         let mut r = base.fork(i as u64);
         for (v, &c) in xs.iter_mut().zip(cs) {
-            *v = clamp_ball(c + r.uniform_range_f32(-eps, eps), c, eps);
+            *v = f(c, &mut r);
         }
     });
     x
@@ -252,7 +259,7 @@ pub fn random_start(x0: &Tensor, eps: f32, rng: &mut Rng) -> Tensor {
 
 /// Clamps `v` to `[max(c - eps, 0), min(c + eps, 1)]` (branch-free selects).
 #[inline(always)]
-fn clamp_ball(v: f32, c: f32, eps: f32) -> f32 {
+pub(crate) fn clamp_ball(v: f32, c: f32, eps: f32) -> f32 {
     let lo = c - eps;
     let lo = if lo > 0.0 { lo } else { 0.0 };
     let hi = c + eps;

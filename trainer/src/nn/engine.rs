@@ -199,9 +199,10 @@ pub(crate) fn backward_chunk(
     ws.grad_b = other;
 }
 
-/// Numerically stable softmax cross-entropy of one sample. Writes `(softmax - onehot) *
-/// scale` into `dlogits` if given; returns `(loss, argmax)` (ties -> lowest index).
-pub(crate) fn softmax_xent(logits: &[f32], label: usize, scale: f32, dlogits: Option<&mut [f32]>) -> (f32, usize) {
+/// The parts of a numerically stable softmax of one sample's logits: `(argmax, max, Σ_j
+/// exp(z_j - max))` (ties -> lowest index). `log Σ exp z = max + ln(sum)` and
+/// `softmax(z)_j = exp(z_j - max) / sum`.
+pub(crate) fn softmax_parts(logits: &[f32]) -> (usize, f32, f32) {
     let (mut best, mut m) = (0usize, logits[0]);
     for (j, &z) in logits.iter().enumerate().skip(1) {
         if z > m {
@@ -213,6 +214,13 @@ pub(crate) fn softmax_xent(logits: &[f32], label: usize, scale: f32, dlogits: Op
     for &z in logits {
         sum += (z - m).exp();
     }
+    (best, m, sum)
+}
+
+/// Numerically stable softmax cross-entropy of one sample. Writes `(softmax - onehot) *
+/// scale` into `dlogits` if given; returns `(loss, argmax)` (ties -> lowest index).
+pub(crate) fn softmax_xent(logits: &[f32], label: usize, scale: f32, dlogits: Option<&mut [f32]>) -> (f32, usize) {
+    let (best, m, sum) = softmax_parts(logits);
     let lse = m + sum.ln();
     let loss = lse - logits[label];
     if let Some(d) = dlogits {
@@ -230,17 +238,7 @@ pub(crate) fn softmax_xent(logits: &[f32], label: usize, scale: f32, dlogits: Op
 /// `dlogits` if given; returns `(loss, argmax)` (ties -> lowest index). With a one-hot
 /// `target` it equals [`softmax_xent`].
 pub(crate) fn soft_xent(logits: &[f32], target: &[f32], scale: f32, dlogits: Option<&mut [f32]>) -> (f32, usize) {
-    let (mut best, mut m) = (0usize, logits[0]);
-    for (j, &z) in logits.iter().enumerate().skip(1) {
-        if z > m {
-            m = z;
-            best = j;
-        }
-    }
-    let mut sum = 0.0f32;
-    for &z in logits {
-        sum += (z - m).exp();
-    }
+    let (best, m, sum) = softmax_parts(logits);
     let lse = m + sum.ln();
     let loss = target.iter().zip(logits).map(|(&t, &z)| t * (lse - z)).sum();
     if let Some(d) = dlogits {

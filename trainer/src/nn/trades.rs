@@ -21,8 +21,8 @@
 //! that of the cross-entropy against the soft target `p`
 //! ([`Network::soft_loss_and_input_grad_into`]).
 
-use super::attack::{project, signed_update};
-use super::engine::{backward_chunk, forward_chunk, with_workspace};
+use super::attack::{clamp_ball, noisy_copy, signed_update};
+use super::engine::{backward_chunk, forward_chunk, softmax_parts, with_workspace};
 use super::network::same_structure;
 use super::{Grads, Network, Tensor};
 use crate::rng::Rng;
@@ -46,16 +46,14 @@ pub struct TradesLossGrads {
     pub param_grads: Option<Grads>,
 }
 
-/// Softmax of `z` into `p` and the log-sum-exp of `z` (numerically stable).
+/// Softmax of `z` into `p` and the log-sum-exp of `z` (numerically stable, the engine's
+/// [`softmax_parts`]).
 fn softmax_into(z: &[f32], p: &mut [f32]) -> f32 {
-    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for (pv, &v) in p.iter_mut().zip(z) {
-        *pv = (v - m).exp();
-        sum += *pv;
-    }
+    let (_, m, sum) = softmax_parts(z);
     let inv = 1.0 / sum;
-    p.iter_mut().for_each(|v| *v *= inv);
+    for (pv, &v) in p.iter_mut().zip(z) {
+        *pv = (v - m).exp() * inv;
+    }
     m + sum.ln()
 }
 
@@ -146,7 +144,7 @@ impl Network {
                     let (ce, kl) = sample_terms(z, za, lc[s], beta, scale, g);
                     out.natural += ce as f64;
                     out.robust += kl as f64;
-                    out.correct += usize::from(argmax(z) == lc[s]);
+                    out.correct += usize::from(softmax_parts(z).0 == lc[s]);
                 }
                 if want_params {
                     // Every parameter buffer is overwritten by the backward pass.
@@ -191,16 +189,6 @@ impl Network {
     }
 }
 
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (j, &z) in v.iter().enumerate().skip(1) {
-        if z > v[best] {
-            best = j;
-        }
-    }
-    best
-}
-
 /// The TRADES inner maximisation: `steps` signed steps of size `step_size` ascending
 /// `KL(softmax f(x) ‖ softmax f(x'))` in `x'`, from `x + 0.001 · N(0, 1)`, every iterate
 /// projected onto the eps-ball around `x` and `[0, 1]`. Draws one `u64` from `rng` (one
@@ -224,16 +212,7 @@ pub fn trades_attack(
     for (z, pv) in logits.data.chunks_exact(k).zip(p.chunks_exact_mut(k)) {
         softmax_into(z, pv);
     }
-    let base = Rng::new(rng.next_u64());
-    let mut adv = x.clone();
-    let len = x.sample_len().max(1);
-    adv.data.par_chunks_mut(len).enumerate().for_each(|(i, xs)| {
-        let mut r = base.fork(i as u64);
-        for v in xs.iter_mut() {
-            *v += TRADES_START_STD * r.normal_f32();
-        }
-    });
-    project(&mut adv, x, eps);
+    let mut adv = noisy_copy(x, rng, |c, r| clamp_ball(c + TRADES_START_STD * r.normal_f32(), c, eps));
     let mut grad = Tensor::zeros(x.shape);
     for _ in 0..steps {
         net.soft_loss_and_input_grad_into(&adv, labels, &p, &mut grad);
