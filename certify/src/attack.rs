@@ -13,15 +13,18 @@
 //!
 //! - [`apgd`]: APGD with the cross-entropy, DLR and targeted DLR losses (AutoAttack's
 //!   gradient attacks).
+//! - [`fab`]: FAB-T, the minimum-norm attack of AutoAttack's suite.
 //! - [`search`]: the integer-aware coordinate search over the levels of a box, also a
 //!   falsifier for branch and bound.
 //! - [`suite`]: the `fast` and `standard` suites the gate runs, and their budgets.
 
 pub mod apgd;
+pub mod fab;
 pub mod search;
 pub mod suite;
 
 pub use apgd::{ApgdConfig, ApgdLoss};
+pub use fab::FabConfig;
 pub use search::SearchConfig;
 pub use suite::{AttackName, AttackSuite};
 
@@ -451,6 +454,15 @@ fn judge(x: &[u8], class: usize, logits: &[i32], label: usize, res: &mut AttackR
         None => res.nearest_miss = Some((m, x.to_vec())),
     }
     false
+}
+
+/// The `n` classes other than `label` with the largest int8 logits, largest first (ties to
+/// the lowest index): the target classes of APGD-T and FAB-T.
+fn top_targets(logits: &[i32], label: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..logits.len()).filter(|&j| j != label).collect();
+    order.sort_by(|&a, &b| logits[b].cmp(&logits[a]).then(a.cmp(&b)));
+    order.truncate(n);
+    order
 }
 
 /// Rounds float pixel values (already inside `[lo, hi]` with integer ends) to u8.

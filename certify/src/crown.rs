@@ -294,6 +294,14 @@ struct WeightFacts {
     abs_sum: Vec<f64>,
     /// Terms of the largest float sum one back step forms (for `γ`).
     terms: usize,
+    /// The constant each accumulator contributes per unit of its coefficient:
+    /// `b_c - zp_in Σ w` over the valid taps of that output (exact in `f64`: integers far
+    /// below `2^53`).
+    bias_term: Vec<f64>,
+    /// Dense and convolution layers: the weights as `f64` in `[tap][in channel][out channel]`
+    /// order, so that one output pixel's coefficients over all its channels meet each tap's
+    /// weights as one contiguous dot product ([`Crown::affine`]). Empty for depthwise layers.
+    wt: Vec<f64>,
 }
 
 /// How much [`Crown`] refines hidden accumulators.
@@ -1115,11 +1123,17 @@ impl<'m> Crown<'m> {
 
     /// Through the affine part of weighted layer `idx`: `e` over its accumulators becomes
     /// `out` over its input.
+    ///
+    /// Output pixel by output pixel: where most of a pixel's channels have a coefficient,
+    /// each tap's contribution to each input is one dot product of the pixel's coefficients
+    /// with the transposed weights ([`WeightFacts::wt`]); where few do (a refinement row's
+    /// single neuron), each channel's weights are added on their own. Both form the same
+    /// sums of terms `e_c w`, in different orders, so the same float-error bound holds.
     fn affine(&self, idx: usize, e: &Row, out: &mut Row) {
         let layer = self.layers[idx];
+        let facts = &self.facts[idx];
         let (i, o) = (layer.input_shape(), layer.output_shape());
         let w = layer.weight_bytes();
-        let zp = layer.input_zero_point() as f64;
         out.reset(i.len());
         let (mut d, sigma) = (e.d, e.sigma);
         let mut abs = d.abs();
@@ -1130,23 +1144,37 @@ impl<'m> Crown<'m> {
             // one channel, a convolution tap all `ic`.
             OpKind::Dense | OpKind::Conv2d | OpKind::DepthwiseConv2d => {
                 let taps = Taps::of(&layer);
+                let ic = taps.ic;
                 let span = e.span();
-                for flat in span.clone().filter(|&f| e.c[f] != 0.0) {
-                    let (c, ec) = (flat % oc, e.c[flat]);
-                    {
-                        let mut wsum = 0i64;
-                        taps.runs(flat, |x0, w0, n| {
-                            out.touch(x0, x0 + n);
-                            for (xv, &wb) in out.c[x0..x0 + n].iter_mut().zip(&w[w0..w0 + n]) {
-                                let wv = wb as i8;
-                                *xv += ec * wv as f64;
-                                wsum += wv as i64;
-                            }
-                        });
-                        let t = ec * (layer.bias(c) as f64 - zp * wsum as f64);
+                for p in span.start / oc..span.end.div_ceil(oc) {
+                    let ep = &e.c[p * oc..(p + 1) * oc];
+                    let mut nnz = 0;
+                    for (c, &ec) in ep.iter().enumerate().filter(|(_, &ec)| ec != 0.0) {
+                        let t = ec * facts.bias_term[p * oc + c];
                         d += t;
                         abs += t.abs();
-                        abs_w += ec.abs() * self.facts[idx].abs_sum[c];
+                        abs_w += ec.abs() * facts.abs_sum[c];
+                        nnz += 1;
+                    }
+                    if nnz == 0 {
+                        continue;
+                    }
+                    if !facts.wt.is_empty() && 4 * nnz > oc {
+                        taps.pixel_runs(p, |x0, r0| {
+                            out.touch(x0, x0 + ic);
+                            for (ci, xv) in out.c[x0..x0 + ic].iter_mut().enumerate() {
+                                *xv += dot(ep, &facts.wt[(r0 + ci) * oc..(r0 + ci + 1) * oc]);
+                            }
+                        });
+                    } else {
+                        for (c, &ec) in ep.iter().enumerate().filter(|(_, &ec)| ec != 0.0) {
+                            taps.runs(p * oc + c, |x0, w0, n| {
+                                out.touch(x0, x0 + n);
+                                for (xv, &wb) in out.c[x0..x0 + n].iter_mut().zip(&w[w0..w0 + n]) {
+                                    *xv += ec * (wb as i8) as f64;
+                                }
+                            });
+                        }
                     }
                 }
             }
@@ -1155,7 +1183,7 @@ impl<'m> Crown<'m> {
         // Each new coefficient is a float sum of terms e_i w_ik, so its error is at most
         // γ Σ_i |e_i w_ik|; times |x_k| <= 128 and summed over k: γ 128 Σ_i |e_i| Σ|w_i.|.
         // The constant adds |b| + |zp| Σ|w| <= |b| + 128 Σ|w| per term.
-        let g = gamma(self.facts[idx].terms);
+        let g = gamma(facts.terms);
         out.d = d;
         out.sigma = sigma + g * (2.0 * ACT_MAX * abs_w + abs);
     }
@@ -1248,6 +1276,15 @@ impl Taps {
         Taps { win, oc: o.c, ow: o.w, ic: i.c, per_oc, depthwise: layer.op() == OpKind::DepthwiseConv2d }
     }
 
+    /// Calls `f(x0, r0)` for every valid tap of output pixel `p` of a Dense or convolution
+    /// layer: the inputs `x0..x0 + ic` meet the transposed weight rows `r0..r0 + ic`
+    /// ([`WeightFacts::wt`], row `tap * ic + ci`).
+    #[inline(always)]
+    fn pixel_runs(&self, p: usize, mut f: impl FnMut(usize, usize)) {
+        let ic = self.ic;
+        for_taps(&self.win, p / self.ow, p % self.ow, |tap, src| f(src, tap * ic));
+    }
+
     /// Calls `f(x0, w0, lanes)` for every valid tap of output element `flat`: the weights
     /// `w0..w0 + lanes` multiply the inputs `x0..x0 + lanes` (the runtime's layout: a Dense
     /// layer is a 1x1 convolution over its 1x1xC input, a depthwise tap reads one channel,
@@ -1264,6 +1301,20 @@ impl Taps {
             }
         });
     }
+}
+
+/// `Σ a_i b_i` over equal-length slices, in four interleaved partial sums.
+#[inline(always)]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// The window inputs of one max-pool output that its relaxation uses.
@@ -1311,9 +1362,29 @@ fn weight_facts(layer: &Layer<'_>) -> WeightFacts {
     let oc = o.c;
     let abs_sum = channel_abs_sums(layer).into_iter().map(|a| a as f64).collect();
     let per_neuron = if layer.op() == OpKind::Dense { i.len() } else { w.len() / oc.max(1) };
+    let taps = Taps::of(layer);
+    let zp = layer.input_zero_point() as f64;
+    let bias_term = (0..o.len())
+        .map(|flat| {
+            let mut wsum = 0i64;
+            taps.runs(flat, |_, w0, n| wsum += w[w0..w0 + n].iter().map(|&b| b as i8 as i64).sum::<i64>());
+            layer.bias(flat % oc) as f64 - zp * wsum as f64
+        })
+        .collect();
+    let wt = if taps.depthwise {
+        Vec::new()
+    } else {
+        // w[c * per_oc + tap * ic + ci] -> wt[(tap * ic + ci) * oc + c].
+        let mut wt = vec![0.0; w.len()];
+        for (j, &b) in w.iter().enumerate() {
+            let (c, r) = (j / taps.per_oc, j % taps.per_oc);
+            wt[r * oc + c] = b as i8 as f64;
+        }
+        wt
+    };
     // The longest float sum one back step forms: a coefficient gathers at most one term per
-    // (output neuron, tap); the constant one per output neuron and tap.
-    WeightFacts { abs_sum, terms: o.len() * per_neuron.max(1) + i.len() + 1 }
+    // (output neuron, tap), in any order; the constant one per output neuron and tap.
+    WeightFacts { abs_sum, terms: o.len() * per_neuron.max(1) + i.len() + 1, bias_term, wt }
 }
 
 /// The least `a` in `(lo, hi]` with `pred(a)`, for a monotone `pred` false at `lo` and true

@@ -329,6 +329,12 @@ impl GateConfig {
                 ..crate::attack::ApgdConfig::default()
             },
             apgd_targets: self.suite.apgd_targets,
+            fab: crate::attack::FabConfig {
+                iterations: self.suite.apgd_iterations,
+                restarts: self.suite.apgd_restarts,
+                targets: self.suite.apgd_targets,
+                ..crate::attack::FabConfig::default()
+            },
             search: crate::attack::SearchConfig { queries: self.suite.search_queries, ..Default::default() },
         }
     }

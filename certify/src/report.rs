@@ -494,6 +494,10 @@ impl CertifyReport {
                     "APGD-T ({} targets x {} iterations x{} restarts)",
                     s.apgd_targets, s.apgd_iterations, s.apgd_restarts
                 ),
+                A::FabT => format!(
+                    "FAB-T ({} targets x {} iterations x{} restarts)",
+                    s.apgd_targets, s.apgd_iterations, s.apgd_restarts
+                ),
                 A::Search => format!("integer search ({} queries, on the survivors)", s.search_queries),
             })
             .collect();

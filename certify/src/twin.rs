@@ -81,6 +81,12 @@ pub enum Loss {
         /// The target class `t`.
         target: usize,
     },
+    /// Targeted logit gap `z_t - z_y` (positive iff `t` beats the label): the function whose
+    /// linearisation FAB-T projects onto.
+    LogitGap {
+        /// The target class `t`.
+        target: usize,
+    },
 }
 
 /// Classes by descending logit (ties to the lowest index first).
@@ -151,6 +157,7 @@ impl Loss {
             }
             Loss::Dlr => dlr(logits, dlr_terms(logits, label, None)).0,
             Loss::DlrTargeted { target } => dlr(logits, dlr_terms(logits, label, Some(target))).0,
+            Loss::LogitGap { target } => logits[target] - zy,
         }
     }
 
@@ -219,6 +226,12 @@ impl Loss {
             }
             Loss::Dlr => dlr(logits, dlr_terms(logits, label, None)).1,
             Loss::DlrTargeted { target } => dlr(logits, dlr_terms(logits, label, Some(target))).1,
+            Loss::LogitGap { target } => {
+                let mut g = vec![0.0; logits.len()];
+                g[target] += 1.0;
+                g[label] -= 1.0;
+                g
+            }
         }
     }
 }
@@ -676,12 +689,21 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let mut rng = SplitMix64(9);
+        let (mut rng, mut gap_rng) = (SplitMix64(9), SplitMix64(19));
         for (i, (shape, layers)) in stacks().into_iter().enumerate() {
             let blob = consistent(random_model(shape, 4, &layers, 70 + i as u64)).emit();
             let model = Model::parse(&blob).unwrap();
             let twin = FloatTwin::from_model(&model).unwrap();
-            for loss in [Loss::CrossEntropy, Loss::Margin, Loss::Dlr, Loss::DlrTargeted { target: 3 }] {
+            for loss in [
+                Loss::CrossEntropy,
+                Loss::Margin,
+                Loss::Dlr,
+                Loss::DlrTargeted { target: 3 },
+                Loss::LogitGap { target: 3 },
+            ] {
+                // FAB-T's logit gap draws its cases from a stream of its own, so the other
+                // losses keep theirs.
+                let rng = if matches!(loss, Loss::LogitGap { .. }) { &mut gap_rng } else { &mut rng };
                 for _ in 0..3 {
                     let px: Vec<u8> = (0..model.input_len()).map(|_| rng.range(0, 255) as u8).collect();
                     let x = FloatTwin::input_from_pixels(&px);

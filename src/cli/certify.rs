@@ -201,16 +201,16 @@ pub struct CertifyArgs {
     /// The attacks, in the order they run and are reported: `fast` (pgd, fgsm, square,
     /// random), `standard` (AutoAttack's: apgd-ce, apgd-t, square with 5000 queries, then the
     /// integer search on the survivors), or a comma-separated list of presets and names
-    /// (pgd, fgsm, square, random, apgd-ce, apgd-dlr, apgd-t, search).
+    /// (pgd, fgsm, square, random, apgd-ce, apgd-dlr, apgd-t, fab-t, search).
     #[arg(long, default_value = "fast")]
     pub attacks: AttackList,
-    /// APGD iterations per restart and target class.
+    /// APGD and FAB-T iterations per restart and target class.
     #[arg(long, default_value_t = AttackSuite::default().apgd_iterations)]
     pub apgd_iterations: usize,
-    /// APGD restarts.
+    /// APGD and FAB-T restarts.
     #[arg(long, default_value_t = AttackSuite::default().apgd_restarts)]
     pub apgd_restarts: usize,
-    /// APGD-T's target classes (those with the largest clean logits).
+    /// APGD-T's and FAB-T's target classes (those with the largest clean logits).
     #[arg(long, default_value_t = AttackSuite::default().apgd_targets)]
     pub apgd_targets: usize,
     /// The integer search's query budget per sample.
@@ -407,7 +407,7 @@ mod tests {
         let mix = cfg(&["--attacks", "apgd-t,pgd", "--apgd-iterations", "7", "--double-check"]);
         assert_eq!(mix.suite.attacks, vec![AttackName::ApgdT, AttackName::Pgd]);
         assert_eq!((mix.suite.apgd_iterations, mix.suite.double_check, mix.square_queries), (7, true, 500));
-        for bad in ["fab-t", "", "pgd,,fgsm"] {
+        for bad in ["fab", "", "pgd,,fgsm"] {
             let r = Cli::try_parse_from(["iocane", "certify", "m.icn", "--attacks", bad]);
             assert!(r.is_err(), "{bad:?} accepted");
         }

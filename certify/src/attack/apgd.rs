@@ -23,7 +23,7 @@
 //! gradient to zero, which would stall APGD-CE. Every iterate is rounded to the integer grid and run
 //! on the int8 model; the first one it misclassifies is the counterexample.
 
-use super::{round_into, unit, AttackResult, Attacker};
+use super::{round_into, top_targets, unit, AttackResult, Attacker};
 use crate::ibp::linf_ball;
 use crate::twin::Loss;
 use iocane_runtime::rng::SplitMix64;
@@ -98,13 +98,11 @@ impl Attacker<'_> {
         let losses: Vec<Loss> = match cfg.loss {
             ApgdLoss::CrossEntropy => vec![Loss::CrossEntropy],
             ApgdLoss::Dlr => vec![Loss::Dlr],
-            ApgdLoss::TargetedDlr { targets } => {
-                // `start` left the clean image's logits in `self.logits`.
-                let z = &self.logits;
-                let mut order: Vec<usize> = (0..z.len()).filter(|&j| j != label).collect();
-                order.sort_by(|&a, &b| z[b].cmp(&z[a]).then(a.cmp(&b)));
-                order.into_iter().take(targets).map(|target| Loss::DlrTargeted { target }).collect()
-            }
+            // `start` left the clean image's logits in `self.logits`.
+            ApgdLoss::TargetedDlr { targets } => top_targets(&self.logits, label, targets)
+                .into_iter()
+                .map(|target| Loss::DlrTargeted { target })
+                .collect(),
         };
         let (lo, hi) = linf_ball(pixels, k);
         let ball = Ball {

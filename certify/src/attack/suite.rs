@@ -10,7 +10,7 @@
 //! samples no earlier attack broke; the report gives each attack's robust accuracy alone and
 //! after it and every earlier one, in the suite's order (AutoAttack's summary).
 
-use super::{ApgdConfig, ApgdLoss, AttackResult, Attacker, PgdConfig, SearchConfig, SquareConfig};
+use super::{ApgdConfig, ApgdLoss, AttackResult, Attacker, FabConfig, PgdConfig, SearchConfig, SquareConfig};
 use iocane_runtime::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,8 @@ pub enum AttackName {
     ApgdDlr,
     /// APGD with the targeted DLR loss over the top target classes (APGD-T).
     ApgdT,
+    /// FAB-T, the targeted minimum-norm attack ([`Attacker::fab_t`]).
+    FabT,
     /// The integer-aware coordinate search ([`Attacker::integer_search`]), run only on the
     /// samples no earlier attack of the suite broke, from their nearest miss.
     Search,
@@ -39,7 +41,7 @@ pub enum AttackName {
 
 impl AttackName {
     /// Every attack, in the order `--attacks` lists them.
-    pub const ALL: [AttackName; 8] = [
+    pub const ALL: [AttackName; 9] = [
         AttackName::Pgd,
         AttackName::Fgsm,
         AttackName::Square,
@@ -47,6 +49,7 @@ impl AttackName {
         AttackName::ApgdCe,
         AttackName::ApgdDlr,
         AttackName::ApgdT,
+        AttackName::FabT,
         AttackName::Search,
     ];
 
@@ -60,6 +63,7 @@ impl AttackName {
             AttackName::ApgdCe => "apgd-ce",
             AttackName::ApgdDlr => "apgd-dlr",
             AttackName::ApgdT => "apgd-t",
+            AttackName::FabT => "fab-t",
             AttackName::Search => "search",
         }
     }
@@ -178,6 +182,8 @@ pub struct Budgets {
     pub apgd: ApgdConfig,
     /// APGD-T's target classes.
     pub apgd_targets: usize,
+    /// FAB-T.
+    pub fab: FabConfig,
     /// The integer search.
     pub search: SearchConfig,
 }
@@ -192,6 +198,8 @@ impl Budgets {
         b.random = b.random.saturating_mul(2);
         b.apgd.iterations = b.apgd.iterations.saturating_mul(2);
         b.apgd.restarts = b.apgd.restarts.saturating_mul(2);
+        b.fab.iterations = b.fab.iterations.saturating_mul(2);
+        b.fab.restarts = b.fab.restarts.saturating_mul(2);
         b.search.queries = b.search.queries.saturating_mul(2);
         b
     }
@@ -246,6 +254,7 @@ pub fn run_suite(
                 &ApgdConfig { loss: ApgdLoss::TargetedDlr { targets: b.apgd_targets }, ..b.apgd },
                 rng,
             )),
+            AttackName::FabT => Some(att.fab_t(pixels, label, k, &b.fab, rng)),
             AttackName::Search => (!out.iter().any(AttackRun::broke)).then(|| {
                 let hint = out
                     .iter()
@@ -397,7 +406,7 @@ mod tests {
             let json = serde_json::to_string(&a).unwrap();
             assert_eq!(json, format!("\"{a}\""));
         }
-        for bad in ["", "pgd,", "fab-t", "PGD", "fast;pgd"] {
+        for bad in ["", "pgd,", "fab", "PGD", "fast;pgd"] {
             let e = p(bad).unwrap_err();
             assert!(e.contains("unknown attack") && e.contains("apgd-t"), "{bad:?}: {e}");
         }

@@ -2,7 +2,9 @@
 //! attack, and both outcomes occur; the issue-12 attacks return real counterexamples and the
 //! gate's results do not depend on the thread count.
 
-use iocane_certify::attack::{ApgdConfig, ApgdLoss, Attacker, PgdConfig, SearchConfig, SplitMix64, SquareConfig};
+use iocane_certify::attack::{
+    ApgdConfig, ApgdLoss, Attacker, FabConfig, PgdConfig, SearchConfig, SplitMix64, SquareConfig,
+};
 use iocane_certify::ibp::{Bounder, Verdict};
 use iocane_runtime::{Model, Shape};
 use proptest::prelude::*;
@@ -93,7 +95,7 @@ fn certified_and_falsified_both_occur_and_never_overlap() {
 proptest! {
     #![proptest_config(config(200))]
 
-    /// Issue 12: every counterexample of APGD (CE, DLR, T) and of the integer search lies in
+    /// Issue 12: every counterexample of APGD (CE, DLR, T), FAB-T and of the integer search lies in
     /// the ball of `k` levels clipped to [0, 255], replays on the int8 model, and never falls
     /// in a certified ball; the box search stays inside any box it is given.
     #[test]
@@ -118,6 +120,7 @@ proptest! {
             att.apgd(&p, label, k, &apgd(ApgdLoss::Dlr), &mut rng),
             att.apgd(&p, label, k, &apgd(ApgdLoss::TargetedDlr { targets: 9 }), &mut rng),
             att.integer_search(&p, label, k, Some(&hint), &search, &mut rng),
+            att.fab_t(&p, label, k, &FabConfig { iterations: 12, restarts: 2, ..FabConfig::default() }, &mut rng),
         ];
         for r in &results {
             if verdict == Verdict::Certified {
@@ -150,12 +153,13 @@ fn in_clipped_ball(x: &[u8], p: &[u8], k: u8) -> bool {
     x.len() == p.len() && x.iter().zip(p).all(|(&a, &b)| a.abs_diff(b) <= k)
 }
 
-/// Issue 12: the new attacks are not vacuous on random models: each breaks samples, and
-/// APGD-CE and APGD-T together break at least as many as PGD-40 x 2.
+/// Issue 12: the new attacks are not vacuous on random models: each breaks samples,
+/// APGD-CE and APGD-T together break at least as many as PGD-40 x 2, and FAB-T at least half
+/// as many.
 #[test]
 fn issue12_new_attacks_break_samples_pgd_breaks() {
     let mut rng = SplitMix64(77);
-    let mut broke = [0usize; 5];
+    let mut broke = [0usize; 6];
     for seed in 0..60u64 {
         let input = Shape::new(5, 5, 2);
         let ops = random_ops(&mut rng, 3);
@@ -180,16 +184,18 @@ fn issue12_new_attacks_break_samples_pgd_breaks() {
                 .success(),
                 att.apgd(&p, label, k, &ApgdConfig { loss: ApgdLoss::Dlr, ..ApgdConfig::default() }, &mut r).success(),
                 att.integer_search(&p, label, k, None, &SearchConfig::default(), &mut r).success(),
+                att.fab_t(&p, label, k, &FabConfig::default(), &mut r).success(),
             ];
             for (b, f) in broke.iter_mut().zip(found) {
                 *b += usize::from(f);
             }
         }
     }
-    eprintln!("broken by pgd, apgd-ce, apgd-t, apgd-dlr, search: {broke:?}");
+    eprintln!("broken by pgd, apgd-ce, apgd-t, apgd-dlr, search, fab-t: {broke:?}");
     assert!(broke[0] >= 10, "fixture too robust: {broke:?}");
     assert!(broke[1..].iter().all(|&b| b > 0), "{broke:?}");
     assert!(broke[1].max(broke[2]) >= broke[0], "APGD weaker than PGD: {broke:?}");
+    assert!(2 * broke[5] >= broke[0], "FAB-T far weaker than PGD: {broke:?}");
 }
 
 /// Issue 12: the gate's results do not depend on the thread count, with every attack of
