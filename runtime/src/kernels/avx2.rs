@@ -231,23 +231,224 @@ fn row<T>(block: &[T], len: usize, r: usize, count: usize) -> &[T] {
     block.get(r * len..(r + 1) * len).unwrap_or(&[])
 }
 
-/// AVX2 [`super::depthwise_conv2d`]. Same contract and results as the portable kernel.
-///
-/// Eight channels per vector: for each group of eight channels (its [`Requant8`] constants
-/// computed once) and each output position, every valid tap adds `(x - zp) * w` in i32
-/// lanes (sign-extended bytes, `vpmulld`: `|(x - zp) w| <= 255 * 128`, and the lanes wrap like
-/// the portable `wrapping_add` chain), then [`store8`] requantizes the group. A tap whose
-/// eight bytes would run past the end of the input or weights (the last group of a channel
-/// count that is not a multiple of eight) is copied through a zeroed 8-byte buffer; lanes
-/// past the channel count are never stored.
+/// AVX2 [`super::depthwise_conv2d`]. Same contract and results as the portable kernel:
+/// [`depthwise_direct`] when the padded input fits its scratch and the kernel has at most
+/// [`DW_TAPS`] taps, else [`depthwise_avx2`].
 pub(super) fn depthwise_conv2d<P: ChannelParams>(
     win: &Window,
     input: &[u8],
     layer: &Weights<'_, P>,
     out: &mut Output<'_>,
 ) {
-    // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
-    unsafe { depthwise_avx2(win, input, layer, out) }
+    let padded = (win.input.h + win.padding.0 + win.padding.2)
+        * (win.input.w + win.padding.1 + win.padding.3)
+        * win.input.c.div_ceil(8)
+        * 8;
+    // SAFETY (all four calls): this module is compiled only when AVX2 is enabled for the
+    // whole build.
+    let direct = if padded <= 2048 {
+        unsafe { depthwise_direct::<2048, P>(win, input, layer, out) }
+    } else if padded <= 4096 {
+        unsafe { depthwise_direct::<4096, P>(win, input, layer, out) }
+    } else if padded <= 8192 {
+        unsafe { depthwise_direct::<8192, P>(win, input, layer, out) }
+    } else {
+        false
+    };
+    if !direct {
+        unsafe { depthwise_avx2(win, input, layer, out) }
+    }
+}
+
+/// Kernel taps [`depthwise_direct`] handles (a 7x7 kernel has 49).
+const DW_TAPS: usize = 64;
+
+/// Writes `(x - zp)` of the int8 bytes `src` into `dst` (as long as `src`), sixteen at a
+/// time, then the tail one by one.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn widen_row(src: &[u8], dst: &mut [i16], zpv: __m256i) {
+    let n = src.len().min(dst.len());
+    let mut k = 0;
+    while k + 16 <= n {
+        // SAFETY: k + 16 <= n <= src.len(), dst.len().
+        unsafe {
+            let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.as_ptr().add(k).cast()));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), _mm256_sub_epi16(x, zpv));
+        }
+        k += 16;
+    }
+    let zp = _mm256_extract_epi16::<0>(zpv) as i16;
+    for (d, &s) in dst[k..n].iter_mut().zip(&src[k..n]) {
+        *d = s as i8 as i16 - zp;
+    }
+}
+
+/// Depthwise convolution straight from a zero-padded i16 copy of the input, eight channels
+/// and two output pixels per pass. The input is converted once to `(x - zp)`, each pixel's
+/// channels padded with zeros to a multiple of eight and the padding written as zeros, so
+/// every window is whole and every load is eight channels of one pixel. Taps go in pairs:
+/// each tap's eight channels of the two pixels are loaded into the two 128-bit halves of a
+/// vector, two taps' vectors are interleaved (`vpunpcklwd` / `vpunpckhwd`: channels 0-3 and
+/// 4-7) and `vpmaddwd` with the pair's interleaved weights adds
+/// `(x_a - zp) w_a + (x_b - zp) w_b` to each channel's i32 lane (an odd last tap pairs
+/// with a zero weight); the products are exact (`|(x - zp) w| <= 255 * 128`) and the lanes
+/// wrap like the portable `wrapping_add` chain. One 128-bit lane permute per pixel puts the
+/// channels back in order for [`store8`]; lanes past the channel count are never stored.
+/// `N` is the scratch size in i16 (the caller picks the smallest tier that fits); returns
+/// `false` (having written nothing) when the padded image does not fit, the kernel has more
+/// than [`DW_TAPS`] taps, or a length is inconsistent.
+#[target_feature(enable = "avx2")]
+fn depthwise_direct<const N: usize, P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) -> bool {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
+    let c_n = win.input.c;
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.stride;
+    let (pt, pl, pb, pr) = win.padding;
+    let (ph, pw) = (win.input.h + pt + pb, win.input.w + pl + pr);
+    let (oh, ow) = (win.output.h, win.output.w);
+    let taps = kh * kw;
+    // Channels per padded pixel.
+    let cs = c_n.div_ceil(8) * 8;
+    let img_len = ph * pw * cs;
+    if oh == 0 || ow == 0 || taps == 0 || taps > DW_TAPS || c_n == 0 || img_len > N {
+        return false;
+    }
+    // Every window must lie inside the padded image (the validator guarantees it; check
+    // anyway, since the unchecked reads below rely on it).
+    if (oh - 1) * sh + kh > ph || (ow - 1) * sw + kw > pw || input.len() < win.input.len() || weights.len() < taps * c_n
+    {
+        return false;
+    }
+    // The furthest read: eight channels of the last group of the last pixel's last tap.
+    let last_base = ((oh - 1) * sh * pw + (ow - 1) * sw) * cs + (cs - 8);
+    let max_off = ((kh - 1) * pw + kw - 1) * cs;
+    if last_base + max_off + 8 > img_len {
+        return false;
+    }
+
+    // The padded image: zeros (the zero point) around `(x - zp)`.
+    let mut img = [0i16; N];
+    let zpv = _mm256_set1_epi16(in_zp as i16);
+    let span = win.input.w * c_n;
+    for (y, src) in input.chunks_exact(span.max(1)).take(win.input.h).enumerate() {
+        if cs == c_n {
+            let d0 = ((y + pt) * pw + pl) * cs;
+            let Some(dst) = img.get_mut(d0..d0 + span) else { return false };
+            widen_row(src, dst, zpv);
+        } else {
+            for (x, px) in src.chunks_exact(c_n).enumerate() {
+                let d0 = ((y + pt) * pw + pl + x) * cs;
+                let Some(dst) = img.get_mut(d0..d0 + c_n) else { return false };
+                widen_row(px, dst, zpv);
+            }
+        }
+    }
+    // Offsets of the taps in the padded image, two per pair; an odd last tap's partner
+    // reads tap 0 (its weight is zero).
+    let pairs = taps.div_ceil(2);
+    let mut off = [0usize; DW_TAPS];
+    for (t, o) in off.iter_mut().enumerate().take(taps) {
+        *o = ((t / kw) * pw + t % kw) * cs;
+    }
+    let (off, ip) = (&off[..2 * pairs], img.as_ptr());
+    // One pass: the sixteen i16 from `b_lo` (eight channels) and from `b_hi` (eight
+    // channels), each at every tap; returns the i32 sums of the low and the high eight
+    // channels. When the two are adjacent (`b_hi == b_lo + 8`) each tap is one 32-byte load.
+    let pass = |wv: &[__m256i], b_lo: usize, b_hi: usize| {
+        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut add = |w: &[__m256i], xa: __m256i, xb: __m256i| {
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[0]));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[1]));
+        };
+        if b_hi == b_lo + 8 {
+            for (w, o) in wv.chunks_exact(2).zip(off.chunks_exact(2)) {
+                // SAFETY: b_lo + 16 == b_hi + 8, and b_hi + o + 8 <= img.len() as below.
+                let (xa, xb) = unsafe {
+                    (_mm256_loadu_si256(ip.add(b_lo + o[0]).cast()), _mm256_loadu_si256(ip.add(b_lo + o[1]).cast()))
+                };
+                add(w, xa, xb);
+            }
+        } else {
+            for (w, o) in wv.chunks_exact(2).zip(off.chunks_exact(2)) {
+                // SAFETY: as below.
+                let (xa, xb) = unsafe {
+                    (
+                        _mm256_loadu2_m128i(ip.add(b_hi + o[0]).cast(), ip.add(b_lo + o[0]).cast()),
+                        _mm256_loadu2_m128i(ip.add(b_hi + o[1]).cast(), ip.add(b_lo + o[1]).cast()),
+                    )
+                };
+                add(w, xa, xb);
+            }
+        }
+        (_mm256_permute2x128_si256::<0x20>(lo, hi), _mm256_permute2x128_si256::<0x31>(lo, hi))
+    };
+    // (SAFETY of the loads in `pass`, for every call below: b_lo and b_hi are
+    // `base(pixel) + c` with c <= cs - 8, so at most last_base, and every offset is at most
+    // max_off: each 8-element read ends at most at last_base + max_off + 8 <= img_len <= N
+    // == img.len(), checked above.)
+    // Image offsets of the output pixels, in order.
+    let bases = || (0..oh).flat_map(move |oy| (0..ow).map(move |ox| (oy * sh * pw + ox * sw) * cs));
+    // Per pair of taps: the interleaved weights of channels 0-3 and of 4-7 of each half.
+    let mut wv = [_mm256_setzero_si256(); DW_TAPS];
+    for c0 in (0..cs).step_by(16) {
+        // Sixteen channels of one pixel per pass, or, for a last group of eight, the eight
+        // channels of two pixels.
+        let wide = c0 + 16 <= cs;
+        let c_hi = if wide { c0 + 8 } else { c0 };
+        let (n_lo, n_hi) = (8.min(c_n - c0), 8.min(c_n - c_hi));
+        for (p, w) in wv.chunks_exact_mut(2).enumerate().take(pairs) {
+            let mut lanes = [[0i16; 16]; 2];
+            for (half, cb) in [(0, c0), (8, c_hi)] {
+                for j in 0..8.min(c_n - cb) {
+                    let tap = |t: usize| {
+                        if t < taps {
+                            weights.get(t * c_n + cb + j).map_or(0, |&v| v as i8 as i16)
+                        } else {
+                            0
+                        }
+                    };
+                    let at = half + 2 * (j % 4);
+                    lanes[j / 4][at] = tap(2 * p);
+                    lanes[j / 4][at + 1] = tap(2 * p + 1);
+                }
+            }
+            for (v, l) in w.iter_mut().zip(&lanes) {
+                // SAFETY: `l` holds sixteen i16, what the 32-byte load reads.
+                *v = unsafe { _mm256_loadu_si256(l.as_ptr().cast()) };
+            }
+        }
+        let wv = &wv[..2 * pairs];
+        let q_lo = Requant8::new(params, c0, c_n);
+        if wide {
+            let q_hi = Requant8::new(params, c_hi, c_n);
+            for (p, b) in bases().enumerate() {
+                let b = b + c0;
+                let (lo, hi) = pass(wv, b, b + 8);
+                store8(out, p * c_n + c0, n_lo, lo, &q_lo, c0, params);
+                store8(out, p * c_n + c_hi, n_hi, hi, &q_hi, c_hi, params);
+            }
+        } else {
+            let mut it = bases();
+            let mut p = 0;
+            while let Some(b) = it.next() {
+                // A last odd pixel is computed twice (the copy is not stored).
+                let (b, next) = (b + c0, it.next());
+                let (lo, hi) = pass(wv, b, next.map_or(b, |n| n + c0));
+                store8(out, p * c_n + c0, n_lo, lo, &q_lo, c0, params);
+                if next.is_some() {
+                    store8(out, (p + 1) * c_n + c0, n_lo, hi, &q_lo, c0, params);
+                }
+                p += 2;
+            }
+        }
+    }
+    true
 }
 
 /// Eight bytes from `src[i..]` sign-extended to i32 lanes; bytes past the end read as 0.
@@ -270,6 +471,16 @@ fn load8_i32(src: &[u8], i: usize) -> __m256i {
     _mm256_cvtepi8_epi32(v)
 }
 
+/// Depthwise convolution for what [`depthwise_direct`] does not take (padded images past
+/// its largest scratch, kernels of more than [`DW_TAPS`] taps), reading the input in place.
+///
+/// Eight channels per vector: for each group of eight channels (its [`Requant8`] constants
+/// computed once) and each output position, every valid tap adds `(x - zp) * w` in i32
+/// lanes (sign-extended bytes, `vpmulld`: `|(x - zp) w| <= 255 * 128`, and the lanes wrap like
+/// the portable `wrapping_add` chain), then [`store8`] requantizes the group. A tap whose
+/// eight bytes would run past the end of the input or weights (the last group of a channel
+/// count that is not a multiple of eight) is copied through a zeroed 8-byte buffer; lanes
+/// past the channel count are never stored.
 #[target_feature(enable = "avx2")]
 fn depthwise_avx2<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let (weights, params) = (layer.bytes, layer.params);
@@ -734,18 +945,7 @@ fn conv2d_direct<const N: usize, const W: usize, P: ChannelParams>(
     for (y, src) in input.chunks_exact(span.max(1)).take(win.input.h).enumerate() {
         let d0 = ((y + pt) * pw + pl) * ic;
         let Some(dst) = img.get_mut(d0..d0 + span) else { return false };
-        let mut k = 0;
-        while k + 16 <= span {
-            // SAFETY: k + 16 <= span == src.len() == dst.len().
-            unsafe {
-                let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.as_ptr().add(k).cast()));
-                _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), _mm256_sub_epi16(x, zpv));
-            }
-            k += 16;
-        }
-        for (d, &s) in dst[k..].iter_mut().zip(&src[k..]) {
-            *d = s as i8 as i16 - zp;
-        }
+        widen_row(src, dst, zpv);
     }
     // The furthest read: the last pixel's last row's last pair, ending at
     // last_base + (kh - 1) * row_stride + 2 * row_pairs <= img_len + 1 < N.
@@ -1009,8 +1209,18 @@ mod tests {
         ) {
             let n = win.output.len();
             let want = outputs(n, act, |o| portable::depthwise_conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
+            let direct = outputs(n, act, |o| {
+                // SAFETY: the tests run on the AVX2 build this module requires.
+                assert!(unsafe { depthwise_direct::<8192, Params>(&win, &x, &Weights::new(&w, zp, &p), o) });
+            });
+            prop_assert_eq!(&direct, &want, "direct");
+            let lanes = outputs(n, act, |o| {
+                // SAFETY: as above.
+                unsafe { depthwise_avx2(&win, &x, &Weights::new(&w, zp, &p), o) }
+            });
+            prop_assert_eq!(&lanes, &want, "i32 lanes");
             let got = outputs(n, act, |o| depthwise_conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want, "dispatch");
         }
     }
 
