@@ -8,11 +8,16 @@
 //!   to i16, so `vpmaddwd` forms exact i32 sums of pairs of products (each pair is at most
 //!   2 * 128 * 255 in magnitude); the i32 accumulations wrap exactly like the portable
 //!   `wrapping_add` chains, and the validator proves they never overflow anyway;
-//! - requantization ([`requant8`]) computes [`crate::quant::requantize`] for eight channels
-//!   at once: the exact i64 product `acc * m`, the single round-half-up right shift by
-//!   `31 - shift` (done as a logical shift of the product offset by 2^62, which is exact
-//!   because `|acc * m| < 2^62`), the clamp to the activation range, then the zero point.
-//!   Logit outputs take the scalar [`Output::store_with`].
+//! - requantization ([`rescale8`], [`pack16`]) computes [`crate::quant::requantize`] for
+//!   eight or sixteen channels at once: the exact i64 product `acc * m`, the single
+//!   round-half-up right shift by `t = 31 - shift`, the clamp to the activation range, then
+//!   the zero point. When every `shift < 0` (`t >= 32`, the usual case) the shift is the
+//!   high word of `acc * m + 2^(t-1)` shifted right by `t - 32` in 32 bits (floor of a floor,
+//!   as in [`crate::quant::Requantizer`]); otherwise a logical shift of the product offset by
+//!   2^62 (exact because `|acc * m| < 2^62`) and a clamp in 64 bits. The clamp and the zero
+//!   point are then applied in i16 lanes after a saturating pack (the clamp bounds are within
+//!   ±255, so saturation does not change the result). Logit outputs take the scalar
+//!   [`Output::store_with`].
 //!
 //! The property tests run both this path and [`super::portable`] against the i64 reference
 //! on the same random cases.
@@ -23,9 +28,10 @@
 //!   sound because this module only exists when `target_feature = "avx2"` is enabled for the
 //!   whole build (`cfg` at the `mod` declaration), so every CPU that runs the code has AVX2;
 //! - unaligned 8-, 16- and 32-byte loads and stores (`_mm_loadl_epi64`, `_mm_loadu_si128`,
-//!   `_mm256_loadu_si256`, `_mm256_storeu_si256`) on slices
-//!   whose lengths were checked against the loop bound just before; each load names the
-//!   check that keeps it in bounds.
+//!   `_mm256_loadu_si256`, `_mm256_loadu2_m128i`, `_mm256_storeu_si256`, `_mm_storeu_si128`)
+//!   on slices whose lengths were checked against the loop bound just before (in the direct
+//!   kernels, once per call against the furthest read of the scratch image); each load names
+//!   the check that keeps it in bounds.
 #![allow(unsafe_code)]
 
 use super::{ChannelParams, Output, Weights, Window, CONV_PATCH_MAX};
@@ -38,7 +44,7 @@ const CHANNEL_BLOCK: usize = 64;
 /// Activations [`dense`] converts to i16 at a time (1 KiB of stack).
 const X_CHUNK: usize = 512;
 
-/// Requantization constants of eight consecutive channels, in the lane layout [`requant8`]
+/// Requantization constants of eight consecutive channels, in the lane layout [`rescale8`]
 /// uses: the even channels' constants sit in the 64-bit lanes of `*_even`, the odd
 /// channels' in `*_odd`.
 #[derive(Clone, Copy)]
@@ -48,6 +54,11 @@ struct Requant8 {
     /// Multipliers (the low 32 bits of each 64-bit lane are what `vpmuldq` reads).
     m_even: __m256i,
     m_odd: __m256i,
+    /// For `high`: `2^(t-1)`, the rounding constant of the total right shift `t`.
+    half_even: __m256i,
+    half_odd: __m256i,
+    /// For `high`: `t - 32`, one i32 lane per channel.
+    t_high: __m256i,
     /// Total right shifts `31 - shift`, in [1, 62].
     t_even: __m256i,
     t_odd: __m256i,
@@ -57,10 +68,10 @@ struct Requant8 {
     /// `2^(62-t)`: the offset left after the shift.
     off_even: __m256i,
     off_odd: __m256i,
-    /// Every total shift is at least 31 (every `shift <= 0`, a real multiplier below 1, the
-    /// usual case): then `|acc * m / 2^t| < 2^31`, results fit in i32 and the clamp can be
-    /// done on 32-bit lanes.
-    narrow: bool,
+    /// Every total shift is at least 32 (every `shift < 0`, a real multiplier below 1/2, the
+    /// usual case): then the result is the high word of `acc * m + 2^(t-1)` shifted right
+    /// by `t - 32` (as in [`crate::quant::Requantizer`]), within `±2^30`.
+    high: bool,
 }
 
 impl Requant8 {
@@ -71,8 +82,8 @@ impl Requant8 {
     fn new<P: ChannelParams>(params: &P, c0: usize, count: usize) -> Self {
         let mut bias = [0i32; 8];
         let mut m = [1i32 << 30; 8];
-        // Placeholders: m = 2^30, t = 31 (a real multiplier of 1/2, which keeps `narrow`).
-        let mut t = [31i64; 8];
+        // Placeholders: m = 2^30, t = 32 (a real multiplier of 1/4, which keeps `high`).
+        let mut t = [32i64; 8];
         for (j, ((b, mj), tj)) in bias.iter_mut().zip(&mut m).zip(&mut t).enumerate() {
             let c = c0 + j;
             if c < count {
@@ -87,19 +98,23 @@ impl Requant8 {
         let v64 = |f: &dyn Fn(usize) -> i64, odd: usize| _mm256_setr_epi64x(f(odd), f(2 + odd), f(4 + odd), f(6 + odd));
         let mm = |j: usize| m[j] as i64;
         let tt = |j: usize| t[j];
+        let half = |j: usize| 1i64 << (t[j] - 1);
         let rnd = |j: usize| (1i64 << 62) + (1i64 << (t[j] - 1));
         let off = |j: usize| 1i64 << (62 - t[j]);
         Requant8 {
             bias: v32(bias),
             m_even: v64(&mm, 0),
             m_odd: v64(&mm, 1),
+            half_even: v64(&half, 0),
+            half_odd: v64(&half, 1),
+            t_high: v32(core::array::from_fn(|j| (t[j] - 32).max(0) as i32)),
             t_even: v64(&tt, 0),
             t_odd: v64(&tt, 1),
             rnd_even: v64(&rnd, 0),
             rnd_odd: v64(&rnd, 1),
             off_even: v64(&off, 0),
             off_odd: v64(&off, 1),
-            narrow: t.iter().all(|&tj| tj >= 31),
+            high: t.iter().all(|&tj| tj >= 32),
         }
     }
 }
@@ -115,21 +130,21 @@ fn rescale4(acc: __m256i, m: __m256i, t: __m256i, rnd: __m256i, off: __m256i, lo
     _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi))
 }
 
-/// [`crate::quant::requantize`] of eight accumulators (bias not yet added) to eight bytes.
+/// The rescaled value `round_half_up(acc * m / 2^t)` of eight accumulators (bias not yet
+/// added), as i32 lanes, before the zero point: exact when `q.high` (within `±2^30`), else
+/// clamped to `[min - zp, max - zp]` first (in 64 bits), which the clamp in [`pack16`]
+/// leaves unchanged.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn requant8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> [u8; 8] {
+fn rescale8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> __m256i {
     let acc = _mm256_add_epi32(sums, q.bias);
-    let v = if q.narrow {
-        // Results fit in i32 before the clamp: shift in 64 bits, clamp in 32.
-        let shift = |acc, m, t, rnd, off| {
-            _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(_mm256_mul_epi32(acc, m), rnd), t), off)
-        };
-        let even = shift(acc, q.m_even, q.t_even, q.rnd_even, q.off_even);
-        let odd = shift(_mm256_srli_epi64::<32>(acc), q.m_odd, q.t_odd, q.rnd_odd, q.off_odd);
-        let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
-        let v = _mm256_max_epi32(v, _mm256_set1_epi32(min as i32 - zero_point as i32));
-        _mm256_min_epi32(v, _mm256_set1_epi32(max as i32 - zero_point as i32))
+    if q.high {
+        // The high words of `acc * m + 2^(t-1)` (exact in i64: |acc * m| < 2^62 and the
+        // constant is at most 2^61), shifted right by t - 32: floor of a floor.
+        let even = _mm256_add_epi64(_mm256_mul_epi32(acc, q.m_even), q.half_even);
+        let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(acc), q.m_odd), q.half_odd);
+        let v = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+        _mm256_srav_epi32(v, q.t_high)
     } else {
         let lo = _mm256_set1_epi64x(min as i64 - zero_point as i64);
         let hi = _mm256_set1_epi64x(max as i64 - zero_point as i64);
@@ -137,17 +152,30 @@ fn requant8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> [u
         let odd = rescale4(_mm256_srli_epi64::<32>(acc), q.m_odd, q.t_odd, q.rnd_odd, q.off_odd, lo, hi);
         // Both halves now fit in i32: interleave them back into channel order.
         _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd))
-    };
-    let v = _mm256_add_epi32(v, _mm256_set1_epi32(zero_point as i32));
-    // Values are within [min, max], so the saturating packs are exact.
-    let w = _mm256_packs_epi32(v, v);
-    let b = _mm256_packs_epi16(w, w);
-    let lo4 = _mm256_extract_epi32::<0>(b) as u32;
-    let hi4 = _mm256_extract_epi32::<4>(b) as u32;
-    let mut out = [0u8; 8];
-    out[..4].copy_from_slice(&lo4.to_le_bytes());
-    out[4..].copy_from_slice(&hi4.to_le_bytes());
-    out
+    }
+}
+
+/// Sixteen bytes from two vectors of [`rescale8`] values (`a`'s eight channels, then
+/// `b`'s): clamped to `[min - zp, max - zp]`, plus the zero point. The saturating pack to
+/// i16 does not change the clamp's result (the bounds are within ±255), and the values
+/// after the clamp are within `[min, max]`, so the second saturating pack is exact.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pack16(a: __m256i, b: __m256i, zero_point: i8, min: i8, max: i8) -> __m128i {
+    // i16 lanes [a0-3, b0-3 | a4-7, b4-7], reordered to [a0-7 | b0-7].
+    let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+    let w = _mm256_max_epi16(w, _mm256_set1_epi16(min as i16 - zero_point as i16));
+    let w = _mm256_min_epi16(w, _mm256_set1_epi16(max as i16 - zero_point as i16));
+    let w = _mm256_add_epi16(w, _mm256_set1_epi16(zero_point as i16));
+    _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+}
+
+/// [`crate::quant::requantize`] of eight accumulators (bias not yet added) to eight bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn requant8(sums: __m256i, q: &Requant8, zero_point: i8, min: i8, max: i8) -> [u8; 8] {
+    let v = rescale8(sums, q, zero_point, min, max);
+    (_mm_cvtsi128_si64(pack16(v, v, zero_point, min, max)) as u64).to_le_bytes()
 }
 
 /// [`Requant8`] constants of the `groups` groups of eight channels from `c0` (the block's
@@ -203,6 +231,35 @@ fn store8<P: ChannelParams>(out: &mut Output<'_>, idx: usize, n: usize, sums: __
     }
 }
 
+/// Stores sixteen accumulators (bias not yet added) of channels `ca..ca + 8` (`a`, constants
+/// `qa`) and `cb..cb + 8` (`b`, constants `qb`) at `buf[idx..idx + 16]`, requantized, with
+/// one 16-byte store; logits go through the scalar path.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn store16<P: ChannelParams>(
+    out: &mut Output<'_>,
+    idx: usize,
+    (a, qa, ca): (__m256i, &Requant8, usize),
+    (b, qb, cb): (__m256i, &Requant8, usize),
+    p: &P,
+) {
+    match out {
+        Output::Act { buf, zero_point, min, max } => {
+            let (zp, lo, hi) = (*zero_point, *min, *max);
+            let v = pack16(rescale8(a, qa, zp, lo, hi), rescale8(b, qb, zp, lo, hi), zp, lo, hi);
+            if let Some(dst) = buf.get_mut(idx..idx + 16) {
+                // SAFETY: `dst` has exactly the 16 bytes the store writes.
+                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), v) };
+            }
+        }
+        Output::Logits(_) => {
+            store8_logits(out, idx, 8, a, ca, p);
+            store8_logits(out, idx + 8, 8, b, cb, p);
+        }
+    }
+}
+
 /// The logit branch of [`store8`], kept out of line (it runs once per model, on the last
 /// layer) so that the activation branch stays small enough to inline.
 #[cold]
@@ -231,23 +288,233 @@ fn row<T>(block: &[T], len: usize, r: usize, count: usize) -> &[T] {
     block.get(r * len..(r + 1) * len).unwrap_or(&[])
 }
 
-/// AVX2 [`super::depthwise_conv2d`]. Same contract and results as the portable kernel.
-///
-/// Eight channels per vector: for each group of eight channels (its [`Requant8`] constants
-/// computed once) and each output position, every valid tap adds `(x - zp) * w` in i32
-/// lanes (sign-extended bytes, `vpmulld`: `|(x - zp) w| <= 255 * 128`, and the lanes wrap like
-/// the portable `wrapping_add` chain), then [`store8`] requantizes the group. A tap whose
-/// eight bytes would run past the end of the input or weights (the last group of a channel
-/// count that is not a multiple of eight) is copied through a zeroed 8-byte buffer; lanes
-/// past the channel count are never stored.
+/// AVX2 [`super::depthwise_conv2d`]. Same contract and results as the portable kernel:
+/// [`depthwise_direct`] when the padded input fits its scratch and the kernel has at most
+/// [`DW_TAPS`] taps, else [`depthwise_avx2`].
 pub(super) fn depthwise_conv2d<P: ChannelParams>(
     win: &Window,
     input: &[u8],
     layer: &Weights<'_, P>,
     out: &mut Output<'_>,
 ) {
-    // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
-    unsafe { depthwise_avx2(win, input, layer, out) }
+    let padded = (win.input.h + win.padding.0 + win.padding.2)
+        * (win.input.w + win.padding.1 + win.padding.3)
+        * win.input.c.div_ceil(8)
+        * 8;
+    // SAFETY (all four calls): this module is compiled only when AVX2 is enabled for the
+    // whole build.
+    let direct = if padded <= 2048 {
+        unsafe { depthwise_direct::<2048, P>(win, input, layer, out) }
+    } else if padded <= 4096 {
+        unsafe { depthwise_direct::<4096, P>(win, input, layer, out) }
+    } else if padded <= 8192 {
+        unsafe { depthwise_direct::<8192, P>(win, input, layer, out) }
+    } else {
+        false
+    };
+    if !direct {
+        unsafe { depthwise_avx2(win, input, layer, out) }
+    }
+}
+
+/// Kernel taps [`depthwise_direct`] handles (a 7x7 kernel has 49).
+const DW_TAPS: usize = 64;
+
+/// Writes `(x - zp)` of the int8 bytes `src` into `dst` (as long as `src`), sixteen at a
+/// time, then the tail one by one.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn widen_row(src: &[u8], dst: &mut [i16], zpv: __m256i) {
+    let n = src.len().min(dst.len());
+    let mut k = 0;
+    while k + 16 <= n {
+        // SAFETY: k + 16 <= n <= src.len(), dst.len().
+        unsafe {
+            let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.as_ptr().add(k).cast()));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), _mm256_sub_epi16(x, zpv));
+        }
+        k += 16;
+    }
+    let zp = _mm256_extract_epi16::<0>(zpv) as i16;
+    for (d, &s) in dst[k..n].iter_mut().zip(&src[k..n]) {
+        *d = s as i8 as i16 - zp;
+    }
+}
+
+/// Depthwise convolution straight from a zero-padded i16 copy of the input, eight channels
+/// and two output pixels per pass. The input is converted once to `(x - zp)`, each pixel's
+/// channels padded with zeros to a multiple of eight and the padding written as zeros, so
+/// every window is whole and every load is eight channels of one pixel. Taps go in pairs:
+/// each tap's eight channels of the two pixels are loaded into the two 128-bit halves of a
+/// vector, two taps' vectors are interleaved (`vpunpcklwd` / `vpunpckhwd`: channels 0-3 and
+/// 4-7) and `vpmaddwd` with the pair's interleaved weights adds
+/// `(x_a - zp) w_a + (x_b - zp) w_b` to each channel's i32 lane (an odd last tap pairs
+/// with a zero weight); the products are exact (`|(x - zp) w| <= 255 * 128`) and the lanes
+/// wrap like the portable `wrapping_add` chain. One 128-bit lane permute per pixel puts the
+/// channels back in order for [`store8`]; lanes past the channel count are never stored.
+/// `N` is the scratch size in i16 (the caller picks the smallest tier that fits); returns
+/// `false` (having written nothing) when the padded image does not fit, the kernel has more
+/// than [`DW_TAPS`] taps, or a length is inconsistent.
+#[target_feature(enable = "avx2")]
+fn depthwise_direct<const N: usize, P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) -> bool {
+    let (weights, in_zp, params) = (layer.bytes, layer.input_zero_point, layer.params);
+    let c_n = win.input.c;
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.stride;
+    let (pt, pl, pb, pr) = win.padding;
+    let (ph, pw) = (win.input.h + pt + pb, win.input.w + pl + pr);
+    let (oh, ow) = (win.output.h, win.output.w);
+    let taps = kh * kw;
+    // Channels per padded pixel.
+    let cs = c_n.div_ceil(8) * 8;
+    let img_len = ph * pw * cs;
+    if oh == 0 || ow == 0 || taps == 0 || taps > DW_TAPS || c_n == 0 || img_len > N {
+        return false;
+    }
+    // Every window must lie inside the padded image (the validator guarantees it; check
+    // anyway, since the unchecked reads below rely on it).
+    if (oh - 1) * sh + kh > ph || (ow - 1) * sw + kw > pw || input.len() < win.input.len() || weights.len() < taps * c_n
+    {
+        return false;
+    }
+    // The furthest read: eight channels of the last group of the last pixel's last tap.
+    let last_base = ((oh - 1) * sh * pw + (ow - 1) * sw) * cs + (cs - 8);
+    let max_off = ((kh - 1) * pw + kw - 1) * cs;
+    if last_base + max_off + 8 > img_len {
+        return false;
+    }
+
+    // The padded image: zeros (the zero point) around `(x - zp)`.
+    let mut img = [0i16; N];
+    let zpv = _mm256_set1_epi16(in_zp as i16);
+    let span = win.input.w * c_n;
+    for (y, src) in input.chunks_exact(span.max(1)).take(win.input.h).enumerate() {
+        if cs == c_n {
+            let d0 = ((y + pt) * pw + pl) * cs;
+            let Some(dst) = img.get_mut(d0..d0 + span) else { return false };
+            widen_row(src, dst, zpv);
+        } else {
+            for (x, px) in src.chunks_exact(c_n).enumerate() {
+                let d0 = ((y + pt) * pw + pl + x) * cs;
+                let Some(dst) = img.get_mut(d0..d0 + c_n) else { return false };
+                widen_row(px, dst, zpv);
+            }
+        }
+    }
+    // Offsets of the taps in the padded image, two per pair; an odd last tap's partner
+    // reads tap 0 (its weight is zero).
+    let pairs = taps.div_ceil(2);
+    let mut off = [0usize; DW_TAPS];
+    for (t, o) in off.iter_mut().enumerate().take(taps) {
+        *o = ((t / kw) * pw + t % kw) * cs;
+    }
+    let (off, ip) = (&off[..2 * pairs], img.as_ptr());
+    // One pass: the sixteen i16 from `b_lo` (eight channels) and from `b_hi` (eight
+    // channels), each at every tap; returns the i32 sums of the low and the high eight
+    // channels. When the two are adjacent (`b_hi == b_lo + 8`) each tap is one 32-byte load.
+    let pass = |wv: &[__m256i], b_lo: usize, b_hi: usize| {
+        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut add = |w: &[__m256i], xa: __m256i, xb: __m256i| {
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[0]));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[1]));
+        };
+        if b_hi == b_lo + 8 {
+            for (w, o) in wv.chunks_exact(2).zip(off.chunks_exact(2)) {
+                // SAFETY: b_lo + 16 == b_hi + 8, and b_hi + o + 8 <= img.len() as below.
+                let (xa, xb) = unsafe {
+                    (_mm256_loadu_si256(ip.add(b_lo + o[0]).cast()), _mm256_loadu_si256(ip.add(b_lo + o[1]).cast()))
+                };
+                add(w, xa, xb);
+            }
+        } else {
+            for (w, o) in wv.chunks_exact(2).zip(off.chunks_exact(2)) {
+                // SAFETY: as below.
+                let (xa, xb) = unsafe {
+                    (
+                        _mm256_loadu2_m128i(ip.add(b_hi + o[0]).cast(), ip.add(b_lo + o[0]).cast()),
+                        _mm256_loadu2_m128i(ip.add(b_hi + o[1]).cast(), ip.add(b_lo + o[1]).cast()),
+                    )
+                };
+                add(w, xa, xb);
+            }
+        }
+        (_mm256_permute2x128_si256::<0x20>(lo, hi), _mm256_permute2x128_si256::<0x31>(lo, hi))
+    };
+    // (SAFETY of the loads in `pass`, for every call below: b_lo and b_hi are
+    // `base(pixel) + c` with c <= cs - 8, so at most last_base, and every offset is at most
+    // max_off: each 8-element read ends at most at last_base + max_off + 8 <= img_len <= N
+    // == img.len(), checked above.)
+    // Image offsets of the output pixels, in order.
+    let bases = || (0..oh).flat_map(move |oy| (0..ow).map(move |ox| (oy * sh * pw + ox * sw) * cs));
+    // Per pair of taps: the interleaved weights of channels 0-3 and of 4-7 of each half.
+    let mut wv = [_mm256_setzero_si256(); DW_TAPS];
+    for c0 in (0..cs).step_by(16) {
+        // Sixteen channels of one pixel per pass, or, for a last group of eight, the eight
+        // channels of two pixels.
+        let wide = c0 + 16 <= cs;
+        let c_hi = if wide { c0 + 8 } else { c0 };
+        let (n_lo, n_hi) = (8.min(c_n - c0), 8.min(c_n - c_hi));
+        for (p, w) in wv.chunks_exact_mut(2).enumerate().take(pairs) {
+            let mut lanes = [[0i16; 16]; 2];
+            for (half, cb) in [(0, c0), (8, c_hi)] {
+                for j in 0..8.min(c_n - cb) {
+                    let tap = |t: usize| {
+                        if t < taps {
+                            weights.get(t * c_n + cb + j).map_or(0, |&v| v as i8 as i16)
+                        } else {
+                            0
+                        }
+                    };
+                    let at = half + 2 * (j % 4);
+                    lanes[j / 4][at] = tap(2 * p);
+                    lanes[j / 4][at + 1] = tap(2 * p + 1);
+                }
+            }
+            for (v, l) in w.iter_mut().zip(&lanes) {
+                // SAFETY: `l` holds sixteen i16, what the 32-byte load reads.
+                *v = unsafe { _mm256_loadu_si256(l.as_ptr().cast()) };
+            }
+        }
+        let wv = &wv[..2 * pairs];
+        let q_lo = Requant8::new(params, c0, c_n);
+        if wide {
+            let q_hi = Requant8::new(params, c_hi, c_n);
+            for (p, b) in bases().enumerate() {
+                let b = b + c0;
+                let (lo, hi) = pass(wv, b, b + 8);
+                if n_hi == 8 {
+                    store16(out, p * c_n + c0, (lo, &q_lo, c0), (hi, &q_hi, c_hi), params);
+                } else {
+                    store8(out, p * c_n + c0, n_lo, lo, &q_lo, c0, params);
+                    store8(out, p * c_n + c_hi, n_hi, hi, &q_hi, c_hi, params);
+                }
+            }
+        } else {
+            let mut it = bases();
+            let mut p = 0;
+            while let Some(b) = it.next() {
+                // A last odd pixel is computed twice (the copy is not stored).
+                let (b, next) = (b + c0, it.next());
+                let (lo, hi) = pass(wv, b, next.map_or(b, |n| n + c0));
+                if next.is_some() && c_n == 8 {
+                    // Eight channels: the two pixels' outputs are adjacent.
+                    store16(out, p * c_n, (lo, &q_lo, c0), (hi, &q_lo, c0), params);
+                } else {
+                    store8(out, p * c_n + c0, n_lo, lo, &q_lo, c0, params);
+                    if next.is_some() {
+                        store8(out, (p + 1) * c_n + c0, n_lo, hi, &q_lo, c0, params);
+                    }
+                }
+                p += 2;
+            }
+        }
+    }
+    true
 }
 
 /// Eight bytes from `src[i..]` sign-extended to i32 lanes; bytes past the end read as 0.
@@ -270,6 +537,16 @@ fn load8_i32(src: &[u8], i: usize) -> __m256i {
     _mm256_cvtepi8_epi32(v)
 }
 
+/// Depthwise convolution for what [`depthwise_direct`] does not take (padded images past
+/// its largest scratch, kernels of more than [`DW_TAPS`] taps), reading the input in place.
+///
+/// Eight channels per vector: for each group of eight channels (its [`Requant8`] constants
+/// computed once) and each output position, every valid tap adds `(x - zp) * w` in i32
+/// lanes (sign-extended bytes, `vpmulld`: `|(x - zp) w| <= 255 * 128`, and the lanes wrap like
+/// the portable `wrapping_add` chain), then [`store8`] requantizes the group. A tap whose
+/// eight bytes would run past the end of the input or weights (the last group of a channel
+/// count that is not a multiple of eight) is copied through a zeroed 8-byte buffer; lanes
+/// past the channel count are never stored.
 #[target_feature(enable = "avx2")]
 fn depthwise_avx2<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let (weights, params) = (layer.bytes, layer.params);
@@ -734,18 +1011,7 @@ fn conv2d_direct<const N: usize, const W: usize, P: ChannelParams>(
     for (y, src) in input.chunks_exact(span.max(1)).take(win.input.h).enumerate() {
         let d0 = ((y + pt) * pw + pl) * ic;
         let Some(dst) = img.get_mut(d0..d0 + span) else { return false };
-        let mut k = 0;
-        while k + 16 <= span {
-            // SAFETY: k + 16 <= span == src.len() == dst.len().
-            unsafe {
-                let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.as_ptr().add(k).cast()));
-                _mm256_storeu_si256(dst.as_mut_ptr().add(k).cast(), _mm256_sub_epi16(x, zpv));
-            }
-            k += 16;
-        }
-        for (d, &s) in dst[k..].iter_mut().zip(&src[k..]) {
-            *d = s as i8 as i16 - zp;
-        }
+        widen_row(src, dst, zpv);
     }
     // The furthest read: the last pixel's last row's last pair, ending at
     // last_base + (kh - 1) * row_stride + 2 * row_pairs <= img_len + 1 < N.
@@ -842,10 +1108,22 @@ fn conv2d_direct<const N: usize, const W: usize, P: ChannelParams>(
                         }
                     }
                 }
-                for (g, acc) in [(g0, &acc_a), (g0 + 1, &acc_b)].into_iter().take(if two { 2 } else { 1 }) {
-                    let c = g * 8;
-                    for (i, &a) in acc.iter().enumerate().take(pn) {
-                        store8(out, (p0 + i) * oc + c0 + c, 8.min(cn - c), a, &q[g], c0 + c, params);
+                // A constant trip count (and constant indices once unrolled) keeps the
+                // accumulators in registers.
+                let (c, (qa, qb)) = (g0 * 8, (&q[g0], &q[(g0 + 1).min(CHANNEL_BLOCK / 8 - 1)]));
+                for i in 0..PIXELS {
+                    if i >= pn {
+                        continue;
+                    }
+                    let (a, b, idx) = (acc_a[i], acc_b[i], (p0 + i) * oc + c0 + c);
+                    if two && c + 16 <= cn {
+                        // Two whole groups: their sixteen outputs of a pixel are adjacent.
+                        store16(out, idx, (a, qa, c0 + c), (b, qb, c0 + c + 8), params);
+                    } else {
+                        store8(out, idx, 8.min(cn - c), a, qa, c0 + c, params);
+                        if two {
+                            store8(out, idx + 8, 8.min(cn - c - 8), b, qb, c0 + c + 8, params);
+                        }
                     }
                 }
             }
@@ -1009,8 +1287,18 @@ mod tests {
         ) {
             let n = win.output.len();
             let want = outputs(n, act, |o| portable::depthwise_conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
+            let direct = outputs(n, act, |o| {
+                // SAFETY: the tests run on the AVX2 build this module requires.
+                assert!(unsafe { depthwise_direct::<8192, Params>(&win, &x, &Weights::new(&w, zp, &p), o) });
+            });
+            prop_assert_eq!(&direct, &want, "direct");
+            let lanes = outputs(n, act, |o| {
+                // SAFETY: as above.
+                unsafe { depthwise_avx2(&win, &x, &Weights::new(&w, zp, &p), o) }
+            });
+            prop_assert_eq!(&lanes, &want, "i32 lanes");
             let got = outputs(n, act, |o| depthwise_conv2d(&win, &x, &Weights::new(&w, zp, &p), o));
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want, "dispatch");
         }
     }
 
@@ -1034,7 +1322,13 @@ mod tests {
         for shift in crate::quant::SHIFT_MIN..=crate::quant::SHIFT_MAX {
             for m in [1i32 << 30, (1 << 30) + 1, 1518500250, i32::MAX] {
                 for &(zp, lo, hi) in &[(0i8, -128i8, 127i8), (-128, -128, 127), (-5, -5, 127), (10, -20, 40)] {
-                    let params = Params { bias: vec![0; 8], m: vec![m; 8], s: vec![shift; 8] };
+                    // Odd lanes get another shift of the same sign (so that a group takes the
+                    // same path) and another multiplier: the two parities' constants differ.
+                    let odd_shift = if shift < 0 { -32 - shift } else { 30 - shift };
+                    let lane_s = |j: usize| if j % 2 == 1 { odd_shift } else { shift };
+                    let lane_m = |j: usize| if j % 2 == 1 { i32::MAX - (m - (1 << 30)) } else { m };
+                    let params =
+                        Params { bias: vec![0; 8], m: (0..8).map(lane_m).collect(), s: (0..8).map(lane_s).collect() };
                     for chunk in accs.chunks(8) {
                         let mut lanes = [0i32; 8];
                         lanes[..chunk.len()].copy_from_slice(chunk);
@@ -1047,6 +1341,7 @@ mod tests {
                             requant8(v, &q, zp, lo, hi)
                         };
                         for (j, &a) in lanes.iter().enumerate() {
+                            let (m, shift) = (lane_m(j), lane_s(j));
                             let want = crate::quant::requantize(a, m, shift, zp, lo, hi);
                             assert_eq!(got[j] as i8, want, "acc {a} m {m} shift {shift} zp {zp} [{lo}, {hi}]");
                             checked += 1;
