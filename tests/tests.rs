@@ -1161,9 +1161,9 @@ mod issue12 {
             assert_ne!(att.classify(cx), s.label);
             assert!(["apgd-ce", "apgd-t", "square", "search"].contains(&s.broken_by[0].as_str()), "{:?}", s.broken_by);
         }
-        let bad = certify(&["--attacks", "fab-t"], &tmp.path().join("bad"));
+        let bad = certify(&["--attacks", "fab"], &tmp.path().join("bad"));
         assert_exit_code(&bad, 2);
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown attack `fab-t`"));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown attack `fab`"));
     }
 }
 
