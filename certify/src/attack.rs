@@ -40,6 +40,14 @@ fn unit(rng: &mut SplitMix64) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+/// `n` offsets uniform in `[-1, 1]` and the largest of their magnitudes (plus `1e-12`):
+/// the random start of APGD and FAB, which scale them to a chosen largest offset.
+fn uniform_offsets(rng: &mut SplitMix64, n: usize) -> (Vec<f32>, f32) {
+    let t: Vec<f32> = (0..n).map(|_| 2.0 * unit(rng) as f32 - 1.0).collect();
+    let tmax = t.iter().fold(0f32, |a, &b| a.max(b.abs())) + 1e-12;
+    (t, tmax)
+}
+
 /// Sample `s` of [`Attacker::random_sampling`] into `x`: for three in four samples a random
 /// vertex of the box `lo..=hi` (every pixel at `lo` or `hi`), for the fourth a uniform point of
 /// the integer box.

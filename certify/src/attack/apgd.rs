@@ -23,7 +23,7 @@
 //! gradient to zero, which would stall APGD-CE. Every iterate is rounded to the integer grid and run
 //! on the int8 model; the first one it misclassifies is the counterexample.
 
-use super::{round_into, top_targets, unit, AttackResult, Attacker};
+use super::{round_into, top_targets, uniform_offsets, AttackResult, Attacker};
 use crate::ibp::linf_ball;
 use crate::twin::Loss;
 use iocane_runtime::rng::SplitMix64;
@@ -135,8 +135,7 @@ impl Attacker<'_> {
         let n = ball.clean.len();
         let eps = k as f32;
         // Uniform in [-1, 1], scaled so that the largest offset is exactly eps.
-        let t: Vec<f32> = (0..n).map(|_| 2.0 * unit(rng) as f32 - 1.0).collect();
-        let tmax = t.iter().fold(0f32, |a, &b| a.max(b.abs())) + 1e-12;
+        let (t, tmax) = uniform_offsets(rng, n);
         let mut x: Vec<f32> = (0..n).map(|i| ball.project(i, ball.clean[i] + eps * t[i] / tmax)).collect();
         let mut cand = vec![0u8; n];
         let mut last: Option<Vec<u8>> = None;

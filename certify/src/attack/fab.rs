@@ -22,7 +22,7 @@
 //! "is adversarial" test, which drives the backward step; such an image may lie outside the
 //! ball and is never reported.
 
-use super::{round_into, top_targets, unit, AttackResult, Attacker};
+use super::{round_into, top_targets, uniform_offsets, AttackResult, Attacker};
 use crate::ibp::linf_ball;
 use crate::twin::Loss;
 use iocane_runtime::rng::SplitMix64;
@@ -161,8 +161,7 @@ impl Attacker<'_> {
         let mut x = x0.clone();
         if random_start {
             // Uniform in [-1, 1], scaled to a largest offset of half the radius.
-            let t: Vec<f32> = (0..n).map(|_| 2.0 * unit(rng) as f32 - 1.0).collect();
-            let tmax = t.iter().fold(0f32, |a, &b| a.max(b.abs())) + 1e-12;
+            let (t, tmax) = uniform_offsets(rng, n);
             for i in 0..n {
                 x[i] = (x0[i] + k as f32 * t[i] / tmax * 0.5).clamp(0.0, 255.0);
             }
