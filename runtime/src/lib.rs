@@ -52,6 +52,8 @@ mod batch;
 pub mod emit;
 pub mod format;
 pub mod geometry;
+#[cfg(feature = "std")]
+mod incremental;
 pub mod kernels;
 mod model;
 pub mod quant;
@@ -60,4 +62,6 @@ pub mod rng;
 pub mod testing;
 
 pub use format::{FormatError, Layer, LayerFault, Model, OpKind, Shape};
+#[cfg(feature = "std")]
+pub use incremental::Incremental;
 pub use model::{window, Prediction, RunError};

@@ -166,19 +166,30 @@ pub fn window(layer: &Layer<'_>) -> Window {
 }
 
 pub(crate) fn run_layer(layer: &Layer<'_>, input: &[u8], out: Output<'_>) {
+    run_layer_in(layer, &window(layer), input, out)
+}
+
+/// A weighted layer's kernel over `win`: the layer's own window, or (on the host) the cut of
+/// it that [`crate::Incremental`] recomputes.
+pub(crate) fn run_layer_in(layer: &Layer<'_>, win: &Window, input: &[u8], out: Output<'_>) {
     let w = kernels::Weights::new(layer.weight_bytes(), layer.input_zero_point(), layer);
     match layer.op() {
         OpKind::Dense => kernels::dense(input, &w, out),
-        OpKind::Conv2d => kernels::conv2d(&window(layer), input, &w, out),
-        OpKind::DepthwiseConv2d => kernels::depthwise_conv2d(&window(layer), input, &w, out),
+        OpKind::Conv2d => kernels::conv2d(win, input, &w, out),
+        OpKind::DepthwiseConv2d => kernels::depthwise_conv2d(win, input, &w, out),
         OpKind::MaxPool2d | OpKind::AvgPool2d | OpKind::Flatten => {}
     }
 }
 
 pub(crate) fn run_pool(layer: &Layer<'_>, input: &[u8], out: &mut [u8]) {
+    run_pool_in(layer, &window(layer), input, out)
+}
+
+/// A pooling layer over `win` (see [`run_layer_in`]).
+pub(crate) fn run_pool_in(layer: &Layer<'_>, win: &Window, input: &[u8], out: &mut [u8]) {
     match layer.op() {
-        OpKind::MaxPool2d => kernels::max_pool2d(&window(layer), input, out),
-        OpKind::AvgPool2d => kernels::avg_pool2d(&window(layer), input, out),
+        OpKind::MaxPool2d => kernels::max_pool2d(win, input, out),
+        OpKind::AvgPool2d => kernels::avg_pool2d(win, input, out),
         _ => {}
     }
 }
