@@ -115,9 +115,13 @@ pub struct Bounder<'m> {
     /// `l - zp` and `u - zp` of the current weighted layer's input.
     shifted_lo: Vec<i16>,
     shifted_hi: Vec<i16>,
-    /// A gathered convolution receptive field of `shifted_lo` / `shifted_hi`.
-    patch_lo: Vec<i16>,
-    patch_hi: Vec<i16>,
+    /// Each convolution's weights split into `w+ = max(w, 0)` and `w- = min(w, 0)` and
+    /// transposed to `[kh][kw][ic][oc]`, keyed by the layer's weight bytes: a tap's
+    /// contribution to every output channel is one contiguous run.
+    conv_split: Vec<ConvSplit>,
+    /// The output channels' accumulator bounds of one output pixel.
+    pixel_lo: Vec<i32>,
+    pixel_hi: Vec<i32>,
     /// `|bias| + 255 Σ|w|` of each class of the logits layer.
     last_caps: Vec<i64>,
     /// Per-channel bias, multiplier and shift of the current layer.
@@ -136,12 +140,9 @@ impl<'m> Bounder<'m> {
         debug_assert!(accumulators_fit_i32(model), "the runtime validator guarantees |bias| + 255 Σ|w| <= i32::MAX");
         let widest = model.layers().map(|l| l.input_shape().len().max(l.output_shape().len())).max().unwrap_or(0);
         let widest = widest.max(model.input_len());
-        let patch = model
-            .layers()
-            .filter(|l| l.op() == OpKind::Conv2d)
-            .map(|l| l.kernel().0 * l.kernel().1 * l.input_shape().c)
-            .max()
-            .unwrap_or(0);
+        let conv_split: Vec<ConvSplit> =
+            model.layers().filter(|l| l.op() == OpKind::Conv2d).map(|l| ConvSplit::new(&l)).collect();
+        let widest_oc = model.layers().map(|l| l.output_shape().c).max().unwrap_or(0);
         Bounder {
             model: *model,
             lo: Vec::with_capacity(widest),
@@ -150,8 +151,9 @@ impl<'m> Bounder<'m> {
             next_hi: Vec::with_capacity(widest),
             shifted_lo: Vec::with_capacity(widest),
             shifted_hi: Vec::with_capacity(widest),
-            patch_lo: vec![0; patch],
-            patch_hi: vec![0; patch],
+            conv_split,
+            pixel_lo: vec![0; widest_oc],
+            pixel_hi: vec![0; widest_oc],
             last_caps: model.layer(model.layer_count() - 1).map_or(Vec::new(), |l| channel_caps(&l)),
             params: Vec::new(),
             ball_lo: Vec::with_capacity(model.input_len()),
@@ -463,33 +465,47 @@ impl<'m> Bounder<'m> {
             }
             OpKind::Conv2d => {
                 let win = window(layer);
-                let (kh, kw) = win.kernel;
-                let ic = i.c;
-                let per_oc = kh * kw * ic;
+                let (kw, ic, iw) = (win.kernel.1, i.c, i.w);
+                // Split in `Bounder::new` for every convolution of the model; a layer of
+                // another blob is split here once.
+                let at = match self.conv_split.iter().position(|c| c.key == w.as_ptr() as usize) {
+                    Some(at) => at,
+                    None => {
+                        self.conv_split.push(ConvSplit::new(layer));
+                        self.conv_split.len() - 1
+                    }
+                };
+                let split = &self.conv_split[at];
+                let (acc_lo, acc_hi) = (&mut self.pixel_lo[..oc], &mut self.pixel_hi[..oc]);
+                // Per output pixel, the same terms `w+ l + w- u` (and `w+ u + w- l`) as
+                // `dot_bounds` over the receptive field, summed per channel in tap order:
+                // exact in i32 for the reason given at `dot_bounds` (any subset, any order).
                 for oy in 0..o.h {
+                    let (ky0, ky1, iy0) = win.rows(oy);
                     for ox in 0..o.w {
-                        // Gather the receptive field, zeros for padding taps.
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let dst = (ky * kw + kx) * ic;
-                                match win.tap((oy, ox), (ky, kx)) {
-                                    None => {
-                                        self.patch_lo[dst..dst + ic].fill(0);
-                                        self.patch_hi[dst..dst + ic].fill(0);
-                                    }
-                                    Some(src) => {
-                                        self.patch_lo[dst..dst + ic].copy_from_slice(&self.shifted_lo[src..src + ic]);
-                                        self.patch_hi[dst..dst + ic].copy_from_slice(&self.shifted_hi[src..src + ic]);
-                                    }
+                        let (kx0, kx1, ix0) = win.cols(ox);
+                        for (a, (b, _, _)) in acc_lo.iter_mut().zip(&self.params) {
+                            *a = *b;
+                        }
+                        acc_hi.copy_from_slice(acc_lo);
+                        for ky in ky0..ky1 {
+                            let iy = (iy0 + ky as isize) as usize;
+                            let src = (iy * iw + (ix0 + kx0 as isize) as usize) * ic;
+                            let t = (ky * kw + kx0) * ic;
+                            let n = (kx1 - kx0) * ic;
+                            let (xl, xh) = (&self.shifted_lo[src..src + n], &self.shifted_hi[src..src + n]);
+                            let (wp, wn) = (&split.pos[t * oc..(t + n) * oc], &split.neg[t * oc..(t + n) * oc]);
+                            for (((&x, &y), rp), rn) in xl.iter().zip(xh).zip(wp.chunks_exact(oc)).zip(wn.chunks_exact(oc))
+                            {
+                                let (x, y) = (x as i32, y as i32);
+                                for (((l, h), &p), &q) in acc_lo.iter_mut().zip(acc_hi.iter_mut()).zip(rp).zip(rn) {
+                                    *l = l.wrapping_add(p * x + q * y);
+                                    *h = h.wrapping_add(p * y + q * x);
                                 }
                             }
                         }
-                        let (pa, pc) = (&self.patch_lo[..per_oc], &self.patch_hi[..per_oc]);
-                        for (row, &(b, _, _)) in w.chunks_exact(per_oc).zip(&self.params) {
-                            let (l, h) = dot_bounds(pa, pc, row);
-                            self.next_lo.push(b.wrapping_add(l));
-                            self.next_hi.push(b.wrapping_add(h));
-                        }
+                        self.next_lo.extend_from_slice(acc_lo);
+                        self.next_hi.extend_from_slice(acc_hi);
                     }
                 }
             }
@@ -532,23 +548,55 @@ impl<'m> Bounder<'m> {
         self.params.clear();
         self.params.extend((0..oc).map(|c| (layer.bias(c), layer.multiplier(c), layer.shift(c))));
         // Requantize both ends with the runtime's monotone functions.
+        // Channels are innermost: each chunk of `oc` bounds is one pixel's channels.
+        let pixels = self.next_lo.chunks_exact_mut(oc.max(1)).zip(self.next_hi.chunks_exact_mut(oc.max(1)));
         if layer.outputs_logits() {
-            for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {
-                debug_assert!(*l <= *h);
-                let (_, m, s) = self.params[idx % oc];
-                *l = quant::requantize_logit(*l, m, s);
-                *h = quant::requantize_logit(*h, m, s);
+            for (ls, hs) in pixels {
+                for ((l, h), &(_, m, s)) in ls.iter_mut().zip(hs.iter_mut()).zip(&self.params) {
+                    debug_assert!(*l <= *h);
+                    *l = quant::requantize_logit(*l, m, s);
+                    *h = quant::requantize_logit(*h, m, s);
+                }
             }
         } else {
             let ozp = layer.output_zero_point();
             let (amin, amax) = layer.clamp();
-            for (idx, (l, h)) in self.next_lo.iter_mut().zip(self.next_hi.iter_mut()).enumerate() {
-                debug_assert!(*l <= *h);
-                let (_, m, s) = self.params[idx % oc];
-                *l = quant::requantize(*l, m, s, ozp, amin, amax) as i32;
-                *h = quant::requantize(*h, m, s, ozp, amin, amax) as i32;
+            for (ls, hs) in pixels {
+                for ((l, h), &(_, m, s)) in ls.iter_mut().zip(hs.iter_mut()).zip(&self.params) {
+                    debug_assert!(*l <= *h);
+                    *l = quant::requantize(*l, m, s, ozp, amin, amax) as i32;
+                    *h = quant::requantize(*h, m, s, ozp, amin, amax) as i32;
+                }
             }
         }
+    }
+}
+
+/// A convolution's weights as `w+` and `w-`, transposed to `[kh][kw][ic][oc]` (see
+/// [`Bounder`]'s `conv_split`).
+#[derive(Clone, Debug)]
+struct ConvSplit {
+    /// The address of the layer's weight bytes (in the model blob, which outlives the
+    /// bounder).
+    key: usize,
+    pos: Vec<i32>,
+    neg: Vec<i32>,
+}
+
+impl ConvSplit {
+    fn new(layer: &Layer<'_>) -> Self {
+        let w = layer.weight_bytes();
+        let oc = layer.output_shape().c;
+        let per_oc = if oc == 0 { 0 } else { w.len() / oc };
+        let (mut pos, mut neg) = (vec![0i32; w.len()], vec![0i32; w.len()]);
+        for (c, row) in w.chunks_exact(per_oc.max(1)).enumerate().take(oc) {
+            for (t, &b) in row.iter().enumerate() {
+                let v = b as i8 as i32;
+                pos[t * oc + c] = v.max(0);
+                neg[t * oc + c] = v.min(0);
+            }
+        }
+        ConvSplit { key: w.as_ptr() as usize, pos, neg }
     }
 }
 

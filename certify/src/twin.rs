@@ -266,23 +266,30 @@ impl TwinLayer {
     }
 
     fn tensor(&self, x: &[f32]) -> Tensor {
+        self.tensor_from(x.to_vec())
+    }
+
+    /// `x` as this layer's input tensor, without a copy.
+    fn tensor_from(&self, x: Vec<f32>) -> Tensor {
         let [h, w, c] = self.input;
-        Tensor { shape: [1, h, w, c], data: x.to_vec() }
+        Tensor { shape: [1, h, w, c], data: x }
     }
 
     /// The layer's output before its clamp.
     fn forward(&self, x: &[f32]) -> Vec<f32> {
-        layers::forward_sample(&self.spec, &self.params, &self.tensor(x))
-            .expect("the twin's layers match the validated model")
-            .data
+        self.forward_tensor(&self.tensor(x))
+    }
+
+    /// [`TwinLayer::forward`] of an input already shaped as this layer's tensor.
+    fn forward_tensor(&self, x: &Tensor) -> Vec<f32> {
+        layers::forward_sample(&self.spec, &self.params, x).expect("the twin's layers match the validated model").data
     }
 
     /// d loss / d input given the layer input `x` and d loss / d (pre-clamp) output `gy`.
-    fn backward(&self, x: &[f32], gy: &[f32]) -> Vec<f32> {
-        let x = self.tensor(x);
+    fn backward(&self, x: &Tensor, gy: Vec<f32>) -> Vec<f32> {
         let out = self.spec.output_shape(self.input).expect("the twin's layers match the validated model");
-        let dy = Tensor { shape: [1, out[0], out[1], out[2]], data: gy.to_vec() };
-        layers::input_gradient(&self.spec, &self.params, &x, &dy)
+        let dy = Tensor { shape: [1, out[0], out[1], out[2]], data: gy };
+        layers::input_gradient(&self.spec, &self.params, x, &dy)
             .expect("the twin's layers match the validated model")
             .data
     }
@@ -470,18 +477,26 @@ impl FloatTwin {
     fn backprop(&self, x: &[f32], label: usize, dz: impl Fn(&[f32]) -> Vec<f32>) -> (Vec<f32>, Vec<f32>) {
         assert_eq!(x.len(), self.input_len, "twin input length");
         assert!(label < self.classes, "label {label} out of range");
-        // Tape: inputs of every layer and pre-clamp outputs of clamped layers.
-        let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
+        // Tape: the input tensor of every layer, and the pre-clamp output of each clamped
+        // layer (an unclamped layer's output is the next layer's input: no copy).
+        let mut inputs: Vec<Tensor> = Vec::with_capacity(self.layers.len());
         let mut pre: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
         let mut cur = x.to_vec();
         for l in &self.layers {
-            let y = l.forward(&cur);
-            inputs.push(cur);
+            let t = l.tensor_from(cur);
+            let y = l.forward_tensor(&t);
+            inputs.push(t);
             cur = match l.clamp {
-                Some((lo, hi)) => y.iter().map(|v| v.clamp(lo, hi)).collect(),
-                None => y.clone(),
+                Some((lo, hi)) => {
+                    let c = y.iter().map(|v| v.clamp(lo, hi)).collect();
+                    pre.push(y);
+                    c
+                }
+                None => {
+                    pre.push(Vec::new());
+                    y
+                }
             };
-            pre.push(y);
         }
         let logits = cur;
         let mut g = dz(&logits);
@@ -493,7 +508,7 @@ impl FloatTwin {
                     }
                 }
             }
-            g = l.backward(&inputs[i], &g);
+            g = l.backward(&inputs[i], g);
         }
         (logits, g)
     }
