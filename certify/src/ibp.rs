@@ -119,9 +119,6 @@ pub struct Bounder<'m> {
     /// transposed to `[kh][kw][ic][oc]`, keyed by the layer's weight bytes: a tap's
     /// contribution to every output channel is one contiguous run.
     conv_split: Vec<ConvSplit>,
-    /// The output channels' accumulator bounds of one output pixel.
-    pixel_lo: Vec<i32>,
-    pixel_hi: Vec<i32>,
     /// `|bias| + 255 Σ|w|` of each class of the logits layer.
     last_caps: Vec<i64>,
     /// Per-channel bias, multiplier and shift of the current layer.
@@ -142,7 +139,6 @@ impl<'m> Bounder<'m> {
         let widest = widest.max(model.input_len());
         let conv_split: Vec<ConvSplit> =
             model.layers().filter(|l| l.op() == OpKind::Conv2d).map(|l| ConvSplit::new(&l)).collect();
-        let widest_oc = model.layers().map(|l| l.output_shape().c).max().unwrap_or(0);
         Bounder {
             model: *model,
             lo: Vec::with_capacity(widest),
@@ -152,8 +148,6 @@ impl<'m> Bounder<'m> {
             shifted_lo: Vec::with_capacity(widest),
             shifted_hi: Vec::with_capacity(widest),
             conv_split,
-            pixel_lo: vec![0; widest_oc],
-            pixel_hi: vec![0; widest_oc],
             last_caps: model.layer(model.layer_count() - 1).map_or(Vec::new(), |l| channel_caps(&l)),
             params: Vec::new(),
             ball_lo: Vec::with_capacity(model.input_len()),
@@ -476,36 +470,47 @@ impl<'m> Bounder<'m> {
                     }
                 };
                 let split = &self.conv_split[at];
-                let (acc_lo, acc_hi) = (&mut self.pixel_lo[..oc], &mut self.pixel_hi[..oc]);
-                // Per output pixel, the same terms `w+ l + w- u` (and `w+ u + w- l`) as
-                // `dot_bounds` over the receptive field, summed per channel in tap order:
-                // exact in i32 for the reason given at `dot_bounds` (any subset, any order).
+                let ocp = split.lanes;
+                // Per output pixel and block of `BLOCK` output channels (accumulators in
+                // registers), the same terms `w+ l + w- u` (and `w+ u + w- l`) as
+                // `dot_bounds` over the receptive field, summed in tap order: exact in i32
+                // for the reason given at `dot_bounds` (any subset, any order). Lanes past
+                // `oc` have zero weights and are not stored.
                 for oy in 0..o.h {
                     let (ky0, ky1, iy0) = win.rows(oy);
                     for ox in 0..o.w {
                         let (kx0, kx1, ix0) = win.cols(ox);
-                        for (a, (b, _, _)) in acc_lo.iter_mut().zip(&self.params) {
-                            *a = *b;
-                        }
-                        acc_hi.copy_from_slice(acc_lo);
-                        for ky in ky0..ky1 {
-                            let iy = (iy0 + ky as isize) as usize;
-                            let src = (iy * iw + (ix0 + kx0 as isize) as usize) * ic;
-                            let t = (ky * kw + kx0) * ic;
-                            let n = (kx1 - kx0) * ic;
-                            let (xl, xh) = (&self.shifted_lo[src..src + n], &self.shifted_hi[src..src + n]);
-                            let (wp, wn) = (&split.pos[t * oc..(t + n) * oc], &split.neg[t * oc..(t + n) * oc]);
-                            for (((&x, &y), rp), rn) in xl.iter().zip(xh).zip(wp.chunks_exact(oc)).zip(wn.chunks_exact(oc))
-                            {
-                                let (x, y) = (x as i32, y as i32);
-                                for (((l, h), &p), &q) in acc_lo.iter_mut().zip(acc_hi.iter_mut()).zip(rp).zip(rn) {
-                                    *l = l.wrapping_add(p * x + q * y);
-                                    *h = h.wrapping_add(p * y + q * x);
+                        for c0 in (0..oc).step_by(BLOCK) {
+                            let cn = BLOCK.min(oc - c0);
+                            let mut lo = [0i32; BLOCK];
+                            let mut hi = [0i32; BLOCK];
+                            for (j, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate().take(cn) {
+                                (*l, *h) = (self.params[c0 + j].0, self.params[c0 + j].0);
+                            }
+                            for ky in ky0..ky1 {
+                                let iy = (iy0 + ky as isize) as usize;
+                                let src = (iy * iw + (ix0 + kx0 as isize) as usize) * ic;
+                                let t = (ky * kw + kx0) * ic;
+                                let n = (kx1 - kx0) * ic;
+                                let (xl, xh) = (&self.shifted_lo[src..src + n], &self.shifted_hi[src..src + n]);
+                                for (e, (&x, &y)) in xl.iter().zip(xh).enumerate() {
+                                    let at = (t + e) * ocp + c0;
+                                    let block = |v: &'_ [i32]| -> Option<[i32; BLOCK]> {
+                                        v.get(at..at + BLOCK).and_then(|b| b.try_into().ok())
+                                    };
+                                    let (Some(rp), Some(rn)) = (block(&split.pos), block(&split.neg)) else {
+                                        continue;
+                                    };
+                                    let (x, y) = (x as i32, y as i32);
+                                    for j in 0..BLOCK {
+                                        lo[j] = lo[j].wrapping_add(rp[j] * x + rn[j] * y);
+                                        hi[j] = hi[j].wrapping_add(rp[j] * y + rn[j] * x);
+                                    }
                                 }
                             }
+                            self.next_lo.extend_from_slice(&lo[..cn]);
+                            self.next_hi.extend_from_slice(&hi[..cn]);
                         }
-                        self.next_lo.extend_from_slice(acc_lo);
-                        self.next_hi.extend_from_slice(acc_hi);
                     }
                 }
             }
@@ -579,6 +584,8 @@ struct ConvSplit {
     /// The address of the layer's weight bytes (in the model blob, which outlives the
     /// bounder).
     key: usize,
+    /// Channels per tap in `pos` / `neg`: `oc` rounded up to whole blocks.
+    lanes: usize,
     pos: Vec<i32>,
     neg: Vec<i32>,
 }
@@ -587,18 +594,24 @@ impl ConvSplit {
     fn new(layer: &Layer<'_>) -> Self {
         let w = layer.weight_bytes();
         let oc = layer.output_shape().c;
-        let per_oc = if oc == 0 { 0 } else { w.len() / oc };
-        let (mut pos, mut neg) = (vec![0i32; w.len()], vec![0i32; w.len()]);
+        let per_oc = w.len().checked_div(oc).unwrap_or(0);
+        // Rows padded with zero weights to whole blocks of `BLOCK` channels.
+        let lanes = oc.div_ceil(BLOCK) * BLOCK;
+        let (mut pos, mut neg) = (vec![0i32; per_oc * lanes], vec![0i32; per_oc * lanes]);
         for (c, row) in w.chunks_exact(per_oc.max(1)).enumerate().take(oc) {
             for (t, &b) in row.iter().enumerate() {
                 let v = b as i8 as i32;
-                pos[t * oc + c] = v.max(0);
-                neg[t * oc + c] = v.min(0);
+                pos[t * lanes + c] = v.max(0);
+                neg[t * lanes + c] = v.min(0);
             }
         }
-        ConvSplit { key: w.as_ptr() as usize, pos, neg }
+        ConvSplit { key: w.as_ptr() as usize, lanes, pos, neg }
     }
 }
+
+/// Output channels of a convolution's interval bounds computed together (two vectors of
+/// eight i32 lanes per bound).
+const BLOCK: usize = 16;
 
 /// The worst-case margin from [`Bounder::margin_lower_bounds`]: `min_j margins[j]` over
 /// the other classes, minus one for classes below `label`, so that it is `>= 0` iff the

@@ -29,7 +29,11 @@ use std::vec::Vec;
 use crate::format::{Model, OpKind, Shape};
 use crate::geometry::Window;
 use crate::kernels::Output;
-use crate::model::{run_layer_in, window, RunError};
+use crate::model::{run_layer_in, run_layer_portable_in, window, RunError};
+
+/// Changed output pixels up to which a layer runs the portable kernels (see
+/// [`run_layer_portable_in`]).
+const FEW_PIXELS: usize = 16;
 use crate::quant;
 
 /// A half-open rectangle of pixels `rows x cols` of a tensor (all channels).
@@ -209,7 +213,13 @@ impl<'m> Incremental<'m> {
                             let (sub, rows, cols) = cut(&win, o);
                             gather(input, win.input, rows, cols, &mut self.crop);
                             self.part.resize(sub.output.len(), 0);
-                            run_into(&layer, &sub, &self.crop, &mut self.part);
+                            if sub.output.h * sub.output.w <= FEW_PIXELS && layer.op().has_weights() {
+                                let (zero_point, (min, max)) = (layer.output_zero_point(), layer.clamp());
+                                let out = Output::Act { buf: &mut self.part, zero_point, min, max };
+                                run_layer_portable_in(&layer, &sub, &self.crop, out);
+                            } else {
+                                run_into(&layer, &sub, &self.crop, &mut self.part);
+                            }
                             scatter(&self.part, out, win.output, o);
                             Dirty::Rect(o)
                         }

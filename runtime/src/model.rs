@@ -181,6 +181,20 @@ pub(crate) fn run_layer_in(layer: &Layer<'_>, win: &Window, input: &[u8], out: O
     }
 }
 
+/// [`run_layer_in`] with the portable kernels (bit-identical to the dispatched ones: the
+/// kernel tests compare every path with the reference). For a handful of output pixels they
+/// are the faster choice: the vector paths lay out a block's weights afresh on every call.
+#[cfg(feature = "std")]
+pub(crate) fn run_layer_portable_in(layer: &Layer<'_>, win: &Window, input: &[u8], mut out: Output<'_>) {
+    let w = kernels::Weights::new(layer.weight_bytes(), layer.input_zero_point(), layer);
+    match layer.op() {
+        OpKind::Dense => kernels::portable::dense(input, &w, &mut out),
+        OpKind::Conv2d => kernels::portable::conv2d(win, input, &w, &mut out),
+        OpKind::DepthwiseConv2d => kernels::portable::depthwise_conv2d(win, input, &w, &mut out),
+        OpKind::MaxPool2d | OpKind::AvgPool2d | OpKind::Flatten => {}
+    }
+}
+
 pub(crate) fn run_pool(layer: &Layer<'_>, input: &[u8], out: &mut [u8]) {
     run_pool_in(layer, &window(layer), input, out)
 }
