@@ -223,6 +223,13 @@ impl<'m> Attacker<'m> {
         judge(x, class, &self.logits, label, res)
     }
 
+    /// Makes `x` the incremental evaluator's base image without counting a query.
+    fn rebase_incremental(&mut self, x: &[u8]) {
+        if let Err(e) = self.inc.set_base(x) {
+            panic!("cannot run the model on the sample: {e}");
+        }
+    }
+
     /// Queries `x`; on misclassification records it as the counterexample and returns true.
     fn test(&mut self, x: &[u8], label: usize, res: &mut AttackResult) -> bool {
         let class = self.query(x, res);

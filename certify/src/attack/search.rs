@@ -121,9 +121,12 @@ impl Attacker<'_> {
         }
         let (lo, hi): (Vec<u8>, Vec<u8>) = lo.iter().zip(hi).map(|(&a, &b)| (a.min(b), a.max(b))).unzip();
         let mut x: Vec<u8> = (0..n).map(|i| start[i].clamp(lo[i], hi[i])).collect();
-        if self.test(&x, label, &mut res) {
+        // Every query below differs from `x` in one pixel: the incremental evaluator keeps
+        // `x` as its base and recomputes only that pixel's receptive fields.
+        if self.test_incremental(&x, label, &mut res) {
             return res;
         }
+        self.inc.accept();
         let mut best = margin(&self.logits, label);
         let mut cand = x.clone();
         let mut scaled = vec![0f32; n];
@@ -153,7 +156,7 @@ impl Attacker<'_> {
                 }
                 let to = if g[i] > 0.0 && x[i] < hi[i] || x[i] == lo[i] { hi[i] } else { lo[i] };
                 cand[i] = to;
-                if self.test(&cand, label, &mut res) {
+                if self.test_incremental(&cand, label, &mut res) {
                     return res;
                 }
                 let m = margin(&self.logits, label);
@@ -161,6 +164,7 @@ impl Attacker<'_> {
                     best = m;
                     x[i] = to;
                     accepted = true;
+                    self.inc.accept();
                 } else {
                     cand[i] = x[i];
                     refused.push(i);
@@ -177,7 +181,7 @@ impl Attacker<'_> {
                         return res;
                     }
                     cand[i] = v;
-                    if self.test(&cand, label, &mut res) {
+                    if self.test_incremental(&cand, label, &mut res) {
                         return res;
                     }
                     let m = margin(&self.logits, label);
@@ -188,7 +192,11 @@ impl Attacker<'_> {
                 }
                 x[i] = best_level;
                 cand[i] = best_level;
-                accepted |= best_level != cur;
+                if best_level != cur {
+                    accepted = true;
+                    // The new `x` becomes the base (a run of the evaluator's own, not a query).
+                    self.rebase_incremental(&x);
+                }
             }
             if !accepted {
                 break;
