@@ -1,0 +1,214 @@
+//! AVX-VNNI version of [`super::dense_batch`], chosen at run time: x86-64 host builds (AVX2
+//! at compile time, feature `std` or tests) whose CPU reports `avxvnni` (Intel Alder Lake and
+//! later, AMD Zen 4 and later). Everything else, including a CPU with AVX-512 VNNI but not
+//! the VEX-encoded AVX-VNNI (Ice Lake, Cascade Lake), takes the AVX2 kernel of the parent
+//! module; no_std builds never compile this module.
+//!
+//! # The arithmetic, and why it is exact
+//! `vpdpbusd acc, a, b` multiplies the four unsigned bytes of each 32-bit lane of `a` by the
+//! four signed bytes of the same lane of `b` and adds the four products to the i32 lane of
+//! `acc`, with no saturation (the `s` form, `vpdpbusds`, saturates; it is not used). Each
+//! product is at most `255 * 128` in magnitude and the sum of four at most `130,560`, so the
+//! four-product sum is exact and its addition to the lane wraps modulo `2^32`, like the
+//! portable kernels' `wrapping_add` chains.
+//!
+//! The activations are int8, not u8, so they go on the unsigned side shifted: the byte
+//! `x ^ 0x80` is `x + 128` as a u8 (in [0, 255]), and for every output row
+//!
+//! `Σ w (x - zp) = Σ w (x + 128) - (128 + zp) Σ w`,
+//!
+//! an identity of integers, hence also of i32 arithmetic modulo `2^32`. The correction
+//! `(128 + zp) Σ w` is computed once per row and call by the same instruction, with the
+//! unsigned operand the byte `128 + zp` (in [0, 255], since `zp` is an i8) broadcast to every
+//! lane: `vpdpbusd` over the row's weights gives `Σ (128 + zp) w` exactly (mod `2^32`).
+//! Each accumulator starts at minus that value, then adds the `vpdpbusd` sums of the shifted
+//! activations; the result is `Σ w (x - zp)` mod `2^32`, the same i32 as the portable dot
+//! product's wrapping sum of exact products (and the validator proves neither overflows).
+//! Zero padding of a row (weights of 0) adds nothing to either sum. The weights could have
+//! gone on the unsigned side instead (`w + 128`), but then the signed side would need
+//! `x - zp`, which does not fit in an i8.
+//!
+//! The sums are requantized by the parent module's [`store8`] (the rule of
+//! [`crate::quant::requantize`], tested there). The property test
+//! `dense_batch_matches_portable` runs this kernel, the AVX2 kernel and the dispatcher against
+//! the portable [`crate::kernels::portable::dense`] on the same random cases (on a CPU without
+//! AVX-VNNI it says so and checks the other two).
+//!
+//! # Safety audit
+//! `unsafe` appears in two forms only:
+//! - the call from [`dense_batch`] into the `#[target_feature(enable = "avx2,avxvnni")]`
+//!   kernel, made only after `is_x86_feature_detected!("avxvnni")` returned true on this CPU
+//!   (AVX2 itself is guaranteed by the build, as in the parent module);
+//! - unaligned 32-byte loads of the rearranged weights and 4-byte reads of the shifted
+//!   activations, each after an explicit check, once per block, that the slice it reads has
+//!   the length the loop bound assumes (see the `SAFETY` comments).
+//!
+//! Valgrind (as `.ci/run` uses it) does not model AVX-VNNI and masks it in the CPUID it
+//! reports, so under valgrind the detection returns false and this kernel does not run; its
+//! memory safety rests on the length checks above, which are plain safe Rust.
+#![allow(unsafe_code)]
+
+use super::{store8, ChannelParams, Output, Requant8, Weights};
+use core::arch::x86_64::*;
+use std::vec;
+use std::vec::Vec;
+
+/// Inputs per register block of [`dense_batch_vnni`].
+const INPUTS: usize = 4;
+/// Groups of eight weight rows per register block: with [`INPUTS`], twelve accumulators, three
+/// weight vectors and one broadcast, the sixteen ymm registers.
+const GROUPS: usize = 3;
+
+/// Whether this CPU runs the VNNI kernel (`avxvnni`; cached by the standard library).
+#[inline]
+pub(in crate::kernels) fn detected() -> bool {
+    std::arch::is_x86_feature_detected!("avxvnni")
+}
+
+/// [`super::dense_batch`] with `vpdpbusd`, if the CPU has AVX-VNNI: returns `false` (having
+/// written nothing) otherwise. Same contract and results as the AVX2 kernel.
+pub(in crate::kernels) fn dense_batch<P: ChannelParams>(
+    input: &[u8],
+    n: usize,
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) -> bool {
+    if !detected() {
+        return false;
+    }
+    // SAFETY: the CPU has AVX-VNNI (just detected) and AVX2 (the build requires it).
+    unsafe { dense_batch_vnni(input, n, layer, out) };
+    true
+}
+
+/// The int8 matrix product of [`super::dense_batch`] with output rows in the vector lanes.
+///
+/// Per call: each input becomes `x ^ 0x80` bytes, padded with zeros to a multiple of four;
+/// the weights are rearranged into groups of eight rows, each group as `[quad][row][4]`
+/// bytes (32 bytes per quad of inputs, zero-padded past the row's end and past the last
+/// row), so that one 32-byte load holds four consecutive weights of eight rows. Then every
+/// block of [`INPUTS`] inputs by [`GROUPS`] groups keeps its twelve accumulators in
+/// registers: per quad, one broadcast of the input's four bytes and one `vpdpbusd` per group
+/// adds four products to each of the group's eight row sums. The sums come out in row order
+/// for [`store8`], with no horizontal sums. A partial block of inputs repeats its last input
+/// (those results are not stored); a partial block of groups runs a narrower block.
+#[target_feature(enable = "avx2,avxvnni")]
+fn dense_batch_vnni<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    let k = input.len().checked_div(n).unwrap_or(0);
+    if k == 0 {
+        return;
+    }
+    let (weights, params) = (layer.bytes, layer.params);
+    let rows = weights.len() / k;
+    if rows == 0 {
+        return;
+    }
+    let quads = k.div_ceil(4);
+    let kp = 4 * quads;
+    let groups = rows.div_ceil(8);
+    let group_len = 32 * quads;
+
+    let mut xs = vec![0u8; n * kp];
+    for (d, s) in xs.chunks_exact_mut(kp).zip(input.chunks_exact(k)) {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = s ^ 0x80;
+        }
+    }
+    let mut ws = vec![0u8; groups * group_len];
+    for (r, w) in weights.chunks_exact(k).take(rows).enumerate() {
+        let (g, lane) = (r / 8, r % 8);
+        let Some(dst) = ws.get_mut(g * group_len..(g + 1) * group_len) else { continue };
+        for (d, quad) in dst.chunks_exact_mut(32).zip(w.chunks(4)) {
+            if let Some(d) = d.get_mut(4 * lane..4 * lane + quad.len()) {
+                d.copy_from_slice(quad);
+            }
+        }
+    }
+    // Minus the correction `(128 + zp) Σ w` of every row, eight rows per vector.
+    let c = _mm256_set1_epi8((128 + layer.input_zero_point as i32) as u8 as i8);
+    let start: Vec<__m256i> = ws
+        .chunks_exact(group_len)
+        .map(|g| {
+            let mut corr = _mm256_setzero_si256();
+            for quad in g.chunks_exact(32) {
+                // SAFETY: `quad` has exactly the 32 bytes the load reads.
+                let w = unsafe { _mm256_loadu_si256(quad.as_ptr().cast()) };
+                corr = _mm256_dpbusd_avx_epi32(corr, c, w);
+            }
+            _mm256_sub_epi32(_mm256_setzero_si256(), corr)
+        })
+        .collect();
+    let q: Vec<Requant8> = (0..groups).map(|g| Requant8::new(params, 8 * g, rows)).collect();
+
+    let blocks = Blocks { xs: &xs, ws: &ws, start: &start, q: &q, n, rows, kp, group_len };
+    let mut g0 = 0;
+    while g0 + GROUPS <= groups {
+        blocks.run::<GROUPS, P>(g0, out, params);
+        g0 += GROUPS;
+    }
+    match groups - g0 {
+        2 => blocks.run::<2, P>(g0, out, params),
+        1 => blocks.run::<1, P>(g0, out, params),
+        _ => {}
+    }
+}
+
+/// The per-call buffers of [`dense_batch_vnni`].
+struct Blocks<'a> {
+    /// Shifted inputs, `kp` bytes each.
+    xs: &'a [u8],
+    /// Rearranged weights, `group_len` bytes per group of eight rows.
+    ws: &'a [u8],
+    /// Per group: the accumulators' starting values, minus the rows' corrections.
+    start: &'a [__m256i],
+    /// Per group: the requantization constants.
+    q: &'a [Requant8],
+    n: usize,
+    rows: usize,
+    kp: usize,
+    group_len: usize,
+}
+
+impl Blocks<'_> {
+    /// Groups `g0..g0 + G` against every block of [`INPUTS`] inputs.
+    #[inline]
+    #[target_feature(enable = "avx2,avxvnni")]
+    fn run<const G: usize, P: ChannelParams>(&self, g0: usize, out: &mut Output<'_>, params: &P) {
+        let (n, rows, kp, group_len) = (self.n, self.rows, self.kp, self.group_len);
+        let wg: [&[u8]; G] =
+            core::array::from_fn(|b| self.ws.get((g0 + b) * group_len..(g0 + b + 1) * group_len).unwrap_or(&[]));
+        let (Some(start), Some(q)) = (self.start.get(g0..g0 + G), self.q.get(g0..g0 + G)) else { return };
+        if wg.iter().any(|w| w.len() != group_len) || group_len != 8 * kp {
+            return;
+        }
+        for i0 in (0..n).step_by(INPUTS) {
+            let xr: [&[u8]; INPUTS] = core::array::from_fn(|a| {
+                let i = (i0 + a).min(n - 1);
+                self.xs.get(i * kp..(i + 1) * kp).unwrap_or(&[])
+            });
+            if xr.iter().any(|x| x.len() != kp) {
+                continue;
+            }
+            let mut acc: [[__m256i; G]; INPUTS] = [core::array::from_fn(|b| start[b]); INPUTS];
+            for j in (0..kp).step_by(4) {
+                // SAFETY: j < kp, so 8 * j + 32 <= 8 * kp == group_len == w.len() (checked
+                // above) for every group's slice.
+                let wv: [__m256i; G] =
+                    core::array::from_fn(|b| unsafe { _mm256_loadu_si256(wg[b].as_ptr().add(8 * j).cast()) });
+                for (acc, x) in acc.iter_mut().zip(xr) {
+                    // SAFETY: j + 4 <= kp == x.len() (kp is a multiple of four; checked above).
+                    let xv = _mm256_set1_epi32(unsafe { core::ptr::read_unaligned(x.as_ptr().add(j).cast::<i32>()) });
+                    for (a, &w) in acc.iter_mut().zip(&wv) {
+                        *a = _mm256_dpbusd_avx_epi32(*a, xv, w);
+                    }
+                }
+            }
+            for (a, acc) in acc.iter().enumerate().take(n - i0) {
+                for (b, (&sums, qb)) in acc.iter().zip(q).enumerate() {
+                    let c = 8 * (g0 + b);
+                    store8(out, (i0 + a) * rows + c, 8.min(rows - c), sums, qb, c, params);
+                }
+            }
+        }
+    }
+}
