@@ -22,6 +22,9 @@
 //! The property tests run both this path and [`super::portable`] against the i64 reference
 //! on the same random cases.
 //!
+//! [`dense_batch`] first tries the AVX-VNNI kernel of the submodule `vnni` (its own header
+//! audits it), which runs only when the CPU reports `avxvnni` at run time.
+//!
 //! # Safety audit
 //! `unsafe` appears in two forms only:
 //! - calls from the safe entry points into `#[target_feature(enable = "avx2")]` functions,
@@ -667,6 +670,9 @@ const BATCH_ROWS: usize = 4;
 /// forms exact pairs of products, the i32 lanes wrap like the portable `wrapping_add` chain.
 /// A partial block repeats its last input or row (those results are not stored). The sums
 /// are then requantized eight outputs of one input at a time by [`store8`], as in [`dense`].
+///
+/// On a CPU with AVX-VNNI (detected at run time) the submodule `vnni`'s `vpdpbusd` kernel
+/// runs instead, with the same results.
 #[cfg(any(test, feature = "std"))]
 pub(super) fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     if vnni::dense_batch(input, n, layer, out) {

@@ -10,7 +10,9 @@
 //! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, audited in its
 //! header: vector loads after explicit length checks), thumbv7em builds (Cortex-M4/M7) run
 //! [`dsp`] (`SMLAD` / `SXTB16` as single-instruction `asm!`, audited in its header),
-//! everything else runs [`portable`]. All produce identical bytes; the tests check each
+//! everything else runs [`portable`]. The host-only batch product [`dense_batch`] also has an
+//! AVX-VNNI kernel (`avx2/vnni.rs`, audited in its header), chosen at run time when the CPU
+//! reports `avxvnni`. All produce identical bytes; the tests check each
 //! against [`reference`](mod@reference) (the DSP loops on the host with the instructions
 //! emulated, the real instructions in the Cortex-M4 parity test).
 
@@ -188,7 +190,9 @@ pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, mut out: Ou
 /// output `o` of input `i` at index `i * out + o` of `out`: one int8 matrix product that
 /// reads each weight row once for several inputs. Identical, input for input, to [`dense`].
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`dense`] per input elsewhere.
+/// Runs, on x86-64 builds with AVX2 enabled, the AVX-VNNI kernel (`vpdpbusd`) when the CPU
+/// has it (detected at run time) and the AVX2 kernel otherwise; [`dense`] per input
+/// elsewhere.
 #[cfg(any(test, feature = "std"))]
 pub fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     if n == 0 {
