@@ -40,9 +40,9 @@
 use super::{ChannelParams, Output, Weights, Window, CONV_PATCH_MAX};
 use core::arch::x86_64::*;
 
-/// The AVX-VNNI batch kernel, chosen at run time when the CPU has it.
+/// The AVX-VNNI batch kernels, chosen at run time when the CPU has AVX-VNNI.
 #[cfg(any(test, feature = "std"))]
-mod vnni;
+pub(super) mod vnni;
 
 /// Largest number of i16 weights [`conv2d`] converts onto the stack at a time (8 KiB).
 const WEIGHT_SCRATCH: usize = 4096;
@@ -1231,6 +1231,29 @@ mod tests {
             prop_assert_eq!(&patches, &want, "patches");
             let dispatched = outputs(n, act, |o| assert!(conv2d(&win, &x, &Weights::new(&w, zp, &p), o)));
             prop_assert_eq!(&dispatched, &want, "dispatch");
+        }
+
+        /// The VNNI im2col product against the portable convolution image by image (on a
+        /// CPU without AVX-VNNI, the per-image fallback of the dispatcher).
+        #[test]
+        fn conv_batch_matches_portable(
+            ((win, _, w, zp, p, act), n, seed) in (case(), 1usize..6, any::<u64>()),
+        ) {
+            let (len_in, len_out) = (win.input.len(), win.output.len());
+            let mut rng = crate::rng::SplitMix64(seed);
+            let x: Vec<u8> = (0..n * len_in).map(|_| rng.next_u64() as u8).collect();
+            let layer = Weights::new(&w, zp, &p);
+            let want = outputs(n * len_out, act, |out| {
+                for (i, xi) in x.chunks_exact(len_in).enumerate() {
+                    portable::conv2d(&win, xi, &layer, &mut out.part(i * len_out, len_out));
+                }
+            });
+            if vnni::detected() {
+                let got = outputs(n * len_out, act, |out| assert!(vnni::conv2d_batch(&win, &x, n, &layer, out)));
+                prop_assert_eq!(&got, &want, "vnni");
+            }
+            let got = outputs(n * len_out, act, |out| super::super::conv2d_batch(&win, &x, n, &layer, out));
+            prop_assert_eq!(&got, &want, "dispatch");
         }
 
         #[test]

@@ -100,7 +100,7 @@ pub enum Output<'o> {
 
 impl Output<'_> {
     /// The `len` outputs from `start` (empty if out of range), as an output of their own.
-    #[cfg(all(any(test, feature = "std"), not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+    #[cfg(any(test, feature = "std"))]
     fn part(&mut self, start: usize, len: usize) -> Output<'_> {
         match self {
             Output::Act { buf, zero_point, min, max } => Output::Act {
@@ -225,6 +225,30 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
         return;
     }
     portable::conv2d(win, input, layer, &mut out);
+}
+
+/// [`conv2d`] on `n` images stored one after another in `input` (`n * win.input.len()`
+/// values), image `i`'s output at `i * win.output.len()` of `out`. Identical, image for
+/// image, to [`conv2d`].
+///
+/// On x86-64 builds with AVX2 enabled and a CPU with AVX-VNNI (detected at run time), one
+/// `vpdpbusd` matrix product over the images' im2col rows; [`conv2d`] per image otherwise.
+#[cfg(any(test, feature = "std"))]
+pub fn conv2d_batch<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    n: usize,
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if avx2::vnni::conv2d_batch(win, input, n, layer, out) {
+        return;
+    }
+    let (len_in, len_out) = (win.input.len(), win.output.len());
+    for (i, x) in input.chunks_exact(len_in.max(1)).take(n).enumerate() {
+        conv2d(win, x, layer, out.part(i * len_out, len_out));
+    }
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.

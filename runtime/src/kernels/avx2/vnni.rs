@@ -48,7 +48,7 @@
 //! memory safety rests on the length checks above, which are plain safe Rust.
 #![allow(unsafe_code)]
 
-use super::{store8, ChannelParams, Output, Requant8, Weights};
+use super::{store8, ChannelParams, Output, Requant8, Weights, Window};
 use core::arch::x86_64::*;
 use std::vec;
 use std::vec::Vec;
@@ -81,110 +81,203 @@ pub(in crate::kernels) fn dense_batch<P: ChannelParams>(
     true
 }
 
-/// The int8 matrix product of [`super::dense_batch`] with output rows in the vector lanes.
-///
-/// Per call: each input becomes `x ^ 0x80` bytes, padded with zeros to a multiple of four;
-/// the weights are rearranged into groups of eight rows, each group as `[quad][row][4]`
-/// bytes (32 bytes per quad of inputs, zero-padded past the row's end and past the last
-/// row), so that one 32-byte load holds four consecutive weights of eight rows. Then every
-/// block of [`INPUTS`] inputs by [`GROUPS`] groups keeps its twelve accumulators in
-/// registers: per quad, one broadcast of the input's four bytes and one `vpdpbusd` per group
-/// adds four products to each of the group's eight row sums. The sums come out in row order
-/// for [`store8`], with no horizontal sums. A partial block of inputs repeats its last input
-/// (those results are not stored); a partial block of groups runs a narrower block.
+/// The int8 matrix product of [`super::dense_batch`] with output rows in the vector lanes:
+/// each input becomes `x ^ 0x80` bytes, padded with zeros to a multiple of four, and
+/// [`Packed::run`] multiplies them with the [`Packed`] weights.
 #[target_feature(enable = "avx2,avxvnni")]
 fn dense_batch_vnni<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let k = input.len().checked_div(n).unwrap_or(0);
-    if k == 0 {
-        return;
-    }
-    let (weights, params) = (layer.bytes, layer.params);
-    let rows = weights.len() / k;
-    if rows == 0 {
-        return;
-    }
-    let quads = k.div_ceil(4);
-    let kp = 4 * quads;
-    let groups = rows.div_ceil(8);
-    let group_len = 32 * quads;
-
+    let Some(packed) = Packed::new(layer, k) else { return };
+    let kp = packed.kp;
     let mut xs = vec![0u8; n * kp];
     for (d, s) in xs.chunks_exact_mut(kp).zip(input.chunks_exact(k)) {
         for (d, &s) in d.iter_mut().zip(s) {
             *d = s ^ 0x80;
         }
     }
-    let mut ws = vec![0u8; groups * group_len];
-    for (r, w) in weights.chunks_exact(k).take(rows).enumerate() {
-        let (g, lane) = (r / 8, r % 8);
-        let Some(dst) = ws.get_mut(g * group_len..(g + 1) * group_len) else { continue };
-        for (d, quad) in dst.chunks_exact_mut(32).zip(w.chunks(4)) {
-            if let Some(d) = d.get_mut(4 * lane..4 * lane + quad.len()) {
-                d.copy_from_slice(quad);
+    packed.run(&xs, 0, out, layer.params);
+}
+
+/// Bytes of im2col rows [`conv2d_batch`] builds at a time (a block of images whose rows stay
+/// in the L2 cache while every group of weights passes over them).
+const COLS_BYTES: usize = 1 << 18;
+
+/// [`super::super::conv2d`] on `n` images stored one after another in `input` (image `i`'s
+/// output at `i * win.output.len()` of `out`), as one `vpdpbusd` matrix product over the
+/// images' im2col rows, if the CPU has AVX-VNNI: returns `false` (having written nothing)
+/// otherwise. Same results as [`super::super::conv2d`] on each image.
+///
+/// A convolution's weights `[oc][kh][kw][ic]` are a dense layer's `[rows][k]` with
+/// `k = kh * kw * ic`, and its NHWC output `[pixel][oc]` is the dense layer's `[input][row]`:
+/// each output pixel's receptive field, gathered as `x ^ 0x80` bytes in the weights' order,
+/// is one input row of [`Packed::run`]. A padding tap is the byte `zp ^ 0x80`, the shifted
+/// zero point, so it contributes `w (zp + 128) - w (128 + zp) = 0` once the row's correction
+/// is subtracted, exactly as a padding tap contributes nothing to the portable kernel.
+pub(in crate::kernels) fn conv2d_batch<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    n: usize,
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) -> bool {
+    let (len_in, k) = (win.input.len(), win.kernel.0 * win.kernel.1 * win.input.c);
+    if !detected() || n == 0 || k == 0 || input.len() < n * len_in || layer.bytes.len() != k * win.output.c {
+        return false;
+    }
+    // SAFETY: the CPU has AVX-VNNI (just detected) and AVX2 (the build requires it).
+    unsafe { conv2d_batch_vnni(win, input, n, layer, out) };
+    true
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+fn conv2d_batch_vnni<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    n: usize,
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) {
+    let (ic, kw) = (win.input.c, win.kernel.1);
+    let k = win.kernel.0 * kw * ic;
+    let Some(packed) = Packed::new(layer, k) else { return };
+    let kp = packed.kp;
+    let npix = win.output.h * win.output.w;
+    let per_image = npix * kp;
+    let images = (COLS_BYTES / per_image.max(1)).clamp(1, n);
+    let pad = layer.input_zero_point as u8 ^ 0x80;
+    let mut cols = vec![pad; images * per_image];
+    for i0 in (0..n).step_by(images) {
+        let m = images.min(n - i0);
+        let cols = &mut cols[..m * per_image];
+        cols.fill(pad);
+        for (x, dst) in input.chunks_exact(win.input.len()).skip(i0).take(m).zip(cols.chunks_exact_mut(per_image)) {
+            let mut rows = dst.chunks_exact_mut(kp);
+            for oy in 0..win.output.h {
+                let (ky0, ky1, iy0) = win.rows(oy);
+                for ox in 0..win.output.w {
+                    let (kx0, kx1, ix0) = win.cols(ox);
+                    let Some(row) = rows.next() else { break };
+                    let span = (kx1 - kx0) * ic;
+                    for ky in ky0..ky1 {
+                        let iy = (iy0 + ky as isize) as usize;
+                        let xi = (iy * win.input.w + (ix0 + kx0 as isize) as usize) * ic;
+                        let pi = (ky * kw + kx0) * ic;
+                        if let (Some(d), Some(s)) = (row.get_mut(pi..pi + span), x.get(xi..xi + span)) {
+                            for (d, &s) in d.iter_mut().zip(s) {
+                                *d = s ^ 0x80;
+                            }
+                        }
+                    }
+                }
             }
         }
-    }
-    // Minus the correction `(128 + zp) Σ w` of every row, eight rows per vector.
-    let c = _mm256_set1_epi8((128 + layer.input_zero_point as i32) as u8 as i8);
-    let start: Vec<__m256i> = ws
-        .chunks_exact(group_len)
-        .map(|g| {
-            let mut corr = _mm256_setzero_si256();
-            for quad in g.chunks_exact(32) {
-                // SAFETY: `quad` has exactly the 32 bytes the load reads.
-                let w = unsafe { _mm256_loadu_si256(quad.as_ptr().cast()) };
-                corr = _mm256_dpbusd_avx_epi32(corr, c, w);
-            }
-            _mm256_sub_epi32(_mm256_setzero_si256(), corr)
-        })
-        .collect();
-    let q: Vec<Requant8> = (0..groups).map(|g| Requant8::new(params, 8 * g, rows)).collect();
-
-    let blocks = Blocks { xs: &xs, ws: &ws, start: &start, q: &q, n, rows, kp, group_len };
-    let mut g0 = 0;
-    while g0 + GROUPS <= groups {
-        blocks.run::<GROUPS, P>(g0, out, params);
-        g0 += GROUPS;
-    }
-    match groups - g0 {
-        2 => blocks.run::<2, P>(g0, out, params),
-        1 => blocks.run::<1, P>(g0, out, params),
-        _ => {}
+        packed.run(cols, i0 * npix, out, layer.params);
     }
 }
 
-/// The per-call buffers of [`dense_batch_vnni`].
-struct Blocks<'a> {
-    /// Shifted inputs, `kp` bytes each.
-    xs: &'a [u8],
+/// A layer's weights rearranged for [`Packed::run`]: groups of eight rows, each group as
+/// `[quad][row][4]` bytes (32 bytes per quad of inputs, zero-padded past the row's end and
+/// past the last row), so that one 32-byte load holds four consecutive weights of eight rows;
+/// with each group's accumulator start (minus the rows' corrections) and requantization.
+struct Packed {
     /// Rearranged weights, `group_len` bytes per group of eight rows.
-    ws: &'a [u8],
+    ws: Vec<u8>,
     /// Per group: the accumulators' starting values, minus the rows' corrections.
-    start: &'a [__m256i],
+    start: Vec<__m256i>,
     /// Per group: the requantization constants.
-    q: &'a [Requant8],
-    n: usize,
+    q: Vec<Requant8>,
+    /// Output rows (channels).
     rows: usize,
+    /// Inputs per row, rounded up to a multiple of four: the length of an input row.
     kp: usize,
-    group_len: usize,
 }
 
-impl Blocks<'_> {
-    /// Groups `g0..g0 + G` against every block of [`INPUTS`] inputs.
+impl Packed {
+    /// Packs the rows of `k` weights of `layer`; `None` if there are none.
+    #[target_feature(enable = "avx2,avxvnni")]
+    fn new<P: ChannelParams>(layer: &Weights<'_, P>, k: usize) -> Option<Packed> {
+        let weights = layer.bytes;
+        let rows = weights.len().checked_div(k).unwrap_or(0);
+        if rows == 0 {
+            return None;
+        }
+        let quads = k.div_ceil(4);
+        let groups = rows.div_ceil(8);
+        let group_len = 32 * quads;
+        let mut ws = vec![0u8; groups * group_len];
+        for (r, w) in weights.chunks_exact(k).take(rows).enumerate() {
+            let (g, lane) = (r / 8, r % 8);
+            let Some(dst) = ws.get_mut(g * group_len..(g + 1) * group_len) else { continue };
+            for (d, quad) in dst.chunks_exact_mut(32).zip(w.chunks(4)) {
+                if let Some(d) = d.get_mut(4 * lane..4 * lane + quad.len()) {
+                    d.copy_from_slice(quad);
+                }
+            }
+        }
+        // Minus the correction `(128 + zp) Σ w` of every row, eight rows per vector.
+        let c = _mm256_set1_epi8((128 + layer.input_zero_point as i32) as u8 as i8);
+        let start = ws
+            .chunks_exact(group_len)
+            .map(|g| {
+                let mut corr = _mm256_setzero_si256();
+                for quad in g.chunks_exact(32) {
+                    // SAFETY: `quad` has exactly the 32 bytes the load reads.
+                    let w = unsafe { _mm256_loadu_si256(quad.as_ptr().cast()) };
+                    corr = _mm256_dpbusd_avx_epi32(corr, c, w);
+                }
+                _mm256_sub_epi32(_mm256_setzero_si256(), corr)
+            })
+            .collect();
+        let q = (0..groups).map(|g| Requant8::new(layer.params, 8 * g, rows)).collect();
+        Some(Packed { ws, start, q, rows, kp: 4 * quads })
+    }
+
+    /// The products of the input rows `xs` (shifted bytes, `kp` each) with every weight row,
+    /// requantized, input row `i`'s output `c` at `(first + i) * rows + c` of `out`. Every
+    /// block of [`INPUTS`] input rows by [`GROUPS`] groups keeps its twelve accumulators in
+    /// registers: per quad, one broadcast of each input's four bytes and one `vpdpbusd` per
+    /// group adds four products to each of the group's eight row sums. The sums come out in
+    /// row order for [`store8`], with no horizontal sums. A partial block of inputs repeats
+    /// its last input (those results are not stored); a partial block of groups runs a
+    /// narrower block.
+    #[target_feature(enable = "avx2,avxvnni")]
+    fn run<P: ChannelParams>(&self, xs: &[u8], first: usize, out: &mut Output<'_>, params: &P) {
+        let groups = self.start.len();
+        let mut g0 = 0;
+        while g0 + GROUPS <= groups {
+            self.block::<GROUPS, P>(xs, g0, first, out, params);
+            g0 += GROUPS;
+        }
+        match groups - g0 {
+            2 => self.block::<2, P>(xs, g0, first, out, params),
+            1 => self.block::<1, P>(xs, g0, first, out, params),
+            _ => {}
+        }
+    }
+
+    /// Groups `g0..g0 + G` against every block of [`INPUTS`] input rows of `xs`.
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
-    fn run<const G: usize, P: ChannelParams>(&self, g0: usize, out: &mut Output<'_>, params: &P) {
-        let (n, rows, kp, group_len) = (self.n, self.rows, self.kp, self.group_len);
+    fn block<const G: usize, P: ChannelParams>(
+        &self,
+        xs: &[u8],
+        g0: usize,
+        first: usize,
+        out: &mut Output<'_>,
+        params: &P,
+    ) {
+        let (rows, kp) = (self.rows, self.kp);
+        let (n, group_len) = (xs.len() / kp, 8 * kp);
         let wg: [&[u8]; G] =
             core::array::from_fn(|b| self.ws.get((g0 + b) * group_len..(g0 + b + 1) * group_len).unwrap_or(&[]));
         let (Some(start), Some(q)) = (self.start.get(g0..g0 + G), self.q.get(g0..g0 + G)) else { return };
-        if wg.iter().any(|w| w.len() != group_len) || group_len != 8 * kp {
+        if n == 0 || wg.iter().any(|w| w.len() != group_len) {
             return;
         }
         for i0 in (0..n).step_by(INPUTS) {
             let xr: [&[u8]; INPUTS] = core::array::from_fn(|a| {
                 let i = (i0 + a).min(n - 1);
-                self.xs.get(i * kp..(i + 1) * kp).unwrap_or(&[])
+                xs.get(i * kp..(i + 1) * kp).unwrap_or(&[])
             });
             if xr.iter().any(|x| x.len() != kp) {
                 continue;
@@ -206,7 +299,7 @@ impl Blocks<'_> {
             for (a, acc) in acc.iter().enumerate().take(n - i0) {
                 for (b, (&sums, qb)) in acc.iter().zip(q).enumerate() {
                     let c = 8 * (g0 + b);
-                    store8(out, (i0 + a) * rows + c, 8.min(rows - c), sums, qb, c, params);
+                    store8(out, (first + i0 + a) * rows + c, 8.min(rows - c), sums, qb, c, params);
                 }
             }
         }
