@@ -87,7 +87,7 @@ pub(in crate::kernels) fn dense_batch<P: ChannelParams>(
 #[target_feature(enable = "avx2,avxvnni")]
 fn dense_batch_vnni<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let k = input.len().checked_div(n).unwrap_or(0);
-    let Some(packed) = Packed::new(layer, k) else { return };
+    let Some(packed) = Packed::new(layer, k, k) else { return };
     let kp = packed.kp;
     let mut xs = vec![0u8; n * kp];
     for (d, s) in xs.chunks_exact_mut(kp).zip(input.chunks_exact(k)) {
@@ -120,52 +120,84 @@ pub(in crate::kernels) fn conv2d_batch<P: ChannelParams>(
     layer: &Weights<'_, P>,
     out: &mut Output<'_>,
 ) -> bool {
-    let (len_in, k) = (win.input.len(), win.kernel.0 * win.kernel.1 * win.input.c);
-    if !detected() || n == 0 || k == 0 || input.len() < n * len_in || layer.bytes.len() != k * win.output.c {
+    // Fewer than four input channels (a first layer on a grey image): the im2col rows
+    // would be mostly copying, and the per-image direct kernel is faster (measured on the
+    // presets, docs/RESULTS.md session 9).
+    if win.input.c < 4 || !detected() {
         return false;
     }
     // SAFETY: the CPU has AVX-VNNI (just detected) and AVX2 (the build requires it).
-    unsafe { conv2d_batch_vnni(win, input, n, layer, out) };
-    true
+    unsafe { conv2d_batch_vnni(win, input, n, layer, out) }
 }
 
+/// The kernel of [`conv2d_batch`], for every window (the tests run it on all of them);
+/// returns `false` (having written nothing) when a length is inconsistent.
 #[target_feature(enable = "avx2,avxvnni")]
-fn conv2d_batch_vnni<P: ChannelParams>(
+pub(in crate::kernels) fn conv2d_batch_vnni<P: ChannelParams>(
     win: &Window,
     input: &[u8],
     n: usize,
     layer: &Weights<'_, P>,
     out: &mut Output<'_>,
-) {
-    let (ic, kw) = (win.input.c, win.kernel.1);
-    let k = win.kernel.0 * kw * ic;
-    let Some(packed) = Packed::new(layer, k) else { return };
+) -> bool {
+    let (len_in, k) = (win.input.len(), win.kernel.0 * win.kernel.1 * win.input.c);
+    if n == 0 || k == 0 || len_in == 0 || input.len() < n * len_in || layer.bytes.len() != k * win.output.c {
+        return false;
+    }
+    let (ic, (kh, kw), (sh, sw)) = (win.input.c, win.kernel, win.stride);
+    let (pt, pl, pb, pr) = win.padding;
+    let (ph, pw) = (win.input.h + pt + pb, win.input.w + pl + pr);
+    let (oh, ow) = (win.output.h, win.output.w);
+    let (k, span) = (kh * kw * ic, kw * ic);
+    // Every window inside the padded image (the validator guarantees it).
+    if oh == 0 || ow == 0 || (oh - 1) * sh + kh > ph || (ow - 1) * sw + kw > pw {
+        return false;
+    }
+    if (kh, kw, sh, sw, win.padding) == (1, 1, 1, 1, (0, 0, 0, 0)) {
+        // A pointwise convolution: the NHWC input is already the im2col matrix.
+        let npix = oh * ow;
+        dense_batch_vnni(input.get(..n * npix * ic).unwrap_or(&[]), n * npix, layer, out);
+        return true;
+    }
+    // Each im2col row is `kh` kernel rows of `span` bytes, each copied in whole COPY-byte
+    // pieces: the last piece of a kernel row writes past it, over the start of the next
+    // (copied right after) or, for the last, into the row's tail, which is wide enough
+    // (`width`) and meets zero weights.
+    const COPY: usize = 16;
+    let pieces = span.div_ceil(COPY);
+    let width = (kh - 1) * span + COPY * pieces;
+    let Some(packed) = Packed::new(layer, k, width) else { return false };
     let kp = packed.kp;
-    let npix = win.output.h * win.output.w;
+    let npix = oh * ow;
     let per_image = npix * kp;
     let images = (COLS_BYTES / per_image.max(1)).clamp(1, n);
     let pad = layer.input_zero_point as u8 ^ 0x80;
-    let mut cols = vec![pad; images * per_image];
+    // The shifted image with its padding written as the shifted zero point, so that every
+    // window is whole, with COPY bytes of slack: a last piece reads at most COPY - 1 bytes
+    // past a window's last row, so at most COPY - 1 past the image.
+    let row_stride = pw * ic;
+    let mut img = vec![pad; ph * row_stride + COPY];
+    let bases: Vec<usize> = (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy * sh * pw + ox * sw) * ic)).collect();
+    let mut cols = vec![0u8; images * per_image];
     for i0 in (0..n).step_by(images) {
         let m = images.min(n - i0);
         let cols = &mut cols[..m * per_image];
-        cols.fill(pad);
         for (x, dst) in input.chunks_exact(win.input.len()).skip(i0).take(m).zip(cols.chunks_exact_mut(per_image)) {
-            let mut rows = dst.chunks_exact_mut(kp);
-            for oy in 0..win.output.h {
-                let (ky0, ky1, iy0) = win.rows(oy);
-                for ox in 0..win.output.w {
-                    let (kx0, kx1, ix0) = win.cols(ox);
-                    let Some(row) = rows.next() else { break };
-                    let span = (kx1 - kx0) * ic;
-                    for ky in ky0..ky1 {
-                        let iy = (iy0 + ky as isize) as usize;
-                        let xi = (iy * win.input.w + (ix0 + kx0 as isize) as usize) * ic;
-                        let pi = (ky * kw + kx0) * ic;
-                        if let (Some(d), Some(s)) = (row.get_mut(pi..pi + span), x.get(xi..xi + span)) {
-                            for (d, &s) in d.iter_mut().zip(s) {
-                                *d = s ^ 0x80;
-                            }
+            for (y, src) in x.chunks_exact(win.input.w * ic).enumerate() {
+                let d0 = (y + pt) * row_stride + pl * ic;
+                if let Some(d) = img.get_mut(d0..d0 + src.len()) {
+                    for (d, &s) in d.iter_mut().zip(src) {
+                        *d = s ^ 0x80;
+                    }
+                }
+            }
+            for (row, &base) in dst.chunks_exact_mut(kp).zip(&bases) {
+                for ky in 0..kh {
+                    for c in 0..pieces {
+                        let (xi, pi) = (base + ky * row_stride + COPY * c, ky * span + COPY * c);
+                        // In bounds by the widths above; checked all the same.
+                        if let (Some(d), Some(s)) = (row.get_mut(pi..pi + COPY), img.get(xi..xi + COPY)) {
+                            d.copy_from_slice(s);
                         }
                     }
                 }
@@ -173,6 +205,7 @@ fn conv2d_batch_vnni<P: ChannelParams>(
         }
         packed.run(cols, i0 * npix, out, layer.params);
     }
+    true
 }
 
 /// A layer's weights rearranged for [`Packed::run`]: groups of eight rows, each group as
@@ -193,15 +226,17 @@ struct Packed {
 }
 
 impl Packed {
-    /// Packs the rows of `k` weights of `layer`; `None` if there are none.
+    /// Packs the rows of `k` weights of `layer` for input rows of at least `width >= k`
+    /// bytes (rounded up to a multiple of four; the weights past `k` are zero); `None` if
+    /// there are no rows.
     #[target_feature(enable = "avx2,avxvnni")]
-    fn new<P: ChannelParams>(layer: &Weights<'_, P>, k: usize) -> Option<Packed> {
+    fn new<P: ChannelParams>(layer: &Weights<'_, P>, k: usize, width: usize) -> Option<Packed> {
         let weights = layer.bytes;
         let rows = weights.len().checked_div(k).unwrap_or(0);
         if rows == 0 {
             return None;
         }
-        let quads = k.div_ceil(4);
+        let quads = width.max(k).div_ceil(4);
         let groups = rows.div_ceil(8);
         let group_len = 32 * quads;
         let mut ws = vec![0u8; groups * group_len];
