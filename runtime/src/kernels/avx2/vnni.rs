@@ -53,10 +53,10 @@ use core::arch::x86_64::*;
 use std::vec;
 use std::vec::Vec;
 
-/// Inputs per register block of [`dense_batch_vnni`].
-const INPUTS: usize = 4;
-/// Groups of eight weight rows per register block: with [`INPUTS`], twelve accumulators, three
-/// weight vectors and one broadcast, the sixteen ymm registers.
+/// Groups of eight weight rows per register block of [`Packed::run`]: with four inputs,
+/// twelve accumulators, three weight vectors and one broadcast, the sixteen ymm registers.
+/// Narrower blocks take more inputs (two groups by six, one by eight), so that there are
+/// always eight to twelve independent accumulation chains.
 const GROUPS: usize = 3;
 
 /// Whether this CPU runs the VNNI kernel (`avxvnni`; cached by the standard library).
@@ -148,7 +148,6 @@ pub(in crate::kernels) fn conv2d_batch_vnni<P: ChannelParams>(
     let (pt, pl, pb, pr) = win.padding;
     let (ph, pw) = (win.input.h + pt + pb, win.input.w + pl + pr);
     let (oh, ow) = (win.output.h, win.output.w);
-    let (k, span) = (kh * kw * ic, kw * ic);
     // Every window inside the padded image (the validator guarantees it).
     if oh == 0 || ow == 0 || (oh - 1) * sh + kh > ph || (ow - 1) * sw + kw > pw {
         return false;
@@ -159,11 +158,31 @@ pub(in crate::kernels) fn conv2d_batch_vnni<P: ChannelParams>(
         dense_batch_vnni(input.get(..n * npix * ic).unwrap_or(&[]), n * npix, layer, out);
         return true;
     }
-    // Each im2col row is `kh` kernel rows of `span` bytes, each copied in whole COPY-byte
-    // pieces: the last piece of a kernel row writes past it, over the start of the next
-    // (copied right after) or, for the last, into the row's tail, which is wide enough
-    // (`width`) and meets zero weights.
-    const COPY: usize = 16;
+    im2col_product(win, input, n, layer, out)
+}
+
+/// The piece [`im2col_product`] copies a kernel row in.
+const COPY: usize = 16;
+
+/// [`conv2d_batch_vnni`] for a window that is not pointwise: the im2col rows of a block of
+/// images, then [`Packed::run`]. Each row is `kh` kernel rows of `span = kw * ic` bytes,
+/// each copied in whole [`COPY`]-byte pieces: the last piece of a kernel row writes past it,
+/// over the start of the next (copied right after) or, for the last, into the row's tail,
+/// which is wide enough (`width`) and meets zero weights. The windows are checked to lie
+/// inside the padded image by the caller.
+#[target_feature(enable = "avx2,avxvnni")]
+fn im2col_product<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    n: usize,
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) -> bool {
+    let (ic, (kh, kw), (sh, sw)) = (win.input.c, win.kernel, win.stride);
+    let (pt, pl, pb, _) = win.padding;
+    let (ph, pw) = (win.input.h + pt + pb, win.input.w + pl + win.padding.3);
+    let (oh, ow) = (win.output.h, win.output.w);
+    let (k, span) = (kh * kw * ic, kw * ic);
     let pieces = span.div_ceil(COPY);
     let width = (kh - 1) * span + COPY * pieces;
     let Some(packed) = Packed::new(layer, k, width) else { return false };
@@ -269,7 +288,7 @@ impl Packed {
 
     /// The products of the input rows `xs` (shifted bytes, `kp` each) with every weight row,
     /// requantized, input row `i`'s output `c` at `(first + i) * rows + c` of `out`. Every
-    /// block of [`INPUTS`] input rows by [`GROUPS`] groups keeps its twelve accumulators in
+    /// block of four input rows by [`GROUPS`] groups keeps its twelve accumulators in
     /// registers: per quad, one broadcast of each input's four bytes and one `vpdpbusd` per
     /// group adds four products to each of the group's eight row sums. The sums come out in
     /// row order for [`store8`], with no horizontal sums. A partial block of inputs repeats
@@ -280,20 +299,20 @@ impl Packed {
         let groups = self.start.len();
         let mut g0 = 0;
         while g0 + GROUPS <= groups {
-            self.block::<GROUPS, P>(xs, g0, first, out, params);
+            self.block::<GROUPS, 4, P>(xs, g0, first, out, params);
             g0 += GROUPS;
         }
         match groups - g0 {
-            2 => self.block::<2, P>(xs, g0, first, out, params),
-            1 => self.block::<1, P>(xs, g0, first, out, params),
+            2 => self.block::<2, 6, P>(xs, g0, first, out, params),
+            1 => self.block::<1, 8, P>(xs, g0, first, out, params),
             _ => {}
         }
     }
 
-    /// Groups `g0..g0 + G` against every block of [`INPUTS`] input rows of `xs`.
+    /// Groups `g0..g0 + G` against every block of `I` input rows of `xs`.
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
-    fn block<const G: usize, P: ChannelParams>(
+    fn block<const G: usize, const I: usize, P: ChannelParams>(
         &self,
         xs: &[u8],
         g0: usize,
@@ -309,15 +328,15 @@ impl Packed {
         if n == 0 || wg.iter().any(|w| w.len() != group_len) {
             return;
         }
-        for i0 in (0..n).step_by(INPUTS) {
-            let xr: [&[u8]; INPUTS] = core::array::from_fn(|a| {
+        for i0 in (0..n).step_by(I) {
+            let xr: [&[u8]; I] = core::array::from_fn(|a| {
                 let i = (i0 + a).min(n - 1);
                 xs.get(i * kp..(i + 1) * kp).unwrap_or(&[])
             });
             if xr.iter().any(|x| x.len() != kp) {
                 continue;
             }
-            let mut acc: [[__m256i; G]; INPUTS] = [core::array::from_fn(|b| start[b]); INPUTS];
+            let mut acc: [[__m256i; G]; I] = [core::array::from_fn(|b| start[b]); I];
             for j in (0..kp).step_by(4) {
                 // SAFETY: j < kp, so 8 * j + 32 <= 8 * kp == group_len == w.len() (checked
                 // above) for every group's slice.
