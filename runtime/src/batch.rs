@@ -5,9 +5,9 @@
 //! the loop nest: each layer runs over the whole batch before the next starts, and dense
 //! layers are one int8 matrix product ([`crate::kernels::dense_batch`]) that reads each
 //! weight row once for several images instead of once per image; so are convolutions on a
-//! CPU with AVX-VNNI ([`crate::kernels::conv2d_batch`], over the images' im2col rows). Buffers are allocated per
-//! call (two activation planes of `n` images), which is why this lives behind `std`: the
-//! device path stays [`Model::run`] on a caller's arena.
+//! CPU with AVX-VNNI ([`crate::kernels::conv2d_batch`], over every output pixel of the
+//! batch). Buffers are allocated per call (two activation planes of `n` images), which is
+//! why this lives behind `std`: the device path stays [`Model::run`] on a caller's arena.
 
 use std::vec::Vec;
 

@@ -1233,7 +1233,7 @@ mod tests {
             prop_assert_eq!(&dispatched, &want, "dispatch");
         }
 
-        /// The VNNI im2col product against the portable convolution image by image (on a
+        /// The VNNI convolution product against the portable convolution image by image (on a
         /// CPU without AVX-VNNI, the per-image fallback of the dispatcher).
         #[test]
         fn conv_batch_matches_portable(

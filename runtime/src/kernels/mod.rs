@@ -232,7 +232,8 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
 /// image, to [`conv2d`].
 ///
 /// On x86-64 builds with AVX2 enabled and a CPU with AVX-VNNI (detected at run time), one
-/// `vpdpbusd` matrix product over the images' im2col rows; [`conv2d`] per image otherwise.
+/// `vpdpbusd` matrix product over every output pixel of the batch; [`conv2d`] per image
+/// otherwise.
 #[cfg(any(test, feature = "std"))]
 pub fn conv2d_batch<P: ChannelParams>(
     win: &Window,
