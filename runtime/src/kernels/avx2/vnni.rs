@@ -58,6 +58,7 @@
 #![allow(unsafe_code)]
 
 use super::{store8, ChannelParams, Output, Requant8, Weights, Window};
+use crate::Shape;
 use core::arch::x86_64::*;
 use std::vec;
 use std::vec::Vec;
@@ -76,36 +77,25 @@ pub(in crate::kernels) fn detected() -> bool {
 
 /// [`super::dense_batch`] with `vpdpbusd`, if the CPU has AVX-VNNI: returns `false` (having
 /// written nothing) otherwise. Same contract and results as the AVX2 kernel.
+///
+/// A dense layer of `k` inputs is a 1x1 convolution of a 1x1 image of `k` channels (weights
+/// `[rows][k]` either way), so this is [`conv2d_batch`] on that window.
 pub(in crate::kernels) fn dense_batch<P: ChannelParams>(
     input: &[u8],
     n: usize,
     layer: &Weights<'_, P>,
     out: &mut Output<'_>,
 ) -> bool {
-    if !detected() {
-        return false;
-    }
-    // SAFETY: the CPU has AVX-VNNI (just detected) and AVX2 (the build requires it).
-    unsafe { dense_batch_vnni(input, n, layer, out) };
-    true
-}
-
-/// The int8 matrix product of [`super::dense_batch`] with output rows in the vector lanes:
-/// each input becomes `x ^ 0x80` bytes, padded with zeros to a multiple of four, and
-/// [`Packed::run`] multiplies them with the [`Packed`] weights.
-#[target_feature(enable = "avx2,avxvnni")]
-fn dense_batch_vnni<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     let k = input.len().checked_div(n).unwrap_or(0);
-    let Some(packed) = Packed::new(layer, 1, k) else { return };
-    let kp = 4 * packed.row_quads;
-    let mut xs = vec![0u8; n * kp];
-    for (d, s) in xs.chunks_exact_mut(kp).zip(input.chunks_exact(k)) {
-        for (d, &s) in d.iter_mut().zip(s) {
-            *d = s ^ 0x80;
-        }
-    }
-    let bases: Vec<usize> = (0..n).map(|i| i * kp).collect();
-    packed.run(&xs, &bases, 0, 0, out, layer.params);
+    let rows = layer.bytes.len().checked_div(k).unwrap_or(0);
+    let win = Window {
+        input: Shape::new(1, 1, k),
+        output: Shape::new(1, 1, rows),
+        kernel: (1, 1),
+        stride: (1, 1),
+        padding: (0, 0, 0, 0),
+    };
+    conv2d_batch(&win, input, n, layer, out)
 }
 
 /// Bytes of padded images [`conv2d_batch`] prepares at a time (a block of images that stays
