@@ -1249,8 +1249,7 @@ mod tests {
                 }
             });
             if vnni::detected() {
-                // SAFETY: the CPU has AVX-VNNI (just detected) and AVX2 (the build requires it).
-                let got = outputs(n * len_out, act, |out| assert!(unsafe { vnni::conv2d_batch_vnni(&win, &x, n, &layer, out) }));
+                let got = outputs(n * len_out, act, |out| assert!(vnni::conv2d_batch(&win, &x, n, &layer, out)));
                 prop_assert_eq!(&got, &want, "vnni");
             }
             let got = outputs(n * len_out, act, |out| super::super::conv2d_batch(&win, &x, n, &layer, out));

@@ -132,7 +132,7 @@ pub(in crate::kernels) fn conv2d_batch<P: ChannelParams>(
 /// The kernel of [`conv2d_batch`]; returns `false` (having written nothing) when a length is
 /// inconsistent or a window leaves the padded image.
 #[target_feature(enable = "avx2,avxvnni")]
-pub(in crate::kernels) fn conv2d_batch_vnni<P: ChannelParams>(
+fn conv2d_batch_vnni<P: ChannelParams>(
     win: &Window,
     input: &[u8],
     n: usize,
