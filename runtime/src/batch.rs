@@ -4,15 +4,16 @@
 //! image's logits are bit-identical to a single run (the tests check it). What changes is
 //! the loop nest: each layer runs over the whole batch before the next starts, and dense
 //! layers are one int8 matrix product ([`crate::kernels::dense_batch`]) that reads each
-//! weight row once for several images instead of once per image. Buffers are allocated per
-//! call (two activation planes of `n` images), which is why this lives behind `std`: the
-//! device path stays [`Model::run`] on a caller's arena.
+//! weight row once for several images instead of once per image; so are convolutions on a
+//! CPU with AVX-VNNI ([`crate::kernels::conv2d_batch`], over every output pixel of the
+//! batch). Buffers are allocated per call (two activation planes of `n` images), which is
+//! why this lives behind `std`: the device path stays [`Model::run`] on a caller's arena.
 
 use std::vec::Vec;
 
 use crate::format::{Model, OpKind};
 use crate::kernels::{self, Output};
-use crate::model::{run_layer, run_pool, RunError};
+use crate::model::{run_layer, run_pool, window, RunError};
 use crate::quant;
 
 impl Model<'_> {
@@ -56,6 +57,9 @@ impl Model<'_> {
             let (zero_point, (min, max)) = (layer.output_zero_point(), layer.clamp());
             if op == OpKind::Dense {
                 kernels::dense_batch(&cur, n, &w, &mut Output::Act { buf: &mut next, zero_point, min, max });
+            } else if op == OpKind::Conv2d {
+                let out = &mut Output::Act { buf: &mut next, zero_point, min, max };
+                kernels::conv2d_batch(&window(&layer), &cur, n, &w, out);
             } else {
                 for (x, y) in cur.chunks_exact(cur_len).zip(next.chunks_exact_mut(out_len)) {
                     if op.has_weights() {

@@ -22,6 +22,9 @@
 //! The property tests run both this path and [`super::portable`] against the i64 reference
 //! on the same random cases.
 //!
+//! [`dense_batch`] first tries the AVX-VNNI kernel of the submodule `vnni` (its own header
+//! audits it), which runs only when the CPU reports `avxvnni` at run time.
+//!
 //! # Safety audit
 //! `unsafe` appears in two forms only:
 //! - calls from the safe entry points into `#[target_feature(enable = "avx2")]` functions,
@@ -36,6 +39,10 @@
 
 use super::{ChannelParams, Output, Weights, Window, CONV_PATCH_MAX};
 use core::arch::x86_64::*;
+
+/// The AVX-VNNI batch kernels, chosen at run time when the CPU has AVX-VNNI.
+#[cfg(any(test, feature = "std"))]
+pub(super) mod vnni;
 
 /// Largest number of i16 weights [`conv2d`] converts onto the stack at a time (8 KiB).
 const WEIGHT_SCRATCH: usize = 4096;
@@ -663,8 +670,14 @@ const BATCH_ROWS: usize = 4;
 /// forms exact pairs of products, the i32 lanes wrap like the portable `wrapping_add` chain.
 /// A partial block repeats its last input or row (those results are not stored). The sums
 /// are then requantized eight outputs of one input at a time by [`store8`], as in [`dense`].
+///
+/// On a CPU with AVX-VNNI (detected at run time) the submodule `vnni`'s `vpdpbusd` kernel
+/// runs instead, with the same results.
 #[cfg(any(test, feature = "std"))]
 pub(super) fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
+    if vnni::dense_batch(input, n, layer, out) {
+        return;
+    }
     // SAFETY: this module is compiled only when AVX2 is enabled for the whole build.
     unsafe { dense_batch_avx2(input, n, layer, out) }
 }
@@ -1220,9 +1233,32 @@ mod tests {
             prop_assert_eq!(&dispatched, &want, "dispatch");
         }
 
+        /// The VNNI convolution product against the portable convolution image by image (on a
+        /// CPU without AVX-VNNI, the per-image fallback of the dispatcher).
+        #[test]
+        fn conv_batch_matches_portable(
+            ((win, _, w, zp, p, act), n, seed) in (case(), 1usize..6, any::<u64>()),
+        ) {
+            let (len_in, len_out) = (win.input.len(), win.output.len());
+            let mut rng = crate::rng::SplitMix64(seed);
+            let x: Vec<u8> = (0..n * len_in).map(|_| rng.next_u64() as u8).collect();
+            let layer = Weights::new(&w, zp, &p);
+            let want = outputs(n * len_out, act, |out| {
+                for (i, xi) in x.chunks_exact(len_in).enumerate() {
+                    portable::conv2d(&win, xi, &layer, &mut out.part(i * len_out, len_out));
+                }
+            });
+            if vnni::detected() {
+                let got = outputs(n * len_out, act, |out| assert!(vnni::conv2d_batch(&win, &x, n, &layer, out)));
+                prop_assert_eq!(&got, &want, "vnni");
+            }
+            let got = outputs(n * len_out, act, |out| super::super::conv2d_batch(&win, &x, n, &layer, out));
+            prop_assert_eq!(&got, &want, "dispatch");
+        }
+
         #[test]
         fn dense_batch_matches_portable(
-            (n, k, x, w, p) in (1usize..8, 1usize..300, 1usize..13).prop_flat_map(|(n, k, o)| (
+            (n, k, x, w, p) in (1usize..10, 1usize..300, 1usize..41).prop_flat_map(|(n, k, o)| (
                 Just(n),
                 Just(k),
                 prop::collection::vec(any::<u8>(), n * k),
@@ -1242,8 +1278,16 @@ mod tests {
                     }
                 }
             });
-            let got = outputs(n * o, act, |out| dense_batch(&x, n, &Weights::new(&w, zp, &p), out));
-            prop_assert_eq!(got, want);
+            let layer = Weights::new(&w, zp, &p);
+            // SAFETY: the tests run on the AVX2 build this module requires.
+            let avx2 = outputs(n * o, act, |out| unsafe { dense_batch_avx2(&x, n, &layer, out) });
+            prop_assert_eq!(&avx2, &want, "avx2");
+            if vnni::detected() {
+                let vnni = outputs(n * o, act, |out| assert!(vnni::dense_batch(&x, n, &layer, out)));
+                prop_assert_eq!(&vnni, &want, "vnni");
+            }
+            let got = outputs(n * o, act, |out| dense_batch(&x, n, &layer, out));
+            prop_assert_eq!(&got, &want, "dispatch");
         }
 
         #[test]
@@ -1351,6 +1395,39 @@ mod tests {
             }
         }
         assert!(checked > 100_000, "{checked}");
+    }
+
+    /// The batch kernels on the extremes of every operand (weights -128 and 127, inputs -128
+    /// and 127, zero points -128, 0 and 127): the largest four-product sums `vpdpbusd` forms
+    /// and the largest corrections, compared as exact logits (`m = 2^30`, `shift = 1`).
+    #[test]
+    fn dense_batch_extremes_match_portable() {
+        if !vnni::detected() {
+            eprintln!("note: this CPU has no AVX-VNNI; only the AVX2 batch kernel is checked");
+        }
+        let (n, k, o) = (5, 67, 17);
+        let p = Params { bias: vec![0; o], m: vec![1 << 30; o], s: vec![1; o] };
+        for (wv, xv) in [(0x80u8, 0x7Fu8), (0x80, 0x80), (0x7F, 0x80), (0x7F, 0x7F)] {
+            for zp in [-128i8, 0, 127] {
+                let (x, w) = (vec![xv; n * k], vec![wv; k * o]);
+                let layer = Weights::new(&w, zp, &p);
+                let mut want = vec![0i32; n * o];
+                for (xi, z) in x.chunks_exact(k).zip(want.chunks_exact_mut(o)) {
+                    portable::dense(xi, &layer, &mut Output::Logits(z));
+                }
+                let exact = (wv as i8 as i32) * k as i32 * (xv as i8 as i32 - zp as i32);
+                assert_eq!(want[0], exact, "m = 2^30, shift = 1 keeps the sum");
+                let mut got = vec![0i32; n * o];
+                // SAFETY: the tests run on the AVX2 build this module requires.
+                unsafe { dense_batch_avx2(&x, n, &layer, &mut Output::Logits(&mut got)) };
+                assert_eq!(got, want, "avx2: w {wv:#x} x {xv:#x} zp {zp}");
+                if vnni::detected() {
+                    let mut got = vec![0i32; n * o];
+                    assert!(vnni::dense_batch(&x, n, &layer, &mut Output::Logits(&mut got)));
+                    assert_eq!(got, want, "vnni: w {wv:#x} x {xv:#x} zp {zp}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! workspace's host builds) run a `vpmaddwd` kernel module (`avx2.rs`, audited in its
 //! header: vector loads after explicit length checks), thumbv7em builds (Cortex-M4/M7) run
 //! [`dsp`] (`SMLAD` / `SXTB16` as single-instruction `asm!`, audited in its header),
-//! everything else runs [`portable`]. All produce identical bytes; the tests check each
+//! everything else runs [`portable`]. The host-only batch product [`dense_batch`] also has an
+//! AVX-VNNI kernel (`avx2/vnni.rs`, audited in its header), chosen at run time when the CPU
+//! reports `avxvnni`. All produce identical bytes; the tests check each
 //! against [`reference`](mod@reference) (the DSP loops on the host with the instructions
 //! emulated, the real instructions in the Cortex-M4 parity test).
 
@@ -98,7 +100,7 @@ pub enum Output<'o> {
 
 impl Output<'_> {
     /// The `len` outputs from `start` (empty if out of range), as an output of their own.
-    #[cfg(all(any(test, feature = "std"), not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+    #[cfg(any(test, feature = "std"))]
     fn part(&mut self, start: usize, len: usize) -> Output<'_> {
         match self {
             Output::Act { buf, zero_point, min, max } => Output::Act {
@@ -188,7 +190,9 @@ pub fn dense<P: ChannelParams>(input: &[u8], layer: &Weights<'_, P>, mut out: Ou
 /// output `o` of input `i` at index `i * out + o` of `out`: one int8 matrix product that
 /// reads each weight row once for several inputs. Identical, input for input, to [`dense`].
 ///
-/// Runs the AVX2 kernel on x86-64 builds with AVX2 enabled, [`dense`] per input elsewhere.
+/// Runs, on x86-64 builds with AVX2 enabled, the AVX-VNNI kernel (`vpdpbusd`) when the CPU
+/// has it (detected at run time) and the AVX2 kernel otherwise; [`dense`] per input
+/// elsewhere.
 #[cfg(any(test, feature = "std"))]
 pub fn dense_batch<P: ChannelParams>(input: &[u8], n: usize, layer: &Weights<'_, P>, out: &mut Output<'_>) {
     if n == 0 {
@@ -221,6 +225,31 @@ pub fn conv2d<P: ChannelParams>(win: &Window, input: &[u8], layer: &Weights<'_, 
         return;
     }
     portable::conv2d(win, input, layer, &mut out);
+}
+
+/// [`conv2d`] on `n` images stored one after another in `input` (`n * win.input.len()`
+/// values), image `i`'s output at `i * win.output.len()` of `out`. Identical, image for
+/// image, to [`conv2d`].
+///
+/// On x86-64 builds with AVX2 enabled and a CPU with AVX-VNNI (detected at run time), one
+/// `vpdpbusd` matrix product over every output pixel of the batch; [`conv2d`] per image
+/// otherwise.
+#[cfg(any(test, feature = "std"))]
+pub fn conv2d_batch<P: ChannelParams>(
+    win: &Window,
+    input: &[u8],
+    n: usize,
+    layer: &Weights<'_, P>,
+    out: &mut Output<'_>,
+) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if avx2::vnni::conv2d_batch(win, input, n, layer, out) {
+        return;
+    }
+    let (len_in, len_out) = (win.input.len(), win.output.len());
+    for (i, x) in input.chunks_exact(len_in.max(1)).take(n).enumerate() {
+        conv2d(win, x, layer, out.part(i * len_out, len_out));
+    }
 }
 
 /// Depthwise 2-D convolution (channel multiplier 1), weights `[kh][kw][c]`, zero padding.
