@@ -219,8 +219,11 @@ impl Packed {
             let Some(dst) = ws.get_mut(g * group_len..(g + 1) * group_len) else { continue };
             for (dst, w) in dst.chunks_exact_mut(32 * row_quads).zip(w.chunks_exact(span)) {
                 for (d, quad) in dst.chunks_exact_mut(32).zip(w.chunks(4)) {
-                    if let Some(d) = d.get_mut(4 * lane..4 * lane + quad.len()) {
-                        d.copy_from_slice(quad);
+                    let Some(d) = d.get_mut(4 * lane..4 * lane + 4) else { continue };
+                    // A whole quad as one 4-byte move (a copy of variable length is a call).
+                    match <&[u8; 4]>::try_from(quad) {
+                        Ok(q) => d.copy_from_slice(q),
+                        Err(_) => d.iter_mut().zip(quad).for_each(|(d, &q)| *d = q),
                     }
                 }
             }
