@@ -6,8 +6,10 @@
 //!
 //! `cargo bench -p iocane-trainer --bench vs_tract`
 //!
-//! Then the same at batch [`BATCH`] on one thread: tract's plan for `[BATCH, 1, 28, 28]`
-//! against `Model::run_batch` on the same images.
+//! Then the same at batch `B` on one thread: tract's plan for `[B, 1, 28, 28]` against
+//! `Model::run_batch` on the same images. `B` is [`BATCH`] unless the environment sets
+//! `IOCANE_BENCH_BATCH` (1 to 4096), for finding tract's best batch:
+//! `IOCANE_BENCH_BATCH=512 cargo bench -p iocane-trainer --bench vs_tract -- batch`.
 //!
 //! Bench ids: `tract_f32/PRESET` and `iocane_int8/PRESET` (one image; throughput in MACs,
 //! criterion "elements"), `tract_f32_batch/PRESET` and `iocane_int8_batch/PRESET` (throughput
@@ -24,15 +26,27 @@ use std::hint::black_box;
 use tract_onnx::prelude::*;
 
 const SHAPE: [usize; 4] = [1, 1, 28, 28];
-/// Images per batch in the batch groups.
+/// Images per batch in the batch groups, by default.
 const BATCH: usize = 128;
-const BATCH_SHAPE: [usize; 4] = [BATCH, 1, 28, 28];
+
+/// The batch size: `IOCANE_BENCH_BATCH` if set (1 to 4096), else [`BATCH`].
+fn batch_size() -> usize {
+    match std::env::var("IOCANE_BENCH_BATCH") {
+        Err(_) => BATCH,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=4096).contains(&n) => n,
+            _ => panic!("IOCANE_BENCH_BATCH must be a whole number from 1 to 4096, got {v:?}"),
+        },
+    }
+}
 
 fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
     (1..v.len()).fold(0, |best, j| if v[j] > v[best] { j } else { best })
 }
 
 fn bench(c: &mut Criterion) {
+    let batch = batch_size();
+    let batch_shape = [batch, 1, 28, 28];
     let splits = data::load(&DatasetSpec::MnistSmall).expect("mnist-small");
     let pixels = splits.test.image(0).to_vec();
     let floats: Vec<f32> = pixels.iter().map(|&b| b as f32 / 255.0).collect();
@@ -78,7 +92,7 @@ fn bench(c: &mut Criterion) {
         );
         let batch_plan = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
-            .and_then(|m| m.with_input_fact(0, f32::fact(BATCH_SHAPE).into()))
+            .and_then(|m| m.with_input_fact(0, f32::fact(batch_shape).into()))
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .expect("tract batch plan");
@@ -104,13 +118,13 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let batch_pixels: Vec<u8> = (0..BATCH).flat_map(|i| splits.test.image(i % splits.test.len()).to_vec()).collect();
+    let batch_pixels: Vec<u8> = (0..batch).flat_map(|i| splits.test.image(i % splits.test.len()).to_vec()).collect();
     let batch_floats: Vec<f32> = batch_pixels.iter().map(|&b| b as f32 / 255.0).collect();
-    let batch_input = Tensor::from_shape(&BATCH_SHAPE, &batch_floats).expect("batch input").into_tvalue();
+    let batch_input = Tensor::from_shape(&batch_shape, &batch_floats).expect("batch input").into_tvalue();
     let mut g = c.benchmark_group("tract_f32_batch");
     for (preset, _, _, plan) in &tract_group {
         let mut state = plan.spawn().expect("tract state");
-        g.throughput(Throughput::Elements(BATCH as u64));
+        g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(*preset, |b| b.iter(|| state.run(tvec!(black_box(&batch_input).clone())).unwrap()));
     }
     g.finish();
@@ -118,9 +132,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("iocane_int8_batch");
     for (preset, _, blob) in &int8_group {
         let model = Model::parse(blob).expect("blob parses");
-        let mut logits = vec![0i32; BATCH * model.num_classes()];
-        let mut classes = vec![0usize; BATCH];
-        g.throughput(Throughput::Elements(BATCH as u64));
+        let mut logits = vec![0i32; batch * model.num_classes()];
+        let mut classes = vec![0usize; batch];
+        g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(*preset, |b| {
             b.iter(|| model.run_batch(black_box(&batch_pixels), &mut logits, &mut classes).unwrap())
         });
