@@ -203,6 +203,15 @@ impl<'m> Attacker<'m> {
         self.query(x, &mut AttackResult::default())
     }
 
+    /// The int8 model's margin for `label` on `x` ([`margin`]: negative iff misclassified).
+    ///
+    /// # Panics
+    /// As [`Attacker::classify`].
+    pub fn margin_of(&mut self, x: &[u8], label: usize) -> i64 {
+        self.query(x, &mut AttackResult::default());
+        margin(&self.logits, label)
+    }
+
     /// Runs the int8 model on `x`; returns its class and leaves the logits in `self.logits`.
     fn query(&mut self, x: &[u8], res: &mut AttackResult) -> usize {
         res.queries += 1;

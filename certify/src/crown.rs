@@ -228,14 +228,17 @@ pub struct Split {
 /// per-class margins.
 type BranchBound = (Option<i64>, Option<(Split, Split)>, Option<Vec<i64>>);
 
-/// The outcome of [`Crown::bab_margin`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The outcome of [`Crown::bab_margin`] and [`Crown::bab_decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BabOutcome {
     /// The worst margin over the ball: over every leaf when the search finished, so `>= 0`
     /// iff certified; over the unfinished frontier otherwise (then negative).
     pub margin: Option<i64>,
     /// Branches bounded (the root included).
     pub branches: usize,
+    /// The image the caller's falsifier returned ([`Crown::bab_decide`] only): the search
+    /// stopped there.
+    pub counterexample: Option<Vec<u8>>,
 }
 
 /// A lower bound `c·t + d - sigma` of some objective over a tensor `t`, in reusable buffers.
@@ -506,6 +509,31 @@ impl<'m> Crown<'m> {
         max_branches: usize,
         deadline: Option<std::time::Instant>,
     ) -> BabOutcome {
+        self.bab_decide(pixels, label, k, max_branches, deadline, &mut |_| None)
+    }
+
+    /// [`Crown::bab_margin`] that also tries to falsify each branch before splitting it
+    /// further: every branch left open hands `falsify` the input corner `x*` minimising its
+    /// worst class's linear bound (an image of the ball: each pixel at the end of its
+    /// interval that the bound's coefficient points to, or its clean value where the
+    /// coefficient is zero). The search stops at the first image `falsify` returns
+    /// ([`BabOutcome::counterexample`]). The corner is only a starting point: whether an
+    /// image is a counterexample is `falsify`'s judgement (the gate runs the int8 model and
+    /// an integer search from the corner), so no verdict rests on the relaxation, and the
+    /// returned margin is the same sound bound as [`Crown::bab_margin`]'s over the branches
+    /// bounded so far.
+    ///
+    /// # Panics
+    /// As [`Crown::margin_lower_bounds`].
+    pub fn bab_decide(
+        &mut self,
+        pixels: &[u8],
+        label: usize,
+        k: u8,
+        max_branches: usize,
+        deadline: Option<std::time::Instant>,
+        falsify: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> BabOutcome {
         assert!(label < self.model.num_classes(), "label {label} out of range");
         let (lo, hi) = crate::ibp::linf_ball(pixels, k);
         let base = self.ibp_base(&lo, &hi, label);
@@ -517,11 +545,18 @@ impl<'m> Crown<'m> {
         let mut branches = 1;
         // The worst margin of the leaves proved so far.
         let mut proved: Option<i64> = None;
+        let mut counterexample = None;
         match (root, margins) {
-            (Some(w), Some(m)) if w < 0 => open.push((w, Vec::new(), cand, m)),
+            (Some(w), Some(m)) if w < 0 => {
+                counterexample = self.try_corner(pixels, &lo, &hi, falsify);
+                open.push((w, Vec::new(), cand, m));
+            }
             (other, _) => proved = other,
         }
-        while branches < max_branches && deadline.is_none_or(|d| std::time::Instant::now() < d) {
+        while counterexample.is_none()
+            && branches < max_branches
+            && deadline.is_none_or(|d| std::time::Instant::now() < d)
+        {
             // The worst open branch first (ties: the earliest).
             let Some(pos) = open.iter().enumerate().min_by_key(|(i, b)| (b.0, *i)).map(|(i, _)| i) else { break };
             let Some((x, y)) = open[pos].2 else { break }; // nothing left to split
@@ -532,7 +567,12 @@ impl<'m> Crown<'m> {
                 let (m, cand, margins) = self.bab_bound(&lo, &hi, label, &base, &s, &parent);
                 branches += 1;
                 match (m, margins) {
-                    (Some(w), Some(mv)) if w < 0 => open.push((w, s, cand, mv)),
+                    (Some(w), Some(mv)) if w < 0 => {
+                        if counterexample.is_none() {
+                            counterexample = self.try_corner(pixels, &lo, &hi, falsify);
+                        }
+                        open.push((w, s, cand, mv));
+                    }
                     (Some(w), _) => proved = Some(proved.map_or(w, |p| p.min(w))),
                     (None, _) => {} // no image of the ball in this branch
                 }
@@ -542,7 +582,33 @@ impl<'m> Crown<'m> {
             Some(w) => Some(w),
             None => proved.or(root),
         };
-        BabOutcome { margin, branches }
+        BabOutcome { margin, branches, counterexample }
+    }
+
+    /// Offers `falsify` the input corner `x*` of the last back-substitution (the worst
+    /// class's, which [`Crown::bab_bound`] runs last on an open branch) and returns its
+    /// answer. `None` without asking when that back-substitution did not end over the
+    /// pixels (only flattens below it keep their order).
+    fn try_corner(
+        &self,
+        pixels: &[u8],
+        lo: &[u8],
+        hi: &[u8],
+        falsify: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        let start = self.last_row;
+        if self.layers[..start].iter().any(|l| l.op() != OpKind::Flatten) {
+            return None;
+        }
+        let row = self.rows.get(start).filter(|r| r.c.len() == pixels.len())?;
+        let x: Vec<u8> = (0..pixels.len())
+            .map(|i| match row.c[i] {
+                c if c > 0.0 => lo[i],
+                c if c < 0.0 => hi[i],
+                _ => pixels[i],
+            })
+            .collect();
+        falsify(&x)
     }
 
     /// Bounds one branch: its worst margin (`None` if infeasible), if it is negative the split

@@ -469,6 +469,11 @@ pub struct LevelCounts {
     /// (included in `certified`).
     #[serde(default)]
     pub certified_bab: usize,
+    /// Falsified by branch and bound's falsifier (its corners and the integer search from
+    /// them) after surviving every attack (included in `empirical`, which counts the
+    /// attacks' survivors).
+    #[serde(default)]
+    pub falsified_bab: usize,
     /// Survived every attack (includes certified).
     pub empirical: usize,
     /// Survived FGSM.
@@ -505,7 +510,20 @@ impl LevelCounts {
         macro_rules! add {
             ($($f:ident),*) => { $(self.$f += o.$f;)* };
         }
-        add!(n, clean, certified, certified_crown, certified_bab, empirical, fgsm, pgd, square, random, square_not_pgd);
+        add!(
+            n,
+            clean,
+            certified,
+            certified_crown,
+            certified_bab,
+            falsified_bab,
+            empirical,
+            fgsm,
+            pgd,
+            square,
+            random,
+            square_not_pgd
+        );
         add!(doubled_broke, bound_seconds, attack_seconds, doubled_seconds);
         suite::add_tallies(&mut self.attacks, &o.attacks);
     }
@@ -711,10 +729,37 @@ fn decide_sample(
         if cfg.bound == BoundMethod::Bab {
             let t2 = Instant::now();
             let deadline = cfg.bab_budget_ms.map(|ms| t2 + Duration::from_millis(ms));
-            let bab = crown.bab_margin(px, label, k, cfg.bab_branches, deadline);
+            // The falsifier at each open branch's corner: the corner itself, then (when it
+            // comes closer to the boundary than every corner before it) the integer search
+            // from it over the ball. Both judge on the int8 model, so a returned image is a
+            // counterexample whatever the relaxation says.
+            let mut closest = i64::MAX;
+            let mut srng = SplitMix64(cfg.seed ^ ((index as u64) << 8) ^ k as u64 ^ 0xBAB0_0000_0000);
+            let search =
+                crate::attack::search::SearchConfig { queries: cfg.suite.search_queries / 2, ..Default::default() };
+            let (lo, hi) = crate::ibp::linf_ball(px, k);
+            let bab = crown.bab_decide(px, label, k, cfg.bab_branches, deadline, &mut |x| {
+                let m = att.margin_of(x, label);
+                if m <= 0 {
+                    return Some(x.to_vec());
+                }
+                if m >= closest || search.queries == 0 {
+                    return None;
+                }
+                closest = m;
+                att.integer_search_box(&lo, &hi, label, x, &search, &mut srng).counterexample
+            });
             counts.bound_seconds += t2.elapsed().as_secs_f64();
             res.bound_margin = res.bound_margin.max(bab.margin);
-            if bab.margin.is_some_and(|m| m >= 0) {
+            if let Some(cx) = bab.counterexample {
+                res.broken_by.push("bab".into());
+                res.verdict = SampleVerdict::Falsified;
+                res.counterexample_file = Some(counterexample_file(index));
+                res.adversarial_class = Some(att.classify(&cx));
+                res.clean = Some(px.to_vec());
+                res.counterexample = Some(cx);
+                counts.falsified_bab += 1;
+            } else if bab.margin.is_some_and(|m| m >= 0) {
                 res.verdict = SampleVerdict::Certified;
                 res.certified_by = Some(BoundMethod::Bab);
                 counts.certified += 1;

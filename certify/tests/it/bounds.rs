@@ -149,6 +149,24 @@ proptest! {
             Ok(())
         })?;
         prop_assert!(bab <= true_worst, "branch and bound {bab} above the true worst margin {true_worst}");
+        // The same search with a falsifier: every corner it offers lies in the ball; a
+        // counterexample is a misclassified image of a ball nothing certified; without one
+        // the search and its margin are exactly `bab_margin`'s.
+        let mut offered = Vec::new();
+        let out = Crown::with_config(&model, alpha_cfg).bab_decide(&p, label, k, 24, None, &mut |x| {
+            offered.push(x.to_vec());
+            (run(&model, x).0 != label).then(|| x.to_vec())
+        });
+        for x in &offered {
+            prop_assert!((0..x.len()).all(|i| lo[i] <= x[i] && x[i] <= hi[i]), "corner {x:?} outside the ball");
+        }
+        match &out.counterexample {
+            Some(x) => {
+                prop_assert!(run(&model, x).0 != label && !certified && true_worst < 0);
+                prop_assert!(out.margin.unwrap() <= true_worst);
+            }
+            None => prop_assert_eq!(out.margin, Some(bab)),
+        }
     }
 }
 

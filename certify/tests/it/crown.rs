@@ -138,6 +138,7 @@ proptest! {
 fn crown_certifies_samples_ibp_cannot() {
     let mut rng = SplitMix64(5);
     let (mut ibp_cert, mut crown_cert, mut plain_cert, mut bab_cert, mut total) = (0, 0, 0, 0, 0);
+    let mut falsified = 0;
     for seed in 0..60u64 {
         let input = Shape::new(6, 6, 1);
         let ops: Vec<Op> = vec![(1, 3, 2, 0, 1, true), (1, 3, 2, 1, 1, true), (0, 11, 0, 0, 0, true)];
@@ -157,14 +158,24 @@ fn crown_certifies_samples_ibp_cannot() {
             assert!(mc >= mp && mp >= mi, "model {seed}: refined {mc}, unrefined {mp}, ibp {mi}");
             let mb = crown.bab_margin(&p, label, k, 32, None).margin.unwrap();
             bab_cert += usize::from(mb >= 0 || mc >= 0);
+            let corner = |x: &[u8]| (run(&model, x).0 != label).then(|| x.to_vec());
+            let out = crown.bab_decide(&p, label, k, 32, None, &mut |x| corner(x));
+            if let Some(x) = &out.counterexample {
+                assert!(run(&model, x).0 != label && mb < 0, "model {seed}: a counterexample of a certified ball");
+                falsified += 1;
+            }
             total += 1;
             ibp_cert += usize::from(mi >= 0);
             crown_cert += usize::from(mc >= 0);
             plain_cert += usize::from(mp >= 0);
         }
     }
-    eprintln!("certified of {total}: ibp {ibp_cert}, crown without refinement {plain_cert}, crown {crown_cert}, bab {bab_cert}");
+    eprintln!(
+        "certified of {total}: ibp {ibp_cert}, crown without refinement {plain_cert}, crown {crown_cert}, bab {bab_cert}; falsified by bab's corners {falsified}"
+    );
     assert!(crown_cert > ibp_cert, "crown certified {crown_cert}, ibp {ibp_cert}");
+    // Branch and bound's corners are counterexamples of some of the balls it cannot prove.
+    assert!(falsified > 0 && falsified + bab_cert <= total, "bab's corners falsified {falsified}");
 }
 
 /// A random 6x6 model with two strided convolutions and a dense layer, its logits scaled up
