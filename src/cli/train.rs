@@ -346,13 +346,18 @@ pub fn run(a: &TrainArgs) -> Result<Metrics> {
             bail!("{flag} {b} is outside [0, 1]");
         }
     }
+    // What the network is: --arch, or the --init checkpoint's network, which replaces it.
+    let arch_name = match &a.init {
+        Some(p) => format!("the network of --init {}", p.display()),
+        None => a.arch.clone(),
+    };
     if cfg.method == Method::CrownIbp {
-        iocane_trainer::nn::crown_ibp::check_supported(&cfg.arch).with_context(|| format!("--arch {}", a.arch))?;
+        iocane_trainer::nn::crown_ibp::check_supported(&cfg.arch).with_context(|| format!("--arch {arch_name}"))?;
     }
     if !a.quiet {
         eprintln!(
             "training {} on {} ({} train / {} test), method {}, eps {:.4}, {} params, {} MACs",
-            a.arch,
+            arch_name,
             a.dataset,
             t.len(),
             splits.test.len(),

@@ -16,8 +16,10 @@
 //! times the room the pixel has in the gradient's direction (the twin only ranks the pixels; it
 //! never decides). A round first tries the far end of every ranked pixel (a vertex move),
 //! then, on the pixels whose vertex move was refused, every one of their `hi - lo + 1` levels
-//! (the `2k + 1` levels of the ball for an interior pixel), keeping the best. The search stops
-//! at the query budget or after a round without an accepted move.
+//! (the `2k + 1` levels of the ball for an interior pixel), keeping the best. A round without
+//! an accepted move is a local minimum of the staircase: the search then kicks the best local
+//! minimum found so far (sets `KICK_PIXELS` (16) random pixels to random levels of their range)
+//! and descends again from there (iterated local search), until the query budget is spent.
 //!
 //! [`Attacker::integer_search_box`] searches any integer box with a given start, so a
 //! branch-and-bound verifier can call it as its falsifier on the boxes it splits;
@@ -128,6 +130,8 @@ impl Attacker<'_> {
         }
         self.inc.accept();
         let mut best = margin(&self.logits, label);
+        // The best local minimum so far, where each kick starts.
+        let mut global = (best, x.clone());
         let mut cand = x.clone();
         let mut scaled = vec![0f32; n];
         while res.queries < cfg.queries {
@@ -199,9 +203,32 @@ impl Attacker<'_> {
                 }
             }
             if !accepted {
-                break;
+                // A local minimum of the staircase: kick the best image found so far and
+                // descend again (iterated local search), while the budget lasts.
+                if best < global.0 {
+                    global = (best, x.clone());
+                }
+                let movable: Vec<usize> = (0..n).filter(|&i| lo[i] < hi[i]).collect();
+                if movable.is_empty() || res.queries >= cfg.queries {
+                    break;
+                }
+                x.clone_from(&global.1);
+                for _ in 0..KICK_PIXELS {
+                    let i = movable[(rng.next_u64() % movable.len() as u64) as usize];
+                    let span = u64::from(hi[i] - lo[i]) + 1;
+                    x[i] = lo[i] + (rng.next_u64() % span) as u8;
+                }
+                cand.clone_from(&x);
+                if self.test(&x, label, &mut res) {
+                    return res;
+                }
+                best = margin(&self.logits, label);
+                self.rebase_incremental(&x);
             }
         }
         res
     }
 }
+
+/// Pixels a kick of the iterated local search sets to random levels of their range.
+const KICK_PIXELS: usize = 16;
