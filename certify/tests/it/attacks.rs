@@ -139,12 +139,19 @@ proptest! {
         let lo: Vec<u8> = p.iter().map(|&v| v.saturating_sub(rng.next_u64() as u8 % (k + 1))).collect();
         let hi: Vec<u8> = p.iter().map(|&v| v.saturating_add(rng.next_u64() as u8 % (k + 1))).collect();
         let start: Vec<u8> = (0..p.len()).map(|_| rng.next_u64() as u8).collect();
+        let mut again = rng.clone();
         let r = att.integer_search_box(&lo, &hi, label, &start, &search, &mut rng);
         prop_assert!(r.queries <= search.queries);
         if let Some(x) = &r.counterexample {
             prop_assert!(x.iter().zip(lo.iter().zip(&hi)).all(|(&v, (&a, &b))| a <= v && v <= b));
             prop_assert_ne!(run(&model, x).0, label);
+        } else if lo != hi {
+            // Local minima do not end it: the kicks spend the whole budget.
+            prop_assert_eq!(r.queries, search.queries);
         }
+        // Seeded: the same generator state gives the same search.
+        let r2 = att.integer_search_box(&lo, &hi, label, &start, &search, &mut again);
+        prop_assert_eq!((r2.queries, r2.counterexample), (r.queries, r.counterexample.clone()));
     }
 }
 
