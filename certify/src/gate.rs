@@ -627,6 +627,16 @@ fn one_sample(
     res
 }
 
+/// Records the falsified verdict of sample `index` (clean image `px`) with its replayed
+/// counterexample `cx`, from an attack or from branch and bound's falsifier.
+fn mark_falsified(res: &mut SampleResult, att: &mut Attacker<'_>, px: &[u8], index: usize, cx: Vec<u8>) {
+    res.verdict = SampleVerdict::Falsified;
+    res.counterexample_file = Some(counterexample_file(index));
+    res.adversarial_class = Some(att.classify(&cx));
+    res.clean = Some(px.to_vec());
+    res.counterexample = Some(cx);
+}
+
 /// The verdict of one sample at radius `k`: bounds, then attacks, then branch and bound.
 fn decide_sample(
     att: &mut Attacker<'_>,
@@ -711,11 +721,8 @@ fn decide_sample(
             }
         }
     }
-    if let Some(cx) = &res.counterexample {
-        res.verdict = SampleVerdict::Falsified;
-        res.counterexample_file = Some(counterexample_file(index));
-        res.adversarial_class = Some(att.classify(cx));
-        res.clean = Some(px.to_vec());
+    if let Some(cx) = res.counterexample.take() {
+        mark_falsified(&mut res, att, px, index, cx);
     } else {
         res.verdict = SampleVerdict::Unknown;
         counts.empirical += 1;
@@ -753,11 +760,7 @@ fn decide_sample(
             res.bound_margin = res.bound_margin.max(bab.margin);
             if let Some(cx) = bab.counterexample {
                 res.broken_by.push("bab".into());
-                res.verdict = SampleVerdict::Falsified;
-                res.counterexample_file = Some(counterexample_file(index));
-                res.adversarial_class = Some(att.classify(&cx));
-                res.clean = Some(px.to_vec());
-                res.counterexample = Some(cx);
+                mark_falsified(&mut res, att, px, index, cx);
                 counts.falsified_bab += 1;
             } else if bab.margin.is_some_and(|m| m >= 0) {
                 res.verdict = SampleVerdict::Certified;

@@ -130,8 +130,9 @@ impl Attacker<'_> {
         }
         self.inc.accept();
         let mut best = margin(&self.logits, label);
-        // The best local minimum so far, where each kick starts.
+        // The best local minimum so far, where each kick starts, and the pixels a kick may move.
         let mut global = (best, x.clone());
+        let movable: Vec<usize> = (0..n).filter(|&i| lo[i] < hi[i]).collect();
         let mut cand = x.clone();
         let mut scaled = vec![0f32; n];
         while res.queries < cfg.queries {
@@ -208,7 +209,6 @@ impl Attacker<'_> {
                 if best < global.0 {
                     global = (best, x.clone());
                 }
-                let movable: Vec<usize> = (0..n).filter(|&i| lo[i] < hi[i]).collect();
                 if movable.is_empty() || res.queries >= cfg.queries {
                     break;
                 }
